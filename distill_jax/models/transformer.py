@@ -1,0 +1,320 @@
+"""One Flax linen decoder for Llama 2/3/3.1, Qwen2/2.5 and Qwen3.
+
+The family differs only in switches on `ModelConfig`: q/k/v (and o) biases,
+q/k RMSNorm, RoPE scaling, tied embeddings. Layers are stacked with `nn.scan`
+so compile time does not grow with depth; every parameter [L, ...] carries the
+logical axis "layers" first. Parameters and key activations are annotated with
+logical axis names that `distill_jax.sharding` maps onto the mesh.
+
+Conventions:
+- `segment_ids` [batch, length]: tokens attend only to earlier tokens of the
+  same segment; id 0 marks padding (attends to and is attended by nothing).
+- `positions` default to the index within each segment, so left padding and
+  packed sequences get the positions each document would have alone.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+import numpy as np
+
+from distill_jax.models.config import ModelConfig
+
+Array = jax.Array
+# Finite, so a fully masked row (padding) gives a uniform softmax instead of NaN.
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+def _dtype(name: str) -> Any:
+    return jnp.dtype(name)
+
+
+def _logical(init, names):
+    return nn.with_logical_partitioning(init, names)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+    """Inverse frequencies [head_dim // 2] in float32, with the config's scaling."""
+    dim = cfg.head_dim
+    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+    inv_freq = (1.0 / (np.float32(cfg.rope_theta) ** exponents)).astype(np.float32)
+    scaling = cfg.rope_scaling
+    if scaling is None:
+        return inv_freq
+    if scaling.kind == "linear":
+        return (inv_freq / np.float32(scaling.factor)).astype(np.float32)
+    if scaling.kind == "llama3":
+        # Llama 3.1: keep high frequencies, divide low ones by `factor`, and
+        # interpolate smoothly in between (by wavelength against the original context).
+        old_context = scaling.original_max_position_embeddings
+        low_freq_wavelen = old_context / scaling.low_freq_factor
+        high_freq_wavelen = old_context / scaling.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor, inv_freq)
+        smooth = (old_context / wavelen - scaling.low_freq_factor) / (
+            scaling.high_freq_factor - scaling.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+        medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+    raise ValueError(f"unsupported rope scaling kind {scaling.kind!r}")
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: np.ndarray) -> Array:
+    """Rotary embedding, rotate-half convention. x: [batch, length, heads, head_dim]."""
+    freqs = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)  # [B, L, Dh/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]             # [B, L, 1, Dh]
+    cos, sin = jnp.cos(emb), jnp.sin(emb)
+    xf = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+    return (xf * cos + rotated * sin).astype(x.dtype)
+
+
+def segment_positions(segment_ids: Array) -> Array:
+    """Index of each token within its segment. [batch, length] -> [batch, length]."""
+    length = segment_ids.shape[-1]
+    idx = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), segment_ids.shape)
+    starts = jnp.concatenate(
+        [jnp.ones_like(segment_ids[:, :1], dtype=bool), segment_ids[:, 1:] != segment_ids[:, :-1]],
+        axis=1)
+    segment_start = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
+    return idx - segment_start
+
+
+def attention_mask(q_segment_ids: Array, kv_segment_ids: Array, q_positions: Array,
+                   kv_positions: Array) -> Array:
+    """Causal, same-segment, non-padding mask. -> [batch, q_length, kv_length] bool."""
+    same_segment = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
+    causal = kv_positions[:, None, :] <= q_positions[:, :, None]
+    return same_segment & causal & (kv_segment_ids[:, None, :] != 0)
+
+
+def xla_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """Grouped-query attention with softmax in float32.
+
+    q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim];
+    mask: [batch, q_len, kv_len]. Returns [batch, q_len, heads, head_dim].
+    """
+    batch, q_len, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
+    scores = jnp.einsum("blkgd,bskd->bkgls", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (1.0 / math.sqrt(head_dim))
+    scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgls,bskd->blkgd", probs, v)
+    return out.reshape(batch, q_len, heads, head_dim)
+
+
+def jax_attention(q: Array, k: Array, v: Array, mask: Array, implementation: str | None) -> Array:
+    """`jax.nn.dot_product_attention`; implementation "cudnn" is flash attention on GPU."""
+    return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, :, :],
+                                        implementation=implementation)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    dtype: Any
+    param_dtype: Any
+    axis_name: str = "embed"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", _logical(nn.initializers.ones, (self.axis_name,)),
+                           (x.shape[-1],), self.param_dtype)
+        xf = x.astype(jnp.float32)
+        normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return scale.astype(self.dtype) * normed.astype(self.dtype)
+
+
+class Attention(nn.Module):
+    cfg: ModelConfig
+
+    def _proj(self, name, x, heads, with_bias):
+        cfg = self.cfg
+        dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        head_axis = "heads" if heads == cfg.num_heads else "kv_heads"
+        kernel = self.param(f"{name}_kernel",
+                            _logical(nn.initializers.normal(cfg.initializer_range),
+                                     ("embed", head_axis, "head_dim")),
+                            (cfg.hidden_size, heads, cfg.head_dim), pdtype)
+        y = jnp.einsum("bld,dhk->blhk", x, kernel.astype(dtype))
+        if with_bias:
+            bias = self.param(f"{name}_bias", _logical(nn.initializers.zeros, (head_axis, "head_dim")),
+                              (heads, cfg.head_dim), pdtype)
+            y = y + bias.astype(dtype)
+        return nn.with_logical_constraint(y, ("batch", "length", head_axis, "head_dim"))
+
+    @nn.compact
+    def __call__(self, x: Array, positions: Array, mask: Array) -> Array:
+        cfg = self.cfg
+        dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        q = self._proj("q", x, cfg.num_heads, cfg.qkv_bias)
+        k = self._proj("k", x, cfg.num_kv_heads, cfg.qkv_bias)
+        v = self._proj("v", x, cfg.num_kv_heads, cfg.qkv_bias)
+        if cfg.qk_norm:
+            q = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, "head_dim", name="q_norm")(q)
+            k = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, "head_dim", name="k_norm")(k)
+        inv_freq = rope_inv_freq(cfg)
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
+        q = checkpoint_name(q, "query_proj")
+        k = checkpoint_name(k, "key_proj")
+        v = checkpoint_name(v, "value_proj")
+        if cfg.attention_impl == "xla":
+            out = xla_attention(q, k, v, mask)
+        else:
+            impl = "cudnn" if cfg.attention_impl == "cudnn" else None
+            out = jax_attention(q, k, v, mask, impl)
+        out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
+        o_kernel = self.param("o_kernel",
+                              _logical(nn.initializers.normal(cfg.initializer_range),
+                                       ("heads", "head_dim", "embed")),
+                              (cfg.num_heads, cfg.head_dim, cfg.hidden_size), pdtype)
+        y = jnp.einsum("blhk,hkd->bld", out, o_kernel.astype(dtype))
+        if cfg.o_bias:
+            o_bias = self.param("o_bias", _logical(nn.initializers.zeros, ("embed",)),
+                                (cfg.hidden_size,), pdtype)
+            y = y + o_bias.astype(dtype)
+        return y
+
+
+class Mlp(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.cfg
+        dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        init = nn.initializers.normal(cfg.initializer_range)
+
+        def dense(name, y, shape, axes, out_axis_size):
+            kernel = self.param(f"{name}_kernel", _logical(init, axes), shape, pdtype)
+            out = jnp.dot(y, kernel.astype(dtype))
+            if cfg.mlp_bias:
+                bias = self.param(f"{name}_bias", _logical(nn.initializers.zeros, (axes[1],)),
+                                  (out_axis_size,), pdtype)
+                out = out + bias.astype(dtype)
+            return out
+
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        gate = dense("gate", x, (d, f), ("embed", "mlp"), f)
+        up = dense("up", x, (d, f), ("embed", "mlp"), f)
+        hidden = nn.with_logical_constraint(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
+        return dense("down", hidden, (f, d), ("mlp", "embed"), d)
+
+
+class DecoderLayer(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array, positions: Array, mask: Array):
+        cfg = self.cfg
+        dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        h = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="input_norm")(x)
+        x = x + Attention(cfg, name="attn")(h, positions, mask)
+        h = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="post_attn_norm")(x)
+        x = x + Mlp(cfg, name="mlp")(h)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        return x, None  # (scan carry, per-layer output)
+
+
+def remat_policy(name: str):
+    """Named rematerialization policies (what the backward pass may keep)."""
+    policies = {
+        "full": jax.checkpoint_policies.nothing_saveable,
+        "dots": jax.checkpoint_policies.checkpoint_dots,
+        "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        "save_qkv_proj": jax.checkpoint_policies.save_only_these_names(
+            "query_proj", "key_proj", "value_proj"),
+    }
+    if name not in policies:
+        raise ValueError(f"unknown remat policy {name!r}; choose from none, {sorted(policies)}")
+    return policies[name]
+
+
+class Transformer(nn.Module):
+    """Decoder-only LM. `__call__(tokens, positions=None, segment_ids=None)` -> f32 logits."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens: Array, positions: Array | None = None,
+                 segment_ids: Array | None = None) -> Array:
+        cfg = self.cfg
+        dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        tokens = jnp.asarray(tokens, jnp.int32)
+        if segment_ids is None:
+            segment_ids = jnp.ones_like(tokens)
+        segment_ids = jnp.asarray(segment_ids, jnp.int32)
+        if positions is None:
+            positions = segment_positions(segment_ids)
+        positions = jnp.asarray(positions, jnp.int32)
+        mask = attention_mask(segment_ids, segment_ids, positions, positions)
+
+        embedding = self.param("embedding",
+                               _logical(nn.initializers.normal(cfg.initializer_range),
+                                        ("vocab", "embed")),
+                               (cfg.vocab_size, cfg.hidden_size), pdtype)
+        x = jnp.take(embedding, tokens, axis=0).astype(dtype)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+        layer = DecoderLayer
+        if cfg.remat_policy != "none":
+            layer = nn.remat(layer, policy=remat_policy(cfg.remat_policy), prevent_cse=False)
+        stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                        unroll=cfg.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})
+        x, _ = stack(cfg, name="layers")(x, positions, mask)
+        x = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="final_norm")(x)
+
+        if cfg.tie_word_embeddings:
+            logits = jnp.einsum("bld,vd->blv", x, embedding.astype(dtype),
+                                preferred_element_type=jnp.float32)
+        else:
+            lm_head = self.param("lm_head",
+                                 _logical(nn.initializers.normal(cfg.initializer_range),
+                                          ("embed", "vocab")),
+                                 (cfg.hidden_size, cfg.vocab_size), pdtype)
+            logits = jnp.einsum("bld,dv->blv", x, lm_head.astype(dtype),
+                                preferred_element_type=jnp.float32)
+        return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+
+def _boxed_init(cfg: ModelConfig, key: Array):
+    return Transformer(cfg).init(key, jnp.zeros((1, 1), jnp.int32))["params"]
+
+
+def param_shapes(cfg: ModelConfig):
+    """Pytree of jax.ShapeDtypeStruct for the params, without allocating anything."""
+    return nn.meta.unbox(jax.eval_shape(lambda k: _boxed_init(cfg, k), jax.random.key(0)))
+
+
+def param_logical_axes(cfg: ModelConfig):
+    """Pytree (same structure as params) of PartitionSpecs of logical axis names."""
+    boxed = jax.eval_shape(lambda k: _boxed_init(cfg, k), jax.random.key(0))
+    return nn.get_partition_spec(boxed)
+
+
+def count_params(cfg: ModelConfig) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(param_shapes(cfg))))
+
+
+def init_params(cfg: ModelConfig, key: Array, mesh: jax.sharding.Mesh | None = None,
+                rules=None):
+    """Random params as a plain pytree. With a mesh, they are created already sharded."""
+    def init(k):
+        return nn.meta.unbox(_boxed_init(cfg, k))
+    if mesh is None:
+        return jax.jit(init)(key)
+    from distill_jax import sharding
+    shardings = sharding.logical_to_shardings(param_logical_axes(cfg), mesh, rules,
+                                              shapes=param_shapes(cfg))
+    return jax.jit(init, out_shardings=shardings)(key)

@@ -1,0 +1,142 @@
+"""Model behaviour that needs no reference: packing, sharding, presets, remat, attention impls."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from distill_jax import models, sharding
+
+
+def _forward(cfg, params, tokens, **kw):
+    return np.asarray(models.Transformer(cfg).apply({"params": params}, tokens, **kw))
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2", "tiny-qwen3"])
+def test_packed_documents_match_running_each_alone(name):
+    cfg = models.get_config(name)
+    params = models.init_params(cfg, jax.random.key(1))
+    rng = np.random.default_rng(0)
+    doc_a = rng.integers(3, cfg.vocab_size, size=9)
+    doc_b = rng.integers(3, cfg.vocab_size, size=6)
+    packed = np.concatenate([doc_a, doc_b, [0, 0, 0]])[None]      # 3 padding tokens at the end
+    segments = np.array([[1] * 9 + [2] * 6 + [0] * 3])
+    out = _forward(cfg, params, jnp.asarray(packed), segment_ids=jnp.asarray(segments))
+    alone_a = _forward(cfg, params, jnp.asarray(doc_a[None]))
+    alone_b = _forward(cfg, params, jnp.asarray(doc_b[None]))
+    np.testing.assert_allclose(out[0, :9], alone_a[0], atol=1e-5)
+    np.testing.assert_allclose(out[0, 9:15], alone_b[0], atol=1e-5)
+    # Without segment ids document b would see document a: the test can fail.
+    unsegmented = _forward(cfg, params, jnp.asarray(packed))
+    assert np.abs(unsegmented[0, 9:15] - alone_b[0]).max() > 1e-3
+
+
+def test_segment_positions_restart_per_segment():
+    seg = jnp.array([[0, 0, 1, 1, 1, 2, 2, 0]])
+    np.testing.assert_array_equal(models.transformer.segment_positions(seg),
+                                  [[0, 1, 0, 1, 2, 0, 1, 0]])
+
+
+@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (2, 2, 2), (1, 2, 4)])
+def test_sharded_forward_equals_single_device(mesh_shape):
+    assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
+    # 8 heads / 4 kv heads / vocab 512 so tensor=4 divides every sharded axis.
+    cfg = models.get_config("tiny-qwen2").replace(num_heads=8, num_kv_heads=4, head_dim=8,
+                                                  vocab_size=512)
+    params = models.init_params(cfg, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, cfg.vocab_size, size=(8, 16)).astype(np.int32)
+    segments = np.ones_like(tokens)
+    segments[:, :5] = 0  # left padding on every row
+    ref = _forward(cfg, params, jnp.asarray(tokens), segment_ids=jnp.asarray(segments))
+
+    mesh = sharding.make_mesh(mesh_shape)
+    sharded_params = sharding.shard_params(params, models.param_logical_axes(cfg), mesh)
+    # q kernel [layers, embed, heads, head_dim]: embed over fsdp, heads over tensor.
+    q_spec = sharded_params["layers"]["attn"]["q_kernel"].sharding.spec
+    assert tuple(q_spec)[:3] == (None, "fsdp", "tensor")
+    batch = sharding.shard_batch({"tokens": tokens, "segment_ids": segments}, mesh)
+    model = models.Transformer(cfg)
+
+    param_shardings = sharding.logical_to_shardings(models.param_logical_axes(cfg), mesh)
+    batch_shardings = {k: sharding.batch_sharding(mesh) for k in batch}
+    forward = jax.jit(
+        lambda p, b: model.apply({"params": p}, b["tokens"], segment_ids=b["segment_ids"]),
+        in_shardings=(param_shardings, batch_shardings))
+    with sharding.mesh_context(mesh):
+        out = forward(sharded_params, batch)
+    # The logits constraint [batch, length, vocab] took effect.
+    expected = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(("data", "fsdp"), None, "tensor"))
+    assert out.sharding.is_equivalent_to(expected, 3), out.sharding
+    np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
+
+
+def test_init_directly_sharded():
+    cfg = models.get_config("tiny-llama")
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    params = models.init_params(cfg, jax.random.key(0), mesh=mesh)
+    assert params["lm_head"].sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    plain = models.init_params(cfg, jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(params["lm_head"]), np.asarray(plain["lm_head"]))
+
+
+@pytest.mark.parametrize("policy", ["full", "dots", "dots_with_no_batch_dims", "save_qkv_proj"])
+def test_remat_policies_give_same_gradients(policy):
+    cfg = models.get_config("tiny-llama")
+    params = models.init_params(cfg, jax.random.key(0))
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 256, size=(2, 12)), jnp.int32)
+
+    def loss(p, c):
+        return models.Transformer(c).apply({"params": p}, tokens).mean()
+
+    base = jax.grad(loss)(params, cfg)
+    remat = jax.jit(jax.grad(loss), static_argnums=1)(params, cfg.replace(remat_policy=policy))
+    for a, b in zip(jax.tree_util.tree_leaves(base), jax.tree_util.tree_leaves(remat)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_jax_attention_impl_matches_xla_einsum():
+    cfg = models.get_config("tiny-qwen3")
+    params = models.init_params(cfg, jax.random.key(2))
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, 256, size=(2, 10)), jnp.int32)
+    seg = jnp.asarray([[1] * 10, [0] * 3 + [1] * 7])
+    a = _forward(cfg, params, tokens, segment_ids=seg)
+    b = _forward(cfg.replace(attention_impl="jax"), params, tokens, segment_ids=seg)
+    real = np.asarray(seg) > 0
+    np.testing.assert_allclose(a[real], b[real], atol=1e-5)
+
+
+def test_scan_unroll_does_not_change_results():
+    cfg = models.get_config("tiny-llama")
+    params = models.init_params(cfg, jax.random.key(0))
+    tokens = jnp.ones((1, 6), jnp.int32)
+    np.testing.assert_allclose(_forward(cfg, params, tokens),
+                               _forward(cfg.replace(scan_unroll=2), params, tokens), atol=1e-6)
+
+
+def _hf_param_count(hf_config: dict) -> int:
+    config = transformers.AutoConfig.for_model(**hf_config)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(models.PRESETS))
+def test_preset_param_count_equals_transformers(name):
+    cfg = models.get_config(name)
+    assert models.count_params(cfg) == _hf_param_count(models.to_hf_config(cfg))
+
+
+def test_known_preset_sizes():
+    # Published sizes, as a check that the presets are the real models.
+    assert models.count_params(models.get_config("qwen2.5-0.5b")) == 494_032_768
+    assert models.count_params(models.get_config("llama-3.1-8b")) == 8_030_261_248
+    assert models.count_params(models.get_config("qwen2.5-7b")) == 7_615_616_512
+
+
+def test_config_round_trips_through_hf_dict():
+    for name, cfg in models.PRESETS.items():
+        again = models.config_from_hf(models.to_hf_config(cfg), name=cfg.name)
+        assert again == cfg, name

@@ -1,0 +1,40 @@
+# Each target works on a fresh machine with only Python >= 3.10: it creates .venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+# torch is only the parity-test reference: always the CPU build. A wheel in
+# /opt/wheels (as on our CI machines) is used as is; elsewhere PyTorch's CPU index.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
+.PHONY: demo test bench clean
+
+$(VENV)/.core: setup.py
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 required, found " + sys.version' 
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip setuptools wheel
+	$(PIP) -e .
+	@touch $@
+
+$(VENV)/.test: $(VENV)/.core
+	@if ls /opt/wheels/torch-*+cpu-*.whl >/dev/null 2>&1; then \
+	  version=$$(ls /opt/wheels/torch-*+cpu-*.whl | head -1 | sed -E 's/.*torch-([0-9.]+)\+cpu.*/\1/'); \
+	  echo "installing torch $$version (CPU) from /opt/wheels"; \
+	  $(PIP) --find-links /opt/wheels "torch==$$version"; \
+	else \
+	  $(PIP) torch --index-url $(TORCH_CPU_INDEX); \
+	fi
+	$(PIP) -e ".[test]"
+	@touch $@
+
+demo: $(VENV)/.core
+	$(VENV)/bin/distill-demo --config=configs/demo_cpu.py
+
+test: $(VENV)/.test
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.test
+	$(PY) benchmarks/forward_vs_transformers.py
+
+clean:
+	rm -rf $(VENV) artifacts

@@ -1,0 +1,87 @@
+"""Forward-pass throughput: distill_jax (jit, XLA) vs transformers (torch eager), same weights.
+
+Both run the same small Llama-style model (weights exported from ours, loaded by
+transformers) on the same batch, float32, on this machine's CPU. Reports tokens/s
+for each and the ratio, and checks the logits agree. Appends a row to BENCHMARKS.md
+with --write.
+
+  python benchmarks/forward_vs_transformers.py [--write]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import transformers
+
+from distill_jax import models
+
+
+def _timeit(fn, repeats: int) -> float:
+    fn()  # warm-up (and compile for JAX)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--length", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--write", action="store_true", help="append results to BENCHMARKS.md")
+    args = parser.parse_args()
+
+    cfg = models.get_config("tiny-llama").replace(
+        vocab_size=8192, hidden_size=512, intermediate_size=1408, num_layers=6, num_heads=8,
+        num_kv_heads=4, head_dim=64, name="bench-llama-33m")
+    params = models.init_params(cfg, jax.random.key(0))
+    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (args.batch, args.length))
+
+    model = models.Transformer(cfg)
+    forward = jax.jit(lambda p, t: model.apply({"params": p}, t))
+    jt = jnp.asarray(tokens, jnp.int32)
+    ours_s = _timeit(lambda: forward(params, jt).block_until_ready(), args.repeats)
+
+    with tempfile.TemporaryDirectory() as d:
+        models.save_hf_checkpoint(d, cfg, params)
+        ref = transformers.AutoModelForCausalLM.from_pretrained(
+            d, dtype=torch.float32, attn_implementation="sdpa").eval()
+    tt = torch.tensor(tokens)
+
+    def torch_forward():
+        with torch.inference_mode():
+            return ref(input_ids=tt).logits
+
+    ref_s = _timeit(torch_forward, args.repeats)
+    diff = float(np.abs(np.asarray(forward(params, jt)) - torch_forward().numpy()).max())
+
+    n_tokens = args.batch * args.length
+    row = (f"| forward, {cfg.name} ({models.count_params(cfg) / 1e6:.1f}M), f32, "
+           f"batch {args.batch} x {args.length} | {n_tokens / ours_s:,.0f} tok/s | "
+           f"{n_tokens / ref_s:,.0f} tok/s | {ref_s / ours_s:.2f}x | {diff:.1e} | "
+           f"{platform.machine()} CPU x{os.cpu_count()}, jax {jax.__version__}, "
+           f"torch {torch.__version__} | {datetime.date.today()} |")
+    print(f"distill_jax : {ours_s * 1e3:8.1f} ms  ({n_tokens / ours_s:,.0f} tok/s)")
+    print(f"transformers: {ref_s * 1e3:8.1f} ms  ({n_tokens / ref_s:,.0f} tok/s)")
+    print(f"speed ratio (ours / transformers): {ref_s / ours_s:.2f}x   max |logit diff| {diff:.1e}")
+    if args.write:
+        path = os.path.join(os.path.dirname(__file__), "..", "BENCHMARKS.md")
+        with open(path, "a") as f:
+            f.write(row + "\n")
+        print(f"appended to {os.path.normpath(path)}")
+
+
+if __name__ == "__main__":
+    main()

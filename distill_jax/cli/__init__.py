@@ -1,0 +1,1 @@
+"""absl entry points; each parses flags, builds objects and calls the library."""

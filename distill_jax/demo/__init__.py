@@ -1,0 +1,1 @@
+"""The embedded default task and demo run."""

@@ -1,0 +1,39 @@
+"""distill_jax: R1-style reasoning distillation in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="distill_jax",
+    version="0.1.0",
+    description="Reasoning distillation (teacher sampling, rejection filtering, student SFT/KD) "
+                "in JAX/Flax for TPU and GPU meshes",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["distill_jax", "distill_jax.*"]),
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.10",
+        "optax>=0.2",
+        "orbax-checkpoint>=0.11",
+        "ml_collections>=0.1.1",
+        "absl-py>=2.0",
+        "numpy>=1.26",
+        "ml_dtypes>=0.4",
+        "sentencepiece>=0.2",
+        "protobuf>=4",          # sentencepiece's model proto (special-token types)
+        "tokenizers>=0.19",
+        "jinja2>=3.1",
+    ],
+    extras_require={
+        # torch is only the parity reference. Install the CPU build first (the
+        # Makefile does): an unconstrained `pip install torch` pulls GBs of CUDA.
+        "test": ["pytest>=8", "torch>=2.4", "transformers>=4.51"],
+        "tpu": ["jax[tpu]"],
+        "gpu": ["jax[cuda12]"],
+    },
+    entry_points={
+        "console_scripts": [
+            "distill-demo=distill_jax.cli.demo:run",
+        ],
+    },
+)

@@ -1,0 +1,131 @@
+"""Tokenizer backends, chat templates, and parity with transformers' rendering."""
+import json
+
+import pytest
+import tokenizers
+import transformers
+from tokenizers import decoders, models as tok_models, pre_tokenizers, trainers
+
+from distill_jax.tokenizer import (BUILTIN_CHAT_TEMPLATES, load_tokenizer,
+                                   train_sentencepiece)
+
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is 12 * 7?\nShow your work."},
+    {"role": "assistant", "content": "<think>\n12 * 7 = 84\n</think>\n\\boxed{84}"},
+    {"role": "user", "content": "And 3^4?"},
+]
+
+
+def _corpus(shared_data, n=1500):
+    with open(shared_data / "gsm8k_train.jsonl") as f:
+        rows = [json.loads(line) for _, line in zip(range(n), f)]
+    return [r["question"] + "\n" + r["answer"] for r in rows]
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer_dir(tmp_path_factory, shared_data):
+    """A byte-level BPE tokenizer.json + tokenizer_config.json with a jinja chat template."""
+    path = tmp_path_factory.mktemp("hf_tok")
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = tokenizers.Tokenizer(tok_models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(_corpus(shared_data), trainers.BpeTrainer(
+        vocab_size=800, special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.add_tokens(["<think>", "</think>"])
+    tok.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+        "chat_template": BUILTIN_CHAT_TEMPLATES["qwen2.5"],
+    }))
+    return path
+
+
+def test_hf_chat_template_and_ids_match_transformers(hf_tokenizer_dir):
+    ours = load_tokenizer(hf_tokenizer_dir)
+    ref = transformers.AutoTokenizer.from_pretrained(str(hf_tokenizer_dir))
+    for messages in (MESSAGES, MESSAGES[1:2]):
+        for gen in (True, False):
+            text = ours.apply_chat_template(messages, add_generation_prompt=gen)
+            assert text == ref.apply_chat_template(messages, tokenize=False,
+                                                   add_generation_prompt=gen)
+            ids = ours.apply_chat_template(messages, add_generation_prompt=gen, tokenize=True)
+            ref_ids = ref.apply_chat_template(messages, tokenize=True, add_generation_prompt=gen,
+                                              return_dict=False)
+            assert ids == list(ref_ids)
+            assert ours.decode(ids) == text
+    assert ours.eos_id == ref.eos_token_id and ours.pad_id == ref.pad_token_id
+    assert ours.token_to_id("<|im_start|>") in ours.special_ids()
+    assert ours.decode(ours.encode("<think>\nhi</think>")) == "<think>\nhi</think>"
+
+
+def test_chat_template_jinja_file_is_used(tmp_path, hf_tokenizer_dir):
+    for name in ("tokenizer.json",):
+        (tmp_path / name).write_bytes((hf_tokenizer_dir / name).read_bytes())
+    (tmp_path / "chat_template.jinja").write_text(BUILTIN_CHAT_TEMPLATES["chatml"])
+    tok = load_tokenizer(tmp_path / "tokenizer.json")
+    assert tok.apply_chat_template(MESSAGES[1:2]) == (
+        "<|im_start|>user\nWhat is 12 * 7?\nShow your work.<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_builtin_templates_render_expected_text(hf_tokenizer_dir):
+    tok = load_tokenizer(hf_tokenizer_dir)
+    user = [{"role": "user", "content": " 2+2? "}]
+    tok.bos_token = "<|begin_of_text|>"
+    assert tok.apply_chat_template(user, template="llama3") == (
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n2+2?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    tok.bos_token = "<｜begin▁of▁sentence｜>"
+    assert tok.apply_chat_template(
+        [{"role": "user", "content": "2+2?"}], template="deepseek-r1") == (
+        "<｜begin▁of▁sentence｜><｜User｜>2+2?<｜Assistant｜><think>\n")
+    assert tok.apply_chat_template(
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>r</think>a"}],
+        template="deepseek-r1", add_generation_prompt=False) == (
+        "<｜begin▁of▁sentence｜><｜User｜>q<｜Assistant｜><think>r</think>a<｜end▁of▁sentence｜>")
+    assert tok.apply_chat_template(user, template="chatml", assistant_prefix="<think>\n").endswith(
+        "<|im_start|>assistant\n<think>\n")
+    assert tok.apply_chat_template(user, template="qwen2.5").startswith(
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud.")
+
+
+def test_sentencepiece_backend_round_trips_and_keeps_specials(tmp_path, shared_data):
+    model = train_sentencepiece(_corpus(shared_data), str(tmp_path / "sp"), vocab_size=500)
+    tok = load_tokenizer(model)
+    text = tok.apply_chat_template(MESSAGES, assistant_prefix="<think>\n")
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    for special in ("<|im_start|>", "<|im_end|>", "<think>", "</think>"):
+        assert tok.token_to_id(special) in ids  # one token each, never split
+    assert tok.eos_id == tok.token_to_id("<|im_end|>")
+    assert tok.bos_id == 2 and tok.pad_id == 0
+    assert tok.encode("x", add_special_tokens=True)[0] == tok.bos_id
+    assert tok.decode(tok.encode("non-ascii: é ✓ 日本")) == "non-ascii: é ✓ 日本"
+    assert "<|im_start|>" not in tok.decode(ids, skip_special_tokens=True)
+    assert tok.token_to_id("<never-seen-token>") is None
+
+
+def test_bad_paths_name_the_culprit(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tokenizer path .*missing.model does not exist"):
+        load_tokenizer(tmp_path / "missing.model")
+    with pytest.raises(FileNotFoundError, match="neither tokenizer.json nor tokenizer.model"):
+        load_tokenizer(tmp_path)
+    bad = tmp_path / "bad.model"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot load SentencePiece model .*bad.model"):
+        load_tokenizer(bad)
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot load .*tokenizer.json"):
+        load_tokenizer(tmp_path)
+
+
+def test_missing_role_and_template_errors(hf_tokenizer_dir):
+    tok = load_tokenizer(hf_tokenizer_dir)
+    with pytest.raises(ValueError, match="message 0 needs 'role' and 'content'"):
+        tok.apply_chat_template([{"content": "x"}])
+    tok._chat_template = None
+    with pytest.raises(ValueError, match="has no chat template"):
+        tok.apply_chat_template([{"role": "user", "content": "x"}])

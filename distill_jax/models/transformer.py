@@ -151,7 +151,11 @@ class Attention(nn.Module):
         return nn.with_logical_constraint(y, ("batch", "length", head_axis, "head_dim"))
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, mask: Array) -> Array:
+    def __call__(self, x: Array, positions: Array, mask: Array, layer_cache=None,
+                 cache_index=None):
+        """Without a cache, attends within x. With `layer_cache` {k, v}
+        [batch, cache_length, kv_heads, head_dim], writes this call's keys/values at
+        `cache_index` and attends over the whole cache (mask covers cache slots)."""
         cfg = self.cfg
         dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         q = self._proj("q", x, cfg.num_heads, cfg.qkv_bias)
@@ -166,6 +170,17 @@ class Attention(nn.Module):
         q = checkpoint_name(q, "query_proj")
         k = checkpoint_name(k, "key_proj")
         v = checkpoint_name(v, "value_proj")
+        new_cache = None
+        if layer_cache is not None:
+            start = (0, cache_index, 0, 0)
+            k = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype),
+                                             start)
+            v = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype),
+                                             start)
+            k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", "head_dim"))
+            v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "head_dim"))
+            new_cache = {"k": k, "v": v}
+            k, v = k.astype(dtype), v.astype(dtype)
         if cfg.attention_impl == "xla":
             out = xla_attention(q, k, v, mask)
         else:
@@ -181,7 +196,7 @@ class Attention(nn.Module):
             o_bias = self.param("o_bias", _logical(nn.initializers.zeros, ("embed",)),
                                 (cfg.hidden_size,), pdtype)
             y = y + o_bias.astype(dtype)
-        return y
+        return y, new_cache
 
 
 class Mlp(nn.Module):
@@ -215,15 +230,17 @@ class DecoderLayer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, mask: Array):
+    def __call__(self, x: Array, positions: Array, mask: Array, layer_cache=None,
+                 cache_index=None):
         cfg = self.cfg
         dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         h = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="input_norm")(x)
-        x = x + Attention(cfg, name="attn")(h, positions, mask)
+        h, new_cache = Attention(cfg, name="attn")(h, positions, mask, layer_cache, cache_index)
+        x = x + h
         h = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="post_attn_norm")(x)
         x = x + Mlp(cfg, name="mlp")(h)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        return x, None  # (scan carry, per-layer output)
+        return x, new_cache  # (scan carry, per-layer output: this layer's updated cache)
 
 
 def remat_policy(name: str):
@@ -240,14 +257,43 @@ def remat_policy(name: str):
     return policies[name]
 
 
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype: Any = None) -> dict[str, Array]:
+    """An empty KV cache for `length` slots.
+
+    k, v: [layers, batch, length, kv_heads, head_dim]; segment_ids, positions:
+    [batch, length] describe what each slot holds (segment 0 = empty or padding).
+    """
+    dtype = _dtype(dtype or cfg.dtype)
+    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+            "segment_ids": jnp.zeros((batch, length), jnp.int32),
+            "positions": jnp.zeros((batch, length), jnp.int32)}
+
+
+CACHE_LOGICAL_AXES = {
+    "k": ("layers", "batch", "length", "kv_heads", "head_dim"),
+    "v": ("layers", "batch", "length", "kv_heads", "head_dim"),
+    "segment_ids": ("batch", "length"),
+    "positions": ("batch", "length"),
+}
+
+
 class Transformer(nn.Module):
-    """Decoder-only LM. `__call__(tokens, positions=None, segment_ids=None)` -> f32 logits."""
+    """Decoder-only LM.
+
+    `__call__(tokens, positions=None, segment_ids=None)` -> f32 logits [B, L, V].
+    With `cache` (see `init_cache`) and `cache_index` (scalar slot where these
+    tokens go, the same for every row): -> (logits, updated cache). Prefill is
+    a call at cache_index=0 with the (left-padded) prompts; each decode step is
+    a call with one token per row. `positions` must then be given explicitly.
+    """
 
     cfg: ModelConfig
 
     @nn.compact
     def __call__(self, tokens: Array, positions: Array | None = None,
-                 segment_ids: Array | None = None) -> Array:
+                 segment_ids: Array | None = None, cache: dict[str, Array] | None = None,
+                 cache_index: Array | int | None = None):
         cfg = self.cfg
         dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         tokens = jnp.asarray(tokens, jnp.int32)
@@ -257,7 +303,19 @@ class Transformer(nn.Module):
         if positions is None:
             positions = segment_positions(segment_ids)
         positions = jnp.asarray(positions, jnp.int32)
-        mask = attention_mask(segment_ids, segment_ids, positions, positions)
+        layer_cache = None
+        if cache is None:
+            mask = attention_mask(segment_ids, segment_ids, positions, positions)
+        else:
+            if cache_index is None:
+                raise ValueError("a KV cache needs cache_index (the slot of the first new token)")
+            cache_index = jnp.asarray(cache_index, jnp.int32)
+            kv_segments = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids,
+                                                       (0, cache_index))
+            kv_positions = jax.lax.dynamic_update_slice(cache["positions"], positions,
+                                                        (0, cache_index))
+            mask = attention_mask(segment_ids, kv_segments, positions, kv_positions)
+            layer_cache = {"k": cache["k"], "v": cache["v"]}
 
         embedding = self.param("embedding",
                                _logical(nn.initializers.normal(cfg.initializer_range),
@@ -270,9 +328,11 @@ class Transformer(nn.Module):
         if cfg.remat_policy != "none":
             layer = nn.remat(layer, policy=remat_policy(cfg.remat_policy), prevent_cse=False)
         stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
-                        in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
-                        unroll=cfg.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})
-        x, _ = stack(cfg, name="layers")(x, positions, mask)
+                        in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+                        length=cfg.num_layers, unroll=cfg.scan_unroll,
+                        metadata_params={nn.PARTITION_NAME: "layers"})
+        x, new_layer_cache = stack(cfg, name="layers")(x, positions, mask, layer_cache,
+                                                       cache_index)
         x = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="final_norm")(x)
 
         if cfg.tie_word_embeddings:
@@ -285,7 +345,12 @@ class Transformer(nn.Module):
                                  (cfg.hidden_size, cfg.vocab_size), pdtype)
             logits = jnp.einsum("bld,dv->blv", x, lm_head.astype(dtype),
                                 preferred_element_type=jnp.float32)
-        return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+        logits = nn.with_logical_constraint(logits.astype(jnp.float32),
+                                            ("batch", "length", "vocab"))
+        if cache is None:
+            return logits
+        return logits, {"k": new_layer_cache["k"], "v": new_layer_cache["v"],
+                        "segment_ids": kv_segments, "positions": kv_positions}
 
 
 def _boxed_init(cfg: ModelConfig, key: Array):

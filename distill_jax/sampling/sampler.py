@@ -1,0 +1,305 @@
+"""The teacher's engine: prefill + `lax.while_loop` decode over a KV cache.
+
+One compiled program per (batch bucket, prompt-length bucket, n, max_new_tokens,
+return_top_k): prompts are sorted by length, grouped, left-padded to a length
+bucket, and the group padded to a batch bucket, so a long run compiles a small,
+known number of programs (each new one is logged).
+
+Inside a program: the prompts are prefilled in one forward pass into a cache of
+`length_bucket + max_new_tokens` slots; each prompt's cache rows are repeated
+for its n samples (one prefill per prompt, not per sample); then a while loop
+samples a token per row, writes it into the cache, and stops as soon as every
+row has hit a stop token or the length limit. The cache is a loop-carried
+pytree, updated in place by XLA.
+
+Randomness: row (prompt key i, sample j) draws step t from
+fold_in(fold_in(fold_in(key(seed), i), j), t) — nothing about the batch enters.
+"""
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import functools
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from distill_jax import models, sharding
+from distill_jax.models.transformer import CACHE_LOGICAL_AXES, init_cache, segment_positions
+from distill_jax.sampling.logits_processing import choose_tokens
+from distill_jax.sampling.params import SamplingParams
+
+DEFAULT_LENGTH_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclasses.dataclass
+class SampleOutput:
+    """One sample: generated ids (including the stop token, if any), the raw model
+    log-probability of each, and why it ended ("stop" | "length")."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str
+    top_k_ids: list[list[int]] | None = None
+    top_k_logprobs: list[list[float]] | None = None
+    text: str | None = None
+
+
+def _bucket(value: int, buckets: Sequence[int], what: str) -> int:
+    i = bisect.bisect_left(buckets, value)
+    if i == len(buckets):
+        raise ValueError(f"{what} {value} exceeds the largest bucket {buckets[-1]}")
+    return buckets[i]
+
+
+class Sampler:
+    """`Sampler(cfg, params, mesh=None).generate(prompt_token_ids, SamplingParams(...))`.
+
+    With a mesh, params are placed by their logical axes (fsdp/tensor) and rows
+    over (data, fsdp); batch buckets are rounded up to multiples of the
+    data-parallel size. `max_batch` caps rows per program (prompts x n).
+    """
+
+    def __init__(self, cfg: models.ModelConfig, params, mesh: jax.sharding.Mesh | None = None,
+                 tokenizer=None, length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
+                 batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS, max_batch: int = 64,
+                 pad_id: int = 0):
+        self.cfg = cfg
+        self.mesh = mesh
+        self.tokenizer = tokenizer
+        self.pad_id = pad_id
+        self.length_buckets = tuple(sorted(length_buckets))
+        data_parallel = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+        self.batch_buckets = tuple(sorted({-(-b // data_parallel) * data_parallel
+                                           for b in batch_buckets}))
+        self.max_batch = max_batch
+        self.compiled: set[tuple] = set()
+        self._model = models.Transformer(cfg)
+        if mesh is not None:
+            self._param_shardings = sharding.logical_to_shardings(
+                models.param_logical_axes(cfg), mesh, shapes=params)
+            params = jax.tree_util.tree_map(jax.device_put, params, self._param_shardings)
+        self.params = params
+        self._programs: dict[tuple, object] = {}
+
+    # ----------------------------------------------------------------- program
+    def _program(self, n: int, max_new: int, top_k_out: int):
+        key = (n, max_new, top_k_out)
+        if key in self._programs:
+            return self._programs[key]
+        model, cfg, pad_id, mesh = self._model, self.cfg, self.pad_id, self.mesh
+
+        def constrain(tree, axes):
+            if mesh is None:
+                return tree
+            return jax.tree_util.tree_map(
+                lambda x, a: nn.with_logical_constraint(x, a), tree, axes,
+                is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(s, str) for s in x))
+
+        def run(params, tokens, segment_ids, row_valid, row_keys, temperature, top_k, top_p,
+                min_p, stop_ids):
+            # tokens, segment_ids: [prompts, prompt_len]; row_valid, row_keys: [prompts * n].
+            num_prompts, prompt_len = tokens.shape
+            rows = num_prompts * n
+            positions = segment_positions(segment_ids)
+            cache = constrain(init_cache(cfg, num_prompts, prompt_len + max_new), CACHE_LOGICAL_AXES)
+            logits, cache = model.apply({"params": params}, tokens, positions, segment_ids,
+                                        cache=cache, cache_index=0)
+            # Each prompt's cache and last logits, repeated for its n samples.
+            repeat = functools.partial(jnp.repeat, repeats=n, total_repeat_length=rows)
+            cache = {"k": repeat(cache["k"], axis=1), "v": repeat(cache["v"], axis=1),
+                     "segment_ids": repeat(cache["segment_ids"], axis=0),
+                     "positions": repeat(cache["positions"], axis=0)}
+            cache = constrain(cache, CACHE_LOGICAL_AXES)
+            last_logits = repeat(logits[:, -1, :], axis=0)
+            next_position = repeat(jnp.sum(segment_ids > 0, axis=1), axis=0).astype(jnp.int32)
+
+            state = {
+                "step": jnp.int32(0),
+                "logits": last_logits,
+                "cache": cache,
+                "done": ~row_valid,
+                "length": jnp.zeros((rows,), jnp.int32),
+                "stopped": jnp.zeros((rows,), bool),
+                "tokens": jnp.full((rows, max_new), pad_id, jnp.int32),
+                "logprobs": jnp.zeros((rows, max_new), jnp.float32),
+            }
+            if top_k_out:
+                state["top_ids"] = jnp.zeros((rows, max_new, top_k_out), jnp.int32)
+                state["top_logprobs"] = jnp.zeros((rows, max_new, top_k_out), jnp.float32)
+
+            def cond(s):
+                return (s["step"] < max_new) & ~jnp.all(s["done"])
+
+            def body(s):
+                step = s["step"]
+                step_keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, step)
+                token = choose_tokens(step_keys, s["logits"], temperature, top_k, top_p, min_p)
+                log_probs = jax.nn.log_softmax(s["logits"], axis=-1)
+                active = ~s["done"]
+                token = jnp.where(active, token, pad_id)
+                s = dict(s)
+                s["tokens"] = s["tokens"].at[:, step].set(token)
+                s["logprobs"] = s["logprobs"].at[:, step].set(
+                    jnp.where(active, jnp.take_along_axis(log_probs, token[:, None], -1)[:, 0], 0.0))
+                if top_k_out:
+                    top_lp, top_ids = jax.lax.top_k(log_probs, top_k_out)
+                    s["top_ids"] = s["top_ids"].at[:, step].set(top_ids)
+                    s["top_logprobs"] = s["top_logprobs"].at[:, step].set(top_lp)
+                s["length"] = s["length"] + active.astype(jnp.int32)
+                hit_stop = active & jnp.any(token[:, None] == stop_ids[None, :], axis=-1)
+                s["stopped"] = s["stopped"] | hit_stop
+                s["done"] = s["done"] | hit_stop
+                logits, s["cache"] = model.apply(
+                    {"params": params}, token[:, None], (next_position + step)[:, None],
+                    jnp.ones((rows, 1), jnp.int32), cache=s["cache"], cache_index=prompt_len + step)
+                s["logits"] = logits[:, 0, :]
+                s["step"] = step + 1
+                return s
+
+            final = jax.lax.while_loop(cond, body, state)
+            out = {k: final[k] for k in ("tokens", "logprobs", "length", "stopped")}
+            if top_k_out:
+                out["top_ids"], out["top_logprobs"] = final["top_ids"], final["top_logprobs"]
+            return out
+
+        if mesh is None:
+            program = jax.jit(run)
+        else:
+            rows = sharding.batch_sharding(mesh, 1)
+            mat = sharding.batch_sharding(mesh, 2)
+            replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            program = jax.jit(run, in_shardings=(self._param_shardings, mat, mat, rows, rows,
+                                                 replicated, replicated, replicated, replicated,
+                                                 replicated))
+        self._programs[key] = program
+        return program
+
+    # ----------------------------------------------------------------- generate
+    def generate(self, prompt_token_ids: Sequence[Sequence[int]], params: SamplingParams,
+                 prompt_keys: Sequence[int] | None = None) -> list[list[SampleOutput]]:
+        """outs[i][j] is sample j of prompt i. `prompt_keys[i]` (default i) seeds prompt
+        i's samples: give each prompt a stable id to make results independent of how
+        prompts are grouped into calls."""
+        prompts = [list(map(int, p)) for p in prompt_token_ids]
+        keys = list(range(len(prompts))) if prompt_keys is None else [int(k) for k in prompt_keys]
+        if len(keys) != len(prompts):
+            raise ValueError(f"{len(keys)} prompt_keys for {len(prompts)} prompts")
+        limit = min(self.length_buckets[-1], self.cfg.max_position_embeddings - params.max_new_tokens)
+        for i, p in enumerate(prompts):
+            if not p:
+                raise ValueError(f"prompt {i} is empty")
+            if len(p) > limit:
+                raise ValueError(
+                    f"prompt {i} has {len(p)} tokens; with max_new_tokens="
+                    f"{params.max_new_tokens} at most {limit} fit (largest length bucket "
+                    f"{self.length_buckets[-1]}, max_position_embeddings "
+                    f"{self.cfg.max_position_embeddings})")
+            bad = [t for t in p if not 0 <= t < self.cfg.vocab_size]
+            if bad:
+                raise ValueError(f"prompt {i} has token ids outside [0, {self.cfg.vocab_size}): "
+                                 f"{bad[:5]}")
+        if params.n > self.max_batch:
+            raise ValueError(f"n={params.n} exceeds max_batch={self.max_batch}")
+
+        results: list[list[SampleOutput] | None] = [None] * len(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        per_call = max(1, self.max_batch // params.n)
+        for start in range(0, len(order), per_call):
+            group = order[start:start + per_call]
+            outs = self._generate_group([prompts[i] for i in group], [keys[i] for i in group],
+                                        params)
+            for i, samples in zip(group, outs):
+                results[i] = samples
+        return results  # type: ignore[return-value]
+
+    def _generate_group(self, prompts, keys, params: SamplingParams):
+        n = params.n
+        batch = _bucket(len(prompts), self.batch_buckets, "batch size")
+        length = _bucket(max(len(p) for p in prompts), self.length_buckets, "prompt length")
+        tokens = np.full((batch, length), self.pad_id, np.int32)
+        segment_ids = np.zeros((batch, length), np.int32)
+        for row, p in enumerate(prompts):
+            tokens[row, length - len(p):] = p
+            segment_ids[row, length - len(p):] = 1
+        row_valid = np.repeat(np.arange(batch) < len(prompts), n)
+        base = jax.random.key(params.seed)
+        prompt_keys = list(keys) + [-1] * (batch - len(prompts))
+        row_keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(base, k & 0x7FFFFFFF), j)
+                              for k in prompt_keys for j in range(n)])
+        stop_ids = np.asarray(params.stop_token_ids or (-1,), np.int32)
+        signature = (batch, length, n, params.max_new_tokens, params.return_top_k,
+                     len(stop_ids))
+        if signature not in self.compiled:
+            self.compiled.add(signature)
+            logging.info("sampler: compiling program %d: prompts=%d prompt_len=%d n=%d "
+                         "max_new_tokens=%d return_top_k=%d", len(self.compiled), batch, length,
+                         n, params.max_new_tokens, params.return_top_k)
+        program = self._program(n, params.max_new_tokens, params.return_top_k)
+        args = (self.params, tokens, segment_ids, row_valid, row_keys,
+                np.float32(params.temperature), np.int32(params.top_k), np.float32(params.top_p),
+                np.float32(params.min_p), stop_ids)
+        if self.mesh is not None:
+            args = (self.params,) + tuple(
+                jax.device_put(a, s) for a, s in zip(
+                    args[1:5], (sharding.batch_sharding(self.mesh, 2),) * 2
+                    + (sharding.batch_sharding(self.mesh, 1),) * 2)) + args[5:]
+        with sharding.mesh_context(self.mesh):
+            out = jax.device_get(program(*args))
+
+        samples: list[list[SampleOutput]] = []
+        for i in range(len(prompts)):
+            row_samples = []
+            for j in range(n):
+                r = i * n + j
+                count = int(out["length"][r])
+                sample = SampleOutput(
+                    token_ids=out["tokens"][r, :count].tolist(),
+                    logprobs=out["logprobs"][r, :count].tolist(),
+                    finish_reason="stop" if out["stopped"][r] else "length")
+                if params.return_top_k:
+                    sample.top_k_ids = out["top_ids"][r, :count].tolist()
+                    sample.top_k_logprobs = out["top_logprobs"][r, :count].tolist()
+                row_samples.append(self._apply_stop_strings(sample, params))
+            samples.append(row_samples)
+        return samples
+
+    def _apply_stop_strings(self, sample: SampleOutput, params: SamplingParams) -> SampleOutput:
+        """Decodes text (with a tokenizer) and cuts at the first stop string, keeping it.
+
+        Stop strings are matched on the host after decoding, so they shorten the
+        output but do not end device-side generation early.
+        """
+        if self.tokenizer is None:
+            if params.stop_strings:
+                raise ValueError("stop_strings need a Sampler with a tokenizer")
+            return sample
+        sample.text = self.tokenizer.decode(sample.token_ids)
+        if not params.stop_strings:
+            return sample
+        hits = [sample.text.find(s) for s in params.stop_strings]
+        if not any(h >= 0 for h in hits):
+            return sample
+        # Smallest token prefix whose text contains a stop string (monotone: bisect).
+        def contains(count):
+            text = self.tokenizer.decode(sample.token_ids[:count])
+            return any(s in text for s in params.stop_strings)
+        lo, hi = 1, len(sample.token_ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if contains(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        text = self.tokenizer.decode(sample.token_ids[:lo])
+        ends = [text.find(s) + len(s) for s in params.stop_strings if s in text]
+        return dataclasses.replace(
+            sample, token_ids=sample.token_ids[:lo], logprobs=sample.logprobs[:lo],
+            top_k_ids=None if sample.top_k_ids is None else sample.top_k_ids[:lo],
+            top_k_logprobs=None if sample.top_k_logprobs is None else sample.top_k_logprobs[:lo],
+            finish_reason="stop", text=text[:min(ends)])

@@ -34,6 +34,7 @@ setup(
     entry_points={
         "console_scripts": [
             "distill-demo=distill_jax.cli.demo:run",
+            "distill-generate=distill_jax.cli.generate:run",
         ],
     },
 )

@@ -1,0 +1,1 @@
+"""Prompt sources and (later) the curated-trace dataset and input pipeline."""

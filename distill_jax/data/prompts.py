@@ -1,0 +1,111 @@
+"""Prompt sources: JSONL files in the formats of GSM8K, MATH-500, AIME 2024,
+HumanEval, or any JSONL with configurable fields.
+
+Each record becomes a `Prompt` with a stable id (the sampler seeds from it, so
+results do not depend on batching), the problem text, and what a verifier needs
+later (`reference`: the gold answer, or HumanEval's test code and entry point).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+R1_MATH_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
+CODE_SUFFIX = ("Complete the following Python function. Reason step by step, then give the "
+               "complete function in one ```python code block.")
+
+FORMATS = ("gsm8k", "math500", "aime24", "humaneval", "jsonl")
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+    id: str
+    problem: str
+    kind: str                      # "math" | "code"
+    source: str
+    reference: dict[str, Any]
+
+    def user_message(self, suffix: str | None = None) -> str:
+        if suffix is None:
+            suffix = R1_MATH_SUFFIX if self.kind == "math" else CODE_SUFFIX
+        if not suffix:
+            return self.problem
+        if self.kind == "code":
+            return f"{suffix}\n\n```python\n{self.problem}```"
+        return f"{self.problem}\n{suffix}"
+
+
+def gsm8k_gold(answer_text: str) -> str:
+    """GSM8K's final answer: what follows '####', thousands separators removed."""
+    if "####" not in answer_text:
+        raise ValueError("no '####' final answer")
+    return answer_text.split("####")[-1].strip().replace(",", "")
+
+
+def _field(row: dict, name: str, where: str):
+    if name not in row:
+        raise ValueError(f"{where}: missing field {name!r} (has {sorted(row)})")
+    return row[name]
+
+
+def load_prompts(path: str, fmt: str = "jsonl", id_field: str | None = "id",
+                 problem_field: str = "problem", answer_field: str | None = "answer",
+                 kind: str = "math", limit: int | None = None) -> list[Prompt]:
+    """Reads prompts; errors name the file and line. `fmt="jsonl"` uses the *_field args."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown prompt format {fmt!r}; choose from {FORMATS}")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    source = os.path.splitext(os.path.basename(path))[0]
+    prompts: list[Prompt] = []
+    seen: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if limit is not None and len(prompts) >= limit:
+                break
+            if not line.strip():
+                continue
+            where = f"{path}:{line_no}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: malformed JSON ({e.msg})") from e
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object")
+            try:
+                prompt = _parse(row, fmt, where, source, line_no, id_field, problem_field,
+                                answer_field, kind)
+            except ValueError as e:
+                raise ValueError(str(e) if str(e).startswith(where) else f"{where}: {e}") from e
+            if prompt.id in seen:
+                raise ValueError(f"{where}: duplicate prompt id {prompt.id!r} "
+                                 f"(first on line {seen[prompt.id]})")
+            seen[prompt.id] = line_no
+            prompts.append(prompt)
+    return prompts
+
+
+def _parse(row, fmt, where, source, line_no, id_field, problem_field, answer_field, kind):
+    if fmt == "gsm8k":
+        return Prompt(id=f"{source}-{line_no - 1}", problem=_field(row, "question", where),
+                      kind="math", source=source,
+                      reference={"answer": gsm8k_gold(_field(row, "answer", where))})
+    if fmt == "math500":
+        return Prompt(id=str(_field(row, "unique_id", where)), problem=_field(row, "problem", where),
+                      kind="math", source=source,
+                      reference={"answer": str(_field(row, "answer", where))})
+    if fmt == "aime24":
+        return Prompt(id=f"aime24-{_field(row, 'id', where)}", problem=_field(row, "problem", where),
+                      kind="math", source=source,
+                      reference={"answer": str(_field(row, "answer", where))})
+    if fmt == "humaneval":
+        return Prompt(id=str(_field(row, "task_id", where)), problem=_field(row, "prompt", where),
+                      kind="code", source=source,
+                      reference={"test": _field(row, "test", where),
+                                 "entry_point": _field(row, "entry_point", where)})
+    prompt_id = str(_field(row, id_field, where)) if id_field else f"{source}-{line_no - 1}"
+    reference = {"answer": str(_field(row, answer_field, where))} if answer_field else {}
+    return Prompt(id=prompt_id, problem=str(_field(row, problem_field, where)), kind=kind,
+                  source=source, reference=reference)

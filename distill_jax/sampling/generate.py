@@ -1,0 +1,229 @@
+"""The `distill-generate` stage: prompts -> n teacher samples each -> JSONL shards.
+
+Prompts are cut into fixed shards (`prompts_per_shard`, in file order). Each
+shard is written to a temporary name and renamed when complete, so a shard file
+either exists whole or not at all; a rerun skips existing shards. Sample j of a
+prompt is seeded by (seed, hash of the prompt id, j), never by its shard or
+batch, so an interrupted-and-resumed run writes byte-identical shards.
+
+A `manifest.json` pins what the shards were made with (teacher, sampling,
+prompts, template); rerunning into the same directory with different settings is
+an error rather than a silent mix.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+from distill_jax import models, sharding
+from distill_jax.data.prompts import Prompt, load_prompts
+from distill_jax.progress import Progress
+from distill_jax.sampling.params import SamplingParams
+from distill_jax.sampling.sampler import Sampler
+from distill_jax.tokenizer import load_tokenizer
+
+MANIFEST = "manifest.json"
+SUMMARY = "summary.json"
+
+
+def prompt_key(prompt_id: str) -> int:
+    """A stable 31-bit integer from a prompt id: the sampler's per-prompt seed."""
+    return int.from_bytes(hashlib.sha256(prompt_id.encode("utf-8")).digest()[:4], "little") >> 1
+
+
+def shard_name(index: int, count: int) -> str:
+    return f"shard-{index:05d}-of-{count:05d}.jsonl"
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def sampling_params_from_config(c) -> SamplingParams:
+    return SamplingParams(n=c.n, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
+                          min_p=c.min_p, max_new_tokens=c.max_new_tokens,
+                          stop_token_ids=tuple(c.get("stop_token_ids", ())),
+                          stop_strings=tuple(c.get("stop_strings", ())), seed=c.seed,
+                          return_top_k=c.return_top_k)
+
+
+def _teacher_config(config, tokenizer) -> tuple[models.ModelConfig, str]:
+    t = config.teacher
+    if t.get("checkpoint"):
+        from distill_jax.models.hf_io import read_hf_config
+        cfg = models.config_from_hf(read_hf_config(t.checkpoint), dtype=t.dtype)
+        return cfg, t.get("id") or os.path.basename(os.path.normpath(t.checkpoint))
+    if t.get("preset"):
+        cfg = models.get_config(t.preset, vocab_size=tokenizer.vocab_size, dtype=t.dtype)
+        return cfg, t.get("id") or f"{t.preset}-random-init{t.init_seed}"
+    raise ValueError("config.teacher needs `checkpoint` (an HF directory) or `preset`")
+
+
+def _load_teacher(config, cfg, mesh):
+    t = config.teacher
+    if t.get("checkpoint"):
+        _, params = models.load_hf_checkpoint(t.checkpoint, dtype=jnp.dtype(t.param_dtype),
+                                              mesh=mesh)
+        return params
+    return models.init_params(cfg.replace(param_dtype=t.param_dtype), jax.random.key(t.init_seed),
+                              mesh=mesh)
+
+
+def _render(prompts: list[Prompt], tokenizer, config) -> list[list[int]]:
+    tc = config.tokenizer
+    suffix = config.prompts.get("suffix")
+    out = []
+    for p in prompts:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": p.user_message(suffix)}],
+            template=tc.get("chat_template") or None, assistant_prefix=tc.assistant_prefix)
+        out.append(tokenizer.encode(text))
+    return out
+
+
+def _check_manifest(path: str, manifest: dict[str, Any]) -> None:
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        changed = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+        if changed:
+            raise ValueError(
+                f"{path} was written with different settings ({', '.join(changed)}); use a new "
+                "output_dir or delete it to start over")
+    else:
+        write_text_atomic(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def generate_traces(config) -> dict[str, Any]:
+    """Runs the stage; returns the summary (also written to output_dir/summary.json)."""
+    out_dir = config.output_dir
+    pc = config.prompts
+    prompts = load_prompts(pc.path, pc.format, id_field=pc.get("id_field", "id"),
+                           problem_field=pc.get("problem_field", "problem"),
+                           answer_field=pc.get("answer_field", "answer"),
+                           kind=pc.get("kind", "math"), limit=pc.get("limit") or None)
+    if not prompts:
+        raise ValueError(f"{pc.path}: no prompts")
+    tokenizer = load_tokenizer(config.tokenizer.path)
+    params = sampling_params_from_config(config.sampling)
+    if not params.stop_token_ids:
+        params = SamplingParams(**{**params.__dict__,
+                                   "stop_token_ids": tokenizer.stop_token_ids()})
+    cfg, teacher_id = _teacher_config(config, tokenizer)
+    prompt_ids = _render(prompts, tokenizer, config)
+    longest = max(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
+    if len(prompt_ids[longest]) + params.max_new_tokens > cfg.max_position_embeddings:
+        raise ValueError(
+            f"prompt {prompts[longest].id!r} renders to {len(prompt_ids[longest])} tokens; with "
+            f"max_new_tokens={params.max_new_tokens} it exceeds the teacher's "
+            f"max_position_embeddings={cfg.max_position_embeddings}")
+
+    per_shard = config.prompts_per_shard
+    num_shards = math.ceil(len(prompts) / per_shard)
+    os.makedirs(out_dir, exist_ok=True)
+    manifest = {
+        "teacher_id": teacher_id,
+        "sampling": {k: list(v) if isinstance(v, tuple) else v
+                     for k, v in params.__dict__.items()},
+        "prompts_path": os.path.abspath(pc.path), "prompts_format": pc.format,
+        "num_prompts": len(prompts), "prompts_per_shard": per_shard,
+        "prompt_token_ids_sha256": hashlib.sha256(
+            json.dumps(prompt_ids).encode()).hexdigest(),
+    }
+    _check_manifest(os.path.join(out_dir, MANIFEST), manifest)
+
+    # Temp files are shards a killed run did not finish; they are redone.
+    for name in os.listdir(out_dir):
+        if name.startswith("shard-") and ".jsonl.tmp." in name:
+            logging.info("generate: removing unfinished %s", name)
+            os.remove(os.path.join(out_dir, name))
+    remaining = [k for k in range(num_shards)
+                 if not os.path.exists(os.path.join(out_dir, shard_name(k, num_shards)))]
+    # max_shards > 0 time-boxes a run (e.g. on preemptible machines); rerun to continue.
+    max_shards = config.get("max_shards") or 0
+    todo = remaining[:max_shards] if max_shards else remaining
+    logging.info("generate: %d prompts in %d shards, %d already done, %d to do this run",
+                 len(prompts), num_shards, num_shards - len(remaining), len(todo))
+
+    run_tokens, run_start = 0, time.monotonic()
+    if todo:
+        mesh = sharding.make_mesh(dict(config.mesh)) if config.get("mesh") else None
+        sampler = Sampler(cfg, _load_teacher(config, cfg, mesh), mesh=mesh, tokenizer=tokenizer,
+                          max_batch=config.max_batch, pad_id=tokenizer.pad_id or 0)
+        progress = Progress(sum(len(prompts[k * per_shard:(k + 1) * per_shard]) for k in todo),
+                            "prompts", "generate")
+        for k in todo:
+            lo, hi = k * per_shard, min((k + 1) * per_shard, len(prompts))
+            outs = sampler.generate(prompt_ids[lo:hi], params,
+                                    prompt_keys=[prompt_key(p.id) for p in prompts[lo:hi]])
+            lines = []
+            for p, ids, samples in zip(prompts[lo:hi], prompt_ids[lo:hi], outs):
+                for j, s in enumerate(samples):
+                    lines.append(json.dumps(_record(p, ids, j, s, params, teacher_id, tokenizer),
+                                            ensure_ascii=False))
+            n_tokens = sum(len(s.token_ids) for samples in outs for s in samples)
+            run_tokens += n_tokens
+            write_text_atomic(os.path.join(out_dir, shard_name(k, num_shards)),
+                              "\n".join(lines) + "\n")
+            progress.update(hi - lo, tokens=n_tokens)
+    elapsed = time.monotonic() - run_start
+    summary = summarize(out_dir, num_shards)
+    summary.update(run_new_tokens=run_tokens, run_seconds=round(elapsed, 3),
+                   run_tokens_per_s=round(run_tokens / elapsed, 1) if elapsed > 0 else None,
+                   shards_written_this_run=len(todo), teacher_id=teacher_id,
+                   compiled_programs=0 if not todo else len(sampler.compiled))
+    write_text_atomic(os.path.join(out_dir, SUMMARY), json.dumps(summary, indent=2) + "\n")
+    print(f"generate: {summary['complete_shards']}/{num_shards} shards, "
+          f"{summary['samples']} samples, {summary['total_tokens']} tokens; this run "
+          f"{run_tokens} tokens in {elapsed:.1f}s ({summary['run_tokens_per_s']} tok/s); "
+          f"finish reasons {summary['finish_reasons']}")
+    return summary
+
+
+def _record(p: Prompt, prompt_ids, j, s, params: SamplingParams, teacher_id, tokenizer):
+    record = {
+        "prompt_id": p.id, "source": p.source, "kind": p.kind, "problem": p.problem,
+        "reference": p.reference, "prompt": tokenizer.decode(prompt_ids),
+        "sample_index": j, "text": s.text, "token_ids": s.token_ids,
+        "logprobs": [round(x, 6) for x in s.logprobs], "finish_reason": s.finish_reason,
+        "num_tokens": len(s.token_ids), "teacher_id": teacher_id,
+        "sampling": {"temperature": params.temperature, "top_p": params.top_p,
+                     "top_k": params.top_k, "min_p": params.min_p,
+                     "max_new_tokens": params.max_new_tokens, "seed": params.seed},
+    }
+    if params.return_top_k:
+        record["top_k_ids"] = s.top_k_ids
+        record["top_k_logprobs"] = [[round(x, 6) for x in row] for row in s.top_k_logprobs]
+    return record
+
+
+def summarize(out_dir: str, num_shards: int) -> dict[str, Any]:
+    reasons: collections.Counter = collections.Counter()
+    samples = tokens = complete = 0
+    for k in range(num_shards):
+        path = os.path.join(out_dir, shard_name(k, num_shards))
+        if not os.path.exists(path):
+            continue
+        complete += 1
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                r = json.loads(line)
+                samples += 1
+                tokens += r["num_tokens"]
+                reasons[r["finish_reason"]] += 1
+    return {"complete_shards": complete, "num_shards": num_shards, "samples": samples,
+            "total_tokens": tokens, "finish_reasons": dict(sorted(reasons.items()))}

@@ -1,0 +1,144 @@
+"""distill-generate: shards, resume after interruption, manifest, CLI, bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from configs import generate_gsm8k
+from distill_jax import models
+from distill_jax.data.prompts import load_prompts
+from distill_jax.demo import arithmetic
+from distill_jax.sampling.generate import generate_traces, shard_name
+from distill_jax.tokenizer import load_tokenizer, train_sentencepiece
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A SentencePiece tokenizer and a tiny random teacher saved as an HF checkpoint."""
+    root = tmp_path_factory.mktemp("teacher")
+    corpus = [p.question + "\n" + p.solution for p in arithmetic.make_split(0, 0, 500)]
+    sp = train_sentencepiece(corpus, str(root / "tok"), vocab_size=400)
+    tok = load_tokenizer(sp)
+    cfg = models.get_config("tiny-qwen2", vocab_size=tok.vocab_size)
+    models.save_hf_checkpoint(root / "ckpt", cfg, models.init_params(cfg, jax.random.key(0)))
+    return sp, str(root / "ckpt")
+
+
+def _config(teacher, shared_data, out_dir, **overrides):
+    c = generate_gsm8k.get_config()
+    c.output_dir = str(out_dir)
+    c.prompts.path = str(shared_data / "gsm8k_test.jsonl")
+    c.prompts.limit = 10
+    c.prompts_per_shard = 3
+    c.tokenizer.path, c.teacher.checkpoint = teacher
+    c.teacher.dtype = c.teacher.param_dtype = "float32"
+    c.sampling.n = 2
+    c.sampling.temperature = 1.0
+    c.sampling.max_new_tokens = 16
+    c.sampling.return_top_k = 2
+    c.max_batch = 4
+    for key, value in overrides.items():
+        target = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return c
+
+
+def _shards(path):
+    return {name: (path / name).read_bytes() for name in sorted(os.listdir(path))
+            if name.startswith("shard-")}
+
+
+def test_interrupt_and_resume_is_byte_identical(teacher, shared_data, tmp_path):
+    full = generate_traces(_config(teacher, shared_data, tmp_path / "full"))
+    assert full["complete_shards"] == 4 and full["samples"] == 20
+    assert sum(full["finish_reasons"].values()) == 20
+
+    part = tmp_path / "part"
+    first = generate_traces(_config(teacher, shared_data, part, max_shards=1))
+    assert first["complete_shards"] == 1
+    # A crash mid-shard leaves only a temp file behind, never a partial shard.
+    (part / (shard_name(1, 4) + ".tmp.12345")).write_text('{"partial": tru')
+    second = generate_traces(_config(teacher, shared_data, part, max_shards=2))
+    assert second["complete_shards"] == 3 and second["shards_written_this_run"] == 2
+    generate_traces(_config(teacher, shared_data, part))
+    assert _shards(part) == _shards(tmp_path / "full")
+    # Nothing left to do: a rerun writes nothing.
+    again = generate_traces(_config(teacher, shared_data, part))
+    assert again["shards_written_this_run"] == 0 and again["samples"] == 20
+
+
+def test_records_carry_what_later_stages_need(teacher, shared_data, tmp_path):
+    generate_traces(_config(teacher, shared_data, tmp_path))
+    records = [json.loads(line) for name in sorted(os.listdir(tmp_path))
+               if name.startswith("shard-") for line in open(tmp_path / name)]
+    prompts = load_prompts(str(shared_data / "gsm8k_test.jsonl"), "gsm8k", limit=10)
+    assert [r["prompt_id"] for r in records[::2]] == [p.id for p in prompts]
+    assert [r["sample_index"] for r in records[:4]] == [0, 1, 0, 1]
+    tok = load_tokenizer(teacher[0])
+    for r in records:
+        assert r["reference"]["answer"] == next(p.reference["answer"] for p in prompts
+                                                if p.id == r["prompt_id"])
+        assert r["prompt"].endswith("<|im_start|>assistant\n<think>\n")
+        assert "Please reason step by step" in r["prompt"]
+        assert r["text"] == tok.decode(r["token_ids"])
+        assert len(r["logprobs"]) == len(r["token_ids"]) == len(r["top_k_ids"]) == r["num_tokens"]
+        assert r["finish_reason"] in ("stop", "length")
+        assert r["teacher_id"] == "ckpt" and r["sampling"]["temperature"] == 1.0
+    # Samples of one prompt differ (n=2 at temperature 1).
+    assert records[0]["token_ids"] != records[1]["token_ids"]
+
+
+def test_changed_settings_refuse_to_mix(teacher, shared_data, tmp_path):
+    generate_traces(_config(teacher, shared_data, tmp_path, max_shards=1))
+    with pytest.raises(ValueError, match=r"manifest.json was written with different settings "
+                                         r"\(sampling\)"):
+        generate_traces(_config(teacher, shared_data, tmp_path, **{"sampling.temperature": 0.5}))
+
+
+def test_malformed_prompt_line_is_named(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"id": "a", "problem": "x", "answer": "1"}\n{"id": "b", "problem": \n')
+    with pytest.raises(ValueError, match=r"p.jsonl:2: malformed JSON"):
+        load_prompts(str(path))
+    path.write_text('{"id": "a", "problem": "x"}\n')
+    with pytest.raises(ValueError, match=r"p.jsonl:1: missing field 'answer'"):
+        load_prompts(str(path))
+    path.write_text('{"id": "a", "problem": "x", "answer": 1}\n' * 2)
+    with pytest.raises(ValueError, match=r"p.jsonl:2: duplicate prompt id 'a'"):
+        load_prompts(str(path))
+
+
+def test_builtin_formats_read_the_shared_data(shared_data):
+    assert len(load_prompts(str(shared_data / "gsm8k_test.jsonl"), "gsm8k")) == 1319
+    math = load_prompts(str(shared_data / "math500_test.jsonl"), "math500")
+    assert len(math) == 500 and math[0].reference["answer"]
+    assert len(load_prompts(str(shared_data / "aime24_test.jsonl"), "aime24")) == 30
+    he = load_prompts(str(shared_data / "humaneval.jsonl"), "humaneval")
+    assert len(he) == 164 and he[0].kind == "code" and he[0].reference["entry_point"]
+    assert "```python" in he[0].user_message()
+
+
+def test_cli_runs_and_reports(teacher, shared_data, tmp_path):
+    sp, ckpt = teacher
+    cmd = [sys.executable, "-m", "distill_jax.cli.generate",
+           f"--config={REPO}/configs/generate_gsm8k.py", f"--config.output_dir={tmp_path}",
+           f"--config.prompts.path={shared_data / 'gsm8k_test.jsonl'}",
+           "--config.prompts.limit=4", "--config.prompts_per_shard=2",
+           f"--config.tokenizer.path={sp}", f"--config.teacher.checkpoint={ckpt}",
+           "--config.teacher.dtype=float32", "--config.sampling.max_new_tokens=8",
+           "--config.sampling.n=1", "--config.max_batch=2"]
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "generate: 2/2 shards, 4 samples" in result.stdout
+    assert "generate 4/4 prompts" in result.stderr and "ETA" in result.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["samples"] == 4 and summary["total_tokens"] > 0

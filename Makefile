@@ -35,6 +35,7 @@ test: $(VENV)/.test
 
 bench: $(VENV)/.test
 	$(PY) benchmarks/forward_vs_transformers.py
+	$(PY) benchmarks/decode_vs_transformers.py
 
 clean:
 	rm -rf $(VENV) artifacts

@@ -10,9 +10,8 @@ with --write.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
+import sys
 import tempfile
 import time
 
@@ -23,6 +22,9 @@ import torch
 import transformers
 
 from distill_jax import models
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import append_row, bench_model_config  # noqa: E402
 
 
 def _timeit(fn, repeats: int) -> float:
@@ -43,9 +45,7 @@ def main():
     parser.add_argument("--write", action="store_true", help="append results to BENCHMARKS.md")
     args = parser.parse_args()
 
-    cfg = models.get_config("tiny-llama").replace(
-        vocab_size=8192, hidden_size=512, intermediate_size=1408, num_layers=6, num_heads=8,
-        num_kv_heads=4, head_dim=64, name="bench-llama-33m")
+    cfg = bench_model_config()
     params = models.init_params(cfg, jax.random.key(0))
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (args.batch, args.length))
 
@@ -68,20 +68,13 @@ def main():
     diff = float(np.abs(np.asarray(forward(params, jt)) - torch_forward().numpy()).max())
 
     n_tokens = args.batch * args.length
-    row = (f"| forward, {cfg.name} ({models.count_params(cfg) / 1e6:.1f}M), f32, "
-           f"batch {args.batch} x {args.length} | {n_tokens / ours_s:,.0f} tok/s | "
-           f"{n_tokens / ref_s:,.0f} tok/s | {ref_s / ours_s:.2f}x | {diff:.1e} | "
-           f"{platform.machine()} CPU x{os.cpu_count()}, jax {jax.__version__}, "
-           f"torch {torch.__version__} | {datetime.date.today()} |")
     print(f"distill_jax : {ours_s * 1e3:8.1f} ms  ({n_tokens / ours_s:,.0f} tok/s)")
     print(f"transformers: {ref_s * 1e3:8.1f} ms  ({n_tokens / ref_s:,.0f} tok/s)")
     print(f"speed ratio (ours / transformers): {ref_s / ours_s:.2f}x   max |logit diff| {diff:.1e}")
     if args.write:
-        path = os.path.join(os.path.dirname(__file__), "..", "BENCHMARKS.md")
-        with open(path, "a") as f:
-            f.write(row + "\n")
-        print(f"appended to {os.path.normpath(path)}")
-
+        append_row([f"forward, {cfg.name}, f32, batch {args.batch} x {args.length}",
+                    f"{n_tokens / ours_s:,.0f} tok/s", f"{n_tokens / ref_s:,.0f} tok/s",
+                    f"{ref_s / ours_s:.2f}x", f"{diff:.1e}"])
 
 if __name__ == "__main__":
     main()

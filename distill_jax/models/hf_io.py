@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from distill_jax.fileio import write_json_atomic
 from distill_jax.models.config import ModelConfig, config_from_hf, to_hf_config
 from distill_jax.models.safetensors_io import CheckpointError, SafetensorsFile, write_safetensors
 from distill_jax.models.transformer import param_logical_axes, param_shapes
@@ -285,21 +286,14 @@ def save_hf_checkpoint(path: str, cfg: ModelConfig, params, dtype: Any = None,
             index = {"metadata": {"total_size": total},
                      "weight_map": {n: fname for fname, shard in zip(names, shards)
                                     for n, _, _ in shard}}
-            _write_json_atomic(os.path.join(path, INDEX_FILE), index)
+            write_json_atomic(os.path.join(path, INDEX_FILE), index)
             written.append(INDEX_FILE)
         for stale in glob.glob(os.path.join(path, "model*.safetensors*")):
             if os.path.basename(stale) not in written:
                 os.remove(stale)
-        _write_json_atomic(os.path.join(path, "config.json"),
+        write_json_atomic(os.path.join(path, "config.json"),
                            to_hf_config(cfg, torch_dtype=out_dtype.name))
         written.append("config.json")
         return written
     return []
 
-
-def _write_json_atomic(path: str, obj) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)

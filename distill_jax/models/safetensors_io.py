@@ -17,6 +17,8 @@ from typing import Iterable, Iterator
 import ml_dtypes
 import numpy as np
 
+from distill_jax.fileio import atomic_open
+
 _DTYPES = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
     "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
@@ -122,19 +124,11 @@ def write_safetensors(path: str, tensors: Iterable[tuple[str, np.ndarray]] | Non
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
-            for name, dtype, shape in specs:
-                arr = np.ascontiguousarray(next(arrays), dtype=dtype)
-                if arr.shape != tuple(shape):
-                    raise CheckpointError(f"tensor {name!r}: got shape {arr.shape}, declared {shape}")
-                f.write(arr.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for name, dtype, shape in specs:
+            arr = np.ascontiguousarray(next(arrays), dtype=dtype)
+            if arr.shape != tuple(shape):
+                raise CheckpointError(f"tensor {name!r}: got shape {arr.shape}, declared {shape}")
+            f.write(arr.tobytes())

@@ -26,6 +26,7 @@ from absl import logging
 
 from distill_jax import models, sharding
 from distill_jax.data.prompts import Prompt, load_prompts
+from distill_jax.fileio import write_json_atomic, write_text_atomic
 from distill_jax.progress import Progress
 from distill_jax.sampling.params import SamplingParams
 from distill_jax.sampling.sampler import Sampler
@@ -42,15 +43,6 @@ def prompt_key(prompt_id: str) -> int:
 
 def shard_name(index: int, count: int) -> str:
     return f"shard-{index:05d}-of-{count:05d}.jsonl"
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def sampling_params_from_config(c) -> SamplingParams:
@@ -105,7 +97,7 @@ def _check_manifest(path: str, manifest: dict[str, Any]) -> None:
                 f"{path} was written with different settings ({', '.join(changed)}); use a new "
                 "output_dir or delete it to start over")
     else:
-        write_text_atomic(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        write_json_atomic(path, manifest)
 
 
 def generate_traces(config) -> dict[str, Any]:
@@ -186,7 +178,7 @@ def generate_traces(config) -> dict[str, Any]:
                    run_tokens_per_s=round(run_tokens / elapsed, 1) if elapsed > 0 else None,
                    shards_written_this_run=len(todo), teacher_id=teacher_id,
                    compiled_programs=0 if not todo else len(sampler.compiled))
-    write_text_atomic(os.path.join(out_dir, SUMMARY), json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(os.path.join(out_dir, SUMMARY), summary)
     print(f"generate: {summary['complete_shards']}/{num_shards} shards, "
           f"{summary['samples']} samples, {summary['total_tokens']} tokens; this run "
           f"{run_tokens} tokens in {elapsed:.1f}s ({summary['run_tokens_per_s']} tok/s); "

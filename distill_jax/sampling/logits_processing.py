@@ -49,8 +49,14 @@ def choose_tokens(keys: jax.Array, logits: jax.Array, temperature: jax.Array, to
     keys: [batch] typed PRNG keys, one per row, so a row's draw never depends on
     the other rows.
     """
-    greedy = jnp.argmax(logits, axis=-1)
-    safe_temperature = jnp.where(jnp.asarray(temperature) > 0, temperature, 1.0)
-    filtered = filter_logits(logits, safe_temperature, top_k, top_p, min_p)
-    sampled = jax.vmap(jax.random.categorical)(keys, filtered)
-    return jnp.where(jnp.asarray(temperature) > 0, sampled, greedy).astype(jnp.int32)
+    temperature = jnp.asarray(temperature)
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    def sample():
+        safe_temperature = jnp.where(temperature > 0, temperature, 1.0)
+        filtered = filter_logits(logits, safe_temperature, top_k, top_p, min_p)
+        sampled = jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32)
+        return jnp.where(temperature > 0, sampled, greedy)
+
+    # An all-greedy batch skips the vocabulary sort entirely.
+    return jax.lax.cond(jnp.any(temperature > 0), sample, lambda: greedy)

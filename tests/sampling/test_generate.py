@@ -142,3 +142,37 @@ def test_cli_runs_and_reports(teacher, shared_data, tmp_path):
     assert "generate 4/4 prompts" in result.stderr and "ETA" in result.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["samples"] == 4 and summary["total_tokens"] > 0
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_is_byte_identical(teacher, shared_data, tmp_path):
+    """A real crash: the CLI is killed as soon as its first shard lands, then rerun."""
+    import signal
+    import time
+    sp, ckpt = teacher
+
+    def cmd(out):
+        return [sys.executable, "-m", "distill_jax.cli.generate",
+                f"--config={REPO}/configs/generate_gsm8k.py", f"--config.output_dir={out}",
+                f"--config.prompts.path={shared_data / 'gsm8k_test.jsonl'}",
+                "--config.prompts.limit=24", "--config.prompts_per_shard=2",
+                f"--config.tokenizer.path={sp}", f"--config.teacher.checkpoint={ckpt}",
+                "--config.teacher.dtype=float32", "--config.sampling.max_new_tokens=48",
+                "--config.sampling.n=2", "--config.sampling.temperature=0.8",
+                "--config.max_batch=4"]
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    subprocess.run(cmd(tmp_path / "full"), check=True, capture_output=True, cwd=REPO, env=env,
+                   timeout=300)
+    proc = subprocess.Popen(cmd(tmp_path / "killed"), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = tmp_path / "killed" / shard_name(0, 12)
+    deadline = time.time() + 240
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_when_killed = len(_shards(tmp_path / "killed"))
+    assert 1 <= done_when_killed < 12, "the kill should land mid-run"
+    subprocess.run(cmd(tmp_path / "killed"), check=True, capture_output=True, cwd=REPO, env=env,
+                   timeout=300)
+    assert _shards(tmp_path / "killed") == _shards(tmp_path / "full")

@@ -1,0 +1,32 @@
+"""Shared by the benchmark scripts: the benchmark model and result recording."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+
+import jax
+import torch
+
+from distill_jax import models
+
+
+def bench_model_config() -> models.ModelConfig:
+    """A small Llama-3-style model (26M params): big enough for matmuls to dominate on CPU."""
+    return models.get_config("tiny-llama").replace(
+        vocab_size=8192, hidden_size=512, intermediate_size=1408, num_layers=6, num_heads=8,
+        num_kv_heads=4, head_dim=64, max_position_embeddings=4096, name="bench-llama-26m")
+
+
+def machine() -> str:
+    return (f"{platform.machine()} CPU x{os.cpu_count()}, jax {jax.__version__}, "
+            f"torch {torch.__version__}")
+
+
+def append_row(cells: list[str]) -> None:
+    """Appends one table row (plus the machine and date) to BENCHMARKS.md."""
+    row = "| " + " | ".join(cells + [machine(), str(datetime.date.today())]) + " |"
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "BENCHMARKS.md")
+    with open(path, "a") as f:
+        f.write(row + "\n")
+    print(f"appended to {os.path.normpath(path)}")

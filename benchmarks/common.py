@@ -11,11 +11,16 @@ import torch
 from distill_jax import models
 
 
-def bench_model_config() -> models.ModelConfig:
-    """A small Llama-3-style model (26M params): big enough for matmuls to dominate on CPU."""
-    return models.get_config("tiny-llama").replace(
-        vocab_size=8192, hidden_size=512, intermediate_size=1408, num_layers=6, num_heads=8,
-        num_kv_heads=4, head_dim=64, max_position_embeddings=4096, name="bench-llama-26m")
+def bench_model_config(large: bool = False) -> models.ModelConfig:
+    """Llama-3-style benchmark models. Small: 26M params; large: ~50M (issue 3's decode setup)."""
+    base = models.get_config("tiny-llama")
+    if large:
+        return base.replace(vocab_size=32000, hidden_size=512, intermediate_size=1024,
+                            num_layers=8, num_heads=8, num_kv_heads=4, head_dim=64,
+                            max_position_embeddings=4096, name="bench-llama-52m")
+    return base.replace(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_layers=6,
+                        num_heads=8, num_kv_heads=4, head_dim=64, max_position_embeddings=4096,
+                        name="bench-llama-26m")
 
 
 def machine() -> str:

@@ -111,6 +111,35 @@ def xla_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
     return out.reshape(batch, q_len, heads, head_dim)
 
 
+def cached_xla_attention(q: Array, k_new: Array, v_new: Array, k_cache: Array, v_cache: Array,
+                         mask_cache: Array, mask_new: Array) -> Array:
+    """Attention over [cache slots ; new tokens] without concatenating them.
+
+    The cache is only read here: softmax runs jointly over both score blocks,
+    so the result equals attention over the concatenation, while the caller
+    writes the new keys/values into the cache once, outside the layer scan
+    (in place inside the decode loop) instead of copying the cache per layer.
+    q: [B, T, H, Dh]; k_new, v_new: [B, T, KVH, Dh]; k_cache, v_cache:
+    [B, S, KVH, Dh]; mask_cache [B, T, S]; mask_new [B, T, T].
+    """
+    batch, q_len, heads, head_dim = q.shape
+    kv_heads = k_new.shape[2]
+    q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
+    scale = 1.0 / math.sqrt(head_dim)
+
+    def scores(keys, mask):
+        s = jnp.einsum("blkgd,bskd->bkgls", q, keys, preferred_element_type=jnp.float32) * scale
+        return jnp.where(mask[:, None, None, :, :], s, _MASK_VALUE)
+
+    s_cache, s_new = scores(k_cache, mask_cache), scores(k_new, mask_new)
+    top = jnp.maximum(s_cache.max(-1, keepdims=True), s_new.max(-1, keepdims=True))
+    p_cache, p_new = jnp.exp(s_cache - top), jnp.exp(s_new - top)
+    denom = p_cache.sum(-1, keepdims=True) + p_new.sum(-1, keepdims=True)
+    out = (jnp.einsum("bkgls,bskd->blkgd", (p_cache / denom).astype(v_cache.dtype), v_cache)
+           + jnp.einsum("bkgls,bskd->blkgd", (p_new / denom).astype(v_new.dtype), v_new))
+    return out.reshape(batch, q_len, heads, head_dim)
+
+
 def jax_attention(q: Array, k: Array, v: Array, mask: Array, implementation: str | None) -> Array:
     """`jax.nn.dot_product_attention`; implementation "cudnn" is flash attention on GPU."""
     return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, :, :],
@@ -151,11 +180,11 @@ class Attention(nn.Module):
         return nn.with_logical_constraint(y, ("batch", "length", head_axis, "head_dim"))
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, mask: Array, layer_cache=None,
-                 cache_index=None):
-        """Without a cache, attends within x. With `layer_cache` {k, v}
-        [batch, cache_length, kv_heads, head_dim], writes this call's keys/values at
-        `cache_index` and attends over the whole cache (mask covers cache slots)."""
+    def __call__(self, x: Array, positions: Array, mask, layer_cache=None):
+        """Without a cache, attends within x (mask [B, T, T]). With `layer_cache`
+        {k, v} [batch, cache_length, kv_heads, head_dim], attends over the cache and
+        the new tokens (mask = (mask over cache slots, mask among new tokens)) and
+        returns the new keys/values for the caller to write into the cache."""
         cfg = self.cfg
         dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         q = self._proj("q", x, cfg.num_heads, cfg.qkv_bias)
@@ -170,18 +199,17 @@ class Attention(nn.Module):
         q = checkpoint_name(q, "query_proj")
         k = checkpoint_name(k, "key_proj")
         v = checkpoint_name(v, "value_proj")
-        new_cache = None
+        new_kv = None
         if layer_cache is not None:
-            start = (0, cache_index, 0, 0)
-            k = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype),
-                                             start)
-            v = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype),
-                                             start)
-            k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", "head_dim"))
-            v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "head_dim"))
-            new_cache = {"k": k, "v": v}
-            k, v = k.astype(dtype), v.astype(dtype)
-        if cfg.attention_impl == "xla":
+            mask_cache, mask_new = mask
+            cache_dtype = layer_cache["k"].dtype
+            new_kv = {"k": k.astype(cache_dtype), "v": v.astype(cache_dtype)}
+            k_cache = nn.with_logical_constraint(layer_cache["k"].astype(dtype),
+                                                 ("batch", "length", "kv_heads", "head_dim"))
+            v_cache = nn.with_logical_constraint(layer_cache["v"].astype(dtype),
+                                                 ("batch", "length", "kv_heads", "head_dim"))
+            out = cached_xla_attention(q, k, v, k_cache, v_cache, mask_cache, mask_new)
+        elif cfg.attention_impl == "xla":
             out = xla_attention(q, k, v, mask)
         else:
             impl = "cudnn" if cfg.attention_impl == "cudnn" else None
@@ -196,7 +224,7 @@ class Attention(nn.Module):
             o_bias = self.param("o_bias", _logical(nn.initializers.zeros, ("embed",)),
                                 (cfg.hidden_size,), pdtype)
             y = y + o_bias.astype(dtype)
-        return y, new_cache
+        return y, new_kv
 
 
 class Mlp(nn.Module):
@@ -230,17 +258,16 @@ class DecoderLayer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, mask: Array, layer_cache=None,
-                 cache_index=None):
+    def __call__(self, x: Array, positions: Array, mask, layer_cache=None):
         cfg = self.cfg
         dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         h = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="input_norm")(x)
-        h, new_cache = Attention(cfg, name="attn")(h, positions, mask, layer_cache, cache_index)
+        h, new_kv = Attention(cfg, name="attn")(h, positions, mask, layer_cache)
         x = x + h
         h = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="post_attn_norm")(x)
         x = x + Mlp(cfg, name="mlp")(h)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        return x, new_cache  # (scan carry, per-layer output: this layer's updated cache)
+        return x, new_kv  # (scan carry, per-layer output: this layer's new keys/values)
 
 
 def remat_policy(name: str):
@@ -310,11 +337,10 @@ class Transformer(nn.Module):
             if cache_index is None:
                 raise ValueError("a KV cache needs cache_index (the slot of the first new token)")
             cache_index = jnp.asarray(cache_index, jnp.int32)
-            kv_segments = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids,
-                                                       (0, cache_index))
-            kv_positions = jax.lax.dynamic_update_slice(cache["positions"], positions,
-                                                        (0, cache_index))
-            mask = attention_mask(segment_ids, kv_segments, positions, kv_positions)
+            # Slots not yet written have segment 0, so the cache mask hides them.
+            mask = (attention_mask(segment_ids, cache["segment_ids"], positions,
+                                   cache["positions"]),
+                    attention_mask(segment_ids, segment_ids, positions, positions))
             layer_cache = {"k": cache["k"], "v": cache["v"]}
 
         embedding = self.param("embedding",
@@ -328,11 +354,10 @@ class Transformer(nn.Module):
         if cfg.remat_policy != "none":
             layer = nn.remat(layer, policy=remat_policy(cfg.remat_policy), prevent_cse=False)
         stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
-                        in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+                        in_axes=(nn.broadcast, nn.broadcast, 0),
                         length=cfg.num_layers, unroll=cfg.scan_unroll,
                         metadata_params={nn.PARTITION_NAME: "layers"})
-        x, new_layer_cache = stack(cfg, name="layers")(x, positions, mask, layer_cache,
-                                                       cache_index)
+        x, new_kv = stack(cfg, name="layers")(x, positions, mask, layer_cache)
         x = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="final_norm")(x)
 
         if cfg.tie_word_embeddings:
@@ -349,8 +374,15 @@ class Transformer(nn.Module):
                                             ("batch", "length", "vocab"))
         if cache is None:
             return logits
-        return logits, {"k": new_layer_cache["k"], "v": new_layer_cache["v"],
-                        "segment_ids": kv_segments, "positions": kv_positions}
+        # One write of every layer's new keys/values: in place inside a decode loop.
+        start = (0, 0, cache_index, 0, 0)
+        return logits, {
+            "k": jax.lax.dynamic_update_slice(cache["k"], new_kv["k"], start),
+            "v": jax.lax.dynamic_update_slice(cache["v"], new_kv["v"], start),
+            "segment_ids": jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids,
+                                                        (0, cache_index)),
+            "positions": jax.lax.dynamic_update_slice(cache["positions"], positions,
+                                                      (0, cache_index))}
 
 
 def _boxed_init(cfg: ModelConfig, key: Array):

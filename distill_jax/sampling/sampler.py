@@ -119,28 +119,11 @@ class Sampler:
             last_logits = repeat(logits[:, -1, :], axis=0)
             next_position = repeat(jnp.sum(segment_ids > 0, axis=1), axis=0).astype(jnp.int32)
 
-            state = {
-                "step": jnp.int32(0),
-                "logits": last_logits,
-                "cache": cache,
-                "done": ~row_valid,
-                "length": jnp.zeros((rows,), jnp.int32),
-                "stopped": jnp.zeros((rows,), bool),
-                "tokens": jnp.full((rows, max_new), pad_id, jnp.int32),
-                "logprobs": jnp.zeros((rows, max_new), jnp.float32),
-            }
-            if top_k_out:
-                state["top_ids"] = jnp.zeros((rows, max_new, top_k_out), jnp.int32)
-                state["top_logprobs"] = jnp.zeros((rows, max_new, top_k_out), jnp.float32)
-
-            def cond(s):
-                return (s["step"] < max_new) & ~jnp.all(s["done"])
-
-            def body(s):
-                step = s["step"]
+            def record(s, logits, step):
+                """Chooses step `step`'s token per row from `logits` and books it."""
                 step_keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, step)
-                token = choose_tokens(step_keys, s["logits"], temperature, top_k, top_p, min_p)
-                log_probs = jax.nn.log_softmax(s["logits"], axis=-1)
+                token = choose_tokens(step_keys, logits, temperature, top_k, top_p, min_p)
+                log_probs = jax.nn.log_softmax(logits, axis=-1)
                 active = ~s["done"]
                 token = jnp.where(active, token, pad_id)
                 s = dict(s)
@@ -155,12 +138,39 @@ class Sampler:
                 hit_stop = active & jnp.any(token[:, None] == stop_ids[None, :], axis=-1)
                 s["stopped"] = s["stopped"] | hit_stop
                 s["done"] = s["done"] | hit_stop
-                logits, s["cache"] = model.apply(
-                    {"params": params}, token[:, None], (next_position + step)[:, None],
-                    jnp.ones((rows, 1), jnp.int32), cache=s["cache"], cache_index=prompt_len + step)
-                s["logits"] = logits[:, 0, :]
+                s["last_token"] = token
                 s["step"] = step + 1
                 return s
+
+            state = {
+                "step": jnp.int32(0),
+                "cache": cache,
+                "done": ~row_valid,
+                "length": jnp.zeros((rows,), jnp.int32),
+                "stopped": jnp.zeros((rows,), bool),
+                "last_token": jnp.zeros((rows,), jnp.int32),
+                "tokens": jnp.full((rows, max_new), pad_id, jnp.int32),
+                "logprobs": jnp.zeros((rows, max_new), jnp.float32),
+            }
+            if top_k_out:
+                state["top_ids"] = jnp.zeros((rows, max_new, top_k_out), jnp.int32)
+                state["top_logprobs"] = jnp.zeros((rows, max_new, top_k_out), jnp.float32)
+            # The first token comes from the prefill's logits; each loop iteration then
+            # runs one forward for the previous token and samples the next, so no
+            # forward pass is wasted after the last token.
+            state = record(state, last_logits, jnp.int32(0))
+
+            def cond(s):
+                return (s["step"] < max_new) & ~jnp.all(s["done"])
+
+            def body(s):
+                step = s["step"]
+                logits, cache = model.apply(
+                    {"params": params}, s["last_token"][:, None],
+                    (next_position + step - 1)[:, None], jnp.ones((rows, 1), jnp.int32),
+                    cache=s["cache"], cache_index=prompt_len + step - 1)
+                s = dict(s, cache=cache)
+                return record(s, logits[:, 0, :], step)
 
             final = jax.lax.while_loop(cond, body, state)
             out = {k: final[k] for k in ("tokens", "logprobs", "length", "stopped")}
@@ -204,6 +214,10 @@ class Sampler:
             if bad:
                 raise ValueError(f"prompt {i} has token ids outside [0, {self.cfg.vocab_size}): "
                                  f"{bad[:5]}")
+        bad_stops = [t for t in params.stop_token_ids if not 0 <= t < self.cfg.vocab_size]
+        if bad_stops:
+            raise ValueError(f"stop_token_ids {bad_stops} are not in the vocabulary "
+                             f"[0, {self.cfg.vocab_size})")
         if params.n > self.max_batch:
             raise ValueError(f"n={params.n} exceeds max_batch={self.max_batch}")
 

@@ -140,3 +140,26 @@ def test_config_round_trips_through_hf_dict():
     for name, cfg in models.PRESETS.items():
         again = models.config_from_hf(models.to_hf_config(cfg), name=cfg.name)
         assert again == cfg, name
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2", "tiny-qwen3"])
+def test_incremental_decoding_with_cache_equals_full_forward(name):
+    from distill_jax.models.transformer import init_cache, segment_positions
+    cfg = models.get_config(name)
+    params = models.init_params(cfg, jax.random.key(5))
+    model = models.Transformer(cfg)
+    tokens = jnp.asarray([[0, 0, 5, 6, 7, 8, 9], [3, 4, 5, 6, 7, 8, 9]])
+    segments = jnp.asarray([[0, 0, 1, 1, 1, 1, 1], [1] * 7])      # row 0 left-padded
+    full = model.apply({"params": params}, tokens, segment_ids=segments)
+    positions = segment_positions(segments)
+    cache = init_cache(cfg, 2, 10)
+    pieces = []
+    for lo, hi in ((0, 4), (4, 5), (5, 7)):   # a prefill, one token, then two at once
+        logits, cache = model.apply({"params": params}, tokens[:, lo:hi],
+                                    positions=positions[:, lo:hi],
+                                    segment_ids=segments[:, lo:hi], cache=cache, cache_index=lo)
+        pieces.append(logits)
+    incremental = np.asarray(jnp.concatenate(pieces, axis=1))
+    real = np.asarray(segments) > 0
+    np.testing.assert_allclose(incremental[real], np.asarray(full)[real], atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(cache["segment_ids"][:, :7]), np.asarray(segments))

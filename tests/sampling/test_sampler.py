@@ -197,8 +197,14 @@ def test_bad_prompts_are_refused_before_work():
         sampler.generate([[1, 300]], sampling.SamplingParams(max_new_tokens=4))
     with pytest.raises(ValueError, match="prompt 0 is empty"):
         sampler.generate([[]], sampling.SamplingParams(max_new_tokens=4))
+    with pytest.raises(ValueError, match=r"stop_token_ids \[999\] are not in the vocabulary"):
+        sampler.generate([[1]], sampling.SamplingParams(max_new_tokens=4, stop_token_ids=(2, 999)))
     with pytest.raises(ValueError, match="top_p must be in"):
         sampling.SamplingParams(top_p=0.0)
+    with pytest.raises(ValueError, match="top_p must be in"):
+        sampling.SamplingParams(top_p=1.5)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        sampling.SamplingParams(n=0)
 
 
 def test_mesh_2_1_4_gives_single_device_greedy_tokens():

@@ -45,9 +45,12 @@ def main():
     parser.add_argument("--prompt-length", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--quick", action="store_true", help="smaller model and lengths")
+    parser.add_argument("--parts", default="compare,lengths,prefill",
+                        help="comma-separated subset of compare,lengths,prefill")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
 
+    parts = set(args.parts.split(","))
     cfg = bench_model_config(large=not args.quick)
     params = models.init_params(cfg, jax.random.key(0))
     n_params = models.count_params(cfg) / 1e6
@@ -55,60 +58,65 @@ def main():
         3, cfg.vocab_size, (args.batch, args.prompt_length)).tolist()
     sampler = sampling.Sampler(cfg, params, length_buckets=(args.prompt_length,),
                                batch_buckets=(args.batch,), max_batch=8 * args.batch)
-    sp = sampling.SamplingParams(temperature=0.0, max_new_tokens=args.new_tokens)
-    ours, ours_s = _ours(sampler, prompts, sp)
-
-    with tempfile.TemporaryDirectory() as d:
-        models.save_hf_checkpoint(d, cfg, params)
-        ref = transformers.AutoModelForCausalLM.from_pretrained(
-            d, dtype=torch.float32, attn_implementation="sdpa").eval()
-    ids = torch.tensor(prompts)
-    with torch.inference_mode():
-        ref.generate(input_ids=ids[:2, :8], max_new_tokens=4, do_sample=False, eos_token_id=None,
-                     pad_token_id=0)  # warm-up
-        start = time.perf_counter()
-        out = ref.generate(input_ids=ids, max_new_tokens=args.new_tokens, do_sample=False,
-                           eos_token_id=None, pad_token_id=0)
-        ref_s = time.perf_counter() - start
-    same = sum(o[0].token_ids == out[i, args.prompt_length:].tolist() for i, o in enumerate(ours))
-    new = args.batch * args.new_tokens
     print(f"model {cfg.name}: {n_params:.1f}M params; batch {args.batch}, prompt "
-          f"{args.prompt_length}, {args.new_tokens} new tokens, greedy")
-    print(f"  distill_jax Sampler   : {ours_s:6.2f} s ({new / ours_s:,.0f} new tok/s)")
-    print(f"  transformers generate : {ref_s:6.2f} s ({new / ref_s:,.0f} new tok/s)")
-    print(f"  ratio (ours / transformers): {ref_s / ours_s:.2f}x; identical rows "
-          f"{same}/{args.batch}")
+          f"{args.prompt_length}, greedy, float32")
+    rows = []
 
-    # Time per token vs generated length (same prompts; prefill included in each).
-    lengths = (16, 64, 256) if args.quick else (64, 256, 1024)
-    per_token = {}
-    for n_new in lengths:
-        _, secs = _ours(sampler, prompts, sampling.SamplingParams(temperature=0.0,
-                                                                  max_new_tokens=n_new))
-        per_token[n_new] = secs / n_new
-        print(f"  {n_new:5d} new tokens: {secs:6.2f} s, {1e3 * secs / n_new:.2f} ms per step")
+    if "compare" in parts:
+        sp = sampling.SamplingParams(temperature=0.0, max_new_tokens=args.new_tokens)
+        ours, ours_s = _ours(sampler, prompts, sp)
+        with tempfile.TemporaryDirectory() as d:
+            models.save_hf_checkpoint(d, cfg, params)
+            ref = transformers.AutoModelForCausalLM.from_pretrained(
+                d, dtype=torch.float32, attn_implementation="sdpa").eval()
+        ids = torch.tensor(prompts)
+        with torch.inference_mode():
+            ref.generate(input_ids=ids[:2, :8], max_new_tokens=4, do_sample=False,
+                         eos_token_id=None, pad_token_id=0)  # warm-up
+            start = time.perf_counter()
+            out = ref.generate(input_ids=ids, max_new_tokens=args.new_tokens, do_sample=False,
+                               eos_token_id=None, pad_token_id=0)
+            ref_s = time.perf_counter() - start
+        same = sum(o[0].token_ids == out[i, args.prompt_length:].tolist()
+                   for i, o in enumerate(ours))
+        new = args.batch * args.new_tokens
+        print(f"  {args.new_tokens} new tokens: distill_jax {ours_s:6.2f} s "
+              f"({new / ours_s:,.0f} tok/s), transformers {ref_s:6.2f} s "
+              f"({new / ref_s:,.0f} tok/s), ratio {ref_s / ours_s:.2f}x, identical rows "
+              f"{same}/{args.batch}")
+        rows.append([f"{cfg.name} ({n_params:.0f}M), f32, greedy, batch {args.batch}, prompt "
+                     f"{args.prompt_length}, {args.new_tokens} new", f"{new / ours_s:,.0f} tok/s",
+                     f"{new / ref_s:,.0f} tok/s", f"{ref_s / ours_s:.2f}x",
+                     f"{same}/{args.batch} rows identical"])
 
-    # Prefill: one new token, n=1 vs n=8 samples per prompt.
-    prefill = {}
-    for n in (1, 8):
-        _, secs = _ours(sampler, prompts, sampling.SamplingParams(n=n, temperature=1.0,
-                                                                  max_new_tokens=1), repeats=3)
-        prefill[n] = secs
-        print(f"  prefill {args.batch} prompts x {args.prompt_length} tokens, n={n}: "
-              f"{1e3 * secs:.0f} ms")
+    if "lengths" in parts:  # time per token vs generated length (prefill included)
+        lengths = (16, 64, 256) if args.quick else (64, 256, 1024)
+        per_token = {}
+        for n_new in lengths:
+            _, secs = _ours(sampler, prompts, sampling.SamplingParams(temperature=0.0,
+                                                                      max_new_tokens=n_new))
+            per_token[n_new] = secs / n_new
+            print(f"  {n_new:5d} new tokens: {secs:6.2f} s, {1e3 * secs / n_new:.2f} ms per step")
+        rows.append([f"{cfg.name}: ms per step at " + " / ".join(map(str, lengths))
+                     + " new tokens", " / ".join(f"{1e3 * per_token[n]:.1f}" for n in lengths),
+                     "", "", ""])
+
+    if "prefill" in parts:  # one greedy new token, n=1 vs n=8 samples per prompt
+        prefill = {}
+        for n in (1, 8):
+            _, secs = _ours(sampler, prompts, sampling.SamplingParams(n=n, temperature=0.0,
+                                                                      max_new_tokens=1),
+                            repeats=3)
+            prefill[n] = secs
+            print(f"  prefill {args.batch} prompts x {args.prompt_length} tokens, n={n}: "
+                  f"{1e3 * secs:.0f} ms")
+        rows.append([f"{cfg.name}: prefill of {args.batch} prompts + 1 token, n=1 vs n=8",
+                     f"{1e3 * prefill[1]:.0f} ms vs {1e3 * prefill[8]:.0f} ms", "",
+                     f"{prefill[8] / prefill[1]:.2f}x", ""])
 
     if args.write:
-        what = (f"{cfg.name} ({n_params:.0f}M), f32, greedy, batch {args.batch}, prompt "
-                f"{args.prompt_length}, {args.new_tokens} new")
-        append_row([what, f"{new / ours_s:,.0f} tok/s", f"{new / ref_s:,.0f} tok/s",
-                    f"{ref_s / ours_s:.2f}x", f"{same}/{args.batch} rows identical"])
-        append_row([f"{cfg.name}: ms per step at " + " / ".join(f"{n}" for n in lengths)
-                    + " new tokens", " / ".join(f"{1e3 * per_token[n]:.1f}" for n in lengths),
-                    "", "", ""])
-        append_row([f"{cfg.name}: prefill of {args.batch} prompts, n=1 vs n=8",
-                    f"{1e3 * prefill[1]:.0f} ms vs {1e3 * prefill[8]:.0f} ms", "",
-                    f"{prefill[8] / prefill[1]:.2f}x", ""])
-
+        for row in rows:
+            append_row(row)
 
 if __name__ == "__main__":
     main()

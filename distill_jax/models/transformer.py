@@ -127,11 +127,12 @@ def cached_xla_attention(q: Array, k_new: Array, v_new: Array, k_cache: Array, v
     q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
     scale = 1.0 / math.sqrt(head_dim)
 
-    def scores(keys, mask):
-        s = jnp.einsum("blkgd,bskd->bkgls", q, keys, preferred_element_type=jnp.float32) * scale
+    def scores(spec, keys, mask):
+        s = jnp.einsum(spec, q, keys, preferred_element_type=jnp.float32) * scale
         return jnp.where(mask[:, None, None, :, :], s, _MASK_VALUE)
 
-    s_cache, s_new = scores(k_cache, mask_cache), scores(k_new, mask_new)
+    s_cache = scores("blkgd,bskd->bkgls", k_cache, mask_cache)
+    s_new = scores("blkgd,bskd->bkgls", k_new, mask_new)
     top = jnp.maximum(s_cache.max(-1, keepdims=True), s_new.max(-1, keepdims=True))
     p_cache, p_new = jnp.exp(s_cache - top), jnp.exp(s_new - top)
     denom = p_cache.sum(-1, keepdims=True) + p_new.sum(-1, keepdims=True)
@@ -181,10 +182,11 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, positions: Array, mask, layer_cache=None):
-        """Without a cache, attends within x (mask [B, T, T]). With `layer_cache`
-        {k, v} [batch, cache_length, kv_heads, head_dim], attends over the cache and
-        the new tokens (mask = (mask over cache slots, mask among new tokens)) and
-        returns the new keys/values for the caller to write into the cache."""
+        """Without a cache, attends within x (mask [B, T, T]). In cache mode, mask is
+        (mask over cache slots, mask among new tokens) and the new keys/values are
+        returned for the caller to write into the cache; with `layer_cache` {k, v}
+        [batch, cache_length, kv_heads, head_dim] attention covers the cache too,
+        without it (prefill into an empty cache) only the new tokens."""
         cfg = self.cfg
         dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         q = self._proj("q", x, cfg.num_heads, cfg.qkv_bias)
@@ -200,15 +202,15 @@ class Attention(nn.Module):
         k = checkpoint_name(k, "key_proj")
         v = checkpoint_name(v, "value_proj")
         new_kv = None
+        if isinstance(mask, tuple):  # cache mode: hand back this call's keys/values
+            mask_cache, mask = mask
+            new_kv = {"k": k, "v": v}
         if layer_cache is not None:
-            mask_cache, mask_new = mask
-            cache_dtype = layer_cache["k"].dtype
-            new_kv = {"k": k.astype(cache_dtype), "v": v.astype(cache_dtype)}
             k_cache = nn.with_logical_constraint(layer_cache["k"].astype(dtype),
                                                  ("batch", "length", "kv_heads", "head_dim"))
             v_cache = nn.with_logical_constraint(layer_cache["v"].astype(dtype),
                                                  ("batch", "length", "kv_heads", "head_dim"))
-            out = cached_xla_attention(q, k, v, k_cache, v_cache, mask_cache, mask_new)
+            out = cached_xla_attention(q, k, v, k_cache, v_cache, mask_cache, mask)
         elif cfg.attention_impl == "xla":
             out = xla_attention(q, k, v, mask)
         else:
@@ -312,7 +314,9 @@ class Transformer(nn.Module):
     With `cache` (see `init_cache`) and `cache_index` (scalar slot where these
     tokens go, the same for every row): -> (logits, updated cache). Prefill is
     a call at cache_index=0 with the (left-padded) prompts; each decode step is
-    a call with one token per row. `positions` must then be given explicitly.
+    a call with one token per row. `prefill=True` promises the cache is empty, so
+    attention runs over the new tokens only (no work, or constant folding, on the
+    empty slots).
     """
 
     cfg: ModelConfig
@@ -320,7 +324,7 @@ class Transformer(nn.Module):
     @nn.compact
     def __call__(self, tokens: Array, positions: Array | None = None,
                  segment_ids: Array | None = None, cache: dict[str, Array] | None = None,
-                 cache_index: Array | int | None = None):
+                 cache_index: Array | int | None = None, prefill: bool = False):
         cfg = self.cfg
         dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         tokens = jnp.asarray(tokens, jnp.int32)
@@ -338,10 +342,13 @@ class Transformer(nn.Module):
                 raise ValueError("a KV cache needs cache_index (the slot of the first new token)")
             cache_index = jnp.asarray(cache_index, jnp.int32)
             # Slots not yet written have segment 0, so the cache mask hides them.
-            mask = (attention_mask(segment_ids, cache["segment_ids"], positions,
-                                   cache["positions"]),
-                    attention_mask(segment_ids, segment_ids, positions, positions))
-            layer_cache = {"k": cache["k"], "v": cache["v"]}
+            new_mask = attention_mask(segment_ids, segment_ids, positions, positions)
+            if prefill:
+                mask, layer_cache = (None, new_mask), None
+            else:
+                mask = (attention_mask(segment_ids, cache["segment_ids"], positions,
+                                       cache["positions"]), new_mask)
+                layer_cache = {"k": cache["k"], "v": cache["v"]}
 
         embedding = self.param("embedding",
                                _logical(nn.initializers.normal(cfg.initializer_range),
@@ -376,9 +383,13 @@ class Transformer(nn.Module):
             return logits
         # One write of every layer's new keys/values: in place inside a decode loop.
         start = (0, 0, cache_index, 0, 0)
+
+        def write(buffer, new):  # new: [layers, B, T, KVH, Dh]
+            return jax.lax.dynamic_update_slice(buffer, new.astype(buffer.dtype), start)
+
         return logits, {
-            "k": jax.lax.dynamic_update_slice(cache["k"], new_kv["k"], start),
-            "v": jax.lax.dynamic_update_slice(cache["v"], new_kv["v"], start),
+            "k": write(cache["k"], new_kv["k"]),
+            "v": write(cache["v"], new_kv["v"]),
             "segment_ids": jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids,
                                                         (0, cache_index)),
             "positions": jax.lax.dynamic_update_slice(cache["positions"], positions,

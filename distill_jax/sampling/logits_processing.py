@@ -54,7 +54,13 @@ def choose_tokens(keys: jax.Array, logits: jax.Array, temperature: jax.Array, to
 
     def sample():
         safe_temperature = jnp.where(temperature > 0, temperature, 1.0)
-        filtered = filter_logits(logits, safe_temperature, top_k, top_p, min_p)
+        filtering = (jnp.any(jnp.asarray(top_k) > 0) | jnp.any(jnp.asarray(top_p) < 1)
+                     | jnp.any(jnp.asarray(min_p) > 0))
+        # Without top-k/top-p/min-p there is no support to cut: skip the sort.
+        filtered = jax.lax.cond(
+            filtering, lambda: filter_logits(logits, safe_temperature, top_k, top_p, min_p),
+            lambda: logits.astype(jnp.float32) / jnp.broadcast_to(
+                safe_temperature, logits.shape[:-1])[..., None])
         sampled = jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32)
         return jnp.where(temperature > 0, sampled, greedy)
 

@@ -109,7 +109,7 @@ class Sampler:
             positions = segment_positions(segment_ids)
             cache = constrain(init_cache(cfg, num_prompts, prompt_len + max_new), CACHE_LOGICAL_AXES)
             logits, cache = model.apply({"params": params}, tokens, positions, segment_ids,
-                                        cache=cache, cache_index=0)
+                                        cache=cache, cache_index=0, prefill=True)
             # Each prompt's cache and last logits, repeated for its n samples.
             repeat = functools.partial(jnp.repeat, repeats=n, total_repeat_length=rows)
             cache = {"k": repeat(cache["k"], axis=1), "v": repeat(cache["v"], axis=1),

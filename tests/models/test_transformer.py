@@ -157,7 +157,8 @@ def test_incremental_decoding_with_cache_equals_full_forward(name):
     for lo, hi in ((0, 4), (4, 5), (5, 7)):   # a prefill, one token, then two at once
         logits, cache = model.apply({"params": params}, tokens[:, lo:hi],
                                     positions=positions[:, lo:hi],
-                                    segment_ids=segments[:, lo:hi], cache=cache, cache_index=lo)
+                                    segment_ids=segments[:, lo:hi], cache=cache, cache_index=lo,
+                                    prefill=lo == 0)
         pieces.append(logits)
     incremental = np.asarray(jnp.concatenate(pieces, axis=1))
     real = np.asarray(segments) > 0

@@ -184,9 +184,13 @@ class Sampler:
             rows = sharding.batch_sharding(mesh, 1)
             mat = sharding.batch_sharding(mesh, 2)
             replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            outputs = {"tokens": mat, "logprobs": mat, "length": rows, "stopped": rows}
+            if top_k_out:
+                outputs["top_ids"] = outputs["top_logprobs"] = sharding.batch_sharding(mesh, 3)
             program = jax.jit(run, in_shardings=(self._param_shardings, mat, mat, rows, rows,
                                                  replicated, replicated, replicated, replicated,
-                                                 replicated))
+                                                 replicated),
+                              out_shardings=outputs)
         self._programs[key] = program
         return program
 

@@ -220,7 +220,8 @@ def test_mesh_2_1_4_gives_single_device_greedy_tokens():
     for a, b in zip(single, sharded):
         assert [s.token_ids for s in a] == [s.token_ids for s in b]
     # Sampled (not greedy) tokens agree too: randomness is per row, not per device.
-    sp = sampling.SamplingParams(n=2, temperature=1.0, max_new_tokens=8, seed=3)
+    sp = sampling.SamplingParams(n=2, temperature=1.0, max_new_tokens=8, seed=3, return_top_k=2)
     a = sampling.Sampler(cfg, params).generate(PROMPTS, sp)
     b = sampler.generate(PROMPTS, sp)
     assert [[s.token_ids for s in r] for r in a] == [[s.token_ids for s in r] for r in b]
+    assert [[s.top_k_ids for s in r] for r in a] == [[s.top_k_ids for s in r] for r in b]

@@ -331,7 +331,9 @@ class Transformer(nn.Module):
     a call at cache_index=0 with the (left-padded) prompts; each decode step is
     a call with one token per row. `prefill=True` promises the cache is empty, so
     attention runs over the new tokens only (no work, or constant folding, on the
-    empty slots).
+    empty slots). `last_logits_only=True` returns logits [B, 1, V] for the last
+    position only: a sampler's prefill needs nothing else, and the full
+    [B, prompt_len, vocab] float32 tensor is the largest one in the program.
     """
 
     cfg: ModelConfig
@@ -339,7 +341,8 @@ class Transformer(nn.Module):
     @nn.compact
     def __call__(self, tokens: Array, positions: Array | None = None,
                  segment_ids: Array | None = None, cache: dict[str, Array] | None = None,
-                 cache_index: Array | int | None = None, prefill: bool = False):
+                 cache_index: Array | int | None = None, prefill: bool = False,
+                 last_logits_only: bool = False):
         cfg = self.cfg
         dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         tokens = jnp.asarray(tokens, jnp.int32)
@@ -380,6 +383,8 @@ class Transformer(nn.Module):
                         length=cfg.num_layers, unroll=cfg.scan_unroll,
                         metadata_params={nn.PARTITION_NAME: "layers"})
         x, new_kv = stack(cfg, name="layers")(x, positions, mask, layer_cache)
+        if last_logits_only:
+            x = x[:, -1:, :]
         x = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="final_norm")(x)
 
         if cfg.tie_word_embeddings:

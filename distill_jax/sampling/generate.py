@@ -13,6 +13,7 @@ an error rather than a silent mix.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import math
@@ -113,8 +114,7 @@ def generate_traces(config) -> dict[str, Any]:
     tokenizer = load_tokenizer(config.tokenizer.path)
     params = sampling_params_from_config(config.sampling)
     if not params.stop_token_ids:
-        params = SamplingParams(**{**params.__dict__,
-                                   "stop_token_ids": tokenizer.stop_token_ids()})
+        params = dataclasses.replace(params, stop_token_ids=tokenizer.stop_token_ids())
     cfg, teacher_id = _teacher_config(config, tokenizer)
     prompt_ids = _render(prompts, tokenizer, config)
     longest = max(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
@@ -130,7 +130,7 @@ def generate_traces(config) -> dict[str, Any]:
     manifest = {
         "teacher_id": teacher_id,
         "sampling": {k: list(v) if isinstance(v, tuple) else v
-                     for k, v in params.__dict__.items()},
+                     for k, v in dataclasses.asdict(params).items()},
         "prompts_path": os.path.abspath(pc.path), "prompts_format": pc.format,
         "num_prompts": len(prompts), "prompts_per_shard": per_shard,
         "prompt_token_ids_sha256": hashlib.sha256(

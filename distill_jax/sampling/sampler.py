@@ -57,6 +57,16 @@ def _bucket(value: int, buckets: Sequence[int], what: str) -> int:
     return buckets[i]
 
 
+@functools.partial(jax.jit, static_argnums=2)
+def _row_keys(seed, prompt_keys, n: int):
+    """[prompts * n] keys: fold_in(fold_in(key(seed), prompt key), sample index)."""
+    base = jax.random.key(seed)
+    per_prompt = jax.vmap(lambda k: jax.random.fold_in(base, k))(prompt_keys)
+    per_row = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(
+        jnp.arange(n, dtype=jnp.uint32)))(per_prompt)
+    return per_row.reshape(-1)
+
+
 class Sampler:
     """`Sampler(cfg, params, mesh=None).generate(prompt_token_ids, SamplingParams(...))`.
 
@@ -109,7 +119,8 @@ class Sampler:
             positions = segment_positions(segment_ids)
             cache = constrain(init_cache(cfg, num_prompts, prompt_len + max_new), CACHE_LOGICAL_AXES)
             logits, cache = model.apply({"params": params}, tokens, positions, segment_ids,
-                                        cache=cache, cache_index=0, prefill=True)
+                                        cache=cache, cache_index=0, prefill=True,
+                                        last_logits_only=True)
             # Each prompt's cache and last logits, repeated for its n samples.
             repeat = functools.partial(jnp.repeat, repeats=n, total_repeat_length=rows)
             cache = {"k": repeat(cache["k"], axis=1), "v": repeat(cache["v"], axis=1),
@@ -246,10 +257,10 @@ class Sampler:
             tokens[row, length - len(p):] = p
             segment_ids[row, length - len(p):] = 1
         row_valid = np.repeat(np.arange(batch) < len(prompts), n)
-        base = jax.random.key(params.seed)
-        prompt_keys = list(keys) + [-1] * (batch - len(prompts))
-        row_keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(base, k & 0x7FFFFFFF), j)
-                              for k in prompt_keys for j in range(n)])
+        # One vectorized call (not a dispatch per row): key(seed) -> prompt key -> sample j.
+        prompt_keys = np.asarray([k & 0x7FFFFFFF for k in keys] + [0] * (batch - len(prompts)),
+                                 np.uint32)
+        row_keys = _row_keys(params.seed, prompt_keys, n)
         stop_ids = np.asarray(params.stop_token_ids or (-1,), np.int32)
         signature = (batch, length, n, params.max_new_tokens, params.return_top_k,
                      len(stop_ids))

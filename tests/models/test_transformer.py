@@ -164,3 +164,19 @@ def test_incremental_decoding_with_cache_equals_full_forward(name):
     real = np.asarray(segments) > 0
     np.testing.assert_allclose(incremental[real], np.asarray(full)[real], atol=1e-5)
     np.testing.assert_array_equal(np.asarray(cache["segment_ids"][:, :7]), np.asarray(segments))
+
+
+def test_last_logits_only_equals_last_row_of_full_logits():
+    from distill_jax.models.transformer import init_cache
+    cfg = models.get_config("tiny-llama")
+    params = models.init_params(cfg, jax.random.key(6))
+    tokens = jnp.asarray([[0, 4, 5, 6], [7, 8, 9, 10]])
+    segments = jnp.asarray([[0, 1, 1, 1], [1, 1, 1, 1]])
+    model = models.Transformer(cfg)
+    full = model.apply({"params": params}, tokens, segment_ids=segments)
+    last, _ = model.apply({"params": params}, tokens, segment_ids=segments,
+                          positions=models.transformer.segment_positions(segments),
+                          cache=init_cache(cfg, 2, 6), cache_index=0, prefill=True,
+                          last_logits_only=True)
+    assert last.shape == (2, 1, cfg.vocab_size)
+    np.testing.assert_allclose(np.asarray(last[:, 0]), np.asarray(full[:, -1]), atol=1e-5)

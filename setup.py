@@ -23,6 +23,10 @@ setup(
         "protobuf>=4",          # sentencepiece's model proto (special-token types)
         "tokenizers>=0.19",
         "jinja2>=3.1",
+        "sympy>=1.12",          # symbolic answer equivalence (in a worker process)
+        "tensorflow-datasets>=4.9.6",   # the curated dataset (array_record; no TensorFlow)
+        "array-record>=0.5",
+        "importlib_resources",  # tfds resolves a builder's code path with it (via etils)
     ],
     extras_require={
         # torch is only the parity reference. Install the CPU build first (the
@@ -35,6 +39,7 @@ setup(
         "console_scripts": [
             "distill-demo=distill_jax.cli.demo:run",
             "distill-generate=distill_jax.cli.generate:run",
+            "distill-filter=distill_jax.cli.filter:run",
         ],
     },
 )

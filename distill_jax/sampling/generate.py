@@ -165,8 +165,10 @@ def generate_traces(config) -> dict[str, Any]:
             lines = []
             for p, ids, samples in zip(prompts[lo:hi], prompt_ids[lo:hi], outs):
                 for j, s in enumerate(samples):
-                    lines.append(json.dumps(_record(p, ids, j, s, params, teacher_id, tokenizer),
-                                            ensure_ascii=False))
+                    record = _record(p, ids, j, s, params, teacher_id, tokenizer)
+                    record["user_message"] = p.user_message(pc.get("suffix"))
+                    record["assistant_prefix"] = config.tokenizer.assistant_prefix
+                    lines.append(json.dumps(record, ensure_ascii=False))
             n_tokens = sum(len(s.token_ids) for samples in outs for s in samples)
             run_tokens += n_tokens
             write_text_atomic(os.path.join(out_dir, shard_name(k, num_shards)),

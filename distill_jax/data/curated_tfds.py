@@ -1,0 +1,83 @@
+"""The curated dataset as a tensorflow-datasets builder (array_record files).
+
+Written by the rejection stage from its JSONL export; read anywhere with
+
+    import tensorflow_datasets as tfds
+    ds = tfds.data_source("curated_traces", data_dir=f"{filter_output_dir}/tfds", split="train")
+    ds[0]["response"]   # bytes (tfds Text); top_k_* are numpy arrays
+
+which needs neither TensorFlow nor this package. Examples are stored in the
+order tfds' key hashing gives (a fixed, deterministic order); `prompt_id` and
+`sample_index` identify each one.
+
+`token_ids` are the teacher's generated tokens (without the assistant prefix
+that was part of the prompt); `top_k_ids`/`top_k_logprobs` are aligned with
+them, [num_tokens, K], and are [0, 0] when the teacher stored none.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+NAME = "curated_traces"
+TEXT_FIELDS = ("prompt_id", "source", "kind", "problem", "prompt", "response", "final_answer",
+               "teacher_id")
+
+
+class CuratedTraces(tfds.core.GeneratorBasedBuilder):
+    """Teacher traces that survived rejection filtering (one train split)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "prompt, response, final answer, source, teacher top-k logprobs"}
+
+    def __init__(self, *, jsonl_path: str | None = None, **kwargs):
+        self._jsonl_path = jsonl_path
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        features = {name: tfds.features.Text() for name in TEXT_FIELDS}
+        features.update(
+            sample_index=np.int32, num_tokens=np.int32,
+            token_ids=tfds.features.Tensor(shape=(None,), dtype=np.int32),
+            top_k_ids=tfds.features.Tensor(shape=(None, None), dtype=np.int32, encoding="zlib"),
+            top_k_logprobs=tfds.features.Tensor(shape=(None, None), dtype=np.float32,
+                                                encoding="zlib"))
+        return tfds.core.DatasetInfo(builder=self, description=__doc__,
+                                     features=tfds.features.FeaturesDict(features))
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        if not self._jsonl_path:
+            raise ValueError("CuratedTraces is built by distill-filter (jsonl_path not set)")
+        return {"train": self._generate_examples(self._jsonl_path)}
+
+    def _generate_examples(self, path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                r = json.loads(line)
+                yield f"{r['prompt_id']}/{r['sample_index']}", _example(r)
+
+
+def _example(r: dict) -> dict:
+    ex = {name: str(r.get(name) or "") for name in TEXT_FIELDS}
+    ex["sample_index"] = int(r["sample_index"])
+    ex["num_tokens"] = int(r.get("num_tokens") or 0)
+    ex["token_ids"] = np.asarray(r.get("token_ids") or [], np.int32)
+    top_ids, top_lp = r.get("top_k_ids"), r.get("top_k_logprobs")
+    if top_ids:
+        ex["top_k_ids"] = np.asarray(top_ids, np.int32)
+        ex["top_k_logprobs"] = np.asarray(top_lp, np.float32)
+    else:
+        ex["top_k_ids"] = np.zeros((0, 0), np.int32)
+        ex["top_k_logprobs"] = np.zeros((0, 0), np.float32)
+    return ex
+
+
+def build_curated_dataset(jsonl_path: str, data_dir: str) -> str:
+    """Writes the array_record dataset under data_dir; returns its version directory."""
+    builder = CuratedTraces(jsonl_path=jsonl_path, data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(download_mode=tfds.GenerateMode.REUSE_CACHE_IF_EXISTS))
+    return str(builder.data_path)

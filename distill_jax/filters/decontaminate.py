@@ -1,0 +1,122 @@
+"""Decontamination: drop training prompts that overlap an evaluation set.
+
+A prompt is contaminated when it shares a word n-gram (default n=8, words are
+lower-cased `\\w+` runs) with any problem of an evaluation set. Evaluation
+texts shorter than n words count as a single gram of their own length, so a
+short eval problem quoted verbatim is still caught. The check is on the
+prompt's problem text by default (`fields=("problem",)`); add "response" to
+also catch traces that quote an evaluation problem.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Iterable, Sequence
+
+from distill_jax.filters.sample import Sample, Verdict, accept, reject
+
+# Built-in evaluation sets: file name in the data directory and the text field.
+BUILTIN_EVAL_SETS = {
+    "gsm8k_test": ("gsm8k_test.jsonl", "question"),
+    "math500": ("math500_test.jsonl", "problem"),
+    "aime24": ("aime24_test.jsonl", "problem"),
+    "humaneval": ("humaneval.jsonl", "prompt"),
+}
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+class NgramIndex:
+    """Word n-grams of a collection of texts, each remembered with its set name."""
+
+    def __init__(self, n: int = 8):
+        if n < 1:
+            raise ValueError(f"n-gram size must be >= 1, got {n}")
+        self.n = n
+        self.grams: dict[tuple[str, ...], str] = {}
+        self.short_lengths: set[int] = set()
+        self.num_texts = 0
+
+    def add(self, text: str, label: str) -> None:
+        w = words(text)
+        if not w:
+            return
+        self.num_texts += 1
+        if len(w) < self.n:
+            self.grams.setdefault(tuple(w), label)
+            self.short_lengths.add(len(w))
+            return
+        for k in range(len(w) - self.n + 1):
+            self.grams.setdefault(tuple(w[k:k + self.n]), label)
+
+    def find(self, text: str) -> tuple[str, str] | None:
+        """(set name, the overlapping words) of the first overlap, or None."""
+        w = words(text)
+        for size in (self.n, *sorted(self.short_lengths)):
+            for k in range(len(w) - size + 1):
+                gram = tuple(w[k:k + size])
+                label = self.grams.get(gram)
+                if label is not None:
+                    return label, " ".join(gram)
+        return None
+
+
+def load_eval_index(eval_sets: Sequence[str], data_dir: str, n: int = 8) -> NgramIndex:
+    """Builds the index from built-in set names and/or `path.jsonl:field` entries."""
+    index = NgramIndex(n)
+    for spec in eval_sets:
+        if spec in BUILTIN_EVAL_SETS:
+            filename, field = BUILTIN_EVAL_SETS[spec]
+            path, label = os.path.join(data_dir, filename), spec
+        elif ":" in spec:
+            path, field = spec.rsplit(":", 1)
+            label = os.path.splitext(os.path.basename(path))[0]
+        else:
+            raise ValueError(f"unknown evaluation set {spec!r}: use one of "
+                             f"{sorted(BUILTIN_EVAL_SETS)} or 'path.jsonl:field'")
+        for text in _texts(path, field):
+            index.add(text, label)
+    return index
+
+
+def _texts(path: str, field: str) -> Iterable[str]:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"evaluation set {path} does not exist")
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_no}: malformed JSON ({e.msg})") from e
+            if field not in row:
+                raise ValueError(f"{path}:{line_no}: missing field {field!r}")
+            yield str(row[field])
+
+
+class Decontaminate:
+    name = "decontaminate"
+
+    def __init__(self, index: NgramIndex, fields: Sequence[str] = ("problem",)):
+        self.index = index
+        self.fields = tuple(fields)
+        self._cache: dict[str, tuple[str, str] | None] = {}
+
+    def __call__(self, s: Sample) -> Verdict:
+        for field in self.fields:
+            text = s.problem if field == "problem" else s.response if field == "response" \
+                else str(s.record.get(field, ""))
+            if field == "problem" and text in self._cache:   # n samples share one problem
+                hit = self._cache[text]
+            else:
+                hit = self.index.find(text)
+                if field == "problem":
+                    self._cache[text] = hit
+            if hit:
+                return reject(self.name, f"contaminated_{hit[0]}",
+                              f"{field} shares {self.index.n}-gram {hit[1]!r} with {hit[0]}")
+        return accept(self.name)

@@ -1,0 +1,138 @@
+"""Answer extraction and equivalence, on real GSM8K / MATH-500 and on the policy cases."""
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from distill_jax.data.prompts import gsm8k_gold
+from distill_jax.filters import extract_answer, math_equal
+from distill_jax.filters.math_answer import LatexConversionError, latex_to_sympy
+
+
+def _rows(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_gsm8k_reference_answers_match_their_gold_and_not_others(shared_data):
+    rows = _rows(os.path.join(shared_data, "gsm8k_test.jsonl"))
+    assert len(rows) == 1319
+    golds = [gsm8k_gold(r["answer"]) for r in rows]
+    own = [math_equal(g, extract_answer(r["answer"])) for g, r in zip(golds, rows)]
+    assert sum(own) == 1319
+    # Against a different problem's answer: the next one with a different value.
+    wrong_pairs = 0
+    for k, r in enumerate(rows):
+        other = next(golds[(k + d) % len(rows)] for d in range(1, len(rows))
+                     if float(golds[(k + d) % len(rows)]) != float(golds[k]))
+        assert not math_equal(other, extract_answer(r["answer"])), (k, other)
+        wrong_pairs += 1
+    assert wrong_pairs == 1319
+
+
+def test_math500_boxed_answers_match_answer_field(shared_data):
+    rows = _rows(os.path.join(shared_data, "math500_test.jsonl"))
+    assert len(rows) == 500
+    failures = [(r["unique_id"], r["answer"], extract_answer(r["solution"])) for r in rows
+                if not math_equal(r["answer"], extract_answer(r["solution"]))]
+    print(f"MATH-500: {500 - len(failures)}/500 equal; failures:")
+    for f in failures:
+        print("  ", f)
+    assert len(failures) <= 5
+    # Not vacuous: each answer differs from its neighbour's unless they are the same value.
+    judged_equal = sum(math_equal(rows[k]["answer"], rows[(k + 1) % 500]["answer"])
+                       for k in range(500))
+    assert judged_equal <= 5
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("so \\boxed{\\frac{1}{2}} is it", "\\frac{1}{2}"),
+    ("first \\boxed{1} then \\boxed{\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}}",
+     "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"),
+    ("nested \\boxed{\\{1, \\{2\\}\\}} done", "\\{1, \\{2\\}\\}"),
+    ("\\fbox{42}", "42"),
+    ("$\\boxed 5$", "5"),
+    ("She pays 3*4=<<3*4=12>>12.\n#### 12", "12"),
+    ("Therefore, the final answer is $\\frac{3}{4}$. Done", "\\frac{3}{4}"),
+    ("The answer is 17.", "17"),
+    ("<think>maybe \\boxed{3}</think>\nSo the result is \\boxed{4}.", "4"),
+    ("<think>I think \\boxed{3}</think>\nI am not sure.", "3"),
+    ("no answer here", None),
+    ("", None),
+])
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+# (gold, prediction, equal) — the policy of math_answer's docstring, case by case.
+POLICY = [
+    ("72", "72", True), ("72", "72.0", True), ("72", "73", False), ("1,000", "1000", True),
+    ("10,\\!080", "10080", True), ("\\$32,\\!348", "32348", True), ("-5", "-5", True),
+    ("-5", "5", False), ("\\frac{3}{2}", "1.5", True), ("\\dfrac{3}{2}", "3/2", True),
+    ("\\frac43", "\\frac{4}{3}", True), ("1\\frac{4}{5}", "9/5", True), ("1/3", "0.3333", False),
+    ("1/3", "0.33333333", True), ("50\\%", "50", True), ("50\\%", "0.5", True),
+    ("90^\\circ", "90", True), ("90^{\\circ}", "90 degrees", True),
+    ("5.4 \\text{ cents}", "5.4", True), ("864 \\mbox{ inches}^2", "864", True),
+    ("1.2\\times10^{5}", "120000", True), ("1.2e5", "120000", True), ("3e-2", "0.03", True),
+    ("\\sqrt{2}/2", "\\frac{\\sqrt{2}}{2}", True), ("\\frac{\\sqrt{3}}{3}", "\\frac{1}{\\sqrt3}", True),
+    ("\\pi", "3.14159265358979", True), ("2\\pi", "\\pi", False), ("6 - 5i", "6-5i", True),
+    ("6-5i", "6+5i", False), ("x=5", "5", True), ("5", "x = 5", True),
+    ("y = 2x + 3", "y=3+2x", True), ("y = 2x + 3", "y = 2x - 3", False),
+    ("x^3+3x-6", "3x+x^3-6", True), ("(a+5)(b+2)", "ab+2a+5b+10", True), ("2k+2", "2(k+1)", True),
+    ("e^2", "\\exp(2)", True), ("\\text{(C)}", "C", True), ("(B)", "C", False),
+    ("\\text{Evelyn}", "Evelyn", True), ("Evelyn", "Navin", False),
+    ("(3,4]", "(3,4]", True), ("(3,4]", "(3,4)", False), ("(1,-2)", "(1, -2)", True),
+    ("(1,-2)", "(-2,1)", False), ("1,-2", "-2,1", True), ("(1,2)", "1, 2", True),
+    ("\\{1\\pm\\sqrt{5},-2\\}", "-2, 1-\\sqrt5, 1+\\sqrt{5}", True),
+    ("3 \\pm 2 \\sqrt{2}", "3-2\\sqrt2,3+2\\sqrt2", True), ("1 \\pm \\sqrt{19}", "1+\\sqrt{19}", False),
+    ("(-\\infty, 2) \\cup (3, \\infty)", "(-\\infty,2)\\cup(3,\\infty)", True),
+    ("x \\in [-2,7]", "[-2,7]", True), ("[-2,7]", "[-2,8]", False),
+    ("\\begin{pmatrix} -1/3 \\\\ 2/3 \\end{pmatrix}",
+     "\\begin{pmatrix} -\\frac13 \\\\ \\frac{2}{3} \\end{pmatrix}", True),
+    ("\\begin{pmatrix} 1 & 0 \\\\ 0 & 1 \\end{pmatrix}",
+     "\\begin{bmatrix} 1 & 0 \\\\ 0 & 2 \\end{bmatrix}", False),
+    ("52_8", "52_{8}", True), ("52_8", "52", False),
+    ("7", None, False), (None, "7", False), ("", "", False), ("7", "  ", False),
+]
+
+
+@pytest.mark.parametrize("gold,pred,equal", POLICY)
+def test_math_equal_policy(gold, pred, equal):
+    assert math_equal(gold, pred) is equal
+
+
+def test_pathological_input_is_bounded_in_any_thread():
+    results = {}
+
+    def work():
+        start = time.monotonic()
+        results["equal"] = math_equal("2^{10^{10}}", "2^{10^{10}}+1", timeout_s=2.0)
+        results["seconds"] = time.monotonic() - start
+        # The worker was killed; the next comparison still works.
+        results["after"] = math_equal("x^2-1", "(x-1)(x+1)")
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join(60)
+    assert not t.is_alive()
+    assert results["equal"] is False
+    assert results["seconds"] < 10
+    assert results["after"] is True
+    # A number far beyond float range never reaches big-integer arithmetic.
+    start = time.monotonic()
+    assert math_equal("1e1000000000", "1") is False
+    assert time.monotonic() - start < 1
+
+
+@pytest.mark.parametrize("bad", ["__import__('os').system('true')", "\\unknowncmd{1}",
+                                 "a; b", "x.__class__", "lambda: 1"])
+def test_latex_conversion_rejects_anything_outside_its_alphabet(bad):
+    with pytest.raises(LatexConversionError):
+        latex_to_sympy(bad)
+
+
+def test_latex_conversion_splits_unknown_words_into_symbols():
+    # A name sympy could resolve to a function becomes a product of one-letter symbols.
+    assert latex_to_sympy("open(1)").split() == ["o", "p", "e", "n", "(1)"]

@@ -41,6 +41,7 @@ def get_config():
     c.decontamination.data_dir = "../shared/data"
     c.decontamination.ngram_size = 8
     c.decontamination.fields = ("problem",)  # add "response" to check the traces too
+    c.decontamination.min_overlap_fraction = 0.0   # 0 = any shared n-gram (see decontaminate.py)
 
     c.dedup = ml_collections.ConfigDict({"shingle_size": 5, "near_duplicate_threshold": 0.9})
     return c

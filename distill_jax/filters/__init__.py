@@ -1,5 +1,8 @@
 """Rejection filtering: verifiers (math answers, sandboxed code), quality filters,
 decontamination, and the stage that turns teacher traces into a curated dataset."""
+from distill_jax.filters.code_exec import (ExecResult, SandboxLimits, extract_code, run_many,
+                                           run_python_tests)
 from distill_jax.filters.math_answer import extract_answer, math_equal
 
-__all__ = ["extract_answer", "math_equal"]
+__all__ = ["ExecResult", "SandboxLimits", "extract_answer", "extract_code", "math_equal",
+           "run_many", "run_python_tests"]

@@ -73,7 +73,8 @@ class FilterChain:
                 dc = config["decontamination"]
                 index = decontaminate.load_eval_index(dc["eval_sets"], dc["data_dir"],
                                                       dc["ngram_size"])
-                self.filters.append(decontaminate.Decontaminate(index, dc["fields"]))
+                self.filters.append(decontaminate.Decontaminate(
+                    index, dc["fields"], dc.get("min_overlap_fraction", 0.0)))
             else:
                 self.filters.append(FILTER_CLASSES[name](**params))
 
@@ -276,7 +277,7 @@ def _select(samples, results, stage, malformed):
         correct = sum(results[k]["correct"] for k in idxs)
         per_prompt.append({"prompt_id": pid, "source": samples[idxs[0]].record.get("source", ""),
                            "samples": len(idxs), "passed_filters": n_passed, "kept": n_kept,
-                           "correct": correct})
+                           "acceptance_rate": round(n_kept / len(idxs), 6), "correct": correct})
 
     stages, remaining = [], len(samples)
     for name in order:
@@ -290,7 +291,7 @@ def _select(samples, results, stage, malformed):
     stages.append({"name": "max_per_prompt", "in": out, "out": out - cap_count,
                    "rejected": {"over_limit": cap_count} if cap_count else {}})
 
-    rates = [p["kept"] / p["samples"] for p in per_prompt]
+    rates = [p["acceptance_rate"] for p in per_prompt]
     report = {
         "input": {"lines": len(samples) + len(malformed), "samples": len(samples),
                   "prompts": len(by_prompt), "malformed_lines": len(malformed),
@@ -366,10 +367,11 @@ def _write_outputs(out_dir, report, kept, rejected, malformed) -> None:
         with open(os.path.join(staging, "audit", name), "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
     report["audit_files"] = {name: len(lines) for name, lines in sorted(audits.items())}
-    report["output"]["tfds"] = {"name": "curated_traces", "data_dir": os.path.join(out_dir, "tfds"),
-                                "split": "train"}
+    report["output"]["tfds"] = None          # tfds cannot hold an empty split
     if kept:
         build_curated_dataset(curated_path, os.path.join(staging, "tfds"))
+        report["output"]["tfds"] = {"name": "curated_traces", "split": "train",
+                                    "data_dir": os.path.join(out_dir, "tfds")}
     write_json_atomic(os.path.join(staging, REPORT), report)
     old = os.path.join(parent, f".{base}.old-{os.getpid()}")
     if os.path.exists(out_dir):

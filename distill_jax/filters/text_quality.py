@@ -78,8 +78,9 @@ _SCRIPT_GROUPS = {"HIRAGANA": "CJK", "KATAKANA": "CJK", "CJK": "CJK", "HANGUL": 
                   "LATIN": "LATIN", "CYRILLIC": "CYRILLIC", "ARABIC": "ARABIC",
                   "HEBREW": "HEBREW", "DEVANAGARI": "DEVANAGARI", "THAI": "THAI",
                   "GREEK": "GREEK"}
-_MATH_OR_CODE = re.compile(r"```.*?```|\$\$.*?\$\$|\$[^$]*\$|\\\(.*?\\\)|\\\[.*?\\\]|\\[a-zA-Z]+",
-                           re.DOTALL)
+# Math, code, LaTeX commands and markup tags (<think>) are not prose in any language.
+_MATH_OR_CODE = re.compile(r"```.*?```|\$\$.*?\$\$|\$[^$]*\$|\\\(.*?\\\)|\\\[.*?\\\]|\\[a-zA-Z]+"
+                           r"|</?[A-Za-z_|]+>", re.DOTALL)
 
 
 def _script(ch: str) -> str:

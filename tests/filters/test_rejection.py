@@ -120,11 +120,14 @@ def test_filter_end_to_end(shards, tmp_path, shared_data):
     # Correct whatever the other filters say: all apples samples but the wrong and the
     # truncated one; leak's answer 7 is not its gold 18; nogold has no gold.
     assert per_prompt["apples"] == {"prompt_id": "apples", "source": "synthetic", "samples": 11,
-                                    "passed_filters": 5, "kept": 2, "correct": 9}
+                                    "passed_filters": 5, "kept": 2,
+                                    "acceptance_rate": round(2 / 11, 6), "correct": 9}
     assert [per_prompt[p]["correct"] for p in ("leak", "nogold", "add")] == [0, 0, 1]
     assert report["teacher"]["pass_at_k"]["1"] == pytest.approx((9 / 11 + 0 + 0 + 1 / 3) / 4)
     assert report["teacher"]["pass_at_k"].keys() == {"1"}    # nogold has a single sample
     assert report["acceptance"]["prompts_with_kept_samples"] == 2
+    assert report["acceptance"]["mean_rate_per_prompt"] == pytest.approx((2 / 11 + 1 / 3) / 4,
+                                                                         abs=1e-6)
 
     audit = out / "audit"
     wrong = [json.loads(line) for line in open(audit / "correctness-wrong_answer.jsonl")]

@@ -176,3 +176,38 @@ def test_sigkill_mid_run_then_resume_is_byte_identical(teacher, shared_data, tmp
     subprocess.run(cmd(tmp_path / "killed"), check=True, capture_output=True, cwd=REPO, env=env,
                    timeout=300)
     assert _shards(tmp_path / "killed") == _shards(tmp_path / "full")
+
+
+def test_generated_shards_go_through_distill_filter(teacher, shared_data, tmp_path):
+    """The filter stage reads what generate writes; every sample is accounted for."""
+    generate_traces(_config(teacher, shared_data, tmp_path / "traces"))
+    out = tmp_path / "curated"
+    cmd = [sys.executable, "-m", "distill_jax.cli.filter",
+           f"--config={REPO}/configs/filter_default.py",
+           f"--config.input_dir={tmp_path / 'traces'}", f"--config.output_dir={out}",
+           f"--config.decontamination.data_dir={shared_data}", "--config.num_workers=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["input"].pop("files")) == 4
+    assert report["input"] == {"lines": 20, "samples": 20, "prompts": 10, "malformed_lines": 0,
+                               "malformed": []}
+    # The prompts are GSM8K *test* problems: decontamination removes them all.
+    assert report["stages"][0] == {"name": "decontaminate", "in": 20, "out": 0,
+                                   "rejected": {"contaminated_gsm8k_test": 20}}
+    assert report["output"]["samples"] == 0 and report["output"]["tfds"] is None
+    assert "decontaminate" in proc.stdout and "contaminated_gsm8k_test=20" in proc.stdout
+    records = [json.loads(line) for line in open(out / "audit" /
+                                                 "decontaminate-contaminated_gsm8k_test.jsonl")]
+    assert {r["prompt_id"] for r in records} == {f"gsm8k_test-{k}" for k in range(10)}
+    # Without decontamination, the random teacher's 16-token samples are cut off.
+    proc = subprocess.run(cmd[:-1] + ["--config.filters.order=('truncated', 'correctness')",
+                                      "--config.force=True"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    truncated = report["stages"][0]
+    assert truncated["name"] == "truncated" and truncated["in"] == 20
+    assert truncated["rejected"].get("truncated", 0) == sum(
+        1 for name in os.listdir(tmp_path / "traces") if name.startswith("shard-")
+        for line in open(tmp_path / "traces" / name) if json.loads(line)["finish_reason"] == "length")

@@ -27,6 +27,8 @@ setup(
         "tensorflow-datasets>=4.9.6",   # the curated dataset (array_record; no TensorFlow)
         "array-record>=0.5",
         "importlib_resources",  # tfds resolves a builder's code path with it (via etils)
+        "grain>=0.2.10",        # the training input pipeline (checkpointable iterators)
+        "tensorboardX>=2.6",    # TensorBoard event files without TensorFlow
     ],
     extras_require={
         # torch is only the parity reference. Install the CPU build first (the
@@ -40,6 +42,7 @@ setup(
             "distill-demo=distill_jax.cli.demo:run",
             "distill-generate=distill_jax.cli.generate:run",
             "distill-filter=distill_jax.cli.filter:run",
+            "distill-train=distill_jax.cli.train:run",
         ],
     },
 )

@@ -10,8 +10,8 @@ which needs neither TensorFlow nor this package. Examples are stored in the
 order tfds' key hashing gives (a fixed, deterministic order); `prompt_id` and
 `sample_index` identify each one.
 
-`token_ids` are the teacher's generated tokens (without the assistant prefix
-that was part of the prompt); `top_k_ids`/`top_k_logprobs` are aligned with
+`token_ids` are the teacher's generated tokens (without `assistant_prefix`,
+the opening of the response that was part of the prompt, e.g. "<think>\n"); `top_k_ids`/`top_k_logprobs` are aligned with
 them, [num_tokens, K], and are [0, 0] when the teacher stored none.
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 NAME = "curated_traces"
-TEXT_FIELDS = ("prompt_id", "source", "kind", "problem", "prompt", "response", "final_answer",
-               "teacher_id")
+TEXT_FIELDS = ("prompt_id", "source", "kind", "problem", "prompt", "assistant_prefix", "response",
+               "final_answer", "teacher_id")
 
 
 class CuratedTraces(tfds.core.GeneratorBasedBuilder):

@@ -36,7 +36,7 @@ from absl import logging
 from distill_jax.evaluation.metrics import pass_at_k
 from distill_jax.fileio import write_json_atomic
 from distill_jax.filters import decontaminate, text_quality, verify
-from distill_jax.filters.sample import Sample, Verdict, make_sample
+from distill_jax.filters.sample import Sample, Verdict, assistant_prefix, make_sample
 from distill_jax.progress import Progress
 
 REPORT = "report.json"
@@ -329,6 +329,7 @@ def _curated_record(s: Sample, r: dict[str, Any]) -> dict[str, Any]:
     out = {"prompt_id": s.prompt_id, "sample_index": s.sample_index,
            "source": rec.get("source", ""), "kind": s.kind, "problem": s.problem,
            "prompt": rec.get("user_message") or s.problem, "response": s.response,
+           "assistant_prefix": assistant_prefix(rec),
            "final_answer": r["final_answer"] or "", "teacher_id": rec.get("teacher_id", ""),
            "num_tokens": s.num_tokens, "token_ids": rec.get("token_ids") or []}
     if rec.get("top_k_ids"):

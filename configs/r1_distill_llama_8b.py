@@ -1,0 +1,19 @@
+"""DeepSeek-R1-Distill-Llama-8B recipe: SFT of Llama-3.1-8B on R1 traces (lr 5e-5)."""
+from configs.sft_base import base_config
+
+
+def get_config():
+    c = base_config()
+    c.workdir = "runs/r1-distill-llama-8b"
+    c.model.checkpoint = "/ckpt/Llama-3.1-8B"
+    c.data.tokenizer_path = "/ckpt/Llama-3.1-8B"
+    c.data.chat_template = "deepseek-r1"
+    c.data.seq_len = 32768
+    c.model.remat_policy = "full"
+    c.train.batch_size = 64
+    c.train.num_epochs = 2
+    c.train.learning_rate = 5e-5
+    c.train.final_lr_fraction = 0.1
+    c.train.export_dir = "runs/r1-distill-llama-8b/export"
+    c.mesh.fsdp = -1
+    return c

@@ -1,0 +1,71 @@
+"""Shared defaults of every training config (imported by the others).
+
+Sections: data (what to read and how to batch it), model (the student), train
+(optimizer, schedule, checkpoints, logging), kd (optional soft targets), mesh.
+"""
+import ml_collections
+
+
+def base_config():
+    c = ml_collections.ConfigDict()
+    c.workdir = "runs/student"
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.path = "artifacts/curated/gsm8k/tfds"   # tfds data dir of distill-filter, or .jsonl
+    c.data.tokenizer_path = ""
+    c.data.chat_template = ""        # "" = the tokenizer's own; or chatml/qwen2.5/llama3/deepseek-r1
+    c.data.system_prompt = ""
+    c.data.seq_len = 4096
+    c.data.packing = True
+    c.data.num_packing_bins = 16
+    c.data.overlong = "drop"         # drop | truncate (counted either way)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.checkpoint = ""          # HF directory to start from
+    c.model.preset = ""              # or a preset with random init (from scratch)
+    c.model.init_seed = 0
+    c.model.dtype = "bfloat16"       # compute
+    c.model.param_dtype = "float32"  # params, gradients, optimizer state
+    c.model.remat_policy = "none"    # none | full | dots | dots_with_no_batch_dims | save_qkv_proj
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 64          # global rows per optimizer step
+    c.train.microbatches = 1         # gradient accumulation
+    c.train.num_epochs = 2
+    c.train.num_steps = 0            # 0 = epochs x batches per epoch
+    c.train.learning_rate = 1e-4
+    c.train.warmup_steps = 0
+    c.train.final_lr_fraction = 0.1  # cosine to 1/10 of the peak (R1-Distill)
+    c.train.weight_decay = 0.0
+    c.train.b1 = 0.9
+    c.train.b2 = 0.95
+    c.train.eps = 1e-8
+    c.train.max_grad_norm = 1.0
+    c.train.log_every = 10
+    c.train.checkpoint_every = 500
+    c.train.keep_checkpoints = 3
+    c.train.async_checkpointing = True
+    c.train.tensorboard = True
+    c.train.peak_tflops = 0.0        # per device, for MFU; 0 = known accelerators only
+    c.train.export_dir = ""          # HF safetensors export of the final student
+    c.train.export_dtype = "bfloat16"
+    c.train.fault_injection_kill_at_step = 0   # tests only: SIGKILL after this step
+
+    c.kd = ml_collections.ConfigDict()
+    c.kd.mode = "none"               # none | online | offline
+    c.kd.alpha = 0.5                 # loss = alpha * KD + (1 - alpha) * CE
+    c.kd.temperature = 1.0
+    c.kd.kind = "forward_kl"         # forward_kl | reverse_kl | jsd
+    c.kd.beta = 0.5                  # jsd mixture weight
+    c.kd.topk = 0                    # offline: top-k width to use from the stored logprobs
+    c.kd.teacher = ml_collections.ConfigDict()
+    c.kd.teacher.checkpoint = ""     # online: the teacher, same vocabulary as the student
+    c.kd.teacher.preset = ""
+    c.kd.teacher.init_seed = 0
+    c.kd.teacher.dtype = "bfloat16"
+    c.kd.teacher.param_dtype = "bfloat16"
+    c.kd.teacher.remat_policy = ""
+
+    c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+    return c

@@ -1,0 +1,103 @@
+"""Losses on [batch, length, vocab] logits. All math in float32.
+
+Per-token functions return [batch, length]; the `*_loss` wrappers average over
+the positions `mask` selects. The trainer sums per-token losses over the whole
+global batch and divides once by its number of target tokens, so gradient
+accumulation gives the same loss as one big batch (never a mean of means).
+
+KD is on temperature-softened distributions p_T = softmax(teacher / T) and
+q_T = softmax(student / T), scaled by T² so its gradients keep their size as T
+changes (Hinton et al., 2015):
+  forward_kl  KL(p_T ‖ q_T)                (mode-covering; the classic soft target)
+  reverse_kl  KL(q_T ‖ p_T)                (mode-seeking)
+  jsd         β·KL(p_T ‖ M) + (1−β)·KL(q_T ‖ M),  M = β·p_T + (1−β)·q_T, β in (0, 1)
+
+Offline top-k KD (`topk_kd_token_loss`): the sampler stored the teacher's K
+largest log-probabilities per generated token. The teacher distribution is
+renormalized over those K ids, p_T(i) = exp(lp_i / T) / Σ_k exp(lp_k / T), and
+zero elsewhere; the student keeps its full-vocabulary q_T. The loss is
+KL(p_T ‖ q_T) = Σ_i p_T(i) (log p_T(i) − log q_T(i)) over the K ids: a proper KL,
+zero only when the student puts exactly the renormalized teacher mass on them.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+KD_KINDS = ("forward_kl", "reverse_kl", "jsd")
+
+
+def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """-log softmax(logits)[target], [batch, length]."""
+    logits = logits.astype(jnp.float32)
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return logz - picked
+
+
+def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+    mask = mask.astype(jnp.float32)
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean token cross-entropy over the positions `mask` selects."""
+    return _masked_mean(token_cross_entropy(logits, targets), mask)
+
+
+def _kl(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
+    """KL(p ‖ q) over the last axis, with 0·log 0 = 0."""
+    p = jnp.exp(log_p)
+    return jnp.sum(jnp.where(p > 0, p * (log_p - log_q), 0.0), axis=-1)
+
+
+def kd_token_loss(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float = 1.0,
+                  kind: str = "forward_kl", beta: float = 0.5) -> jax.Array:
+    """Per-token KD loss (T²-scaled), [batch, length]."""
+    if kind not in KD_KINDS:
+        raise ValueError(f"unknown KD kind {kind!r}; choose from {KD_KINDS}")
+    if student_logits.shape[-1] != teacher_logits.shape[-1]:
+        raise ValueError(f"KD needs one vocabulary: student logits have "
+                         f"{student_logits.shape[-1]} entries, teacher {teacher_logits.shape[-1]}")
+    t = jnp.float32(temperature)
+    log_q = jax.nn.log_softmax(student_logits.astype(jnp.float32) / t, axis=-1)
+    log_p = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / t, axis=-1)
+    if kind == "forward_kl":
+        loss = _kl(log_p, log_q)
+    elif kind == "reverse_kl":
+        loss = _kl(log_q, log_p)
+    else:
+        if not 0.0 < beta < 1.0:
+            raise ValueError(f"jsd needs beta in (0, 1), got {beta}")
+        log_m = jnp.logaddexp(jnp.log(beta) + log_p, jnp.log1p(-beta) + log_q)
+        loss = beta * _kl(log_p, log_m) + (1.0 - beta) * _kl(log_q, log_m)
+    return loss * t * t
+
+
+def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, mask: jax.Array,
+            temperature: float = 1.0, kind: str = "forward_kl", beta: float = 0.5) -> jax.Array:
+    """Mean KD loss over the positions `mask` selects (the completion tokens)."""
+    return _masked_mean(kd_token_loss(student_logits, teacher_logits, temperature, kind, beta),
+                        mask)
+
+
+def topk_kd_token_loss(student_logits: jax.Array, topk_ids: jax.Array,
+                       topk_logprobs: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """Forward KL to the renormalized top-k teacher (see module docstring), T²-scaled.
+
+    topk_ids/topk_logprobs: [batch, length, K]; -inf logprobs mark unused slots.
+    """
+    t = jnp.float32(temperature)
+    log_q = jax.nn.log_softmax(student_logits.astype(jnp.float32) / t, axis=-1)
+    log_q_k = jnp.take_along_axis(log_q, topk_ids.astype(jnp.int32), axis=-1)
+    scaled = topk_logprobs.astype(jnp.float32) / t
+    # A row with no teacher entries (all -inf) would give NaN; it is masked anyway.
+    safe = jnp.where(jnp.isfinite(scaled).any(-1, keepdims=True), scaled, 0.0)
+    log_p = jax.nn.log_softmax(safe, axis=-1)
+    p = jnp.exp(log_p)
+    return jnp.sum(jnp.where(p > 0, p * (log_p - log_q_k), 0.0), axis=-1) * t * t
+
+
+def token_accuracy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+    hit = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    return _masked_mean(hit, mask)

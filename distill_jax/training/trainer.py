@@ -1,0 +1,263 @@
+"""The student's training step: one jitted, sharded function per run.
+
+`TrainState` (step, params, optimizer state) is a pytree; `Trainer.step` takes
+it (donated) and a global batch, and returns the next state and metrics. The
+batch's rows are split into `microbatches` inside the step; per-token losses
+are summed over all of them and divided once by the global batch's number of
+target tokens, so accumulation gives the update one big batch would.
+
+Params and optimizer state are sharded by the model's logical axes (FSDP over
+`fsdp`, tensor parallelism over `tensor`); the batch over (`data`, `fsdp`).
+The step states `in_shardings`/`out_shardings` explicitly. Params are kept in
+`param_dtype` (fp32 by default) and the forward runs in `dtype` (bf16 by
+default); gradients and optimizer state follow the params.
+
+Soft-target KD (config `kd.mode`):
+  "online"  the teacher runs forward inside the same step on the same mesh
+            (its params sharded by the same rules, no gradients);
+  "offline" the batch carries the teacher's stored top-k logprobs.
+Loss = α·KD + (1−α)·CE, each the mean over its target tokens in the global batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from distill_jax import models, sharding
+from distill_jax.training import losses
+
+BATCH_FIELDS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
+KD_FIELDS = ("kd_mask", "topk_ids", "topk_logprobs")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class KDSettings:
+    mode: str = "none"            # none | online | offline
+    alpha: float = 0.5
+    temperature: float = 1.0
+    kind: str = "forward_kl"
+    beta: float = 0.5
+
+    def __post_init__(self):
+        if self.mode not in ("none", "online", "offline"):
+            raise ValueError(f"kd.mode must be none, online or offline, got {self.mode!r}")
+        if self.mode != "none":
+            if not 0.0 <= self.alpha <= 1.0:
+                raise ValueError(f"kd.alpha must be in [0, 1], got {self.alpha}")
+            if self.temperature <= 0:
+                raise ValueError(f"kd.temperature must be > 0, got {self.temperature}")
+            if self.kind not in losses.KD_KINDS:
+                raise ValueError(f"kd.kind must be one of {losses.KD_KINDS}, got {self.kind!r}")
+        if self.mode == "offline" and self.kind != "forward_kl":
+            raise ValueError("offline top-k KD supports kind='forward_kl' only: the stored top-k "
+                             "logprobs do not define the teacher's full distribution")
+
+
+def check_vocabularies(student: models.ModelConfig, teacher: models.ModelConfig) -> None:
+    if student.vocab_size != teacher.vocab_size:
+        raise ValueError(
+            f"soft-target KD needs one vocabulary: the student has {student.vocab_size} token "
+            f"ids, the teacher {teacher.vocab_size}. Use SFT on the teacher's traces instead "
+            "(kd.mode='none'), or a teacher that shares the student's tokenizer")
+
+
+class Trainer:
+    """Builds the jitted step for a student (and optional online teacher) on a mesh."""
+
+    def __init__(self, cfg: models.ModelConfig, tx: optax.GradientTransformation,
+                 schedule: optax.Schedule, mesh: jax.sharding.Mesh | None = None,
+                 microbatches: int = 1, kd: KDSettings = KDSettings(),
+                 teacher_cfg: models.ModelConfig | None = None):
+        self.cfg, self.tx, self.schedule, self.mesh = cfg, tx, schedule, mesh
+        self.microbatches = microbatches
+        self.kd = kd
+        self.model = models.Transformer(cfg)
+        self.teacher_cfg = teacher_cfg
+        if kd.mode == "online":
+            if teacher_cfg is None:
+                raise ValueError("kd.mode='online' needs a teacher model")
+            check_vocabularies(cfg, teacher_cfg)
+            self.teacher = models.Transformer(teacher_cfg)
+        self._step = None
+
+    # ------------------------------------------------------------ state
+
+    def param_shardings(self, cfg: models.ModelConfig | None = None):
+        cfg = cfg or self.cfg
+        if self.mesh is None:
+            return None
+        return sharding.logical_to_shardings(models.param_logical_axes(cfg), self.mesh,
+                                             shapes=models.param_shapes(cfg))
+
+    def init_state(self, params) -> TrainState:
+        """A fresh state around `params` (already placed: see `models.init_params(mesh=)`)."""
+        with sharding.mesh_context(self.mesh):
+            opt_state = jax.jit(self.tx.init)(params)
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
+        if self.mesh is None:
+            return state
+        # Moments inherit their params' shardings; scalars (step, counts) are replicated.
+        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        return jax.tree_util.tree_map(
+            lambda x: x if len(x.sharding.device_set) == self.mesh.size
+            else jax.device_put(x, replicated), state)
+
+    def abstract_state(self) -> TrainState:
+        """Shapes, dtypes and shardings of the state, for restoring a checkpoint."""
+        shapes = models.param_shapes(self.cfg)
+        shardings = self.param_shardings()
+        if shardings is not None:
+            shapes = jax.tree_util.tree_map(
+                lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
+                shardings)
+        state = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p,
+                                                    self.tx.init(p)), shapes)
+        if self.mesh is None:
+            return state
+        # Optimizer moments follow their params; scalars (counts) are replicated.
+        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        param_by_shape = {}
+        for s, sh in zip(jax.tree_util.tree_leaves(shapes), jax.tree_util.tree_leaves(shardings)):
+            param_by_shape.setdefault((s.shape, str(s.dtype)), sh)
+        opt_leaves, opt_def = jax.tree_util.tree_flatten(state.opt_state)
+        opt_leaves = [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=param_by_shape.get(
+            (x.shape, str(x.dtype)), replicated)) for x in opt_leaves]
+        return TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), shapes,
+                          jax.tree_util.tree_unflatten(opt_def, opt_leaves))
+
+    # ------------------------------------------------------------ the step
+
+    def _sums(self, params, mb, teacher_params):
+        logits = self.model.apply({"params": params}, mb["inputs"], positions=mb["positions"],
+                                  segment_ids=mb["segment_ids"])
+        mask = (mb["loss_mask"] * (mb["segment_ids"] > 0)).astype(jnp.float32)
+        ce = losses.token_cross_entropy(logits, mb["targets"])
+        hit = (jnp.argmax(logits, -1) == mb["targets"]).astype(jnp.float32)
+        sums = {"ce_sum": jnp.sum(ce * mask), "correct": jnp.sum(hit * mask)}
+        kd = self.kd
+        if kd.mode == "online":
+            teacher_logits = jax.lax.stop_gradient(self.teacher.apply(
+                {"params": teacher_params}, mb["inputs"], positions=mb["positions"],
+                segment_ids=mb["segment_ids"]))
+            per_token = losses.kd_token_loss(logits, teacher_logits, kd.temperature, kd.kind,
+                                             kd.beta)
+            sums["kd_sum"] = jnp.sum(per_token * mask)
+        elif kd.mode == "offline":
+            per_token = losses.topk_kd_token_loss(logits, mb["topk_ids"], mb["topk_logprobs"],
+                                                  kd.temperature)
+            kd_mask = mask * mb["kd_mask"].astype(jnp.float32)
+            sums["kd_sum"] = jnp.sum(jnp.where(kd_mask > 0, per_token, 0.0))
+        return sums
+
+    def _objective(self, params, mb, teacher_params, n_ce, n_kd):
+        sums = self._sums(params, mb, teacher_params)
+        ce = sums["ce_sum"] / n_ce
+        if self.kd.mode == "none":
+            return ce, sums
+        kd = sums["kd_sum"] / n_kd
+        return self.kd.alpha * kd + (1.0 - self.kd.alpha) * ce, sums
+
+    def _split(self, batch):
+        """[B, ...] -> [microbatches, B / microbatches, ...], row r to microbatch r % m, so
+        every microbatch spans all data-parallel shards."""
+        m = self.microbatches
+
+        def split(x):
+            rows = x.shape[0]
+            if rows % m:
+                raise ValueError(f"batch of {rows} rows does not split into {m} microbatches")
+            y = x.reshape(rows // m, m, *x.shape[1:])
+            return jnp.swapaxes(y, 0, 1)
+        return jax.tree_util.tree_map(split, batch)
+
+    def _train_step(self, state: TrainState, batch, teacher_params):
+        mask = (batch["loss_mask"] * (batch["segment_ids"] > 0)).astype(jnp.float32)
+        n_ce = jnp.maximum(jnp.sum(mask), 1.0)
+        n_kd = n_ce
+        if self.kd.mode == "offline":
+            n_kd = jnp.maximum(jnp.sum(mask * batch["kd_mask"]), 1.0)
+        grad_fn = jax.value_and_grad(self._objective, has_aux=True)
+
+        def body(grads, mb):
+            if self.mesh is not None:
+                mb = jax.tree_util.tree_map(
+                    lambda x: jax.lax.with_sharding_constraint(
+                        x, sharding.batch_sharding(self.mesh, x.ndim)), mb)
+            (_, sums), g = grad_fn(state.params, mb, teacher_params, n_ce, n_kd)
+            return jax.tree_util.tree_map(jnp.add, grads, g), sums
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+        grads, sums = jax.lax.scan(body, zeros, self._split(batch))
+        sums = jax.tree_util.tree_map(jnp.sum, sums)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ce = sums["ce_sum"] / n_ce
+        metrics = {"ce": ce, "loss": ce, "accuracy": sums["correct"] / n_ce,
+                   "grad_norm": optax.global_norm(grads), "learning_rate": self.schedule(state.step),
+                   "target_tokens": jnp.sum(mask), "tokens": jnp.sum(batch["segment_ids"] > 0)}
+        if self.kd.mode != "none":
+            metrics["kd"] = sums["kd_sum"] / n_kd
+            metrics["loss"] = self.kd.alpha * metrics["kd"] + (1.0 - self.kd.alpha) * ce
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    def compile(self, state: TrainState, batch, teacher_params=None):
+        """Jits the step with explicit shardings (from the placed state and teacher)."""
+        if self.mesh is None:
+            self._step = jax.jit(self._train_step, donate_argnums=(0,))
+            return
+        state_sh = jax.tree_util.tree_map(lambda x: x.sharding, state)
+        batch_sh = {k: sharding.batch_sharding(self.mesh, np.ndim(v)) for k, v in batch.items()}
+        teacher_sh = None if teacher_params is None else jax.tree_util.tree_map(
+            lambda x: x.sharding, teacher_params)
+        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        self._step = jax.jit(self._train_step, in_shardings=(state_sh, batch_sh, teacher_sh),
+                             out_shardings=(state_sh, replicated), donate_argnums=(0,))
+
+    def step(self, state: TrainState, batch, teacher_params=None):
+        """One optimizer step on a global batch (numpy rows of this host, or global arrays)."""
+        if self.mesh is not None and isinstance(next(iter(batch.values())), np.ndarray):
+            batch = sharding.shard_batch(batch, self.mesh)
+        if self._step is None:
+            self.compile(state, batch, teacher_params)
+        with sharding.mesh_context(self.mesh):
+            return self._step(state, batch, teacher_params)
+
+
+def model_flops_per_token(cfg: models.ModelConfig, seq_len: int, training: bool = True) -> float:
+    """Matmul FLOPs per token: 2 per weight forward (x3 with backward) plus causal attention."""
+    d_head = cfg.head_dim
+    per_layer = (cfg.hidden_size * d_head * (cfg.num_heads * 2 + cfg.num_kv_heads * 2)
+                 + 3 * cfg.hidden_size * cfg.intermediate_size)
+    weights = cfg.num_layers * per_layer + cfg.hidden_size * cfg.vocab_size
+    attention = cfg.num_layers * cfg.num_heads * d_head * seq_len   # QK^T + AV, causal half
+    forward = 2 * weights + 2 * attention
+    return 3 * forward if training else forward
+
+
+# Dense bf16 peak per chip/GPU, TFLOP/s (vendor figures).
+PEAK_TFLOPS = {"TPU v4": 275, "TPU v5 lite": 197, "TPU v5e": 197, "TPU v5p": 459, "TPU v5": 459,
+               "TPU v6 lite": 918, "TPU v6e": 918, "NVIDIA H100": 989, "NVIDIA H200": 989,
+               "NVIDIA A100": 312}
+
+
+def peak_tflops_per_device(override: float = 0.0) -> float | None:
+    if override:
+        return override
+    kind = jax.devices()[0].device_kind
+    for name, tflops in PEAK_TFLOPS.items():
+        if kind.startswith(name):
+            return tflops
+    return None

@@ -1,0 +1,155 @@
+"""The SFT input pipeline: completion masks per template, packing, overlong examples,
+host sharding and resumable iterator state."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from distill_jax import models
+from distill_jax.data.sft import ChatFormat, JsonlSource, SFTPipeline, encode_example
+from distill_jax.tokenizer import BUILTIN_CHAT_TEMPLATES
+from distill_jax.training import losses
+from tests.training.conftest import write_traces
+
+RESPONSE = "<think>\n3 + 4 = 7.\n</think>\nThe answer is \\boxed{7}."
+TAILS = {"chatml": "<|im_end|>\n", "qwen2.5": "<|im_end|>\n", "llama3": "<|eot_id|>",
+         "deepseek-r1": "<｜end▁of▁sentence｜>"}
+
+
+@pytest.mark.parametrize("template", sorted(BUILTIN_CHAT_TEMPLATES))
+def test_loss_mask_covers_exactly_the_response(tokenizer, template):
+    fmt = ChatFormat.create(tokenizer, template)
+    assert fmt.tail == TAILS[template]
+    ex = encode_example({"prompt": "Ada has 3 apples and gets 4.", "response": RESPONSE}, fmt)
+    ids, mask = ex["ids"], ex["loss_mask"].astype(bool)
+    assert mask.any() and not mask[0]
+    first = int(np.argmax(mask))
+    assert mask[first:].all()                       # one contiguous completion span
+    assert ids[mask].tolist() == tokenizer.encode(RESPONSE + TAILS[template])
+    # (SentencePiece decodes its word-boundary mark "▁" as a space.)
+    assert tokenizer.decode(ids[mask].tolist()) == (RESPONSE + TAILS[template]).replace("▁", " ")
+    head = tokenizer.decode(ids[~mask].tolist())
+    assert "Ada has 3 apples" in head and RESPONSE not in head
+    # The whole sequence is the template's own rendering of the conversation.
+    full = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Ada has 3 apples and gets 4."},
+         {"role": "assistant", "content": RESPONSE}], add_generation_prompt=False,
+        template=template)
+    if template != "llama3":   # llama3 trims message content; our response keeps it verbatim
+        assert tokenizer.decode(ids.tolist()) == tokenizer.decode(tokenizer.encode(full))
+
+
+def _batches(pipe, n=None):
+    out = []
+    for b in pipe:
+        out.append(b)
+        if n and len(out) == n:
+            break
+    return out
+
+
+def test_packed_rows_keep_examples_apart(tokenizer, tmp_path):
+    write_traces(tmp_path / "t.jsonl", 12)
+    pipe = SFTPipeline(JsonlSource(str(tmp_path / "t.jsonl")), tokenizer, seq_len=256,
+                       batch_size=2, packing=True)
+    for b in _batches(pipe):
+        for row in range(2):
+            seg, pos = b["segment_ids"][row], b["positions"][row]
+            for s in set(seg.tolist()) - {0}:
+                idx = np.nonzero(seg == s)[0]
+                assert (np.diff(idx) == 1).all() and (pos[idx] == np.arange(len(idx))).all()
+            assert not b["loss_mask"][row][seg == 0].any()
+    assert max(int(b["segment_ids"].max()) for b in _batches(pipe)) >= 2   # really packed
+
+
+def test_packing_on_and_off_give_the_same_per_token_loss(tokenizer, tmp_path):
+    write_traces(tmp_path / "t.jsonl", 6)
+    source = JsonlSource(str(tmp_path / "t.jsonl"))
+    cfg = models.get_config("tiny-llama", vocab_size=tokenizer.vocab_size, dtype="float32")
+    params = models.init_params(cfg, jax.random.key(0))
+    model = models.Transformer(cfg)
+
+    def per_example_losses(packing):
+        pipe = SFTPipeline(source, tokenizer, seq_len=200, batch_size=1, packing=packing,
+                           num_epochs=1)
+        found = {}
+        for b in _batches(pipe):
+            logits = model.apply({"params": params}, b["inputs"], positions=b["positions"],
+                                 segment_ids=b["segment_ids"])
+            tok = np.asarray(losses.token_cross_entropy(logits, jnp.asarray(b["targets"])))[0]
+            seg = b["segment_ids"][0]
+            for s in set(seg.tolist()) - {0}:
+                sel = (seg == s) & (b["loss_mask"][0] > 0)
+                key = tuple(b["inputs"][0][seg == s][:12].tolist())
+                found[key] = tok[sel]
+        return found
+
+    padded, packed = per_example_losses(False), per_example_losses(True)
+    assert len(padded) == 6 and padded.keys() == packed.keys()
+    for key in padded:
+        np.testing.assert_allclose(packed[key], padded[key], rtol=1e-5, atol=1e-5)
+
+
+def test_overlong_examples_are_counted_and_dropped_or_truncated(tokenizer, tmp_path):
+    write_traces(tmp_path / "t.jsonl", 10)
+    source = JsonlSource(str(tmp_path / "t.jsonl"))
+    lengths = [len(encode_example(source[k], ChatFormat.create(tokenizer))["ids"]) - 1
+               for k in range(10)]
+    cut = sorted(lengths)[5]
+    drop = SFTPipeline(source, tokenizer, seq_len=cut, batch_size=1, overlong="drop")
+    assert drop.stats.overlong == sum(n > cut for n in lengths) and drop.stats.kept == 10 - \
+        drop.stats.overlong
+    assert sum(1 for _ in drop) == drop.stats.kept
+    trunc = SFTPipeline(source, tokenizer, seq_len=cut, batch_size=1, overlong="truncate",
+                        packing=False)
+    assert trunc.stats.kept == 10 and sum(1 for _ in trunc) == 10
+    with pytest.raises(ValueError, match="all 10 examples are longer than seq_len=8"):
+        SFTPipeline(source, tokenizer, seq_len=8, batch_size=1)
+
+
+def test_empty_and_malformed_datasets_fail_clearly(tokenizer, tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        SFTPipeline(JsonlSource(str(tmp_path / "empty.jsonl")), tokenizer, seq_len=64,
+                    batch_size=1)
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: missing field 'response'"):
+        JsonlSource(str(tmp_path / "bad.jsonl"))
+
+
+def test_iterator_state_resumes_exactly_and_hosts_split_the_data(tokenizer, tmp_path):
+    write_traces(tmp_path / "t.jsonl", 16)
+    source = JsonlSource(str(tmp_path / "t.jsonl"))
+    pipe = SFTPipeline(source, tokenizer, seq_len=128, batch_size=2, num_epochs=2, seed=3)
+    full = _batches(pipe)
+    it = iter(pipe.dataset())
+    for _ in range(3):
+        next(it)
+    state = it.get_state()
+    resumed = pipe.dataset().__iter__()
+    resumed.set_state(state)
+    rest = list(resumed)
+    assert len(rest) == len(full) - 3
+    for a, b in zip(rest, full[3:]):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    # Two hosts: each reads half of the examples, none twice.
+    seen = []
+    for host in range(2):
+        p = SFTPipeline(source, tokenizer, seq_len=256, batch_size=2, num_epochs=1,
+                        packing=False, process_index=host, process_count=2)
+        assert p.local_batch == 1 and p.stats.overlong == 0
+        seen += [tuple(b["inputs"][0].tolist()) for b in p]
+    assert len(seen) == 16 and len(set(seen)) == 16
+
+
+def test_offline_kd_rows_line_up_with_teacher_tokens(tokenizer, tmp_path):
+    rows = write_traces(tmp_path / "t.jsonl", 3, tokenizer=tokenizer, topk=3)
+    fmt = ChatFormat.create(tokenizer)
+    ex = encode_example(JsonlSource(str(tmp_path / "t.jsonl"))[0], fmt, topk=2)
+    kd = ex["kd_mask"].astype(bool)
+    assert ex["ids"][kd].tolist() == rows[0]["token_ids"]      # the teacher's own tokens
+    assert ex["topk_ids"][kd].tolist() == [r[:2] for r in rows[0]["top_k_ids"]]
+    assert not kd[:int(np.argmax(ex["loss_mask"]))].any()      # nothing on the prompt
+    with pytest.raises(ValueError, match="top-3 logprobs, the config asks for top-5"):
+        encode_example(JsonlSource(str(tmp_path / "t.jsonl"))[0], fmt, topk=5)

@@ -33,7 +33,7 @@ def base_config():
     c.train.batch_size = 64          # global rows per optimizer step
     c.train.microbatches = 1         # gradient accumulation
     c.train.num_epochs = 2
-    c.train.num_steps = 0            # 0 = epochs x batches per epoch
+    c.train.num_steps = 0            # 0 = epochs x batches per epoch; > 0 cycles the data
     c.train.learning_rate = 1e-4
     c.train.warmup_steps = 0
     c.train.final_lr_fraction = 0.1  # cosine to 1/10 of the peak (R1-Distill)

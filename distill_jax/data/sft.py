@@ -189,7 +189,7 @@ class SFTPipeline:
     """Fixed-length batches of the local host's share of the global batch."""
 
     def __init__(self, source, tokenizer: Tokenizer, *, seq_len: int, batch_size: int,
-                 num_epochs: int = 1, seed: int = 0, packing: bool = True,
+                 num_epochs: int | None = 1, seed: int = 0, packing: bool = True,
                  overlong: str = "drop", chat_template: str | None = None,
                  system_prompt: str | None = None, topk: int = 0, num_packing_bins: int = 16,
                  process_index: int = 0, process_count: int = 1):
@@ -251,7 +251,7 @@ class SFTPipeline:
     def dataset(self) -> grain.IterDataset:
         ds = grain.MapDataset.source(self.source)
         ds = ds[self.process_index::self.process_count]
-        ds = ds.seed(self.seed).shuffle().repeat(self.num_epochs)
+        ds = ds.seed(self.seed).shuffle().repeat(self.num_epochs)   # None: forever
         ds = ds.map(self._example).filter(lambda ex: self._fit(ex) is not None).map(self._fit)
         if not self.packing:
             return ds.map(self._pad).to_iter_dataset().batch(self.local_batch, drop_remainder=True)
@@ -277,6 +277,8 @@ class SFTPipeline:
 
     def count_batches(self) -> int:
         """Local batches in the whole run (all epochs): one pass without the model."""
+        if self.num_epochs is None:
+            raise ValueError("an endless pipeline (num_epochs=None) has no batch count")
         return sum(1 for _ in self.dataset())
 
 

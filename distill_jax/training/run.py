@@ -71,7 +71,8 @@ def train(config) -> dict[str, Any]:
 
     pipeline = SFTPipeline(
         open_source(dc.path), tokenizer, seq_len=dc.seq_len, batch_size=tc.batch_size,
-        num_epochs=tc.num_epochs, seed=config.seed, packing=dc.packing, overlong=dc.overlong,
+        # A fixed step count cycles through the data for as long as it takes.
+        num_epochs=None if tc.num_steps else tc.num_epochs, seed=config.seed, packing=dc.packing, overlong=dc.overlong,
         chat_template=dc.get("chat_template") or None,
         system_prompt=dc.get("system_prompt") or None,
         topk=kc.topk if kd.mode == "offline" else 0, num_packing_bins=dc.num_packing_bins,
@@ -171,8 +172,10 @@ def _copy_tokenizer(path: str, export_dir: str) -> list[str]:
                 shutil.copy(os.path.join(path, name), export_dir)
                 copied.append(name)
     elif os.path.isfile(path):
-        shutil.copy(path, os.path.join(export_dir, os.path.basename(path)))
-        copied.append(os.path.basename(path))
+        # A SentencePiece model goes by the name HF loaders look for.
+        name = "tokenizer.model" if path.endswith(".model") else os.path.basename(path)
+        shutil.copy(path, os.path.join(export_dir, name))
+        copied.append(name)
     return copied
 
 

@@ -1,0 +1,148 @@
+"""distill-train end to end: overfitting + HF export, kill-and-resume, bad input, KD."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import sft_tiny_cpu
+from distill_jax import models
+from distill_jax.training.run import train
+from tests.training.conftest import write_traces
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _config(tmp_path, tokenizer_path, data, **overrides):
+    c = sft_tiny_cpu.get_config()
+    c.workdir = str(tmp_path / "run")
+    c.data.path = str(data)
+    c.data.tokenizer_path = str(tokenizer_path)
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 2
+    for key, value in overrides.items():
+        target = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return c
+
+
+def _losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [(r["step"], r["loss"]) for r in map(json.loads, f)]
+
+
+@pytest.mark.slow
+def test_student_overfits_and_export_matches_in_transformers(tmp_path, tokenizer_path):
+    import torch
+    import transformers
+    write_traces(tmp_path / "t.jsonl", 8)
+    c = _config(tmp_path, tokenizer_path, tmp_path / "t.jsonl", **{
+        "train.num_steps": 300, "train.learning_rate": 1e-2, "train.warmup_steps": 10,
+        "train.final_lr_fraction": 0.05, "train.checkpoint_every": 100, "train.log_every": 10,
+        "train.export_dir": str(tmp_path / "export"), "data.packing": False})
+    summary = train(c)
+    losses = [loss for _, loss in _losses(c.workdir)]
+    assert len(losses) == 30
+    assert losses[0] > 3.0 and summary["final_loss"] < 0.05, (losses[0], summary["final_loss"])
+    assert os.listdir(os.path.join(c.workdir, "tensorboard"))
+    # The export is a complete HF directory that transformers loads.
+    export = tmp_path / "export"
+    assert "tokenizer.model" in os.listdir(export)
+    cfg, params = models.load_hf_checkpoint(str(export))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(export), torch_dtype=torch.float32)
+    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 24))
+    ours = np.asarray(models.Transformer(cfg).apply({"params": params}, tokens))
+    with torch.no_grad():
+        theirs = hf(torch.tensor(tokens)).logits.numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def _cli(config_overrides, env_extra=None, check=True):
+    cmd = [sys.executable, "-m", "distill_jax.cli.train", f"--config={REPO}/configs/sft_tiny_cpu.py"]
+    cmd += [f"--config.{k}={v}" for k, v in config_overrides.items()]
+    env = dict(os.environ, **(env_extra or {}))
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_kill_and_resume_continues_bitwise(tmp_path, tokenizer_path):
+    write_traces(tmp_path / "t.jsonl", 64)
+    common = {"data.path": tmp_path / "t.jsonl", "data.tokenizer_path": tokenizer_path,
+              "train.num_epochs": 2, "train.checkpoint_every": 3, "mesh.data": 2,
+              "mesh.fsdp": 2, "mesh.tensor": 2, "train.batch_size": 4}
+    _cli({**common, "workdir": tmp_path / "straight"})
+    killed = _cli({**common, "workdir": tmp_path / "resumed",
+                   "train.fault_injection_kill_at_step": 8}, check=False)
+    assert killed.returncode == -9                       # SIGKILL: nothing got to clean up
+    assert [s for s, _ in _losses(tmp_path / "resumed")] == list(range(1, 9))
+    resumed = _cli({**common, "workdir": tmp_path / "resumed"})
+    assert "resumed from step 6" in resumed.stdout
+    straight = _losses(tmp_path / "straight")
+    assert len(straight) >= 10
+    assert _losses(tmp_path / "resumed") == straight     # bitwise: same floats, same steps
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tokenizer_path):
+    write_traces(tmp_path / "t.jsonl", 16)
+    c = _config(tmp_path, tokenizer_path, tmp_path / "t.jsonl", **{
+        "train.learning_rate": 1e30, "train.max_grad_norm": 0.0, "train.warmup_steps": 0,
+        "train.checkpoint_every": 1, "train.num_steps": 8})
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step (\d+).*last good "
+                                                  r"checkpoint is step (\d+)") as e:
+        train(c)
+    import re
+    bad, good = map(int, re.search(r"step (\d+).*step (\d+)", str(e.value)).groups())
+    assert good == bad - 1
+    steps = sorted(int(d) for d in os.listdir(os.path.join(c.workdir, "checkpoints"))
+                   if d.isdigit())
+    assert steps[-1] == good
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path, tokenizer_path):
+    write_traces(tmp_path / "t.jsonl", 8)
+    c = _config(tmp_path, tokenizer_path, tmp_path / "t.jsonl", **{"train.num_steps": 2})
+    train(c)
+    other = _config(tmp_path, tokenizer_path, tmp_path / "t.jsonl",
+                    **{"train.num_steps": 4, "model.preset": "tiny-qwen2"})
+    with pytest.raises(ValueError, match="different model"):
+        train(other)
+
+
+def test_online_kd_runs_and_checks_vocabularies(tmp_path, tokenizer_path):
+    write_traces(tmp_path / "t.jsonl", 8)
+    c = _config(tmp_path, tokenizer_path, tmp_path / "t.jsonl", **{
+        "train.num_steps": 3, "kd.mode": "online", "kd.alpha": 0.7, "kd.temperature": 2.0,
+        "kd.teacher.preset": "tiny-qwen2", "kd.teacher.dtype": "float32",
+        "kd.teacher.param_dtype": "float32"})
+    train(c)
+    with open(os.path.join(c.workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    for r in rows:
+        assert r["kd"] > 0
+        assert r["loss"] == pytest.approx(0.7 * r["kd"] + 0.3 * r["ce"], rel=1e-5)
+    # A teacher with another vocabulary is refused before anything is loaded.
+    teacher_cfg = models.get_config("tiny-llama")           # 256 ids; the tokenizer has 400
+    models.save_hf_checkpoint(str(tmp_path / "teacher"), teacher_cfg,
+                              models.init_params(teacher_cfg, jax.random.key(1)))
+    bad = _config(tmp_path / "b", tokenizer_path, tmp_path / "t.jsonl", **{
+        "kd.mode": "online", "kd.teacher.checkpoint": str(tmp_path / "teacher")})
+    with pytest.raises(ValueError, match="student has 400 token ids, the teacher 256"):
+        train(bad)
+
+
+def test_offline_topk_kd_runs(tmp_path, tokenizer_path, tokenizer):
+    write_traces(tmp_path / "t.jsonl", 8, tokenizer=tokenizer, topk=4)
+    c = _config(tmp_path, tokenizer_path, tmp_path / "t.jsonl", **{
+        "train.num_steps": 3, "kd.mode": "offline", "kd.topk": 4, "kd.alpha": 0.5})
+    train(c)
+    with open(os.path.join(c.workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    assert all(np.isfinite(r["kd"]) and r["kd"] > 0 for r in rows)

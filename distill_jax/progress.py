@@ -6,21 +6,38 @@ import time
 
 
 class Progress:
-    """`update(done_delta, **counters)` redraws: done/total, items/s, counter rates, ETA."""
+    """`update(done_delta, status=..., **counters)` redraws: done/total, items/s,
+    counter rates (e.g. tokens/s), the latest status values (e.g. loss), ETA.
 
-    def __init__(self, total: int, unit: str, desc: str, stream=None, min_interval_s: float = 0.5):
+    `skip_first=True` measures rates from the end of the first item on, so a
+    first step that includes compilation does not distort the rate and ETA.
+    """
+
+    def __init__(self, total: int, unit: str, desc: str, stream=None, min_interval_s: float = 0.5,
+                 skip_first: bool = False):
         self.total, self.unit, self.desc = total, unit, desc
         self.stream = stream or sys.stderr
         self.done = 0
         self.counters: dict[str, float] = {}
+        self.status: dict[str, str] = {}
         self.start = time.monotonic()
         self._last_draw = 0.0
         self.min_interval_s = min_interval_s
+        self._skip_first = skip_first
+        self._rate_done = 0          # items counted towards rates
 
-    def update(self, done: int = 0, **counters: float) -> None:
+    def update(self, done: int = 0, status: dict | None = None, **counters: float) -> None:
         self.done += done
-        for name, value in counters.items():
-            self.counters[name] = self.counters.get(name, 0) + value
+        if status:
+            self.status.update({k: f"{v:.4g}" if isinstance(v, float) else str(v)
+                                for k, v in status.items()})
+        if self._skip_first:
+            self._skip_first = False
+            self.start = time.monotonic()
+        else:
+            self._rate_done += done
+            for name, value in counters.items():
+                self.counters[name] = self.counters.get(name, 0) + value
         now = time.monotonic()
         if now - self._last_draw >= self.min_interval_s or self.done >= self.total:
             self._last_draw = now
@@ -29,11 +46,12 @@ class Progress:
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.start, 1e-9)
-        rate = self.done / elapsed
+        rate = self._rate_done / elapsed
         remaining = (self.total - self.done) / rate if rate > 0 else float("inf")
         eta = "--:--" if remaining == float("inf") else _clock(remaining)
         parts = [f"{self.desc} {self.done}/{self.total} {self.unit}", f"{rate:.2f} {self.unit}/s"]
         parts += [f"{v / elapsed:,.0f} {k}/s" for k, v in self.counters.items()]
+        parts += [f"{k} {v}" for k, v in self.status.items()]
         parts += [f"elapsed {_clock(elapsed)}", f"ETA {eta}"]
         return " | ".join(parts)
 

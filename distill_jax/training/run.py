@@ -105,7 +105,7 @@ def train(config) -> dict[str, Any]:
     flops_per_token = model_flops_per_token(cfg, dc.seq_len) + (
         model_flops_per_token(teacher_cfg, dc.seq_len, training=False) if teacher_cfg else 0.0)
     peak = peak_tflops_per_device(tc.get("peak_tflops", 0.0))
-    progress = Progress(total_steps - start, "steps", "train")
+    progress = Progress(total_steps - start, "steps", "train", skip_first=True)
     kill_at = tc.get("fault_injection_kill_at_step", 0)
     step, last_loss, window_start, window_tokens = start, None, time.monotonic(), 0.0
     try:
@@ -136,7 +136,7 @@ def train(config) -> dict[str, Any]:
                 writer.write(step, row)
                 window_start, window_tokens = time.monotonic(), 0.0
             ckpt.save(step, state, data_iter.get_state(), meta)
-            progress.update(1, tokens=tokens)
+            progress.update(1, status={"loss": loss}, tokens=tokens)
             if kill_at and step == kill_at:           # tests: a real, unannounced kill
                 ckpt.wait()
                 os.kill(os.getpid(), signal.SIGKILL)

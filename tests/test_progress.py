@@ -1,0 +1,24 @@
+"""The progress line: counts, rates, status values and ETA."""
+import io
+
+from distill_jax import progress
+
+
+def test_progress_line_shows_rates_status_and_eta(monkeypatch):
+    clock = iter([0.0, 10.0, 10.0, 10.0, 20.0, 20.0, 20.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    out = io.StringIO()
+    p = progress.Progress(4, "steps", "train", stream=out, min_interval_s=0.0, skip_first=True)
+    p.update(1, status={"loss": 2.5}, tokens=1000)      # the first step (compile): not a rate
+    p.update(1, status={"loss": 1.25}, tokens=500)      # 1 step in 10 s
+    line = p.line()
+    assert "train 2/4 steps" in line and "0.10 steps/s" in line and "50 tokens/s" in line
+    assert "loss 1.25" in line and "ETA 00:20" in line
+
+
+def test_progress_without_skip_counts_from_start(monkeypatch):
+    clock = iter([0.0, 4.0, 4.0, 4.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    p = progress.Progress(10, "prompts", "generate", stream=io.StringIO(), min_interval_s=0.0)
+    p.update(2, tokens=40)
+    assert "0.50 prompts/s" in p.line() and "10 tokens/s" in p.line()

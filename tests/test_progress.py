@@ -17,7 +17,7 @@ def test_progress_line_shows_rates_status_and_eta(monkeypatch):
 
 
 def test_progress_without_skip_counts_from_start(monkeypatch):
-    clock = iter([0.0, 4.0, 4.0, 4.0])
+    clock = iter([0.0, 4.0, 4.0, 4.0, 4.0])
     monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
     p = progress.Progress(10, "prompts", "generate", stream=io.StringIO(), min_interval_s=0.0)
     p.update(2, tokens=40)

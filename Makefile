@@ -36,6 +36,7 @@ test: $(VENV)/.test
 bench: $(VENV)/.test
 	$(PY) benchmarks/forward_vs_transformers.py
 	$(PY) benchmarks/decode_vs_transformers.py
+	$(PY) benchmarks/train_step_vs_transformers.py
 
 clean:
 	rm -rf $(VENV) artifacts

@@ -43,6 +43,7 @@ setup(
             "distill-generate=distill_jax.cli.generate:run",
             "distill-filter=distill_jax.cli.filter:run",
             "distill-train=distill_jax.cli.train:run",
+            "distill-evaluate=distill_jax.cli.evaluate:run",
         ],
     },
 )

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable, Sequence
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -12,3 +13,33 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return 1.0 - math.prod(1.0 - k / m for m in range(n - c + 1, n + 1))
+
+
+def majority_answer(answers: Sequence[str | None],
+                    equal: Callable[[str, str], bool]) -> str | None:
+    """The answer most samples agree on (under `equal`); None answers abstain.
+
+    Ties go to the group whose first member appears earliest in `answers`
+    (sample order), so the vote is deterministic. None if nobody answered.
+    """
+    groups: list[list[str]] = []
+    for a in answers:
+        if a is None:
+            continue
+        for g in groups:
+            if equal(g[0], a):
+                g.append(a)
+                break
+        else:
+            groups.append([a])
+    if not groups:
+        return None
+    best = max(range(len(groups)), key=lambda k: (len(groups[k]), -k))
+    return groups[best][0]
+
+
+def cons_at_k(answers: Sequence[str | None], gold: str,
+              equal: Callable[[str, str], bool]) -> bool:
+    """Whether the majority answer over the k samples equals the gold answer."""
+    winner = majority_answer(answers, equal)
+    return winner is not None and equal(gold, winner)

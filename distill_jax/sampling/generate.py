@@ -76,16 +76,24 @@ def _load_teacher(config, cfg, mesh):
                               mesh=mesh)
 
 
-def _render(prompts: list[Prompt], tokenizer, config) -> list[list[int]]:
-    tc = config.tokenizer
-    suffix = config.prompts.get("suffix")
+def render_prompts(prompts: list[Prompt], tokenizer, chat_template: str | None = None,
+                   suffix: str | None = None, assistant_prefix: str = "<think>\n"
+                   ) -> list[list[int]]:
+    """Token ids of each prompt's chat rendering, the assistant turn opened with
+    `assistant_prefix` (the R1 recipe opens the reasoning: "<think>\n")."""
     out = []
     for p in prompts:
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": p.user_message(suffix)}],
-            template=tc.get("chat_template") or None, assistant_prefix=tc.assistant_prefix)
+            template=chat_template or None, assistant_prefix=assistant_prefix)
         out.append(tokenizer.encode(text))
     return out
+
+
+def _render(prompts: list[Prompt], tokenizer, config) -> list[list[int]]:
+    tc = config.tokenizer
+    return render_prompts(prompts, tokenizer, tc.get("chat_template"),
+                          config.prompts.get("suffix"), tc.assistant_prefix)
 
 
 def _check_manifest(path: str, manifest: dict[str, Any]) -> None:

@@ -1,0 +1,24 @@
+"""distill-evaluate: pass@1 (averaged over k samples), pass@k and cons@k of a checkpoint.
+
+  distill-evaluate --config=configs/evaluate_gsm8k.py --config.model.checkpoint=/runs/x/export
+"""
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    del argv
+    from distill_jax.evaluation.runner import evaluate
+    evaluate(_CONFIG.value)
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -28,7 +28,7 @@ $(VENV)/.test: $(VENV)/.core
 	@touch $@
 
 demo: $(VENV)/.core
-	$(VENV)/bin/distill-demo --config=configs/demo_cpu.py
+	$(VENV)/bin/distill-pipeline --config=configs/demo_cpu.py
 
 test: $(VENV)/.test
 	$(PY) -m pytest -q tests

@@ -29,6 +29,7 @@ setup(
         "importlib_resources",  # tfds resolves a builder's code path with it (via etils)
         "grain>=0.2.10",        # the training input pipeline (checkpointable iterators)
         "tensorboardX>=2.6",    # TensorBoard event files without TensorFlow
+        "matplotlib>=3.7",      # the demo pipeline's results plot
     ],
     extras_require={
         # torch is only the parity reference. Install the CPU build first (the
@@ -44,6 +45,7 @@ setup(
             "distill-filter=distill_jax.cli.filter:run",
             "distill-train=distill_jax.cli.train:run",
             "distill-evaluate=distill_jax.cli.evaluate:run",
+            "distill-pipeline=distill_jax.cli.pipeline:run",
         ],
     },
 )

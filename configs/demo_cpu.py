@@ -1,27 +1,53 @@
-"""Embedded default run on CPU: a tiny random model behind a demo-trained tokenizer.
+"""The embedded default (`make demo`): the R1 recipe end to end on CPU.
 
-Later stages (generate / filter / train / evaluate) extend this config; for now
-it drives `distill-demo`, which shows the foundation end to end.
+  distill-pipeline --config=configs/demo_cpu.py                    # full, ~15 min on 2 cores
+  distill-pipeline --config=configs/demo_cpu.py --config.quick=True  # test-sized, ~3 min
+
+A teacher is trained briefly on synthetic multi-step arithmetic with worked
+solutions, writes n samples per training prompt, the samples are filtered, and
+students of one size and one init are trained under each arm, then everyone is
+evaluated on a held-out split. See distill_jax/demo/pipeline.py.
 """
 import ml_collections
 
 
 def get_config():
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.output_dir = "artifacts/demo"
+    c = ml_collections.ConfigDict()
+    c.output_dir = "artifacts/demo_pipeline"
+    c.seed = 0
+    c.quick = False
+    c.tokenizer_vocab_size = 512
+    c.seq_len = 192
+    c.arms = ("answer_only", "unfiltered", "filtered", "kd_online", "kd_offline")
 
-    config.tokenizer = ml_collections.ConfigDict()
-    config.tokenizer.vocab_size = 512
-    config.tokenizer.corpus_problems = 2000      # synthetic problems the tokenizer learns from
+    c.data = ml_collections.ConfigDict()
+    c.data.teacher_problems = 4000     # worked solutions the teacher learns from
+    c.data.train_prompts = 400         # prompts the teacher answers for the students
+    c.data.test_problems = 200         # held-out evaluation split
 
-    config.model = ml_collections.ConfigDict()
-    config.model.preset = "tiny-qwen2"           # vocab_size is taken from the tokenizer
-    config.model.dtype = "float32"
+    c.teacher = ml_collections.ConfigDict(dict(
+        preset="tiny-llama", hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
+        num_kv_heads=2, head_dim=32, init_seed=1, batch_size=16, num_steps=500,
+        learning_rate=3e-3, warmup_steps=30))
+    c.student = ml_collections.ConfigDict(dict(
+        preset="tiny-llama", hidden_size=96, intermediate_size=256, num_layers=3, num_heads=4,
+        num_kv_heads=2, head_dim=24, init_seed=2, batch_size=16, num_steps=200,
+        learning_rate=3e-3, warmup_steps=20))
 
-    config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.generate = ml_collections.ConfigDict(dict(
+        n=4, temperature=1.0, top_p=1.0, max_new_tokens=96, return_top_k=8,
+        prompts_per_shard=100, max_batch=64))
+    c.filter = ml_collections.ConfigDict(dict(num_workers=2, max_per_prompt=4,
+                                              min_overlap_fraction=0.8))
+    c.kd = ml_collections.ConfigDict(dict(alpha=0.5, temperature=1.0))
+    c.evaluate = ml_collections.ConfigDict(dict(
+        k=2, temperature=0.6, top_p=0.95, max_new_tokens=96, max_batch=64))
 
-    config.decode = ml_collections.ConfigDict()
-    config.decode.max_new_tokens = 32
-    config.decode.prompt = "Ada has 7 coins. Then Ada gets 5 more. How many coins does Ada have now?"
-    return config
+    # quick=True: the variant the tests run; these values replace the ones above.
+    c.quick_settings = ml_collections.ConfigDict({
+        "output_dir": "artifacts/demo_pipeline_quick",
+        "data": {"teacher_problems": 600, "train_prompts": 40, "test_problems": 20},
+        "teacher": {"num_steps": 60, "batch_size": 8},
+        "student": {"num_steps": 20, "batch_size": 8},
+        "generate": {"n": 2}, "evaluate": {"k": 1}, "filter": {"num_workers": 1}})
+    return c

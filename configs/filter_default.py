@@ -6,42 +6,8 @@
 Filters run in `filters.order`; the first rejection decides. Parameters of
 each filter live under `filters.<name>` (see distill_jax/filters/text_quality.py).
 """
-import ml_collections
+from distill_jax.filters.config import default_config
 
 
 def get_config():
-    c = ml_collections.ConfigDict()
-    c.input_dir = "artifacts/traces/gsm8k"   # distill-generate's output directory
-    c.input_pattern = "*.jsonl"
-    c.output_dir = "artifacts/curated/gsm8k"
-    c.num_workers = 0                        # processes; 0 = one per CPU core
-    c.max_per_prompt = 4                     # kept samples per prompt after dedup (0 = all)
-    c.force = False                          # rebuild even when inputs and config are unchanged
-    c.pass_at_k = (1, 2, 4, 8, 16, 32, 64)   # teacher pass@k for every k <= samples per prompt
-
-    c.filters = ml_collections.ConfigDict()
-    # Cheap checks first, the verifier (which may run code) last.
-    c.filters.order = ("decontaminate", "truncated", "think_format", "length", "language",
-                       "repetition", "readability", "correctness")
-    c.filters.think_format = ml_collections.ConfigDict(
-        {"require_think": True, "require_final_answer": True})
-    c.filters.length = ml_collections.ConfigDict({"min_tokens": 8, "max_tokens": 0})
-    c.filters.language = ml_collections.ConfigDict({"max_foreign_fraction": 0.02})
-    c.filters.repetition = ml_collections.ConfigDict(
-        {"ngram_size": 10, "max_duplicate_fraction": 0.3, "max_period_chars": 200,
-         "min_loop_repeats": 4, "min_loop_chars": 60})
-    c.filters.readability = ml_collections.ConfigDict(
-        {"max_paragraph_chars": 3000, "allow_code_in_reasoning": False})
-    c.filters.correctness = ml_collections.ConfigDict(
-        {"math_timeout_s": 5.0, "code_wall_time_s": 10.0, "code_cpu_time_s": 10.0,
-         "code_memory_mb": 1024})
-
-    c.decontamination = ml_collections.ConfigDict()
-    c.decontamination.eval_sets = ("gsm8k_test", "math500", "aime24", "humaneval")
-    c.decontamination.data_dir = "../shared/data"
-    c.decontamination.ngram_size = 8
-    c.decontamination.fields = ("problem",)  # add "response" to check the traces too
-    c.decontamination.min_overlap_fraction = 0.0   # 0 = any shared n-gram (see decontaminate.py)
-
-    c.dedup = ml_collections.ConfigDict({"shingle_size": 5, "near_duplicate_threshold": 0.9})
-    return c
+    return default_config()

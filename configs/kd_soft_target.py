@@ -5,7 +5,7 @@ loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE, T = 2.
 For offline KD from the sampler's stored top-k logprobs instead:
   --config.kd.mode=offline --config.kd.topk=20
 """
-from configs.sft_base import base_config
+from distill_jax.training.config import base_config
 
 
 def get_config():

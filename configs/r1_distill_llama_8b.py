@@ -1,5 +1,5 @@
 """DeepSeek-R1-Distill-Llama-8B recipe: SFT of Llama-3.1-8B on R1 traces (lr 5e-5)."""
-from configs.sft_base import base_config
+from distill_jax.training.config import base_config
 
 
 def get_config():

@@ -3,7 +3,7 @@
 R1 paper: lr 1e-4 with cosine decay to 1e-5, 32k context, batch 64, 2-3 epochs.
 Full remat and FSDP over all devices keep a 32k context within memory.
 """
-from configs.sft_base import base_config
+from distill_jax.training.config import base_config
 
 
 def get_config():

@@ -3,7 +3,7 @@
   distill-train --config=configs/sft_tiny_cpu.py --config.data.path=curated.jsonl \\
       --config.data.tokenizer_path=artifacts/demo/tokenizer.model --config.workdir=runs/tiny
 """
-from configs.sft_base import base_config
+from distill_jax.training.config import base_config
 
 
 def get_config():

@@ -2,7 +2,7 @@
 
   distill-evaluate --config=configs/evaluate_gsm8k.py --config.model.checkpoint=/runs/x/export
 """
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -12,6 +12,8 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
     del argv
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)   # orbax and friends log a lot at INFO
     from distill_jax.evaluation.runner import evaluate
     evaluate(_CONFIG.value)
 

@@ -7,7 +7,7 @@
 
 Rerunning the same command resumes from the latest checkpoint in the workdir.
 """
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -17,6 +17,8 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
     del argv
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)   # orbax and friends log a lot at INFO
     from distill_jax.training.run import train
     train(_CONFIG.value)
 

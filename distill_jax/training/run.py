@@ -41,6 +41,7 @@ def _model_config(mc, tokenizer) -> models.ModelConfig:
     if mc.get("checkpoint"):
         return models.config_from_hf(read_hf_config(mc.checkpoint), **overrides)
     if mc.get("preset"):
+        overrides.update(dict(mc.get("overrides") or {}))
         return models.get_config(mc.preset, vocab_size=tokenizer.vocab_size, **overrides)
     raise ValueError("the model config needs `checkpoint` (an HF directory) or `preset`")
 
@@ -58,6 +59,9 @@ def train(config) -> dict[str, Any]:
     workdir = os.path.abspath(config.workdir)
     os.makedirs(workdir, exist_ok=True)
     dc, tc, kc = config.data, config.train, config.kd
+    if not dc.tokenizer_path:
+        raise ValueError("config.data.tokenizer_path is empty: set it to the student's "
+                         "tokenizer (.model file or a directory with tokenizer.json)")
     tokenizer = load_tokenizer(dc.tokenizer_path)
     cfg = _model_config(config.model, tokenizer)
     kd = KDSettings(kc.mode, kc.alpha, kc.temperature, kc.kind, kc.beta)

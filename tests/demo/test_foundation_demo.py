@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 
-from configs import demo_cpu
+from configs import foundation_cpu as demo_cpu
 from distill_jax.demo import arithmetic, foundation_demo
 from distill_jax.tokenizer import load_tokenizer
 

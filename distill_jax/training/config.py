@@ -1,4 +1,6 @@
-"""Shared defaults of every training config (imported by the others).
+"""Defaults of every `distill-train` config; experiment files in configs/ start
+from `base_config()` and change what they need. (They live in the package, not
+in configs/, so a config file loads the same way from any directory.)
 
 Sections: data (what to read and how to batch it), model (the student), train
 (optimizer, schedule, checkpoints, logging), kd (optional soft targets), mesh.
@@ -24,6 +26,7 @@ def base_config():
     c.model = ml_collections.ConfigDict()
     c.model.checkpoint = ""          # HF directory to start from
     c.model.preset = ""              # or a preset with random init (from scratch)
+    c.model.overrides = ml_collections.ConfigDict()   # preset fields to change (hidden_size=...)
     c.model.init_seed = 0
     c.model.dtype = "bfloat16"       # compute
     c.model.param_dtype = "float32"  # params, gradients, optimizer state

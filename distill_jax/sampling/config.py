@@ -1,0 +1,48 @@
+"""Defaults of `distill-generate`: GSM8K train with the R1 prompt and decoding settings."""
+import ml_collections
+
+
+def default_config():
+    c = ml_collections.ConfigDict()
+    c.output_dir = "artifacts/traces/gsm8k"
+    c.prompts_per_shard = 64
+    c.max_shards = 0                  # > 0: stop after this many shards (rerun resumes)
+    c.max_batch = 64                  # rows (prompts x n) per compiled program
+
+    c.prompts = ml_collections.ConfigDict()
+    c.prompts.path = "../shared/data/gsm8k_train.jsonl"
+    c.prompts.format = "gsm8k"        # gsm8k | math500 | aime24 | humaneval | jsonl
+    c.prompts.id_field = "id"         # for format=jsonl
+    c.prompts.problem_field = "problem"
+    c.prompts.answer_field = "answer"
+    c.prompts.kind = "math"
+    c.prompts.limit = 0               # 0 = all
+    c.prompts.suffix = ml_collections.config_dict.placeholder(str)   # None = R1 default
+
+    c.tokenizer = ml_collections.ConfigDict()
+    c.tokenizer.path = ""
+    c.tokenizer.chat_template = ""    # "" = the tokenizer's own; or chatml/qwen2.5/llama3/deepseek-r1
+    c.tokenizer.assistant_prefix = "<think>\n"
+
+    c.teacher = ml_collections.ConfigDict()
+    c.teacher.checkpoint = ""         # HF directory (config.json + safetensors)
+    c.teacher.preset = ""             # or a preset with random weights (tests, smoke runs)
+    c.teacher.init_seed = 0
+    c.teacher.id = ""
+    c.teacher.dtype = "bfloat16"      # compute
+    c.teacher.param_dtype = "bfloat16"
+
+    c.sampling = ml_collections.ConfigDict()
+    c.sampling.n = 4
+    c.sampling.temperature = 0.6      # R1's recommended decoding
+    c.sampling.top_p = 0.95
+    c.sampling.top_k = 0
+    c.sampling.min_p = 0.0
+    c.sampling.max_new_tokens = 2048
+    c.sampling.seed = 0
+    c.sampling.return_top_k = 0       # > 0: store the teacher's top-k logprobs (offline KD)
+    c.sampling.stop_token_ids = ()    # () = the tokenizer's EOS / end-of-turn tokens
+    c.sampling.stop_strings = ()
+
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    return c

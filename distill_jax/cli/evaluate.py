@@ -2,24 +2,11 @@
 
   distill-evaluate --config=configs/evaluate_gsm8k.py --config.model.checkpoint=/runs/x/export
 """
-from absl import app, flags, logging
-from ml_collections import config_flags
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
-flags.mark_flags_as_required(["config"])
-
-
-def main(argv):
-    del argv
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)   # orbax and friends log a lot at INFO
-    from distill_jax.evaluation.runner import evaluate
-    evaluate(_CONFIG.value)
+from distill_jax.cli.common import run_stage
 
 
 def run():
-    app.run(main)
+    run_stage("distill_jax.evaluation.runner", "evaluate")
 
 
 if __name__ == "__main__":

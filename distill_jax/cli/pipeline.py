@@ -2,24 +2,11 @@
 
   distill-pipeline --config=configs/demo_cpu.py [--config.quick=True]
 """
-from absl import app, flags, logging
-from ml_collections import config_flags
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
-flags.mark_flags_as_required(["config"])
-
-
-def main(argv):
-    del argv
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)   # orbax and friends log a lot at INFO
-    from distill_jax.demo import pipeline
-    pipeline.run(_CONFIG.value)
+from distill_jax.cli.common import run_stage
 
 
 def run():
-    app.run(main)
+    run_stage("distill_jax.demo.pipeline", "run")
 
 
 if __name__ == "__main__":

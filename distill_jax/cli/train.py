@@ -7,24 +7,11 @@
 
 Rerunning the same command resumes from the latest checkpoint in the workdir.
 """
-from absl import app, flags, logging
-from ml_collections import config_flags
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
-flags.mark_flags_as_required(["config"])
-
-
-def main(argv):
-    del argv
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)   # orbax and friends log a lot at INFO
-    from distill_jax.training.run import train
-    train(_CONFIG.value)
+from distill_jax.cli.common import run_stage
 
 
 def run():
-    app.run(main)
+    run_stage("distill_jax.training.run", "train")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,10 @@ later (`reference`: the gold answer, or HumanEval's test code and entry point).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
+
+from distill_jax.fileio import iter_jsonl
 
 R1_MATH_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
 CODE_SUFFIX = ("Complete the following Python function. Reason step by step, then give the "
@@ -61,29 +62,22 @@ def load_prompts(path: str, fmt: str = "jsonl", id_field: str | None = "id",
     source = os.path.splitext(os.path.basename(path))[0]
     prompts: list[Prompt] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if limit is not None and len(prompts) >= limit:
-                break
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: malformed JSON ({e.msg})") from e
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object")
-            try:
-                prompt = _parse(row, fmt, where, source, line_no, id_field, problem_field,
-                                answer_field, kind)
-            except ValueError as e:
-                raise ValueError(str(e) if str(e).startswith(where) else f"{where}: {e}") from e
-            if prompt.id in seen:
-                raise ValueError(f"{where}: duplicate prompt id {prompt.id!r} "
-                                 f"(first on line {seen[prompt.id]})")
-            seen[prompt.id] = line_no
-            prompts.append(prompt)
+    if limit is not None and limit <= 0:
+        return prompts
+    for line_no, row in iter_jsonl(path):
+        where = f"{path}:{line_no}"
+        try:
+            prompt = _parse(row, fmt, where, source, line_no, id_field, problem_field,
+                            answer_field, kind)
+        except ValueError as e:
+            raise ValueError(str(e) if str(e).startswith(where) else f"{where}: {e}") from e
+        if prompt.id in seen:
+            raise ValueError(f"{where}: duplicate prompt id {prompt.id!r} "
+                             f"(first on line {seen[prompt.id]})")
+        seen[prompt.id] = line_no
+        prompts.append(prompt)
+        if limit is not None and len(prompts) >= limit:
+            break   # before the generator parses the next line
     return prompts
 
 
@@ -109,3 +103,11 @@ def _parse(row, fmt, where, source, line_no, id_field, problem_field, answer_fie
     reference = {"answer": str(_field(row, answer_field, where))} if answer_field else {}
     return Prompt(id=prompt_id, problem=str(_field(row, problem_field, where)), kind=kind,
                   source=source, reference=reference)
+
+
+def load_prompts_from_config(pc) -> list[Prompt]:
+    """`load_prompts` with the fields of a `prompts`/`problems` config section."""
+    return load_prompts(pc.path, pc.format, id_field=pc.get("id_field", "id"),
+                        problem_field=pc.get("problem_field", "problem"),
+                        answer_field=pc.get("answer_field", "answer"),
+                        kind=pc.get("kind", "math"), limit=pc.get("limit") or None)

@@ -33,7 +33,6 @@ get no soft target (`kd_mask` = 0).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Iterator
 
@@ -41,6 +40,7 @@ import grain
 import grain.experimental
 import numpy as np
 
+from distill_jax.fileio import iter_jsonl
 from distill_jax.tokenizer import Tokenizer
 
 _MARKER = "\x00DISTILL_RESPONSE\x00"
@@ -144,18 +144,11 @@ class JsonlSource:
             raise FileNotFoundError(f"training data {path} does not exist")
         self.path = path
         self.records = []
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{line_no}: malformed JSON ({e.msg})") from e
-                for field in ("prompt", "response"):
-                    if field not in record:
-                        raise ValueError(f"{path}:{line_no}: missing field {field!r}")
-                self.records.append(record)
+        for line_no, record in iter_jsonl(path):
+            for field in ("prompt", "response"):
+                if field not in record:
+                    raise ValueError(f"{path}:{line_no}: missing field {field!r}")
+            self.records.append(record)
 
     def __len__(self) -> int:
         return len(self.records)

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import jax.numpy as jnp
 
 from distill_jax import sharding
-from distill_jax.data.prompts import Prompt, load_prompts
+from distill_jax.data.prompts import Prompt, load_prompts_from_config
 from distill_jax.evaluation.metrics import majority_answer, pass_at_k
 from distill_jax.fileio import atomic_open, write_json_atomic
 from distill_jax.filters.math_answer import math_equal
@@ -125,10 +125,7 @@ def evaluate(config) -> dict[str, Any]:
     from distill_jax.sampling.sampler import Sampler
     from distill_jax.tokenizer import load_tokenizer
     pc, sc = config.problems, config.sampling
-    prompts = load_prompts(pc.path, pc.format, id_field=pc.get("id_field", "id"),
-                           problem_field=pc.get("problem_field", "problem"),
-                           answer_field=pc.get("answer_field", "answer"),
-                           kind=pc.get("kind", "math"), limit=pc.get("limit") or None)
+    prompts = load_prompts_from_config(pc)
     if not prompts:
         raise ValueError(f"{pc.path}: no problems")
     tokenizer = load_tokenizer(config.tokenizer.path or config.model.checkpoint)

@@ -15,11 +15,11 @@ found in an eval set) trades recall for precision: at 0.25 the same run flags
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Iterable, Sequence
 
+from distill_jax.fileio import iter_jsonl
 from distill_jax.filters.sample import Sample, Verdict, accept, reject
 
 # Built-in evaluation sets: file name in the data directory and the text field.
@@ -96,17 +96,10 @@ def load_eval_index(eval_sets: Sequence[str], data_dir: str, n: int = 8) -> Ngra
 def _texts(path: str, field: str) -> Iterable[str]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"evaluation set {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: malformed JSON ({e.msg})") from e
-            if field not in row:
-                raise ValueError(f"{path}:{line_no}: missing field {field!r}")
-            yield str(row[field])
+    for line_no, row in iter_jsonl(path):
+        if field not in row:
+            raise ValueError(f"{path}:{line_no}: missing field {field!r}")
+        yield str(row[field])
 
 
 class Decontaminate:

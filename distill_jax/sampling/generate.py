@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from absl import logging
 
 from distill_jax import models, sharding
-from distill_jax.data.prompts import Prompt, load_prompts
+from distill_jax.data.prompts import Prompt, load_prompts_from_config
 from distill_jax.fileio import write_json_atomic, write_text_atomic
 from distill_jax.progress import Progress
 from distill_jax.sampling.params import SamplingParams
@@ -113,10 +113,7 @@ def generate_traces(config) -> dict[str, Any]:
     """Runs the stage; returns the summary (also written to output_dir/summary.json)."""
     out_dir = config.output_dir
     pc = config.prompts
-    prompts = load_prompts(pc.path, pc.format, id_field=pc.get("id_field", "id"),
-                           problem_field=pc.get("problem_field", "problem"),
-                           answer_field=pc.get("answer_field", "answer"),
-                           kind=pc.get("kind", "math"), limit=pc.get("limit") or None)
+    prompts = load_prompts_from_config(pc)
     if not prompts:
         raise ValueError(f"{pc.path}: no prompts")
     tokenizer = load_tokenizer(config.tokenizer.path)

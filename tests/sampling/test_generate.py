@@ -13,6 +13,7 @@ from distill_jax.data.prompts import load_prompts
 from distill_jax.demo import arithmetic
 from distill_jax.sampling.generate import generate_traces, shard_name
 from distill_jax.tokenizer import load_tokenizer, train_sentencepiece
+from tests.overrides import apply_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -42,13 +43,7 @@ def _config(teacher, shared_data, out_dir, **overrides):
     c.sampling.max_new_tokens = 16
     c.sampling.return_top_k = 2
     c.max_batch = 4
-    for key, value in overrides.items():
-        target = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
-    return c
+    return apply_overrides(c, overrides)
 
 
 def _shards(path):

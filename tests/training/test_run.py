@@ -12,6 +12,7 @@ from configs import sft_tiny_cpu
 from distill_jax import models
 from distill_jax.training.run import train
 from tests.training.conftest import write_traces
+from tests.overrides import apply_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -22,13 +23,7 @@ def _config(tmp_path, tokenizer_path, data, **overrides):
     c.data.path = str(data)
     c.data.tokenizer_path = str(tokenizer_path)
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 2
-    for key, value in overrides.items():
-        target = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
-    return c
+    return apply_overrides(c, overrides)
 
 
 def _losses(workdir):

@@ -9,7 +9,6 @@ produced it is not saved, so the last checkpoint stays the last good one.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -181,8 +180,3 @@ def _copy_tokenizer(path: str, export_dir: str) -> list[str]:
         shutil.copy(path, os.path.join(export_dir, name))
         copied.append(name)
     return copied
-
-
-def summary_json(workdir: str) -> dict[str, Any]:
-    with open(os.path.join(workdir, "summary.json")) as f:
-        return json.load(f)

@@ -227,7 +227,7 @@ def _evaluate_all(samples: list[Sample], stage: dict[str, Any], num_workers: int
 
 def _select(samples, results, stage, malformed):
     """Dedup + per-prompt cap over the filter results; builds the report."""
-    order = [n for n in stage["filters"]["order"]]
+    order = list(stage["filters"]["order"])
     counts = {n: collections.Counter() for n in order}
     by_prompt: dict[str, list[int]] = collections.OrderedDict()
     for k, s in enumerate(samples):
@@ -253,27 +253,24 @@ def _select(samples, results, stage, malformed):
             n_passed += 1
             norm = " ".join(s.response.split())
             sh = _shingles(norm, shingle_size)
-            if norm in seen_exact:
-                reason = "duplicate"
-            elif any(_jaccard(sh, other) >= threshold for other in kept_shingles):
-                reason = "near_duplicate"
+            if norm in seen_exact or any(_jaccard(sh, other) >= threshold
+                                         for other in kept_shingles):
+                reason = "duplicate" if norm in seen_exact else "near_duplicate"
+                dedup_counts[reason] += 1
+                detail = ("same response as a kept sample" if reason == "duplicate"
+                          else f"Jaccard >= {threshold} with a kept sample")
+                rejected.append((s, dict(r, accepted=False, filter="dedup", reason=reason,
+                                         detail=detail)))
             elif max_per_prompt and n_kept >= max_per_prompt:
-                reason = None
                 cap_count += 1
                 rejected.append((s, dict(r, accepted=False, filter="max_per_prompt",
                                          reason="over_limit",
                                          detail=f"already {max_per_prompt} kept")))
-                continue
             else:
                 seen_exact.add(norm)
                 kept_shingles.append(sh)
                 kept.append((s, r))
                 n_kept += 1
-                continue
-            dedup_counts[reason] += 1
-            rejected.append((s, dict(r, accepted=False, filter="dedup", reason=reason,
-                                     detail="same response as a kept sample" if reason ==
-                                     "duplicate" else f"Jaccard >= {threshold} with a kept sample")))
         correct = sum(results[k]["correct"] for k in idxs)
         per_prompt.append({"prompt_id": pid, "source": samples[idxs[0]].record.get("source", ""),
                            "samples": len(idxs), "passed_filters": n_passed, "kept": n_kept,

@@ -111,15 +111,16 @@ def train(config) -> dict[str, Any]:
     progress = Progress(total_steps - start, "steps", "train", skip_first=True)
     kill_at = tc.get("fault_injection_kill_at_step", 0)
     step, last_loss, window_start, window_tokens = start, None, time.monotonic(), 0.0
+    data_state = data_iter.get_state()      # the iterator position that goes with `state`
+    batch = _next_batch(data_iter, step, total_steps)
     try:
-        while step < total_steps:
-            try:
-                batch = next(data_iter)
-            except StopIteration:
-                logging.warning("train: data ran out at step %d of %d", step, total_steps)
-                break
+        while batch is not None:
             state, metrics = trainer.step(state, batch, teacher_params)
             step += 1
+            data_state = data_iter.get_state()
+            # The step runs asynchronously: prepare the next batch on the host meanwhile,
+            # and only then wait for this step's loss.
+            batch = _next_batch(data_iter, step, total_steps)
             loss = float(metrics["loss"])
             if not math.isfinite(loss):
                 ckpt.wait()
@@ -138,13 +139,13 @@ def train(config) -> dict[str, Any]:
                                   / (peak * 1e12 * jax.device_count()))
                 writer.write(step, row)
                 window_start, window_tokens = time.monotonic(), 0.0
-            ckpt.save(step, state, data_iter.get_state(), meta)
+            ckpt.save(step, state, data_state, meta)
             progress.update(1, status={"loss": loss}, tokens=tokens)
             if kill_at and step == kill_at:           # tests: a real, unannounced kill
                 ckpt.wait()
                 os.kill(os.getpid(), signal.SIGKILL)
         if ckpt.latest_step() != step:
-            ckpt.save(step, state, data_iter.get_state(), meta, force=True)
+            ckpt.save(step, state, data_state, meta, force=True)
     finally:
         ckpt.close()
         writer.close()
@@ -162,6 +163,17 @@ def train(config) -> dict[str, Any]:
         write_json_atomic(os.path.join(workdir, "summary.json"), summary)
     print(f"train: {step}/{total_steps} steps, final loss {last_loss}")
     return summary
+
+
+def _next_batch(data_iter, step: int, total_steps: int):
+    """The next batch, or None when the run is complete or the data ran out."""
+    if step >= total_steps:
+        return None
+    try:
+        return next(data_iter)
+    except StopIteration:
+        logging.warning("train: data ran out at step %d of %d", step, total_steps)
+        return None
 
 
 def _copy_tokenizer(path: str, export_dir: str) -> list[str]:

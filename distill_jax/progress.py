@@ -11,10 +11,11 @@ class Progress:
 
     `skip_first=True` measures rates from the end of the first item on, so a
     first step that includes compilation does not distort the rate and ETA.
+    `enabled=False` counts without drawing (the non-primary hosts of a multi-host run).
     """
 
     def __init__(self, total: int, unit: str, desc: str, stream=None, min_interval_s: float = 0.5,
-                 skip_first: bool = False):
+                 skip_first: bool = False, enabled: bool = True):
         self.total, self.unit, self.desc = total, unit, desc
         self.stream = stream or sys.stderr
         self.done = 0
@@ -25,6 +26,7 @@ class Progress:
         self.min_interval_s = min_interval_s
         self._skip_first = skip_first
         self._rate_done = 0          # items counted towards rates
+        self.enabled = enabled
 
     def update(self, done: int = 0, status: dict | None = None, **counters: float) -> None:
         self.done += done
@@ -39,7 +41,8 @@ class Progress:
             for name, value in counters.items():
                 self.counters[name] = self.counters.get(name, 0) + value
         now = time.monotonic()
-        if now - self._last_draw >= self.min_interval_s or self.done >= self.total:
+        if self.enabled and (now - self._last_draw >= self.min_interval_s
+                             or self.done >= self.total):
             self._last_draw = now
             self.stream.write("\r" + self.line() + ("\n" if self.done >= self.total else ""))
             self.stream.flush()

@@ -19,10 +19,20 @@ than `seq_len` are dropped or truncated (`overlong`), and counted.
 
 The pipeline is grain over a random-access source (`tfds.data_source` of the
 curated dataset, or a JSONL file): shuffled with a seed, repeated for the
-epochs, sharded by host (`process_index::process_count`), and its iterator
-state is a small dict that the trainer checkpoints, so a resumed run sees
-exactly the batches an uninterrupted one would. With packing, a bin may hold
-the end of one epoch and the start of the next.
+epochs, and its iterator state is a small dict that the trainer checkpoints,
+so a resumed run sees exactly the batches an uninterrupted one would. With
+packing, a bin may hold the end of one epoch and the start of the next.
+
+Several hosts (`host_split`):
+  * "rows" (default): every host builds the same global stream of batches and
+    keeps its own rows of each (host i: rows [i*b, (i+1)*b) of the global
+    batch, b = batch_size / hosts). The run is then the same on any number of
+    hosts — the global batches, hence the losses, equal a one-host run's, and a
+    checkpoint resumes on a different host count. The price: each host reads,
+    tokenizes and packs all of the data (cheap next to training for SFT sets up
+    to millions of traces).
+  * "examples": host i reads only examples i::hosts and packs its own rows —
+    no redundant input work, but the batches depend on the host count.
 
 Offline KD: when the records carry the teacher's token ids and top-k
 logprobs, the response is encoded as the teacher's own tokens (the assistant
@@ -185,9 +195,11 @@ class SFTPipeline:
                  num_epochs: int | None = 1, seed: int = 0, packing: bool = True,
                  overlong: str = "drop", chat_template: str | None = None,
                  system_prompt: str | None = None, topk: int = 0, num_packing_bins: int = 16,
-                 process_index: int = 0, process_count: int = 1):
+                 process_index: int = 0, process_count: int = 1, host_split: str = "rows"):
         if overlong not in ("drop", "truncate"):
             raise ValueError(f"overlong must be 'drop' or 'truncate', got {overlong!r}")
+        if host_split not in ("rows", "examples"):
+            raise ValueError(f"host_split must be 'rows' or 'examples', got {host_split!r}")
         if batch_size % process_count:
             raise ValueError(f"global batch {batch_size} does not divide over {process_count} "
                              "hosts")
@@ -195,6 +207,9 @@ class SFTPipeline:
             raise ValueError("the training dataset is empty")
         self.source, self.seq_len, self.topk = source, seq_len, topk
         self.local_batch = batch_size // process_count
+        self.host_split = host_split
+        # The batch this host's pipeline assembles before keeping its rows.
+        self._built_batch = batch_size if host_split == "rows" else self.local_batch
         self.fmt = ChatFormat.create(tokenizer, chat_template, system_prompt)
         self.packing, self.overlong = packing, overlong
         self.num_epochs, self.seed = num_epochs, seed
@@ -243,18 +258,27 @@ class SFTPipeline:
 
     def dataset(self) -> grain.IterDataset:
         ds = grain.MapDataset.source(self.source)
-        ds = ds[self.process_index::self.process_count]
+        if self.host_split == "examples":
+            ds = ds[self.process_index::self.process_count]
         ds = ds.seed(self.seed).shuffle().repeat(self.num_epochs)   # None: forever
         ds = ds.map(self._example).filter(lambda ex: self._fit(ex) is not None).map(self._fit)
         if not self.packing:
-            return ds.map(self._pad).to_iter_dataset().batch(self.local_batch, drop_remainder=True)
+            return self._own_rows(
+                ds.map(self._pad).to_iter_dataset().batch(self._built_batch, drop_remainder=True))
         it = ds.to_iter_dataset()
         features = [f for f in PACKED_FEATURES if f in ("inputs", "targets", "loss_mask")
                     or self.topk]
         packed = grain.experimental.FirstFitPackIterDataset(
             it, length_struct={f: self.seq_len for f in features},
             num_packing_bins=self.num_packing_bins, seed=self.seed, shuffle_bins=False)
-        return packed.map(self._from_packed).batch(self.local_batch, drop_remainder=True)
+        return self._own_rows(
+            packed.map(self._from_packed).batch(self._built_batch, drop_remainder=True))
+
+    def _own_rows(self, batches: grain.IterDataset) -> grain.IterDataset:
+        if self._built_batch == self.local_batch:
+            return batches
+        lo, hi = self.process_index * self.local_batch, (self.process_index + 1) * self.local_batch
+        return batches.map(lambda b: {k: v[lo:hi] for k, v in b.items()})
 
     def _from_packed(self, ex: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {f: ex[f] for f in PACKED_FEATURES if f in ex}

@@ -12,6 +12,10 @@ block against the tests in the sandbox), and report
 
 Writes `per_problem.jsonl` (every sample's text, answer and verdict) and
 `summary.json` into the output directory (atomically), and prints a table.
+
+Several hosts: host i samples and scores problems i::hosts (the sampler's
+programs run on all hosts together); process 0 gathers the results, in problem
+order, and writes them — the same files a single host writes.
 """
 from __future__ import annotations
 
@@ -20,9 +24,10 @@ import json
 import os
 from typing import Any, Sequence
 
+import jax
 import jax.numpy as jnp
 
-from distill_jax import sharding
+from distill_jax import distributed, sharding
 from distill_jax.data.prompts import Prompt, load_prompts_from_config
 from distill_jax.evaluation.metrics import majority_answer, pass_at_k
 from distill_jax.fileio import atomic_open, write_json_atomic
@@ -139,13 +144,19 @@ def evaluate(config) -> dict[str, Any]:
                         max_new_tokens=sc.max_new_tokens, seed=sc.seed,
                         stop_token_ids=tokenizer.stop_token_ids())
     verifier = Correctness(math_timeout_s=config.get("math_timeout_s", 5.0))
-    results = sample_and_score(sampler, tokenizer, prompts, sp,
-                               config.tokenizer.get("chat_template") or None,
-                               pc.get("suffix"), config.tokenizer.assistant_prefix, verifier)
+    host, hosts = jax.process_index(), jax.process_count()
+    mine = sample_and_score(sampler, tokenizer, prompts[host::hosts], sp,
+                            config.tokenizer.get("chat_template") or None,
+                            pc.get("suffix"), config.tokenizer.assistant_prefix, verifier)
+    results = mine
+    if hosts > 1:   # problem i was scored by host i % hosts, as its (i // hosts)-th result
+        gathered = distributed.gather_json([dataclasses.asdict(r) for r in mine])
+        results = [ProblemResult(**gathered[i % hosts][i // hosts]) for i in range(len(prompts))]
     summary = summarize(results)
     summary.update(model=config.model.checkpoint, problems_path=os.path.abspath(pc.path),
                    sampling={"k": sc.k, "temperature": sc.temperature, "top_p": sc.top_p,
                              "max_new_tokens": sc.max_new_tokens, "seed": sc.seed})
-    write_results(config.output_dir, results, summary)
-    print(format_table(summary, os.path.basename(pc.path)))
+    if distributed.is_primary():
+        write_results(config.output_dir, results, summary)
+        print(format_table(summary, os.path.basename(pc.path)))
     return summary

@@ -173,7 +173,25 @@ def _stage_config(config) -> dict[str, Any]:
 
 
 def filter_traces(config) -> dict[str, Any]:
-    """Runs the stage; returns the report (also written to output_dir/report.json)."""
+    """Runs the stage; returns the report (also written to output_dir/report.json).
+
+    In a multi-host launch the stage (host CPU work, no accelerator) runs on
+    process 0 while the other hosts wait for it; they return the report it wrote
+    when the output directory is shared, else an empty dict.
+    """
+    import jax   # here, not at the top: the filter's worker processes never need it
+    if jax.process_count() == 1:
+        return _filter_traces(config)
+    from distill_jax import distributed
+    report = _filter_traces(config) if distributed.is_primary() else None
+    distributed.barrier("filter:done")
+    if report is None:
+        path = os.path.join(os.path.abspath(config.output_dir), REPORT)
+        report = json.load(open(path)) if os.path.exists(path) else {}
+    return report
+
+
+def _filter_traces(config) -> dict[str, Any]:
     stage = _stage_config(config)
     out_dir = os.path.abspath(config.output_dir)
     paths = shard_paths(config.input_dir, stage.get("input_pattern", "*.jsonl"))

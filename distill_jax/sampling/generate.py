@@ -9,6 +9,14 @@ batch, so an interrupted-and-resumed run writes byte-identical shards.
 A `manifest.json` pins what the shards were made with (teacher, sampling,
 prompts, template); rerunning into the same directory with different settings is
 an error rather than a silent mix.
+
+On several hosts (one mesh over all of them), shard k belongs to host
+k mod num_hosts: each host generates and writes only its shards, so hosts never
+write the same file, and each resumes its own. All hosts run the sampler's
+programs together (a round = one shard per host, empty on hosts with nothing
+left), and the files are exactly those a single host would write. Process 0
+writes the summary and prints; the output directory is meant to be shared (NFS,
+a mounted bucket); on host-local disks each host holds its own shards.
 """
 from __future__ import annotations
 
@@ -25,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from distill_jax import models, sharding
+from distill_jax import distributed, models, sharding
 from distill_jax.data.prompts import Prompt, load_prompts_from_config
 from distill_jax.fileio import write_json_atomic, write_text_atomic
 from distill_jax.progress import Progress
@@ -97,6 +105,8 @@ def _render(prompts: list[Prompt], tokenizer, config) -> list[list[int]]:
 
 
 def _check_manifest(path: str, manifest: dict[str, Any]) -> None:
+    # Every host checks (each may have its own disk); writing the same bytes
+    # atomically from several hosts is harmless.
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
@@ -143,27 +153,37 @@ def generate_traces(config) -> dict[str, Any]:
     }
     _check_manifest(os.path.join(out_dir, MANIFEST), manifest)
 
-    # Temp files are shards a killed run did not finish; they are redone.
+    host, num_hosts = jax.process_index(), jax.process_count()
+    mine = [k for k in range(num_shards) if k % num_hosts == host]
+    # Temp files are shards a killed run did not finish; they are redone (each
+    # host cleans up only its own shards: another host may be writing right now).
     for name in os.listdir(out_dir):
-        if name.startswith("shard-") and ".jsonl.tmp." in name:
+        if name.startswith("shard-") and ".jsonl.tmp." in name and int(name[6:11]) in mine:
             logging.info("generate: removing unfinished %s", name)
             os.remove(os.path.join(out_dir, name))
-    remaining = [k for k in range(num_shards)
+    remaining = [k for k in mine
                  if not os.path.exists(os.path.join(out_dir, shard_name(k, num_shards)))]
     # max_shards > 0 time-boxes a run (e.g. on preemptible machines); rerun to continue.
     max_shards = config.get("max_shards") or 0
     todo = remaining[:max_shards] if max_shards else remaining
-    logging.info("generate: %d prompts in %d shards, %d already done, %d to do this run",
-                 len(prompts), num_shards, num_shards - len(remaining), len(todo))
+    (rounds,) = distributed.agree_max(len(todo))
+    logging.info("generate: %d prompts in %d shards; host %d of %d owns %d, %d already done, "
+                 "%d to do this run", len(prompts), num_shards, host, num_hosts, len(mine),
+                 len(mine) - len(remaining), len(todo))
 
     run_tokens, run_start = 0, time.monotonic()
-    if todo:
+    if rounds:
         mesh = sharding.make_mesh(dict(config.mesh)) if config.get("mesh") else None
         sampler = Sampler(cfg, _load_teacher(config, cfg, mesh), mesh=mesh, tokenizer=tokenizer,
                           max_batch=config.max_batch, pad_id=tokenizer.pad_id or 0)
         progress = Progress(sum(len(prompts[k * per_shard:(k + 1) * per_shard]) for k in todo),
-                            "prompts", "generate")
-        for k in todo:
+                            "prompts", "generate" if num_hosts == 1 else f"generate host 0/{num_hosts}",
+                            enabled=distributed.is_primary())
+        for r in range(rounds):
+            if r >= len(todo):       # nothing left here: join the other hosts' programs
+                sampler.generate([], params, prompt_keys=[])
+                continue
+            k = todo[r]
             lo, hi = k * per_shard, min((k + 1) * per_shard, len(prompts))
             outs = sampler.generate(prompt_ids[lo:hi], params,
                                     prompt_keys=[prompt_key(p.id) for p in prompts[lo:hi]])
@@ -180,11 +200,17 @@ def generate_traces(config) -> dict[str, Any]:
                               "\n".join(lines) + "\n")
             progress.update(hi - lo, tokens=n_tokens)
     elapsed = time.monotonic() - run_start
+    (run_tokens, shards_written) = (sum(x) for x in zip(*distributed.gather_json(
+        [run_tokens, len(todo)])))
+    distributed.barrier("generate:shards-written")
     summary = summarize(out_dir, num_shards)
     summary.update(run_new_tokens=run_tokens, run_seconds=round(elapsed, 3),
                    run_tokens_per_s=round(run_tokens / elapsed, 1) if elapsed > 0 else None,
-                   shards_written_this_run=len(todo), teacher_id=teacher_id,
-                   compiled_programs=0 if not todo else len(sampler.compiled))
+                   shards_written_this_run=shards_written, teacher_id=teacher_id,
+                   compiled_programs=0 if not rounds else len(sampler.compiled),
+                   num_hosts=num_hosts)
+    if not distributed.is_primary():
+        return summary
     write_json_atomic(os.path.join(out_dir, SUMMARY), summary)
     print(f"generate: {summary['complete_shards']}/{num_shards} shards, "
           f"{summary['samples']} samples, {summary['total_tokens']} tokens; this run "

@@ -14,6 +14,14 @@ pytree, updated in place by XLA.
 
 Randomness: row (prompt key i, sample j) draws step t from
 fold_in(fold_in(fold_in(key(seed), i), j), t) — nothing about the batch enters.
+
+Several hosts (a mesh over every process's devices, see `distill_jax.distributed`):
+each process calls `generate` with its own prompts, at the same time; the calls
+are collective. The hosts agree on the number of programs and on each one's
+bucket shapes (a host with fewer prompts pads with empty rows), each host's rows
+enter the program as its part of the global batch, and each gets its own rows
+back. Because of the seeding above, a sample is the same whichever host, batch
+or program produced it.
 """
 from __future__ import annotations
 
@@ -28,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from distill_jax import models, sharding
+from distill_jax import distributed, models, sharding
 from distill_jax.models.transformer import CACHE_LOGICAL_AXES, init_cache, segment_positions
 from distill_jax.sampling.logits_processing import choose_tokens
 from distill_jax.sampling.params import SamplingParams
@@ -72,7 +80,8 @@ class Sampler:
 
     With a mesh, params are placed by their logical axes (fsdp/tensor) and rows
     over (data, fsdp); batch buckets are rounded up to multiples of the
-    data-parallel size. `max_batch` caps rows per program (prompts x n).
+    data-parallel size on this host. `max_batch` caps this host's rows per
+    program (prompts x n).
     """
 
     def __init__(self, cfg: models.ModelConfig, params, mesh: jax.sharding.Mesh | None = None,
@@ -84,8 +93,15 @@ class Sampler:
         self.tokenizer = tokenizer
         self.pad_id = pad_id
         self.length_buckets = tuple(sorted(length_buckets))
+        self.process_count = 1 if mesh is None else jax.process_count()
         data_parallel = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
-        self.batch_buckets = tuple(sorted({-(-b // data_parallel) * data_parallel
+        if data_parallel % self.process_count:
+            raise ValueError(
+                f"mesh {dict(mesh.shape)} splits the batch {data_parallel} ways, which does not "
+                f"divide over {self.process_count} hosts; each host feeds its own prompts, so "
+                "data x fsdp must be a multiple of the host count (keep `tensor` within a host)")
+        local_parallel = data_parallel // self.process_count
+        self.batch_buckets = tuple(sorted({-(-b // local_parallel) * local_parallel
                                            for b in batch_buckets}))
         self.max_batch = max_batch
         self.compiled: set[tuple] = set()
@@ -111,11 +127,13 @@ class Sampler:
                 lambda x, a: nn.with_logical_constraint(x, a), tree, axes,
                 is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(s, str) for s in x))
 
-        def run(params, tokens, segment_ids, row_valid, row_keys, temperature, top_k, top_p,
-                min_p, stop_ids):
-            # tokens, segment_ids: [prompts, prompt_len]; row_valid, row_keys: [prompts * n].
+        def run(params, tokens, segment_ids, row_valid, prompt_keys, seed, temperature, top_k,
+                top_p, min_p, stop_ids):
+            # tokens, segment_ids: [prompts, prompt_len]; prompt_keys: [prompts];
+            # row_valid: [prompts * n].
             num_prompts, prompt_len = tokens.shape
             rows = num_prompts * n
+            row_keys = _row_keys(seed, prompt_keys, n)
             positions = segment_positions(segment_ids)
             cache = constrain(init_cache(cfg, num_prompts, prompt_len + max_new), CACHE_LOGICAL_AXES)
             logits, cache = model.apply({"params": params}, tokens, positions, segment_ids,
@@ -200,7 +218,7 @@ class Sampler:
                 outputs["top_ids"] = outputs["top_logprobs"] = sharding.batch_sharding(mesh, 3)
             program = jax.jit(run, in_shardings=(self._param_shardings, mat, mat, rows, rows,
                                                  replicated, replicated, replicated, replicated,
-                                                 replicated),
+                                                 replicated, replicated),
                               out_shardings=outputs)
         self._programs[key] = program
         return program
@@ -239,8 +257,12 @@ class Sampler:
         results: list[list[SampleOutput] | None] = [None] * len(prompts)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         per_call = max(1, self.max_batch // params.n)
-        for start in range(0, len(order), per_call):
-            group = order[start:start + per_call]
+        groups = [order[start:start + per_call] for start in range(0, len(order), per_call)]
+        num_groups = len(groups)
+        if self.process_count > 1:   # every host runs the same number of programs
+            (num_groups,) = distributed.agree_max(num_groups)
+        for g in range(num_groups):
+            group = groups[g] if g < len(groups) else []
             outs = self._generate_group([prompts[i] for i in group], [keys[i] for i in group],
                                         params)
             for i, samples in zip(group, outs):
@@ -250,17 +272,19 @@ class Sampler:
     def _generate_group(self, prompts, keys, params: SamplingParams):
         n = params.n
         batch = _bucket(len(prompts), self.batch_buckets, "batch size")
-        length = _bucket(max(len(p) for p in prompts), self.length_buckets, "prompt length")
+        length = _bucket(max((len(p) for p in prompts), default=1), self.length_buckets,
+                         "prompt length")
+        if self.process_count > 1:   # one program shape on every host
+            batch, length = distributed.agree_max(batch, length)
         tokens = np.full((batch, length), self.pad_id, np.int32)
         segment_ids = np.zeros((batch, length), np.int32)
         for row, p in enumerate(prompts):
             tokens[row, length - len(p):] = p
             segment_ids[row, length - len(p):] = 1
         row_valid = np.repeat(np.arange(batch) < len(prompts), n)
-        # One vectorized call (not a dispatch per row): key(seed) -> prompt key -> sample j.
+        # Row keys are derived inside the program: key(seed) -> prompt key -> sample j.
         prompt_keys = np.asarray([k & 0x7FFFFFFF for k in keys] + [0] * (batch - len(prompts)),
                                  np.uint32)
-        row_keys = _row_keys(params.seed, prompt_keys, n)
         stop_ids = np.asarray(params.stop_token_ids or (-1,), np.int32)
         signature = (batch, length, n, params.max_new_tokens, params.return_top_k,
                      len(stop_ids))
@@ -270,16 +294,20 @@ class Sampler:
                          "max_new_tokens=%d return_top_k=%d", len(self.compiled), batch, length,
                          n, params.max_new_tokens, params.return_top_k)
         program = self._program(n, params.max_new_tokens, params.return_top_k)
-        args = (self.params, tokens, segment_ids, row_valid, row_keys,
-                np.float32(params.temperature), np.int32(params.top_k), np.float32(params.top_p),
-                np.float32(params.min_p), stop_ids)
-        if self.mesh is not None:
-            args = (self.params,) + tuple(
-                jax.device_put(a, s) for a, s in zip(
-                    args[1:5], (sharding.batch_sharding(self.mesh, 2),) * 2
-                    + (sharding.batch_sharding(self.mesh, 1),) * 2)) + args[5:]
+        rows = [tokens, segment_ids, row_valid, prompt_keys]
+        if self.mesh is not None:   # this host's rows become its part of the global batch
+            rows = [jax.make_array_from_process_local_data(
+                sharding.batch_sharding(self.mesh, a.ndim), a) for a in rows]
+        args = (self.params, *rows, np.uint32(params.seed), np.float32(params.temperature),
+                np.int32(params.top_k), np.float32(params.top_p), np.float32(params.min_p),
+                stop_ids)
         with sharding.mesh_context(self.mesh):
-            out = jax.device_get(program(*args))
+            out = program(*args)
+        if self.process_count > 1:   # back to this host's rows
+            from jax.experimental import multihost_utils
+            out = multihost_utils.global_array_to_host_local_array(
+                out, self.mesh, jax.sharding.PartitionSpec(sharding.BATCH_AXES))
+        out = jax.device_get(out)
 
         samples: list[list[SampleOutput]] = []
         for i in range(len(prompts)):

@@ -22,7 +22,8 @@ def _plain(obj: Any) -> Any:
 
 class Checkpointer:
     def __init__(self, directory: str, save_every: int, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        # Local paths are made absolute; URLs (gs://...) go to orbax as they are.
+        self.directory = directory if "://" in directory else os.path.abspath(directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -32,13 +33,21 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state, data_state: dict, meta: dict, force: bool = False) -> bool:
+    def should_save(self, step: int) -> bool:
+        return self.manager.should_save(step)
+
+    def save(self, step: int, state, data_states: list[dict], meta: dict,
+             force: bool = False) -> bool:
+        """`data_states`: every host's data-iterator state, in process order (process 0
+        writes the JSON items, so the others' positions must be gathered first)."""
         return self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(_plain(data_state)),
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(_plain({"hosts": data_states})),
             meta=ocp.args.JsonSave(_plain(meta))), force=force)
 
-    def restore(self, step: int, abstract_state, expected_meta: dict) -> tuple[Any, dict]:
-        """(state, data-iterator state) of `step`; refuses a checkpoint of another model."""
+    def restore(self, step: int, abstract_state, expected_meta: dict) -> tuple[Any, list[dict]]:
+        """(state, per-host data-iterator states) of `step`; refuses a checkpoint of
+        another model."""
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         meta = meta["meta"]
         expected = _plain(expected_meta)
@@ -51,7 +60,7 @@ class Checkpointer:
                     f"(differs in {', '.join(diff)}); use a new workdir or the matching config")
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-        return restored["state"], restored["data"]
+        return restored["state"], restored["data"]["hosts"]
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -22,6 +22,7 @@ def base_config():
     c.data.packing = True
     c.data.num_packing_bins = 16
     c.data.overlong = "drop"         # drop | truncate (counted either way)
+    c.data.host_split = "rows"       # several hosts: rows (same run on any host count) | examples
 
     c.model = ml_collections.ConfigDict()
     c.model.checkpoint = ""          # HF directory to start from
@@ -47,6 +48,7 @@ def base_config():
     c.train.max_grad_norm = 1.0
     c.train.log_every = 10
     c.train.checkpoint_every = 500
+    c.train.checkpoint_dir = ""      # "" = workdir/checkpoints; several hosts: a shared path
     c.train.keep_checkpoints = 3
     c.train.async_checkpointing = True
     c.train.tensorboard = True

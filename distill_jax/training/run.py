@@ -5,6 +5,12 @@ from it — params, optimizer state, step and the data iterator's position — a
 the loss curve continues exactly as an uninterrupted run's would (bitwise on
 CPU). A non-finite loss stops the run with the step named; the state that
 produced it is not saved, so the last checkpoint stays the last good one.
+
+Several hosts: every host runs this same function. Each feeds its rows of the
+global batch (see `data.host_split`), all of them save and restore the orbax
+checkpoint together (the checkpoint directory must be one shared path: NFS or
+a bucket orbax can write), and process 0 alone writes metrics, the summary and
+the HF export.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from distill_jax import models, sharding
+from distill_jax import distributed, models, sharding
 from distill_jax.data.sft import SFTPipeline, describe, open_source
 from distill_jax.fileio import write_json_atomic
 from distill_jax.models.hf_io import read_hf_config
@@ -79,9 +85,13 @@ def train(config) -> dict[str, Any]:
         chat_template=dc.get("chat_template") or None,
         system_prompt=dc.get("system_prompt") or None,
         topk=kc.topk if kd.mode == "offline" else 0, num_packing_bins=dc.num_packing_bins,
-        process_index=jax.process_index(), process_count=jax.process_count())
-    print(f"train: data {dc.path}: {describe(pipeline.stats, dc.seq_len, dc.overlong)}")
-    total_steps = tc.num_steps or pipeline.count_batches()
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        host_split=dc.get("host_split", "rows"))
+    primary = distributed.is_primary()
+    say = print if primary else (lambda *a, **k: None)
+    say(f"train: data {dc.path}: {describe(pipeline.stats, dc.seq_len, dc.overlong)}")
+    # With host_split="examples" hosts may count different batch totals: the shortest wins.
+    total_steps = tc.num_steps or min(distributed.gather_json(pipeline.count_batches()))
     if total_steps < 1:
         raise ValueError(f"{dc.path}: {pipeline.stats.kept} usable examples make no full batch "
                          f"of {tc.batch_size} rows; lower train.batch_size or add data")
@@ -89,14 +99,15 @@ def train(config) -> dict[str, Any]:
     trainer = Trainer(cfg, tx, schedule, mesh=mesh, microbatches=tc.microbatches, kd=kd,
                       teacher_cfg=teacher_cfg)
     meta = {"model": models.to_hf_config(cfg), "total_steps": total_steps}
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), tc.checkpoint_every,
-                        tc.keep_checkpoints, tc.async_checkpointing)
+    ckpt = Checkpointer(tc.get("checkpoint_dir") or os.path.join(workdir, "checkpoints"),
+                        tc.checkpoint_every, tc.keep_checkpoints, tc.async_checkpointing)
     data_iter = iter(pipeline.dataset())
     start = ckpt.latest_step()
     if start is not None:
-        state, data_state = ckpt.restore(start, trainer.abstract_state(), meta)
-        data_iter.set_state(data_state)
-        print(f"train: resumed from step {start} in {ckpt.directory}")
+        state, data_states = ckpt.restore(start, trainer.abstract_state(), meta)
+        data_iter.set_state(_this_host_data_state(data_states, pipeline.host_split,
+                                                  ckpt.directory, start))
+        say(f"train: resumed from step {start} in {ckpt.directory}")
     else:
         start = 0
         state = trainer.init_state(_load_params(config.model, cfg, mesh))
@@ -108,7 +119,7 @@ def train(config) -> dict[str, Any]:
     flops_per_token = model_flops_per_token(cfg, dc.seq_len) + (
         model_flops_per_token(teacher_cfg, dc.seq_len, training=False) if teacher_cfg else 0.0)
     peak = peak_tflops_per_device(tc.get("peak_tflops", 0.0))
-    progress = Progress(total_steps - start, "steps", "train", skip_first=True)
+    progress = Progress(total_steps - start, "steps", "train", skip_first=True, enabled=primary)
     kill_at = tc.get("fault_injection_kill_at_step", 0)
     step, last_loss, window_start, window_tokens = start, None, time.monotonic(), 0.0
     data_state = data_iter.get_state()      # the iterator position that goes with `state`
@@ -139,13 +150,14 @@ def train(config) -> dict[str, Any]:
                                   / (peak * 1e12 * jax.device_count()))
                 writer.write(step, row)
                 window_start, window_tokens = time.monotonic(), 0.0
-            ckpt.save(step, state, data_state, meta)
+            if ckpt.should_save(step):
+                ckpt.save(step, state, distributed.gather_json(data_state), meta)
             progress.update(1, status={"loss": loss}, tokens=tokens)
             if kill_at and step == kill_at:           # tests: a real, unannounced kill
                 ckpt.wait()
                 os.kill(os.getpid(), signal.SIGKILL)
         if ckpt.latest_step() != step:
-            ckpt.save(step, state, data_state, meta, force=True)
+            ckpt.save(step, state, distributed.gather_json(data_state), meta, force=True)
     finally:
         ckpt.close()
         writer.close()
@@ -153,16 +165,30 @@ def train(config) -> dict[str, Any]:
     summary = {"steps": step, "total_steps": total_steps, "final_loss": last_loss,
                "data": dataclasses.asdict(pipeline.stats), "model": cfg.name,
                "params": models.count_params(cfg), "kd": dataclasses.asdict(kd)}
-    if tc.get("export_dir") and jax.process_index() == 0:
+    if tc.get("export_dir"):
         export = os.path.abspath(tc.export_dir)
-        models.save_hf_checkpoint(export, cfg, jax.device_get(state.params),
-                                  dtype=np.dtype(tc.get("export_dtype", "float32")))
-        tokenizer_files = _copy_tokenizer(dc.tokenizer_path, export)
-        summary["export"] = {"path": export, "tokenizer_files": tokenizer_files}
-    if jax.process_index() == 0:
+        params = distributed.fetch_to_host(state.params)   # collective: every host takes part
+        if primary:
+            models.save_hf_checkpoint(export, cfg, params,
+                                      dtype=np.dtype(tc.get("export_dtype", "float32")))
+            tokenizer_files = _copy_tokenizer(dc.tokenizer_path, export)
+            summary["export"] = {"path": export, "tokenizer_files": tokenizer_files}
+    if primary:
         write_json_atomic(os.path.join(workdir, "summary.json"), summary)
-    print(f"train: {step}/{total_steps} steps, final loss {last_loss}")
+    say(f"train: {step}/{total_steps} steps, final loss {last_loss}")
     return summary
+
+
+def _this_host_data_state(states: list[dict], host_split: str, directory: str, step: int) -> dict:
+    """This host's iterator position from a checkpoint's per-host list."""
+    if host_split == "rows":      # every host walks the same global stream
+        return states[0]
+    if len(states) != jax.process_count():
+        raise ValueError(
+            f"checkpoint {directory}/{step} holds the data positions of {len(states)} hosts, and "
+            f"this run has {jax.process_count()}; with data.host_split='examples' a run resumes "
+            "on the same number of hosts (host_split='rows' resumes on any)")
+    return states[jax.process_index()]
 
 
 def _next_batch(data_iter, step: int, total_steps: int):

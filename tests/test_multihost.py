@@ -1,0 +1,185 @@
+"""Multi-host runs: 2 local processes x 2 CPU devices (gloo collectives) against
+one process with 4 devices — generate, train with a kill and a resume, evaluate.
+
+Every stage is launched through its CLI with --coordinator_address /
+--num_processes / --process_id, the way a GPU cluster launches it.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from distill_jax import models
+from distill_jax.demo import arithmetic
+from distill_jax.sampling.generate import shard_name
+from distill_jax.tokenizer import load_tokenizer, train_sentencepiece
+from tests.training.conftest import write_traces
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_PROMPTS, PER_SHARD = 10, 2           # 5 shards: host 0 owns 3, host 1 owns 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _launch(stage: str, config: str, overrides: dict, processes: int, devices: int,
+            expect_ok: bool = True) -> list[subprocess.CompletedProcess]:
+    """Runs `distill-<stage>` as `processes` cooperating processes; returns each result."""
+    cmd = [sys.executable, "-m", f"distill_jax.cli.{stage}", f"--config={REPO}/configs/{config}"]
+    cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    if processes > 1:
+        port = _free_port()
+        cmds = [cmd + [f"--coordinator_address=localhost:{port}",
+                       f"--num_processes={processes}", f"--process_id={i}"]
+                for i in range(processes)]
+    else:
+        cmds = [cmd]
+    procs = [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for c in cmds]
+    results = []
+    for c, p in zip(cmds, procs):
+        try:
+            out, err = p.communicate(timeout=400)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            out, err = p.communicate()
+        results.append(subprocess.CompletedProcess(c, p.returncode, out, err))
+    if expect_ok:
+        for r in results:
+            assert r.returncode == 0, r.stderr[-4000:]
+    return results
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multihost")
+    corpus = [p.question + "\n" + p.solution for p in arithmetic.make_split(0, 0, 500)]
+    sp = train_sentencepiece(corpus, str(root / "tok"), vocab_size=400)
+    cfg = models.get_config("tiny-qwen2", vocab_size=load_tokenizer(sp).vocab_size)
+    models.save_hf_checkpoint(root / "teacher", cfg, models.init_params(cfg, jax.random.key(0)))
+    write_traces(root / "curated.jsonl", 32)
+    return root, sp
+
+
+def _generate_overrides(root, sp, shared_data, out):
+    return {"output_dir": out, "prompts.path": shared_data / "gsm8k_test.jsonl",
+            "prompts.limit": NUM_PROMPTS, "prompts_per_shard": PER_SHARD,
+            "tokenizer.path": sp, "teacher.checkpoint": root / "teacher",
+            "teacher.dtype": "float32", "teacher.param_dtype": "float32",
+            "sampling.n": 2, "sampling.temperature": 1.0, "sampling.max_new_tokens": 16,
+            "sampling.return_top_k": 2, "max_batch": 4,
+            "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 1}
+
+
+def _train_overrides(root, sp, workdir, **extra):
+    return {"workdir": workdir, "data.path": root / "curated.jsonl", "data.tokenizer_path": sp,
+            "train.batch_size": 4, "train.num_steps": 6, "train.checkpoint_every": 2,
+            "train.export_dir": workdir / "export", "mesh.data": 2, "mesh.fsdp": 2,
+            "mesh.tensor": 1, **extra}
+
+
+def _evaluate_overrides(shared_data, student, out):
+    return {"model.checkpoint": student, "model.dtype": "float32",
+            "model.param_dtype": "float32", "problems.path": shared_data / "gsm8k_test.jsonl",
+            "problems.limit": 5, "sampling.k": 2, "sampling.max_new_tokens": 12,
+            "output_dir": out, "max_batch": 4, "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 1}
+
+
+def _files(path):
+    return {name: (path / name).read_bytes() for name in sorted(os.listdir(path))}
+
+
+def _assert_same_records(ours: bytes, reference: bytes) -> None:
+    """Same records, field for field — tokens, texts, finish reasons, top-k ids — except
+    the float log-probabilities, which may differ in the last printed digit: a host
+    pair shares one program, whose prompt-length bucket is the longer of the two
+    shards', and a softmax over a differently padded length rounds differently."""
+    ours_rows = [json.loads(x) for x in ours.splitlines()]
+    ref_rows = [json.loads(x) for x in reference.splitlines()]
+    assert len(ours_rows) == len(ref_rows) > 0
+    floats = ("logprobs", "top_k_logprobs")
+    for a, b in zip(ours_rows, ref_rows):
+        assert {k: v for k, v in a.items() if k not in floats} == \
+            {k: v for k, v in b.items() if k not in floats}
+        for key in floats:
+            np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-5)
+
+
+def _ours(stdout: str) -> str:
+    """A process's own output, without gloo's connection lines."""
+    return "".join(line for line in stdout.splitlines(keepends=True)
+                   if not line.startswith("[Gloo]"))
+
+
+def _losses(workdir):
+    with open(workdir / "metrics.jsonl") as f:
+        return [(r["step"], r["loss"]) for r in map(json.loads, f)]
+
+
+@pytest.mark.slow
+def test_two_hosts_equal_one_host_generate_train_resume_evaluate(setup, shared_data):
+    root, sp = setup
+    one, two = root / "one", root / "two"
+
+    # ---- distill-generate: disjoint shards per host, same files as one host.
+    _launch("generate", "generate_gsm8k.py", _generate_overrides(root, sp, shared_data,
+                                                                  one / "traces"), 1, 4)
+    gen = _launch("generate", "generate_gsm8k.py", _generate_overrides(root, sp, shared_data,
+                                                                        two / "traces"), 2, 2)
+    single, double = _files(one / "traces"), _files(two / "traces")
+    for k in range(5):
+        _assert_same_records(single[shard_name(k, 5)], double[shard_name(k, 5)])
+    assert json.loads(double["manifest.json"]) == json.loads(single["manifest.json"])
+    summary = json.loads(double["summary.json"])
+    assert summary["num_hosts"] == 2 and summary["complete_shards"] == 5
+    assert summary["samples"] == 2 * NUM_PROMPTS
+    assert "generate:" in _ours(gen[0].stdout) and _ours(gen[1].stdout) == ""  # process 0 reports
+
+    # ---- distill-train: a kill after step 3 (checkpoint at 2), then a resume.
+    _launch("train", "sft_tiny_cpu.py", _train_overrides(root, sp, one / "run"), 1, 4)
+    killed = _launch("train", "sft_tiny_cpu.py", _train_overrides(
+        root, sp, two / "run", **{"train.fault_injection_kill_at_step": 3}), 2, 2,
+        expect_ok=False)
+    assert [r.returncode for r in killed] == [-9, -9]
+    assert max(map(int, os.listdir(two / "run" / "checkpoints"))) == 2   # step 3 was lost
+    resumed = _launch("train", "sft_tiny_cpu.py", _train_overrides(root, sp, two / "run"), 2, 2)
+    assert "resumed from step 2" in _ours(resumed[0].stdout) and _ours(resumed[1].stdout) == ""
+    reference, ours = _losses(one / "run"), _losses(two / "run")
+    assert [s for s, _ in ours] == [s for s, _ in reference] == list(range(1, 7))
+    np.testing.assert_allclose([x for _, x in ours], [x for _, x in reference], rtol=0, atol=1e-5)
+    # The export gathers the sharded params from both hosts; process 0 writes it.
+    _, p_one = models.load_hf_checkpoint(str(one / "run" / "export"))
+    _, p_two = models.load_hf_checkpoint(str(two / "run" / "export"))
+    for a, b in zip(jax.tree_util.tree_leaves(p_one), jax.tree_util.tree_leaves(p_two)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5)
+
+    # ---- distill-evaluate of the exported student: problems split over hosts.
+    _launch("evaluate", "evaluate_gsm8k.py",
+            _evaluate_overrides(shared_data, one / "run" / "export", one / "eval"), 1, 4)
+    _launch("evaluate", "evaluate_gsm8k.py",
+            _evaluate_overrides(shared_data, one / "run" / "export", two / "eval"), 2, 2)
+    assert _files(two / "eval") == _files(one / "eval")
+    assert len((two / "eval" / "per_problem.jsonl").read_text().splitlines()) == 5
+
+
+def test_cluster_flags_are_checked():
+    from distill_jax import distributed
+    with pytest.raises(ValueError, match="without num_processes"):
+        distributed.initialize("auto", "localhost:1234", None, 0)
+    with pytest.raises(ValueError, match=r"process_id 2 is outside \[0, 2\)"):
+        distributed.initialize("auto", "localhost:1234", 2, 2)
+    with pytest.raises(ValueError, match="multihost must be"):
+        distributed.initialize("sometimes")
+    assert distributed.initialize("auto") is False          # no coordinator: one process
+    assert distributed.initialize("false", "localhost:1234", 2, 0) is False

@@ -46,6 +46,7 @@ setup(
             "distill-train=distill_jax.cli.train:run",
             "distill-evaluate=distill_jax.cli.evaluate:run",
             "distill-pipeline=distill_jax.cli.pipeline:run",
+            "distill-plan=distill_jax.cli.plan:run",
         ],
     },
 )

@@ -6,9 +6,11 @@
   optimizer    AdamW's two moments, sharded like the params (param dtype)
   gradients    the gradient tree plus the accumulator the microbatch scan keeps
   activations  what the backward pass keeps, per layer, under the remat policy
-               (see `saved_per_token`), for this device's tokens of one microbatch
-  working      the transient peak on top: the float32 logits of a microbatch
-               with their gradient and softmax, and one layer's recomputation
+               (`saved_per_token`, `attention_copies`), for this device's tokens
+               of one microbatch
+  working      the transient peak on top: the larger of the loss's backward (the
+               float32 logits and their gradient) and one layer's backward (its
+               forward rebuilt in full, plus the attention matrices it works on)
   teacher      online KD: the teacher's params and its float32 logits
   batch        the int32 input arrays of this device's rows
 
@@ -27,6 +29,7 @@ fit, so a refusal says what would work.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 from typing import Any, Mapping
@@ -101,18 +104,32 @@ def _axis_size(mesh: Mapping[str, int], axes) -> int:
     return math.prod(mesh[a] for a in axes)
 
 
-def param_bytes_per_device(cfg: models.ModelConfig, mesh: Mapping[str, int],
-                           dtype=None) -> int:
-    """Exact bytes of one device's parameter shards (largest shard when uneven)."""
+@functools.lru_cache(maxsize=32)
+def _param_layout(cfg: models.ModelConfig) -> tuple[tuple[tuple[int, ...], Any], ...]:
+    """(shape, mesh PartitionSpec) of every parameter; traced once per architecture."""
     shapes = jax.tree_util.tree_leaves(models.param_shapes(cfg))
     specs = jax.tree_util.tree_leaves(models.param_logical_axes(cfg),
                                       is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    return tuple((tuple(x.shape), sharding.logical_to_mesh_spec(spec))
+                 for x, spec in zip(shapes, specs))
+
+
+def param_bytes_per_device(cfg: models.ModelConfig, mesh: Mapping[str, int],
+                           dtype=None) -> int:
+    """Exact bytes of one device's parameter shards; PlanError where the mesh does
+    not divide a sharded dimension."""
     itemsize = _bytes(dtype or cfg.param_dtype)
+    layout = _param_layout(cfg.replace(remat_policy="none", dtype="float32",
+                                       param_dtype="float32"))
     total = 0
-    for shape, logical in zip(shapes, specs):
-        spec = sharding.logical_to_mesh_spec(logical)
-        shard = [math.ceil(d / _axis_size(mesh, axes))
-                 for d, axes in itertools.zip_longest(shape.shape, spec)]
+    for shape, spec in layout:
+        shard = []
+        for d, axes in itertools.zip_longest(shape, spec):
+            parts = _axis_size(mesh, axes)
+            if d % parts:     # sharding.shard_params refuses this too
+                raise PlanError(f"a parameter of shape {shape} has a dimension of {d}, which "
+                                f"mesh axes {axes} (x{parts}) do not divide")
+            shard.append(d // parts)
         total += math.prod(shard) * itemsize
     return total
 
@@ -199,6 +216,14 @@ def plan_training(cfg: models.ModelConfig, mesh: Mapping[str, int], batch_size: 
         "batch": int(rows * microbatches * seq_len * 4 * (5 + (2 * topk + 1 if topk else 0))),
     }
     notes = []
+    if kept or live:
+        share = (kept * cfg.num_layers + live) * attention / max(
+            sum(terms.values()), 1)
+        if share > 0.3:
+            notes.append(f"{share:.0%} of this is [rows, heads, L, L] attention matrices: XLA "
+                         f"attention materializes them; at seq_len={seq_len} use "
+                         "model.attention_impl='cudnn' (flash attention, GPU) or shorter "
+                         "sequences")
     if teacher_cfg is not None:
         terms["teacher"] = int(param_bytes_per_device(teacher_cfg, mesh)
                                + tokens * vocab * 4 + tokens * teacher_cfg.hidden_size * 4 * 4)
@@ -278,3 +303,119 @@ def devices_needed(cfg: models.ModelConfig, batch_size: int, seq_len: int, devic
             return n, plans[0]
         n *= 2
     return None
+
+
+# ---------------------------------------------------------------------------- CLI
+
+def device_memory_bytes() -> int | None:
+    """This machine's per-device memory, where the backend reports it (GPU, TPU)."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats.get("bytes_limit")
+
+
+def _model_from_config(mc, tokenizer_path: str | None) -> models.ModelConfig:
+    overrides = {"dtype": mc.dtype, "param_dtype": mc.param_dtype}
+    if mc.get("remat_policy"):
+        overrides["remat_policy"] = mc.remat_policy
+    if mc.get("checkpoint"):
+        import os
+        from distill_jax.models.hf_io import read_hf_config
+        if not os.path.exists(os.path.join(mc.checkpoint, "config.json")):
+            raise PlanError(f"{mc.checkpoint}/config.json not found: point model.checkpoint at "
+                            "an HF directory, or plan a preset (--config.model.checkpoint= "
+                            "--config.model.preset=llama-3.1-8b)")
+        return models.config_from_hf(read_hf_config(mc.checkpoint), **overrides)
+    if mc.get("preset"):
+        overrides.update(dict(mc.get("overrides") or {}))
+        if tokenizer_path:
+            import os
+            if os.path.exists(tokenizer_path):
+                from distill_jax.tokenizer import load_tokenizer
+                overrides["vocab_size"] = load_tokenizer(tokenizer_path).vocab_size
+        return models.get_config(mc.preset, **overrides)
+    raise PlanError("the config names no model: set model.checkpoint or model.preset")
+
+
+def resolve_mesh(mesh: Mapping[str, int], num_devices: int) -> dict[str, int]:
+    sizes = {a: int(mesh.get(a, 1)) for a in sharding.MESH_AXES}
+    known = math.prod(v for v in sizes.values() if v != -1)
+    if list(sizes.values()).count(-1) > 1:
+        raise PlanError(f"mesh {sizes}: at most one axis may be -1")
+    if -1 in sizes.values():
+        if num_devices % known:
+            raise PlanError(f"mesh {sizes} does not divide {num_devices} devices")
+        sizes[next(a for a, v in sizes.items() if v == -1)] = num_devices // known
+    if math.prod(sizes.values()) != num_devices:
+        raise PlanError(f"mesh {sizes} needs {math.prod(sizes.values())} devices, the plan has "
+                        f"{num_devices}")
+    return sizes
+
+
+def plan_from_config(config, num_devices: int, device_memory: int | None,
+                     headroom: float = DEFAULT_HEADROOM, prompt_len: int = 1024) -> MemoryPlan:
+    """The plan of a `distill-train` config (sections model/data/train/kd/mesh) or a
+    `distill-generate` config (teacher/sampling/mesh). Raises PlanError, with what
+    would fit, when it does not."""
+    mesh = resolve_mesh(dict(config.mesh), num_devices)
+    if "train" in config:
+        cfg = _model_from_config(config.model, config.data.get("tokenizer_path"))
+        kc = config.kd
+        teacher = (_model_from_config(kc.teacher, config.data.get("tokenizer_path"))
+                   if kc.mode == "online" else None)
+        topk = kc.topk if kc.mode == "offline" else 0
+        tc = config.train
+        plan = plan_training(cfg, mesh, tc.batch_size, config.data.seq_len, tc.microbatches,
+                             device_memory, teacher, topk, headroom)
+        if plan.fits is False:
+            raise PlanError(_refusal(plan, suggest_training(
+                cfg, num_devices, tc.batch_size, config.data.seq_len, tc.microbatches,
+                device_memory, teacher, topk, headroom),
+                devices_needed(cfg, tc.batch_size, config.data.seq_len, device_memory,
+                               teacher, topk, headroom)))
+        return plan
+    if "sampling" in config:
+        t = config.teacher
+        cfg = _model_from_config(ml_dict(checkpoint=t.get("checkpoint"), preset=t.get("preset"),
+                                         dtype=t.dtype, param_dtype=t.param_dtype),
+                                 config.tokenizer.get("path"))
+        s = config.sampling
+        rows = config.max_batch * jax.process_count()
+        plan = plan_sampling(cfg, mesh, rows, prompt_len, s.max_new_tokens, device_memory,
+                             headroom, s.return_top_k)
+        if plan.fits is False:
+            fitting = [p for p in (plan_sampling(cfg, m, rows, prompt_len, s.max_new_tokens,
+                                                 device_memory, headroom, s.return_top_k)
+                                   for m in mesh_shapes(num_devices)) if p.fits]
+            raise PlanError(_refusal(plan, sorted(fitting, key=lambda p: p.total)[:3], None,
+                                     "lower max_batch or max_new_tokens, or add devices"))
+        return plan
+    raise PlanError("not a distill-train or distill-generate config (no train or sampling "
+                    "section)")
+
+
+def ml_dict(**kwargs):
+    import ml_collections
+    return ml_collections.ConfigDict({k: v for k, v in kwargs.items()})
+
+
+def _refusal(plan: MemoryPlan, alternatives: list[MemoryPlan],
+             needed: tuple[int, MemoryPlan] | None, otherwise: str = "") -> str:
+    lines = [f"this {plan.kind} run does not fit: {_fmt(plan.total)} per device, "
+             f"{_fmt((1 - plan.headroom) * plan.device_memory)} usable", plan.table()]
+    if alternatives:
+        lines.append(f"on the same {math.prod(plan.mesh.values())} devices these fit:")
+        for alt in alternatives:
+            lines.append(f"  mesh {alt.mesh}: {_fmt(alt.total)} per device"
+                         + (f" ({'; '.join(alt.notes)})" if alt.notes else ""))
+    else:
+        lines.append(f"no mesh of {math.prod(plan.mesh.values())} devices of "
+                     f"{_fmt(plan.device_memory)} fits it (with any remat policy and up to "
+                     "16 microbatches)")
+        if needed is not None:
+            n, p = needed
+            lines.append(f"it fits on {n} such devices: mesh {p.mesh}, {_fmt(p.total)} per "
+                         f"device ({'; '.join(p.notes)})")
+        else:
+            lines.append(otherwise or "no device count up to 4096 fits it either: shorten "
+                         "data.seq_len, lower train.batch_size, or use bigger devices")
+    return "\n".join(lines)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from distill_jax import distributed, models, sharding
+from distill_jax import distributed, models, planning, sharding
 from distill_jax.data.sft import SFTPipeline, describe, open_source
 from distill_jax.fileio import write_json_atomic
 from distill_jax.models.hf_io import read_hf_config
@@ -77,6 +77,7 @@ def train(config) -> dict[str, Any]:
     if kd.mode == "offline" and kc.topk < 1:
         raise ValueError("kd.mode='offline' needs kd.topk >= 1 (the stored top-k width to use)")
     mesh = sharding.make_mesh(dict(config.mesh)) if config.get("mesh") else None
+    _check_memory(config)
 
     pipeline = SFTPipeline(
         open_source(dc.path), tokenizer, seq_len=dc.seq_len, batch_size=tc.batch_size,
@@ -189,6 +190,17 @@ def _this_host_data_state(states: list[dict], host_split: str, directory: str, s
             f"this run has {jax.process_count()}; with data.host_split='examples' a run resumes "
             "on the same number of hosts (host_split='rows' resumes on any)")
     return states[jax.process_index()]
+
+
+def _check_memory(config) -> None:
+    """Refuses, before anything is allocated, a run the memory planner says cannot
+    fit (on accelerators that report their memory, or with train.device_memory_gib)."""
+    gib = config.train.get("device_memory_gib", 0.0)
+    memory = int(gib * planning.GIB) if gib else planning.device_memory_bytes()
+    if not memory:
+        return
+    plan = planning.plan_from_config(config, jax.device_count(), memory)
+    logging.info("train: memory plan\n%s", plan.table())
 
 
 def _next_batch(data_iter, step: int, total_steps: int):

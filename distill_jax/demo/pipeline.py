@@ -326,10 +326,11 @@ def format_results(results: dict[str, Any]) -> str:
 
 
 def plot_results(results: dict[str, Any], path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    # A bare Figure (no pyplot): no global backend switch, so a notebook that calls
+    # this keeps its inline plots.
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(11, 4))
+    ax1, ax2 = fig.subplots(1, 2)
     names = list(results["accuracy"])
     ax1.bar(names, [results["accuracy"][n] for n in names], color="tab:blue")
     ax1.set_ylabel("pass@1 on held-out test")
@@ -346,7 +347,6 @@ def plot_results(results: dict[str, Any], path: str) -> None:
     ax2.set_title("student training curves")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def apply_quick(config):

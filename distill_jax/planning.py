@@ -314,26 +314,18 @@ def device_memory_bytes() -> int | None:
 
 
 def _model_from_config(mc, tokenizer_path: str | None) -> models.ModelConfig:
-    overrides = {"dtype": mc.dtype, "param_dtype": mc.param_dtype}
-    if mc.get("remat_policy"):
-        overrides["remat_policy"] = mc.remat_policy
-    if mc.get("checkpoint"):
-        import os
-        from distill_jax.models.hf_io import read_hf_config
-        if not os.path.exists(os.path.join(mc.checkpoint, "config.json")):
-            raise PlanError(f"{mc.checkpoint}/config.json not found: point model.checkpoint at "
-                            "an HF directory, or plan a preset (--config.model.checkpoint= "
-                            "--config.model.preset=llama-3.1-8b)")
-        return models.config_from_hf(read_hf_config(mc.checkpoint), **overrides)
-    if mc.get("preset"):
-        overrides.update(dict(mc.get("overrides") or {}))
-        if tokenizer_path:
-            import os
-            if os.path.exists(tokenizer_path):
-                from distill_jax.tokenizer import load_tokenizer
-                overrides["vocab_size"] = load_tokenizer(tokenizer_path).vocab_size
-        return models.get_config(mc.preset, **overrides)
-    raise PlanError("the config names no model: set model.checkpoint or model.preset")
+    """As the stages build it (a preset takes the tokenizer's vocabulary when the
+    tokenizer is at hand, else the preset's)."""
+    import os
+    vocab_size = None
+    if mc.get("preset") and tokenizer_path and os.path.exists(tokenizer_path):
+        from distill_jax.tokenizer import load_tokenizer
+        vocab_size = load_tokenizer(tokenizer_path).vocab_size
+    try:
+        return models.config_from_section(mc, vocab_size)
+    except ValueError as e:          # CheckpointError is one too
+        raise PlanError(f"{e}; to plan a preset instead: --config.model.checkpoint= "
+                        "--config.model.preset=<name>") from None
 
 
 def resolve_mesh(mesh: Mapping[str, int], num_devices: int) -> dict[str, int]:

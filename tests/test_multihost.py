@@ -1,5 +1,6 @@
 """Multi-host runs: 2 local processes x 2 CPU devices (gloo collectives) against
-one process with 4 devices — generate, train with a kill and a resume, evaluate.
+one process with 4 devices — generate, filter, train with a kill and a resume,
+evaluate.
 
 Every stage is launched through its CLI with --coordinator_address /
 --num_processes / --process_id, the way a GPU cluster launches it.
@@ -128,7 +129,7 @@ def _losses(workdir):
 
 
 @pytest.mark.slow
-def test_two_hosts_equal_one_host_generate_train_resume_evaluate(setup, shared_data):
+def test_two_hosts_equal_one_host_generate_filter_train_resume_evaluate(setup, shared_data):
     root, sp = setup
     one, two = root / "one", root / "two"
 
@@ -145,6 +146,14 @@ def test_two_hosts_equal_one_host_generate_train_resume_evaluate(setup, shared_d
     assert summary["num_hosts"] == 2 and summary["complete_shards"] == 5
     assert summary["samples"] == 2 * NUM_PROMPTS
     assert "generate:" in _ours(gen[0].stdout) and _ours(gen[1].stdout) == ""  # process 0 reports
+
+    # ---- distill-filter: host CPU work, done once by process 0 while the other waits.
+    filt = _launch("filter", "filter_default.py", {
+        "input_dir": two / "traces", "output_dir": two / "curated",
+        "decontamination.data_dir": shared_data, "num_workers": 1}, 2, 2)
+    report = json.loads((two / "curated" / "report.json").read_text())
+    assert report["input"]["samples"] == 2 * NUM_PROMPTS
+    assert "filter:" in _ours(filt[0].stdout) and _ours(filt[1].stdout) == ""
 
     # ---- distill-train: a kill after step 3 (checkpoint at 2), then a resume.
     _launch("train", "sft_tiny_cpu.py", _train_overrides(root, sp, one / "run"), 1, 4)

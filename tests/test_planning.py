@@ -99,3 +99,21 @@ def test_planner_numbers_are_deterministic_for_presets():
     assert p.terms["params"] == pytest.approx(8_030_261_248 * 4 / 8, rel=1e-3)
     assert p.terms["optimizer"] == 2 * p.terms["params"]
     assert np.isclose(p.total, sum(p.terms.values()))
+
+
+def test_plan_of_a_generate_config_reports_the_kv_cache(tmp_path):
+    cmd = [sys.executable, "-m", "distill_jax.cli.plan", f"--config={REPO}/configs/generate_gsm8k.py",
+           "--num_devices=8", "--device_memory_gib=16", "--config.teacher.checkpoint=",
+           "--config.teacher.preset=qwen2.5-7b", "--config.tokenizer.path=",
+           "--config.sampling.max_new_tokens=8192", "--config.max_batch=64", "--prompt_len=512",
+           "--config.mesh.data=1", "--config.mesh.fsdp=-1", f"--json={tmp_path / 'plan.json'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    cfg = models.get_config("qwen2.5-7b")
+    # 64 rows over 8 devices, 8704 slots each, 28 layers x 4 kv heads x 128, bf16, k and v.
+    assert plan["terms"]["kv_cache"] == 2 * 28 * 8 * (512 + 8192) * 4 * 128 * 2
+    assert cfg.num_layers == 28 and cfg.num_kv_heads == 4 and cfg.head_dim == 128
+    assert plan["fits"] is True and "kv_cache" in proc.stdout

@@ -29,6 +29,7 @@ import os
 import time
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from distill_jax import models
@@ -236,6 +237,10 @@ def _curve(workdir: str) -> list[tuple[int, float]]:
 
 def run(config) -> dict[str, Any]:
     """Runs (or resumes) the pipeline; returns the results written to results.json."""
+    if jax.process_count() > 1:
+        raise ValueError("distill-pipeline is the single-host demo; on several hosts run the "
+                         "stages (distill-generate, -filter, -train, -evaluate), which are "
+                         "multi-host aware")
     start = time.monotonic()
     config = apply_quick(config)
     out = os.path.abspath(config.output_dir)

@@ -130,6 +130,24 @@ def _open_checkpoint(path: str) -> dict[str, SafetensorsFile]:
     return located
 
 
+def config_from_section(section, vocab_size: int | None = None):
+    """The ModelConfig an experiment config's model (or teacher) section names:
+    `checkpoint` (an HF directory) or `preset` (+ `overrides`; `vocab_size`, when
+    given, is the tokenizer's), with the section's dtype, param_dtype and
+    remat_policy."""
+    from distill_jax.models.config import config_from_hf, get_config
+    overrides = {k: section[k] for k in ("dtype", "param_dtype", "remat_policy")
+                 if section.get(k)}
+    if section.get("checkpoint"):
+        return config_from_hf(read_hf_config(section.checkpoint), **overrides)
+    if section.get("preset"):
+        overrides.update(dict(section.get("overrides") or {}))
+        if vocab_size:
+            overrides["vocab_size"] = vocab_size
+        return get_config(section.preset, **overrides)
+    raise ValueError("the model config needs `checkpoint` (an HF directory) or `preset`")
+
+
 def read_hf_config(path: str) -> dict[str, Any]:
     config_path = os.path.join(path, "config.json")
     if not os.path.isdir(path):

@@ -53,7 +53,8 @@ def base_config():
     c.train.async_checkpointing = True
     c.train.tensorboard = True
     c.train.peak_tflops = 0.0        # per device, for MFU; 0 = known accelerators only
-    c.train.device_memory_gib = 0.0  # for the memory check; 0 = what the accelerator reports
+    c.train.check_memory = True      # refuse, before loading, a run distill-plan says won't fit
+    c.train.device_memory_gib = 0.0  # for that check; 0 = what the accelerator reports
     c.train.export_dir = ""          # HF safetensors export of the final student
     c.train.export_dtype = "bfloat16"
     c.train.fault_injection_kill_at_step = 0   # tests only: SIGKILL after this step

@@ -29,7 +29,6 @@ from absl import logging
 from distill_jax import distributed, models, planning, sharding
 from distill_jax.data.sft import SFTPipeline, describe, open_source
 from distill_jax.fileio import write_json_atomic
-from distill_jax.models.hf_io import read_hf_config
 from distill_jax.progress import Progress
 from distill_jax.tokenizer import load_tokenizer
 from distill_jax.training.checkpoint import Checkpointer
@@ -40,15 +39,7 @@ from distill_jax.training.trainer import (KDSettings, Trainer, check_vocabularie
 
 
 def _model_config(mc, tokenizer) -> models.ModelConfig:
-    overrides = {"dtype": mc.dtype, "param_dtype": mc.param_dtype}
-    if mc.get("remat_policy"):
-        overrides["remat_policy"] = mc.remat_policy
-    if mc.get("checkpoint"):
-        return models.config_from_hf(read_hf_config(mc.checkpoint), **overrides)
-    if mc.get("preset"):
-        overrides.update(dict(mc.get("overrides") or {}))
-        return models.get_config(mc.preset, vocab_size=tokenizer.vocab_size, **overrides)
-    raise ValueError("the model config needs `checkpoint` (an HF directory) or `preset`")
+    return models.config_from_section(mc, tokenizer.vocab_size)
 
 
 def _load_params(mc, cfg, mesh):
@@ -195,11 +186,18 @@ def _this_host_data_state(states: list[dict], host_split: str, directory: str, s
 def _check_memory(config) -> None:
     """Refuses, before anything is allocated, a run the memory planner says cannot
     fit (on accelerators that report their memory, or with train.device_memory_gib)."""
+    if not config.train.get("check_memory", True):
+        return
     gib = config.train.get("device_memory_gib", 0.0)
     memory = int(gib * planning.GIB) if gib else planning.device_memory_bytes()
     if not memory:
         return
-    plan = planning.plan_from_config(config, jax.device_count(), memory)
+    try:
+        plan = planning.plan_from_config(config, jax.device_count(), memory)
+    except planning.PlanError as e:
+        raise planning.PlanError(
+            f"{e}\n(the planner's activation terms are estimates; to run anyway, set "
+            "train.check_memory=False)") from None
     logging.info("train: memory plan\n%s", plan.table())
 
 

@@ -12,12 +12,17 @@ PROMPTS = [[5, 17, 99, 3, 41, 8, 77, 120, 9], [11, 250, 4], [60, 61, 62, 63, 64,
 
 
 def recompute_greedy(cfg, params, prompt, max_new_tokens):
-    """Test-only slow path: a full forward over the whole sequence at every step."""
+    """Test-only slow path: a full forward over the whole sequence at every step, no
+    cache. The sequence is right-padded to its final length so one compiled forward
+    serves every step (causal attention: the padding after position t cannot change
+    the logits at t)."""
     model = models.Transformer(cfg)
+    forward = jax.jit(lambda p, tokens: model.apply({"params": p}, tokens))
+    total = len(prompt) + max_new_tokens
     seq = list(prompt)
     for _ in range(max_new_tokens):
-        logits = model.apply({"params": params}, jnp.asarray([seq]))
-        seq.append(int(jnp.argmax(logits[0, -1])))
+        logits = forward(params, jnp.asarray([seq + [0] * (total - len(seq))]))
+        seq.append(int(jnp.argmax(logits[0, len(seq) - 1])))
     return seq[len(prompt):]
 
 

@@ -150,4 +150,5 @@ def test_a_run_that_cannot_fit_is_refused_before_anything_loads(tmp_path, tokeni
                  "train.device_memory_gib": 1, "train.batch_size": 8}, check=False)
     assert proc.returncode != 0
     assert "this train run does not fit" in proc.stderr, proc.stderr[-2000:]
+    assert "train.check_memory=False" in proc.stderr
     assert "/nonexistent" not in proc.stderr

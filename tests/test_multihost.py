@@ -101,26 +101,11 @@ def _files(path):
     return {name: (path / name).read_bytes() for name in sorted(os.listdir(path))}
 
 
-def _assert_same_records(ours: bytes, reference: bytes) -> None:
-    """Same records, field for field — tokens, texts, finish reasons, top-k ids — except
-    the float log-probabilities, which may differ in the last printed digit: a host
-    pair shares one program, whose prompt-length bucket is the longer of the two
-    shards', and a softmax over a differently padded length rounds differently."""
-    ours_rows = [json.loads(x) for x in ours.splitlines()]
-    ref_rows = [json.loads(x) for x in reference.splitlines()]
-    assert len(ours_rows) == len(ref_rows) > 0
-    floats = ("logprobs", "top_k_logprobs")
-    for a, b in zip(ours_rows, ref_rows):
-        assert {k: v for k, v in a.items() if k not in floats} == \
-            {k: v for k, v in b.items() if k not in floats}
-        for key in floats:
-            np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-5)
-
-
-def _ours(stdout: str) -> str:
-    """A process's own output, without gloo's connection lines."""
-    return "".join(line for line in stdout.splitlines(keepends=True)
-                   if not line.startswith("[Gloo]"))
+def _reports(stdout: str, stage: str) -> bool:
+    """Whether a process printed the stage's own lines ("train: ..."); gloo prints
+    connection messages from several threads into the same stdout, so only our
+    prefixes are looked at."""
+    return any(f"{stage}:" in line for line in stdout.splitlines())
 
 
 def _losses(workdir):
@@ -133,19 +118,19 @@ def test_two_hosts_equal_one_host_generate_filter_train_resume_evaluate(setup, s
     root, sp = setup
     one, two = root / "one", root / "two"
 
-    # ---- distill-generate: disjoint shards per host, same files as one host.
+    # ---- distill-generate: disjoint shards per host, the same bytes as one host.
     _launch("generate", "generate_gsm8k.py", _generate_overrides(root, sp, shared_data,
                                                                   one / "traces"), 1, 4)
     gen = _launch("generate", "generate_gsm8k.py", _generate_overrides(root, sp, shared_data,
                                                                         two / "traces"), 2, 2)
     single, double = _files(one / "traces"), _files(two / "traces")
     for k in range(5):
-        _assert_same_records(single[shard_name(k, 5)], double[shard_name(k, 5)])
+        assert single[shard_name(k, 5)] == double[shard_name(k, 5)], k
     assert json.loads(double["manifest.json"]) == json.loads(single["manifest.json"])
     summary = json.loads(double["summary.json"])
     assert summary["num_hosts"] == 2 and summary["complete_shards"] == 5
     assert summary["samples"] == 2 * NUM_PROMPTS
-    assert "generate:" in _ours(gen[0].stdout) and _ours(gen[1].stdout) == ""  # process 0 reports
+    assert _reports(gen[0].stdout, "generate") and not _reports(gen[1].stdout, "generate")
 
     # ---- distill-filter: host CPU work, done once by process 0 while the other waits.
     filt = _launch("filter", "filter_default.py", {
@@ -153,7 +138,7 @@ def test_two_hosts_equal_one_host_generate_filter_train_resume_evaluate(setup, s
         "decontamination.data_dir": shared_data, "num_workers": 1}, 2, 2)
     report = json.loads((two / "curated" / "report.json").read_text())
     assert report["input"]["samples"] == 2 * NUM_PROMPTS
-    assert "filter:" in _ours(filt[0].stdout) and _ours(filt[1].stdout) == ""
+    assert _reports(filt[0].stdout, "filter") and not _reports(filt[1].stdout, "filter")
 
     # ---- distill-train: a kill after step 3 (checkpoint at 2), then a resume.
     _launch("train", "sft_tiny_cpu.py", _train_overrides(root, sp, one / "run"), 1, 4)
@@ -163,7 +148,8 @@ def test_two_hosts_equal_one_host_generate_filter_train_resume_evaluate(setup, s
     assert [r.returncode for r in killed] == [-9, -9]
     assert max(map(int, os.listdir(two / "run" / "checkpoints"))) == 2   # step 3 was lost
     resumed = _launch("train", "sft_tiny_cpu.py", _train_overrides(root, sp, two / "run"), 2, 2)
-    assert "resumed from step 2" in _ours(resumed[0].stdout) and _ours(resumed[1].stdout) == ""
+    assert "train: resumed from step 2" in resumed[0].stdout
+    assert not _reports(resumed[1].stdout, "train")
     reference, ours = _losses(one / "run"), _losses(two / "run")
     assert [s for s, _ in ours] == [s for s, _ in reference] == list(range(1, 7))
     np.testing.assert_allclose([x for _, x in ours], [x for _, x in reference], rtol=0, atol=1e-5)

@@ -14,8 +14,12 @@ On several hosts (one mesh over all of them), shard k belongs to host
 k mod num_hosts: each host generates and writes only its shards, so hosts never
 write the same file, and each resumes its own. All hosts run the sampler's
 programs together (a round = one shard per host, empty on hosts with nothing
-left), and the files are exactly those a single host would write. Process 0
-writes the summary and prints; the output directory is meant to be shared (NFS,
+left), and the files are exactly those a single host would write: every
+program of a run uses the same prompt-length bucket (the longest prompt's), so
+which shards share a program cannot change a bit of the numerics (a softmax over
+a differently padded length rounds differently; the price is padding short
+prompts to that bucket in prefill and cache). Process 0 writes the summary and
+prints; the output directory is meant to be shared (NFS,
 a mounted bucket); on host-local disks each host holds its own shards.
 """
 from __future__ import annotations
@@ -38,7 +42,7 @@ from distill_jax.data.prompts import Prompt, load_prompts_from_config
 from distill_jax.fileio import write_json_atomic, write_text_atomic
 from distill_jax.progress import Progress
 from distill_jax.sampling.params import SamplingParams
-from distill_jax.sampling.sampler import Sampler
+from distill_jax.sampling.sampler import DEFAULT_LENGTH_BUCKETS, Sampler, _bucket
 from distill_jax.tokenizer import load_tokenizer
 
 MANIFEST = "manifest.json"
@@ -174,8 +178,14 @@ def generate_traces(config) -> dict[str, Any]:
     run_tokens, run_start = 0, time.monotonic()
     if rounds:
         mesh = sharding.make_mesh(dict(config.mesh)) if config.get("mesh") else None
+        # One prompt-length bucket for the whole run (the longest prompt's): a shard's
+        # programs then have the same shape whichever shards share them, on one host
+        # or several, so its records are the same bits either way.
+        longest_bucket = _bucket(len(prompt_ids[longest]), DEFAULT_LENGTH_BUCKETS,
+                                 "prompt length")
         sampler = Sampler(cfg, _load_teacher(config, cfg, mesh), mesh=mesh, tokenizer=tokenizer,
-                          max_batch=config.max_batch, pad_id=tokenizer.pad_id or 0)
+                          max_batch=config.max_batch, pad_id=tokenizer.pad_id or 0,
+                          length_buckets=(longest_bucket,))
         progress = Progress(sum(len(prompts[k * per_shard:(k + 1) * per_shard]) for k in todo),
                             "prompts", "generate" if num_hosts == 1 else f"generate host 0/{num_hosts}",
                             enabled=distributed.is_primary())

@@ -22,3 +22,13 @@ def test_progress_without_skip_counts_from_start(monkeypatch):
     p = progress.Progress(10, "prompts", "generate", stream=io.StringIO(), min_interval_s=0.0)
     p.update(2, tokens=40)
     assert "0.50 prompts/s" in p.line() and "10 tokens/s" in p.line()
+
+
+def test_disabled_progress_counts_but_draws_nothing():
+    """The non-primary hosts of a multi-host run keep count silently."""
+    stream = io.StringIO()
+    p = progress.Progress(4, "steps", "train", stream=stream, min_interval_s=0.0, enabled=False)
+    for _ in range(4):
+        p.update(1, tokens=10)
+    assert stream.getvalue() == "" and p.done == 4
+    assert "train 4/4 steps" in p.line()

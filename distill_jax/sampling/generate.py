@@ -42,7 +42,7 @@ from distill_jax.data.prompts import Prompt, load_prompts_from_config
 from distill_jax.fileio import write_json_atomic, write_text_atomic
 from distill_jax.progress import Progress
 from distill_jax.sampling.params import SamplingParams
-from distill_jax.sampling.sampler import DEFAULT_LENGTH_BUCKETS, Sampler, _bucket
+from distill_jax.sampling.sampler import DEFAULT_LENGTH_BUCKETS, Sampler, bucket
 from distill_jax.tokenizer import load_tokenizer
 
 MANIFEST = "manifest.json"
@@ -181,7 +181,7 @@ def generate_traces(config) -> dict[str, Any]:
         # One prompt-length bucket for the whole run (the longest prompt's): a shard's
         # programs then have the same shape whichever shards share them, on one host
         # or several, so its records are the same bits either way.
-        longest_bucket = _bucket(len(prompt_ids[longest]), DEFAULT_LENGTH_BUCKETS,
+        longest_bucket = bucket(len(prompt_ids[longest]), DEFAULT_LENGTH_BUCKETS,
                                  "prompt length")
         sampler = Sampler(cfg, _load_teacher(config, cfg, mesh), mesh=mesh, tokenizer=tokenizer,
                           max_batch=config.max_batch, pad_id=tokenizer.pad_id or 0,

@@ -58,7 +58,8 @@ class SampleOutput:
     text: str | None = None
 
 
-def _bucket(value: int, buckets: Sequence[int], what: str) -> int:
+def bucket(value: int, buckets: Sequence[int], what: str) -> int:
+    """The smallest bucket >= value (a clear error past the largest)."""
     i = bisect.bisect_left(buckets, value)
     if i == len(buckets):
         raise ValueError(f"{what} {value} exceeds the largest bucket {buckets[-1]}")
@@ -271,8 +272,8 @@ class Sampler:
 
     def _generate_group(self, prompts, keys, params: SamplingParams):
         n = params.n
-        batch = _bucket(len(prompts), self.batch_buckets, "batch size")
-        length = _bucket(max((len(p) for p in prompts), default=1), self.length_buckets,
+        batch = bucket(len(prompts), self.batch_buckets, "batch size")
+        length = bucket(max((len(p) for p in prompts), default=1), self.length_buckets,
                          "prompt length")
         if self.process_count > 1:   # one program shape on every host
             batch, length = distributed.agree_max(batch, length)

@@ -133,14 +133,38 @@ def test_iterator_state_resumes_exactly_and_hosts_split_the_data(tokenizer, tmp_
     for a, b in zip(rest, full[3:]):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
-    # Two hosts: each reads half of the examples, none twice.
+    # Two hosts, host_split="examples": each reads half of the examples, none twice.
     seen = []
     for host in range(2):
         p = SFTPipeline(source, tokenizer, seq_len=256, batch_size=2, num_epochs=1,
-                        packing=False, process_index=host, process_count=2)
+                        packing=False, process_index=host, process_count=2,
+                        host_split="examples")
         assert p.local_batch == 1 and p.stats.overlong == 0
         seen += [tuple(b["inputs"][0].tolist()) for b in p]
     assert len(seen) == 16 and len(set(seen)) == 16
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_hosts_split_rows_of_the_one_host_batches(tokenizer, tmp_path, packing):
+    """host_split="rows" (the default): host i's batches are rows [2i, 2i+2) of the
+    one-host run's global batches, so the global batch does not depend on the host
+    count; "examples" gives other batches."""
+    write_traces(tmp_path / "t.jsonl", 24)
+    source = JsonlSource(str(tmp_path / "t.jsonl"))
+    common = dict(seq_len=128, batch_size=4, num_epochs=1, seed=5, packing=packing)
+    one_host = _batches(SFTPipeline(source, tokenizer, **common))
+    per_host = [_batches(SFTPipeline(source, tokenizer, process_index=h, process_count=2,
+                                     **common)) for h in range(2)]
+    assert len(one_host) > 1 and all(len(b) == len(one_host) for b in per_host)
+    for step, full in enumerate(one_host):
+        for k in full:
+            np.testing.assert_array_equal(
+                np.concatenate([per_host[0][step][k], per_host[1][step][k]]), full[k])
+    strided = _batches(SFTPipeline(source, tokenizer, process_index=0, process_count=2,
+                                   host_split="examples", **common))
+    assert not np.array_equal(strided[0]["inputs"], per_host[0][0]["inputs"])
+    with pytest.raises(ValueError, match="host_split must be 'rows' or 'examples'"):
+        SFTPipeline(source, tokenizer, host_split="hosts", **common)
 
 
 def test_offline_kd_rows_line_up_with_teacher_tokens(tokenizer, tmp_path):

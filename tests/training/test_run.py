@@ -152,3 +152,13 @@ def test_a_run_that_cannot_fit_is_refused_before_anything_loads(tmp_path, tokeni
     assert "this train run does not fit" in proc.stderr, proc.stderr[-2000:]
     assert "train.check_memory=False" in proc.stderr
     assert "/nonexistent" not in proc.stderr
+
+
+def test_data_positions_of_a_checkpoint_resume_by_host_split():
+    from distill_jax.training.run import _this_host_data_state
+    states = [{"pos": 7}, {"pos": 9}]
+    assert _this_host_data_state(states, "rows", "/ckpt", 4) == {"pos": 7}   # any host count
+    with pytest.raises(ValueError, match=r"/ckpt/4 holds the data positions of 2 hosts, and "
+                                         r"this run has 1"):
+        _this_host_data_state(states, "examples", "/ckpt", 4)
+    assert _this_host_data_state([{"pos": 3}], "examples", "/ckpt", 4) == {"pos": 3}

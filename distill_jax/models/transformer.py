@@ -120,39 +120,44 @@ def cached_xla_attention(q: Array, k_new: Array, v_new: Array, k_cache: Array, v
     writes the new keys/values into the cache once, outside the layer scan
     (in place inside the decode loop) instead of copying the cache per layer.
     q: [B, T, H, Dh]; k_new, v_new: [B, T, KVH, Dh]; k_cache, v_cache:
-    [B, S, KVH, Dh]; mask_cache [B, T, S]; mask_new [B, T, T].
+    [B, KVH, S, Dh] (kv-head-major, so each head's slots are contiguous and
+    both products below are plain batched matrix products over (B, KVH));
+    mask_cache [B, T, S]; mask_new [B, T, T].
     """
     batch, q_len, heads, head_dim = q.shape
     kv_heads = k_new.shape[2]
     q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
     scale = 1.0 / math.sqrt(head_dim)
 
-    def scores(spec, keys, mask):
-        s = jnp.einsum(spec, q, keys, preferred_element_type=jnp.float32) * scale
-        return jnp.where(mask[:, None, None, :, :], s, _MASK_VALUE)
+    def masked(s, mask):
+        return jnp.where(mask[:, None, None, :, :], s * scale, _MASK_VALUE)
 
-    single_token = q_len == 1
-    if single_token:
-        # One query per row (decoding): a multiply-and-reduce streams the cache at
-        # memory speed, where XLA:CPU's batched dot with M=1 is ~2x slower.
-        q1 = q[:, 0].astype(jnp.float32)                                   # [B, KVH, G, Dh]
-        s_cache = jnp.sum(q1[:, None] * k_cache[:, :, :, None, :], axis=-1) * scale  # [B,S,KVH,G]
-        s_cache = jnp.where(mask_cache[:, 0, :, None, None], s_cache, _MASK_VALUE)
-        s_cache = jnp.transpose(s_cache, (0, 2, 3, 1))[:, :, :, None, :]   # [B, KVH, G, 1, S]
-    else:
-        s_cache = scores("blkgd,bskd->bkgls", k_cache, mask_cache)
-    s_new = scores("blkgd,bskd->bkgls", k_new, mask_new)
+    if q_len == 1:
+        # Decoding: no query-length axis, so both products are [G, Dh] x [Dh, S]
+        # and [G, S] x [S, Dh] per (row, kv head), with no transposes around them.
+        q1 = q[:, 0]                                                       # [B, KVH, G, Dh]
+        s_cache = jnp.einsum("bkgd,bksd->bkgs", q1, k_cache,
+                             preferred_element_type=jnp.float32) * scale
+        s_cache = jnp.where(mask_cache[:, :, None, :], s_cache, _MASK_VALUE)
+        s_new = jnp.einsum("bkgd,bkd->bkg", q1, k_new[:, 0],
+                           preferred_element_type=jnp.float32)[..., None] * scale
+        s_new = jnp.where(mask_new[:, :, :, None], s_new, _MASK_VALUE)     # [B, 1, 1, 1]
+        top = jnp.maximum(s_cache.max(-1, keepdims=True), s_new)
+        p_cache, p_new = jnp.exp(s_cache - top), jnp.exp(s_new - top)
+        denom = p_cache.sum(-1, keepdims=True) + p_new
+        out = (jnp.einsum("bkgs,bksd->bkgd", (p_cache / denom).astype(v_cache.dtype), v_cache)
+               + (p_new / denom).astype(v_new.dtype) * v_new[:, 0, :, None, :])
+        return out.reshape(batch, 1, heads, head_dim)
+    s_cache = masked(jnp.einsum("blkgd,bksd->bkgls", q, k_cache,
+                                preferred_element_type=jnp.float32), mask_cache)
+    s_new = masked(jnp.einsum("blkgd,bskd->bkgls", q, k_new,
+                              preferred_element_type=jnp.float32), mask_new)
     top = jnp.maximum(s_cache.max(-1, keepdims=True), s_new.max(-1, keepdims=True))
     p_cache, p_new = jnp.exp(s_cache - top), jnp.exp(s_new - top)
     denom = p_cache.sum(-1, keepdims=True) + p_new.sum(-1, keepdims=True)
     p_cache, p_new = p_cache / denom, p_new / denom
-    if single_token:
-        weights = jnp.transpose(p_cache[:, :, :, 0, :], (0, 3, 1, 2))      # [B, S, KVH, G]
-        from_cache = jnp.sum(weights[..., None] * v_cache[:, :, :, None, :], axis=1)
-        from_cache = from_cache[:, None].astype(v_new.dtype)                # [B, 1, KVH, G, Dh]
-    else:
-        from_cache = jnp.einsum("bkgls,bskd->blkgd", p_cache.astype(v_cache.dtype), v_cache)
-    out = from_cache + jnp.einsum("bkgls,bskd->blkgd", p_new.astype(v_new.dtype), v_new)
+    out = (jnp.einsum("bkgls,bksd->blkgd", p_cache.astype(v_cache.dtype), v_cache)
+           + jnp.einsum("bkgls,bskd->blkgd", p_new.astype(v_new.dtype), v_new))
     return out.reshape(batch, q_len, heads, head_dim)
 
 
@@ -200,8 +205,8 @@ class Attention(nn.Module):
         """Without a cache, attends within x (mask [B, T, T]). In cache mode, mask is
         (mask over cache slots, mask among new tokens) and the new keys/values are
         returned for the caller to write into the cache; with `layer_cache` {k, v}
-        [batch, cache_length, kv_heads, head_dim] attention covers the cache too,
-        without it (prefill into an empty cache) only the new tokens."""
+        [batch, kv_heads, slots, head_dim] attention covers the cache too, without
+        it (prefill into an empty cache) only the new tokens."""
         cfg = self.cfg
         dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         q = self._proj("q", x, cfg.num_heads, cfg.qkv_bias)
@@ -221,10 +226,11 @@ class Attention(nn.Module):
             mask_cache, mask = mask
             new_kv = {"k": k, "v": v}
         if layer_cache is not None:
-            k_cache = nn.with_logical_constraint(layer_cache["k"].astype(dtype),
-                                                 ("batch", "length", "kv_heads", "head_dim"))
-            v_cache = nn.with_logical_constraint(layer_cache["v"].astype(dtype),
-                                                 ("batch", "length", "kv_heads", "head_dim"))
+            window = mask_cache.shape[-1]   # the slots this call may read (cache_window)
+            k_cache = nn.with_logical_constraint(layer_cache["k"][:, :, :window].astype(dtype),
+                                                 ("batch", "kv_heads", "length", "head_dim"))
+            v_cache = nn.with_logical_constraint(layer_cache["v"][:, :, :window].astype(dtype),
+                                                 ("batch", "kv_heads", "length", "head_dim"))
             out = cached_xla_attention(q, k, v, k_cache, v_cache, mask_cache, mask)
         elif cfg.attention_impl == "xla":
             out = xla_attention(q, k, v, mask)
@@ -304,19 +310,21 @@ def remat_policy(name: str):
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype: Any = None) -> dict[str, Array]:
     """An empty KV cache for `length` slots.
 
-    k, v: [layers, batch, length, kv_heads, head_dim]; segment_ids, positions:
-    [batch, length] describe what each slot holds (segment 0 = empty or padding).
+    k, v: [layers, batch, kv_heads, length, head_dim] (kv-head-major: a decode
+    step reads each head's slots as one contiguous block); segment_ids,
+    positions: [batch, length] describe what each slot holds (segment 0 = empty
+    or padding).
     """
     dtype = _dtype(dtype or cfg.dtype)
-    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+    shape = (cfg.num_layers, batch, cfg.num_kv_heads, length, cfg.head_dim)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
             "segment_ids": jnp.zeros((batch, length), jnp.int32),
             "positions": jnp.zeros((batch, length), jnp.int32)}
 
 
 CACHE_LOGICAL_AXES = {
-    "k": ("layers", "batch", "length", "kv_heads", "head_dim"),
-    "v": ("layers", "batch", "length", "kv_heads", "head_dim"),
+    "k": ("layers", "batch", "kv_heads", "length", "head_dim"),
+    "v": ("layers", "batch", "kv_heads", "length", "head_dim"),
     "segment_ids": ("batch", "length"),
     "positions": ("batch", "length"),
 }
@@ -334,6 +342,9 @@ class Transformer(nn.Module):
     empty slots). `last_logits_only=True` returns logits [B, 1, V] for the last
     position only: a sampler's prefill needs nothing else, and the full
     [B, prompt_len, vocab] float32 tensor is the largest one in the program.
+    `cache_window=W` (static) promises that slots >= W are empty: attention
+    then reads only the first W slots, so a decode loop split into segments of
+    growing W reads the filled part of the cache, not all of it, at every step.
     """
 
     cfg: ModelConfig
@@ -342,7 +353,7 @@ class Transformer(nn.Module):
     def __call__(self, tokens: Array, positions: Array | None = None,
                  segment_ids: Array | None = None, cache: dict[str, Array] | None = None,
                  cache_index: Array | int | None = None, prefill: bool = False,
-                 last_logits_only: bool = False):
+                 last_logits_only: bool = False, cache_window: int | None = None):
         cfg = self.cfg
         dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         tokens = jnp.asarray(tokens, jnp.int32)
@@ -364,8 +375,12 @@ class Transformer(nn.Module):
             if prefill:
                 mask, layer_cache = (None, new_mask), None
             else:
-                mask = (attention_mask(segment_ids, cache["segment_ids"], positions,
-                                       cache["positions"]), new_mask)
+                window = cache["segment_ids"].shape[1] if cache_window is None else cache_window
+                mask = (attention_mask(segment_ids, cache["segment_ids"][:, :window], positions,
+                                       cache["positions"][:, :window]), new_mask)
+                # The full cache goes into the layer scan; each layer cuts its window
+                # (the mask's width) from its own slice, so XLA copies per layer only
+                # the window, instead of first copying the window of every layer.
                 layer_cache = {"k": cache["k"], "v": cache["v"]}
 
         embedding = self.param("embedding",
@@ -402,10 +417,11 @@ class Transformer(nn.Module):
         if cache is None:
             return logits
         # One write of every layer's new keys/values: in place inside a decode loop.
-        start = (0, 0, cache_index, 0, 0)
+        start = (0, 0, 0, cache_index, 0)
 
-        def write(buffer, new):  # new: [layers, B, T, KVH, Dh]
-            return jax.lax.dynamic_update_slice(buffer, new.astype(buffer.dtype), start)
+        def write(buffer, new):  # new: [layers, B, T, KVH, Dh] -> [layers, B, KVH, T, Dh]
+            new = jnp.swapaxes(new, 2, 3).astype(buffer.dtype)
+            return jax.lax.dynamic_update_slice(buffer, new, start)
 
         return logits, {
             "k": write(cache["k"], new_kv["k"]),

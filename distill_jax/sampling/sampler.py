@@ -10,7 +10,9 @@ Inside a program: the prompts are prefilled in one forward pass into a cache of
 for its n samples (one prefill per prompt, not per sample); then a while loop
 samples a token per row, writes it into the cache, and stops as soon as every
 row has hit a stop token or the length limit. The cache is a loop-carried
-pytree, updated in place by XLA.
+pytree, updated in place by XLA. The loop is split into a few segments
+(`decode_segments`), each reading only the cache slots that can be filled by
+then, so a step's cost follows the generated length rather than the maximum.
 
 Randomness: row (prompt key i, sample j) draws step t from
 fold_in(fold_in(fold_in(key(seed), i), j), t) — nothing about the batch enters.
@@ -64,6 +66,19 @@ def bucket(value: int, buckets: Sequence[int], what: str) -> int:
     if i == len(buckets):
         raise ValueError(f"{what} {value} exceeds the largest bucket {buckets[-1]}")
     return buckets[i]
+
+
+def decode_segments(max_new_tokens: int, segments: int = 8, granule: int = 64) -> list[int]:
+    """Where the decode loop's segments end (in steps), the last at max_new_tokens.
+
+    Each segment is its own `while_loop` whose steps read a static cache window
+    (prompt + segment end) instead of all prompt + max_new_tokens slots, so time
+    per step follows the filled length, not the final one. At most `segments`
+    segments (each a compiled loop body), each a multiple of `granule` steps;
+    runs of up to `granule` new tokens have one.
+    """
+    size = max(granule, -(-max_new_tokens // (segments * granule)) * granule)
+    return list(range(size, max_new_tokens, size)) + [max_new_tokens]
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -190,19 +205,27 @@ class Sampler:
             # forward pass is wasted after the last token.
             state = record(state, last_logits, jnp.int32(0))
 
-            def cond(s):
-                return (s["step"] < max_new) & ~jnp.all(s["done"])
+            def segment(end):
+                """The loop over steps < end. Step t writes slot prompt_len + t - 1 and
+                reads the slots before it, so the cache window prompt_len + end covers
+                every read of the segment."""
+                def cond(s):
+                    return (s["step"] < end) & ~jnp.all(s["done"])
 
-            def body(s):
-                step = s["step"]
-                logits, cache = model.apply(
-                    {"params": params}, s["last_token"][:, None],
-                    (next_position + step - 1)[:, None], jnp.ones((rows, 1), jnp.int32),
-                    cache=s["cache"], cache_index=prompt_len + step - 1)
-                s = dict(s, cache=cache)
-                return record(s, logits[:, 0, :], step)
+                def body(s):
+                    step = s["step"]
+                    logits, cache = model.apply(
+                        {"params": params}, s["last_token"][:, None],
+                        (next_position + step - 1)[:, None], jnp.ones((rows, 1), jnp.int32),
+                        cache=s["cache"], cache_index=prompt_len + step - 1,
+                        cache_window=prompt_len + end)
+                    s = dict(s, cache=cache)
+                    return record(s, logits[:, 0, :], step)
+                return cond, body
 
-            final = jax.lax.while_loop(cond, body, state)
+            final = state
+            for end in decode_segments(max_new):
+                final = jax.lax.while_loop(*segment(end), final)
             out = {k: final[k] for k in ("tokens", "logprobs", "length", "stopped")}
             if top_k_out:
                 out["top_ids"], out["top_logprobs"] = final["top_ids"], final["top_logprobs"]

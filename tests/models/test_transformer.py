@@ -166,6 +166,30 @@ def test_incremental_decoding_with_cache_equals_full_forward(name):
     np.testing.assert_array_equal(np.asarray(cache["segment_ids"][:, :7]), np.asarray(segments))
 
 
+def test_cache_window_reads_only_the_first_slots():
+    """`cache_window=W` must not touch slots >= W: with NaN planted there, a windowed
+    decode step gives the clean cache's logits, while the unwindowed step (which
+    reads every slot, masked or not) is poisoned -- so the window is what saves it."""
+    from distill_jax.models.transformer import init_cache, segment_positions
+    cfg = models.get_config("tiny-llama")
+    params = models.init_params(cfg, jax.random.key(8))
+    model = models.Transformer(cfg)
+    prompt = jnp.asarray([[0, 3, 4, 5, 6], [7, 8, 9, 10, 11]])
+    segments = jnp.asarray([[0, 1, 1, 1, 1], [1] * 5])
+    positions = segment_positions(segments)
+    _, cache = model.apply({"params": params}, prompt, positions, segments,
+                           cache=init_cache(cfg, 2, 12), cache_index=0, prefill=True)
+    step = dict(tokens=jnp.asarray([[12], [13]]), positions=positions[:, -1:] + 1,
+                segment_ids=jnp.ones((2, 1), jnp.int32), cache_index=5)
+    clean, _ = model.apply({"params": params}, cache=cache, **step)
+    poisoned = dict(cache, k=cache["k"].at[:, :, :, 8:].set(jnp.nan),
+                    v=cache["v"].at[:, :, :, 8:].set(jnp.nan))
+    windowed, _ = model.apply({"params": params}, cache=poisoned, cache_window=8, **step)
+    np.testing.assert_allclose(np.asarray(windowed), np.asarray(clean), atol=1e-6)
+    unwindowed, _ = model.apply({"params": params}, cache=poisoned, **step)
+    assert np.isnan(np.asarray(unwindowed)).all()
+
+
 def test_last_logits_only_equals_last_row_of_full_logits():
     from distill_jax.models.transformer import init_cache
     cfg = models.get_config("tiny-llama")

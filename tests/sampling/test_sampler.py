@@ -55,6 +55,30 @@ def test_kv_cache_decoding_equals_full_recompute():
         assert out[0].token_ids == recompute_greedy(cfg, params, prompt, 24)
 
 
+def test_decode_segments_cover_the_run_in_few_growing_windows():
+    from distill_jax.sampling.sampler import decode_segments
+    assert decode_segments(1) == [1]
+    assert decode_segments(64) == [64]
+    assert decode_segments(256) == [64, 128, 192, 256]
+    for max_new in (65, 150, 1000, 1024, 5000, 32768):
+        ends = decode_segments(max_new)
+        assert ends[-1] == max_new and len(ends) <= 8
+        assert all(b > a for a, b in zip(ends, ends[1:]))
+        assert all(e % 64 == 0 for e in ends[:-1])
+
+
+def test_multi_segment_decoding_equals_full_recompute():
+    """150 new tokens run as three loop segments (windows prompt+64, +128, +150);
+    every token still equals the no-cache recompute."""
+    cfg = models.get_config("tiny-llama")
+    params = models.init_params(cfg, jax.random.key(9))
+    outs = sampling.Sampler(cfg, params).generate(
+        PROMPTS[:2], sampling.SamplingParams(temperature=0.0, max_new_tokens=150))
+    for prompt, out in zip(PROMPTS[:2], outs):
+        assert len(out[0].token_ids) == 150
+        assert out[0].token_ids == recompute_greedy(cfg, params, prompt, 150)
+
+
 def test_logprobs_are_the_raw_model_distribution():
     cfg = models.get_config("tiny-llama")
     params = models.init_params(cfg, jax.random.key(0))

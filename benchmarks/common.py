@@ -4,8 +4,10 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import time
 
 import jax
+import numpy as np
 import torch
 
 from distill_jax import models
@@ -35,3 +37,19 @@ def append_row(cells: list[str]) -> None:
     with open(path, "a") as f:
         f.write(row + "\n")
     print(f"appended to {os.path.normpath(path)}")
+
+
+def interleaved(steps: dict, rounds: int, warmups: int = 2) -> dict:
+    """Median seconds per step of each named step function, timed in rounds that run
+    every function once, so the slow drifts of a shared machine hit all of them alike
+    (a block of ours followed by a block of theirs moved the ratio by +-20%)."""
+    for step in steps.values():   # compile / warm up
+        for _ in range(warmups):
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}

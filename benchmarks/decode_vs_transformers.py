@@ -26,7 +26,7 @@ import transformers
 from distill_jax import models, sampling
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import append_row, bench_model_config  # noqa: E402
+from common import append_row, bench_model_config, interleaved  # noqa: E402
 
 
 def _ours(sampler, prompts, sp, repeats=1):
@@ -44,6 +44,8 @@ def main():
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--prompt-length", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating timed runs of each side in the comparison")
     parser.add_argument("--quick", action="store_true", help="smaller model and lengths")
     parser.add_argument("--parts", default="compare,lengths,prefill",
                         help="comma-separated subset of compare,lengths,prefill")
@@ -64,21 +66,26 @@ def main():
 
     if "compare" in parts:
         sp = sampling.SamplingParams(temperature=0.0, max_new_tokens=args.new_tokens)
-        ours, ours_s = _ours(sampler, prompts, sp)
         with tempfile.TemporaryDirectory() as d:
             models.save_hf_checkpoint(d, cfg, params)
             ref = transformers.AutoModelForCausalLM.from_pretrained(
                 d, dtype=torch.float32, attn_implementation="sdpa").eval()
         ids = torch.tensor(prompts)
-        with torch.inference_mode():
-            ref.generate(input_ids=ids[:2, :8], max_new_tokens=4, do_sample=False,
-                         eos_token_id=None, pad_token_id=0)  # warm-up
-            start = time.perf_counter()
-            out = ref.generate(input_ids=ids, max_new_tokens=args.new_tokens, do_sample=False,
-                               eos_token_id=None, pad_token_id=0)
-            ref_s = time.perf_counter() - start
-        same = sum(o[0].token_ids == out[i, args.prompt_length:].tolist()
-                   for i, o in enumerate(ours))
+        outputs = {}
+
+        def ours():
+            outputs["ours"] = sampler.generate(prompts, sp)
+
+        def theirs():
+            with torch.inference_mode():
+                outputs["theirs"] = ref.generate(
+                    input_ids=ids, max_new_tokens=args.new_tokens, do_sample=False,
+                    eos_token_id=None, pad_token_id=0)
+        # Alternating runs (median of each), so machine drift hits both sides alike.
+        secs = interleaved({"ours": ours, "theirs": theirs}, args.rounds, warmups=1)
+        ours_s, ref_s = secs["ours"], secs["theirs"]
+        same = sum(o[0].token_ids == outputs["theirs"][i, args.prompt_length:].tolist()
+                   for i, o in enumerate(outputs["ours"]))
         new = args.batch * args.new_tokens
         print(f"  {args.new_tokens} new tokens: distill_jax {ours_s:6.2f} s "
               f"({new / ours_s:,.0f} tok/s), transformers {ref_s:6.2f} s "

@@ -17,7 +17,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 import jax
 import ml_collections
@@ -30,7 +29,7 @@ from distill_jax.training.optimizer import make_optimizer
 from distill_jax.training.trainer import KDSettings, Trainer, model_flops_per_token
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import append_row, bench_model_config  # noqa: E402
+from common import append_row, bench_model_config, interleaved  # noqa: E402
 
 OPT = ml_collections.ConfigDict(dict(learning_rate=1e-4, warmup_steps=0, final_lr_fraction=1.0,
                                      weight_decay=0.01, b1=0.9, b2=0.95, eps=1e-8,
@@ -52,18 +51,8 @@ def _batch(cfg, rows, length, seed=0, topk=0):
     return batch
 
 
-def _time_steps(step, steps):
-    step()   # compile / warm up
-    step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def _ours(cfg, batch, steps, kd=KDSettings(), teacher_cfg=None):
+def _ours(cfg, batch, kd=KDSettings(), teacher_cfg=None):
+    """A step function of our Trainer, and a dict that gets its first CE loss."""
     tx, schedule = make_optimizer(OPT, 1000)
     trainer = Trainer(cfg, tx, schedule, kd=kd, teacher_cfg=teacher_cfg)
     holder = {"state": trainer.init_state(models.init_params(cfg, jax.random.key(0)))}
@@ -75,10 +64,10 @@ def _ours(cfg, batch, steps, kd=KDSettings(), teacher_cfg=None):
         holder["state"], metrics = trainer.step(holder["state"], batch, teacher_params)
         jax.block_until_ready(metrics["loss"])
         first.setdefault("loss", float(metrics["ce"]))
-    return _time_steps(step, steps), first["loss"]
+    return step, first
 
 
-def _theirs(cfg, batch, steps):
+def _theirs(cfg, batch):
     params = models.init_params(cfg, jax.random.key(0))
     with tempfile.TemporaryDirectory() as d:
         models.save_hf_checkpoint(d, cfg, params)
@@ -103,7 +92,7 @@ def _theirs(cfg, batch, steps):
         opt.step()
         opt.zero_grad(set_to_none=True)
         first.setdefault("loss", float(loss.detach()))
-    return _time_steps(step, steps), first["loss"]
+    return step, first
 
 
 def main():
@@ -111,7 +100,8 @@ def main():
     parser.add_argument("--parts", default="compare,kd")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=7,
+                        help="timed rounds (each runs every variant once)")
     parser.add_argument("--topk", type=int, default=20)
     parser.add_argument("--write", action="store_true", help="append results to BENCHMARKS.md")
     args = parser.parse_args()
@@ -122,11 +112,26 @@ def main():
     shape = f"batch {args.batch} x {args.length}"
     name = f"{cfg.name} ({models.count_params(cfg) / 1e6:.0f}M)"
 
-    ours_s, ours_loss = _ours(cfg, batch, args.steps)
+    steps, firsts = {}, {}
+    steps["sft"], firsts["sft"] = _ours(cfg, batch)
+    if "compare" in parts:
+        steps["transformers"], firsts["transformers"] = _theirs(cfg, batch)
+    if "kd" in parts:
+        # A teacher with ~4x the student's parameters: twice the width and the depth.
+        teacher = cfg.replace(hidden_size=cfg.hidden_size * 2, num_layers=cfg.num_layers * 2,
+                              intermediate_size=cfg.intermediate_size * 2,
+                              num_heads=cfg.num_heads * 2, num_kv_heads=cfg.num_kv_heads * 2,
+                              name="bench-teacher")
+        steps["online"], _ = _ours(cfg, batch, KDSettings("online", 0.5, 2.0), teacher)
+        topk_batch = _batch(cfg, args.batch, args.length, topk=args.topk)
+        steps["offline"], _ = _ours(cfg, topk_batch, KDSettings("offline", 0.5, 2.0))
+    secs = interleaved(steps, args.steps)
+
+    ours_s, ours_loss = secs["sft"], firsts["sft"]["loss"]
     print(f"distill_jax SFT step : {ours_s * 1e3:8.1f} ms ({tokens / ours_s:,.0f} tok/s), "
           f"first loss {ours_loss:.5f}")
     if "compare" in parts:
-        ref_s, ref_loss = _theirs(cfg, batch, args.steps)
+        ref_s, ref_loss = secs["transformers"], firsts["transformers"]["loss"]
         print(f"transformers + AdamW : {ref_s * 1e3:8.1f} ms ({tokens / ref_s:,.0f} tok/s), "
               f"first loss {ref_loss:.5f}")
         print(f"ratio (ours / transformers): {ref_s / ours_s:.2f}x")
@@ -136,17 +141,10 @@ def main():
                         f"{ref_s / ours_s:.2f}x",
                         f"first loss {ours_loss:.5f} vs {ref_loss:.5f}"])
     if "kd" in parts:
-        # A teacher with ~4x the student's parameters: twice the width and the depth.
-        teacher = cfg.replace(hidden_size=cfg.hidden_size * 2, num_layers=cfg.num_layers * 2,
-                              intermediate_size=cfg.intermediate_size * 2,
-                              num_heads=cfg.num_heads * 2, num_kv_heads=cfg.num_kv_heads * 2,
-                              name="bench-teacher")
         ratio_params = models.count_params(teacher) / models.count_params(cfg)
-        online_s, _ = _ours(cfg, batch, args.steps, KDSettings("online", 0.5, 2.0), teacher)
+        online_s, offline_s = secs["online"], secs["offline"]
         expected = model_flops_per_token(teacher, args.length, training=False) / \
             model_flops_per_token(cfg, args.length)
-        topk_batch = _batch(cfg, args.batch, args.length, topk=args.topk)
-        offline_s, _ = _ours(cfg, topk_batch, args.steps, KDSettings("offline", 0.5, 2.0))
         online_over = online_s / ours_s - 1
         offline_over = offline_s / ours_s - 1
         print(f"online KD (teacher {ratio_params:.1f}x params): {online_s * 1e3:.1f} ms, overhead "

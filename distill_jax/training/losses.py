@@ -88,8 +88,11 @@ def topk_kd_token_loss(student_logits: jax.Array, topk_ids: jax.Array,
     topk_ids/topk_logprobs: [batch, length, K]; -inf logprobs mark unused slots.
     """
     t = jnp.float32(temperature)
-    log_q = jax.nn.log_softmax(student_logits.astype(jnp.float32) / t, axis=-1)
-    log_q_k = jnp.take_along_axis(log_q, topk_ids.astype(jnp.int32), axis=-1)
+    # log softmax(z / T) at the K ids only: gather K logits and subtract one logsumexp,
+    # instead of materializing the [batch, length, vocab] log-softmax (and its gradient).
+    logits = student_logits.astype(jnp.float32)
+    log_z = jax.nn.logsumexp(logits / t, axis=-1, keepdims=True)
+    log_q_k = jnp.take_along_axis(logits, topk_ids.astype(jnp.int32), axis=-1) / t - log_z
     scaled = topk_logprobs.astype(jnp.float32) / t
     # A row with no teacher entries (all -inf) would give NaN; it is masked anyway.
     safe = jnp.where(jnp.isfinite(scaled).any(-1, keepdims=True), scaled, 0.0)

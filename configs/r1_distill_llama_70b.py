@@ -12,7 +12,12 @@ def get_config():
     c.workdir = "runs/r1-distill-llama-70b"
     c.model.checkpoint = "/ckpt/Llama-3.3-70B-Instruct"
     c.data.tokenizer_path = "/ckpt/Llama-3.3-70B-Instruct"
+    # R1's chat format (the R1-Distill models' own): its markers <｜User｜>,
+    # <｜Assistant｜>, <｜end▁of▁sentence｜> are not tokens of the base tokenizer, so they
+    # are added as special tokens (new embedding rows at the mean of the real ones) and
+    # the export carries the extended tokenizer and this template.
     c.data.chat_template = "deepseek-r1"
+    c.data.add_chat_tokens = True
     c.data.seq_len = 32768
     c.model.remat_policy = "full"
     c.model.param_dtype = "bfloat16"   # fp32 master weights + Adam would need 16 B/param

@@ -11,7 +11,12 @@ def get_config():
     c.workdir = "runs/r1-distill-qwen-1.5b"
     c.model.checkpoint = "/ckpt/Qwen2.5-Math-1.5B"
     c.data.tokenizer_path = "/ckpt/Qwen2.5-Math-1.5B"
+    # R1's chat format (the R1-Distill models' own): its markers <｜User｜>,
+    # <｜Assistant｜>, <｜end▁of▁sentence｜> are not tokens of the base tokenizer, so they
+    # are added as special tokens (new embedding rows at the mean of the real ones) and
+    # the export carries the extended tokenizer and this template.
     c.data.chat_template = "deepseek-r1"
+    c.data.add_chat_tokens = True
     c.data.seq_len = 32768
     c.model.remat_policy = "full"
     c.train.batch_size = 64

@@ -350,9 +350,10 @@ def plan_from_config(config, num_devices: int, device_memory: int | None,
     would fit, when it does not."""
     mesh = resolve_mesh(dict(config.mesh), num_devices)
     if "train" in config:
-        cfg = _model_from_config(config.model, config.data.get("tokenizer_path"))
+        cfg = _model_from_config(config.model, config.data.tokenizer_path)
         kc = config.kd
-        teacher = (_model_from_config(kc.teacher, config.data.get("tokenizer_path"))
+        teacher = (_model_from_config(kc.teacher, kc.teacher.tokenizer_path
+                                      or config.data.tokenizer_path)
                    if kc.mode == "online" else None)
         topk = kc.topk if kc.mode == "offline" else 0
         tc = config.train
@@ -367,9 +368,7 @@ def plan_from_config(config, num_devices: int, device_memory: int | None,
         return plan
     if "sampling" in config:
         t = config.teacher
-        cfg = _model_from_config(ml_dict(checkpoint=t.get("checkpoint"), preset=t.get("preset"),
-                                         dtype=t.dtype, param_dtype=t.param_dtype),
-                                 config.tokenizer.get("path"))
+        cfg = _model_from_config(t, config.tokenizer.path)
         s = config.sampling
         rows = config.max_batch * jax.process_count()
         plan = plan_sampling(cfg, mesh, rows, prompt_len, s.max_new_tokens, device_memory,
@@ -383,11 +382,6 @@ def plan_from_config(config, num_devices: int, device_memory: int | None,
         return plan
     raise PlanError("not a distill-train or distill-generate config (no train or sampling "
                     "section)")
-
-
-def ml_dict(**kwargs):
-    import ml_collections
-    return ml_collections.ConfigDict({k: v for k, v in kwargs.items()})
 
 
 def _refusal(plan: MemoryPlan, alternatives: list[MemoryPlan],

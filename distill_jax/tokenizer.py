@@ -22,6 +22,8 @@ import jinja2
 import jinja2.ext
 import jinja2.sandbox
 
+from distill_jax.fileio import atomic_open, write_text_atomic
+
 # Special tokens of the ChatML / R1 conventions; the demo's SentencePiece model
 # reserves them so they are single tokens.
 CHATML_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
@@ -151,8 +153,11 @@ class Tokenizer(abc.ABC):
                             template: str | None = None, assistant_prefix: str = "",
                             **template_kwargs) -> str | list[int]:
         """Renders a conversation. `template` is a built-in name or jinja source and
-        overrides the tokenizer's own; `assistant_prefix` is appended after the
-        generation prompt (e.g. "<think>\\n" to open the reasoning)."""
+        overrides the tokenizer's own. `assistant_prefix` opens the assistant turn
+        after the generation prompt (e.g. "<think>\\n" to open the reasoning); it is
+        added only when the rendered prompt does not already end with it, since
+        templates such as DeepSeek-R1's open the reasoning themselves. This is the one
+        place that decides it: generation, SFT and evaluation all render through here."""
         if template is not None:
             compiled = compile_chat_template(BUILTIN_CHAT_TEMPLATES.get(template, template))
         elif self._chat_template is not None:
@@ -166,9 +171,72 @@ class Tokenizer(abc.ABC):
         text = compiled.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
                                bos_token=self.bos_token or "", eos_token=self.eos_token or "",
                                **template_kwargs)
-        if add_generation_prompt:
+        if add_generation_prompt and assistant_prefix and not text.endswith(assistant_prefix):
             text += assistant_prefix
         return self.encode(text) if tokenize else text
+
+    # Vocabulary extension and export.
+    def with_special_tokens(self, tokens: Sequence[str]) -> "Tokenizer":
+        """A new tokenizer in which every token of `tokens` always encodes as one id.
+
+        Chat markers of a template the base tokenizer does not know (e.g. DeepSeek-R1's
+        on a Qwen vocabulary) would otherwise be split into pieces that the model can
+        confuse with ordinary text. Tokens that already are single tokens keep their
+        id; the others become special tokens at the next free ids, in order (a
+        backend may reuse the id of an existing vocabulary entry instead). The chat
+        template and the bos/eos/pad names carry over; `self` is not changed, and is
+        returned as is when there is nothing to add. Grow the model's embedding to
+        the new `vocab_size` with `models.resize_vocabulary`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot add special tokens")
+
+    def save_pretrained(self, directory: str, chat_template: str | None = None) -> list[str]:
+        """Writes the files `load_tokenizer(directory)` (and, for tokenizer.json,
+        transformers' AutoTokenizer) needs; returns their names.
+
+        `chat_template` (a built-in name or jinja source) is stored instead of the
+        tokenizer's own, so an exported model renders prompts the way it was trained.
+        Every file is written atomically. Local paths only.
+        """
+        os.makedirs(directory, exist_ok=True)
+        return self._save_files(os.fspath(directory), self._template_source(chat_template))
+
+    def _save_files(self, directory: str, chat_template: str | None) -> list[str]:
+        raise NotImplementedError(f"{type(self).__name__} cannot be saved")
+
+    def _template_source(self, chat_template: str | None) -> str | None:
+        if chat_template is None:
+            return self.chat_template_source
+        return BUILTIN_CHAT_TEMPLATES.get(chat_template, chat_template)
+
+    def _special_token_names(self) -> dict[str, str]:
+        named = {"bos_token": self.bos_token, "eos_token": self.eos_token,
+                 "pad_token": self.pad_token}
+        return {key: token for key, token in named.items() if token is not None}
+
+    def _base_tokenizer_config(self, chat_template: str | None) -> dict[str, Any]:
+        # Absent names are written as null, so a loader does not fall back to defaults.
+        config: dict[str, Any] = {"bos_token": self.bos_token, "eos_token": self.eos_token,
+                                  "pad_token": self.pad_token,
+                                  "clean_up_tokenization_spaces": False}
+        if chat_template is not None:
+            config["chat_template"] = chat_template
+        return config
+
+
+def _write_json(path: str, obj: Any) -> None:
+    # Unescaped UTF-8, as transformers writes it: exported chat templates stay readable.
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def _unique_tokens(tokens: Sequence[str]) -> list[str]:
+    """`tokens` without repeats, in order; rejects what cannot be a token."""
+    if isinstance(tokens, str):
+        raise TypeError(f"expected a sequence of tokens, got the string {tokens!r}")
+    for token in tokens:
+        if not isinstance(token, str) or not token:
+            raise ValueError(f"special tokens must be non-empty strings, got {token!r}")
+    return list(dict.fromkeys(tokens))
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -188,16 +256,74 @@ class SentencePieceTokenizer(Tokenizer):
                          bos_token=piece(self._sp.bos_id()),
                          eos_token=eos or piece(self._sp.eos_id()),
                          pad_token=piece(self._sp.pad_id()), name=str(model_path))
-        self._special = frozenset(
+        self._special = self._control_and_user_defined_ids()
+
+    @classmethod
+    def _from_serialized_proto(cls, proto: bytes, chat_template: str | None,
+                               bos_token: str | None, eos_token: str | None,
+                               pad_token: str | None, name: str) -> "SentencePieceTokenizer":
+        """A tokenizer over an in-memory ModelProto, with the given template and names."""
+        import sentencepiece as spm
+        tokenizer = cls.__new__(cls)
+        tokenizer._sp = spm.SentencePieceProcessor()
+        tokenizer._sp.LoadFromSerializedProto(proto)
+        Tokenizer.__init__(tokenizer, chat_template, bos_token=bos_token, eos_token=eos_token,
+                           pad_token=pad_token, name=name)
+        tokenizer._special = tokenizer._control_and_user_defined_ids()
+        return tokenizer
+
+    def _control_and_user_defined_ids(self) -> frozenset[int]:
+        return frozenset(
             i for i in range(self._sp.GetPieceSize()) if self._sp.IsControl(i)
         ) | self._user_defined_ids()
 
-    def _user_defined_ids(self) -> frozenset[int]:
+    def _model_proto(self):
         from sentencepiece import sentencepiece_model_pb2
         proto = sentencepiece_model_pb2.ModelProto()
         proto.ParseFromString(self._sp.serialized_model_proto())
+        return proto
+
+    def _user_defined_ids(self) -> frozenset[int]:
+        from sentencepiece import sentencepiece_model_pb2
         user_defined = sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED
-        return frozenset(i for i, p in enumerate(proto.pieces) if p.type == user_defined)
+        return frozenset(i for i, p in enumerate(self._model_proto().pieces)
+                         if p.type == user_defined)
+
+    def with_special_tokens(self, tokens):
+        """User-defined pieces are what SentencePiece matches whole before segmenting,
+        so each token becomes one: appended when new, retyped in place (same id) when
+        it is an ordinary or control piece."""
+        from sentencepiece import sentencepiece_model_pb2
+        piece_type = sentencepiece_model_pb2.ModelProto.SentencePiece
+        proto = self._model_proto()
+        by_text = {piece.piece: piece for piece in proto.pieces}
+        changed = False
+        for token in _unique_tokens(tokens):
+            piece = by_text.get(token)
+            if piece is None:
+                # Score 0 like the trainer's own user-defined symbols; unused by matching.
+                by_text[token] = proto.pieces.add(piece=token, score=0.0,
+                                                  type=piece_type.USER_DEFINED)
+            elif piece.type == piece_type.USER_DEFINED:
+                continue
+            elif piece.type in (piece_type.UNKNOWN, piece_type.BYTE):
+                raise ValueError(f"{self.name}: {token!r} is the unknown or a byte-fallback "
+                                 "piece and cannot become a special token")
+            else:
+                piece.type = piece_type.USER_DEFINED
+            changed = True
+        if not changed:
+            return self
+        return self._from_serialized_proto(
+            proto.SerializeToString(), self.chat_template_source, self.bos_token,
+            self.eos_token, self.pad_token, self.name)
+
+    def _save_files(self, directory, chat_template):
+        with atomic_open(os.path.join(directory, "tokenizer.model"), "wb") as f:
+            f.write(self._sp.serialized_model_proto())
+        _write_json(os.path.join(directory, "tokenizer_config.json"),
+                    self._base_tokenizer_config(chat_template))
+        return ["tokenizer.model", "tokenizer_config.json"]
 
     @property
     def vocab_size(self) -> int:
@@ -238,6 +364,11 @@ def _token_content(value) -> str | None:
     raise ValueError(f"unreadable special token entry {value!r}")
 
 
+# tokenizer_config.json settings that say nothing about the vocabulary, so an export
+# keeps them.
+_KEPT_CONFIG_KEYS = ("model_max_length", "padding_side", "truncation_side")
+
+
 class HFTokenizer(Tokenizer):
     """`tokenizer.json` through the `tokenizers` library, with `tokenizer_config.json`."""
 
@@ -257,8 +388,75 @@ class HFTokenizer(Tokenizer):
                          eos_token=_token_content(config.get("eos_token")),
                          pad_token=_token_content(config.get("pad_token")),
                          name=str(tokenizer_json))
-        self._special = frozenset(
-            i for i, t in self._tok.get_added_tokens_decoder().items() if t.special)
+        self._special = self._added_special_ids()
+        self._kept_config = {key: config[key] for key in _KEPT_CONFIG_KEYS if key in config}
+
+    @classmethod
+    def _from_tokenizers(cls, tok, chat_template: str | None, bos_token: str | None,
+                         eos_token: str | None, pad_token: str | None, name: str,
+                         kept_config: dict[str, Any]) -> "HFTokenizer":
+        """A tokenizer over an in-memory `tokenizers.Tokenizer`."""
+        tokenizer = cls.__new__(cls)
+        tokenizer._tok = tok
+        Tokenizer.__init__(tokenizer, chat_template, bos_token=bos_token, eos_token=eos_token,
+                           pad_token=pad_token, name=name)
+        tokenizer._special = tokenizer._added_special_ids()
+        tokenizer._kept_config = dict(kept_config)
+        return tokenizer
+
+    def _added_special_ids(self) -> frozenset[int]:
+        return frozenset(i for i, t in self._tok.get_added_tokens_decoder().items() if t.special)
+
+    def with_special_tokens(self, tokens):
+        """Added tokens (special or not) are matched whole before pre-tokenization, so
+        they are left as they are; any other token becomes a special added token. One
+        already in the model's vocabulary keeps its id (the `tokenizers` library reuses
+        it); a new one is appended."""
+        import tokenizers
+        added = {t.content for t in self._tok.get_added_tokens_decoder().values()}
+        new = [token for token in _unique_tokens(tokens) if token not in added]
+        if not new:
+            return self
+        # A copy through its JSON form: the original must not change.
+        tok = tokenizers.Tokenizer.from_str(self._tok.to_str())
+        # normalized=False: match the raw text, so a normalizer cannot break a marker.
+        tok.add_special_tokens([tokenizers.AddedToken(token, special=True, normalized=False)
+                                for token in new])
+        return self._from_tokenizers(tok, self.chat_template_source, self.bos_token,
+                                     self.eos_token, self.pad_token, self.name,
+                                     self._kept_config)
+
+    def _save_files(self, directory, chat_template):
+        write_text_atomic(os.path.join(directory, "tokenizer.json"),
+                          self._tok.to_str(pretty=True))
+        _write_json(os.path.join(directory, "tokenizer_config.json"),
+                    self._transformers_config(chat_template))
+        _write_json(os.path.join(directory, "special_tokens_map.json"),
+                    self._special_token_names())
+        return ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+
+    def _transformers_config(self, chat_template: str | None) -> dict[str, Any]:
+        """tokenizer_config.json as transformers' PreTrainedTokenizerFast reads it."""
+        config = {**self._kept_config, **self._base_tokenizer_config(chat_template),
+                  **self._bos_eos_flags(), "tokenizer_class": "PreTrainedTokenizerFast"}
+        config["added_tokens_decoder"] = {
+            str(token_id): {"content": t.content, "lstrip": t.lstrip, "rstrip": t.rstrip,
+                            "normalized": t.normalized, "single_word": t.single_word,
+                            "special": t.special}
+            for token_id, t in sorted(self._tok.get_added_tokens_decoder().items())}
+        return config
+
+    def _bos_eos_flags(self) -> dict[str, bool]:
+        """add_bos_token/add_eos_token describing what tokenizer.json's post-processor
+        adds. transformers rebuilds the post-processor from these flags when they are
+        present, so they are written only when BOS/EOS explain it entirely; otherwise
+        the post-processor in tokenizer.json stays authoritative."""
+        ids = self._tok.encode("", add_special_tokens=True).ids
+        add_bos = self.bos_id is not None and ids[:1] == [self.bos_id]
+        add_eos = self.eos_id is not None and ids[int(add_bos):] == [self.eos_id]
+        if ids != [self.bos_id] * int(add_bos) + [self.eos_id] * int(add_eos):
+            return {}
+        return {"add_bos_token": add_bos, "add_eos_token": add_eos}
 
     @property
     def vocab_size(self) -> int:
@@ -293,8 +491,7 @@ def load_tokenizer(path: str, chat_template: str | None = None) -> Tokenizer:
         if os.path.exists(os.path.join(path, "tokenizer.json")):
             json_file = os.path.join(path, "tokenizer.json")
         elif os.path.exists(os.path.join(path, "tokenizer.model")):
-            return SentencePieceTokenizer(os.path.join(path, "tokenizer.model"),
-                                          chat_template or "chatml")
+            return _sentencepiece_from_directory(path, chat_template)
         else:
             raise FileNotFoundError(f"{path} holds neither tokenizer.json nor tokenizer.model")
     elif path.endswith(".model"):
@@ -304,6 +501,15 @@ def load_tokenizer(path: str, chat_template: str | None = None) -> Tokenizer:
     else:
         raise ValueError(f"{path}: expected a SentencePiece .model, a tokenizer.json, or a "
                          "directory holding one")
+    config = _read_tokenizer_config(directory, chat_template)
+    if chat_template in BUILTIN_CHAT_TEMPLATES:
+        chat_template = BUILTIN_CHAT_TEMPLATES[chat_template]
+    return HFTokenizer(json_file, config, chat_template)
+
+
+def _read_tokenizer_config(directory: str, chat_template: str | None) -> dict[str, Any]:
+    """tokenizer_config.json of `directory` ({} when absent), with the template of
+    chat_template.jinja when the config has none and none was passed."""
     config: dict[str, Any] = {}
     config_path = os.path.join(directory, "tokenizer_config.json")
     if os.path.exists(config_path):
@@ -316,9 +522,20 @@ def load_tokenizer(path: str, chat_template: str | None = None) -> Tokenizer:
     if chat_template is None and "chat_template" not in config and os.path.exists(jinja_path):
         with open(jinja_path) as f:
             config["chat_template"] = f.read()
-    if chat_template in BUILTIN_CHAT_TEMPLATES:
-        chat_template = BUILTIN_CHAT_TEMPLATES[chat_template]
-    return HFTokenizer(json_file, config, chat_template)
+    return config
+
+
+def _sentencepiece_from_directory(directory: str,
+                                  chat_template: str | None) -> SentencePieceTokenizer:
+    """tokenizer.model plus what `save_pretrained` wrote beside it: the chat template
+    and special-token names, so an exported tokenizer loads as it was saved."""
+    config = _read_tokenizer_config(directory, chat_template)
+    template = chat_template or config.get("chat_template") or "chatml"
+    tokenizer = SentencePieceTokenizer(os.path.join(directory, "tokenizer.model"), template)
+    for key in ("bos_token", "eos_token", "pad_token"):
+        if key in config:
+            setattr(tokenizer, key, _token_content(config[key]))
+    return tokenizer
 
 
 def train_sentencepiece(texts: Iterable[str], model_prefix: str, vocab_size: int,

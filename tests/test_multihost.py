@@ -32,9 +32,13 @@ def _free_port() -> int:
 
 
 def _launch(stage: str, config: str, overrides: dict, processes: int, devices: int,
-            expect_ok: bool = True) -> list[subprocess.CompletedProcess]:
-    """Runs `distill-<stage>` as `processes` cooperating processes; returns each result."""
-    cmd = [sys.executable, "-m", f"distill_jax.cli.{stage}", f"--config={REPO}/configs/{config}"]
+            expect_ok: bool = True, kill_after_step: int = 0) -> list[subprocess.CompletedProcess]:
+    """Runs `distill-<stage>` as `processes` cooperating processes; returns each result.
+    `kill_after_step` (train only) runs the test wrapper whose hook SIGKILLs every
+    process after that step."""
+    entry = ["tests.training.kill_after_step", str(kill_after_step)] if kill_after_step \
+        else [f"distill_jax.cli.{stage}"]
+    cmd = [sys.executable, "-m", *entry, f"--config={REPO}/configs/{config}"]
     cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
@@ -142,9 +146,8 @@ def test_two_hosts_equal_one_host_generate_filter_train_resume_evaluate(setup, s
 
     # ---- distill-train: a kill after step 3 (checkpoint at 2), then a resume.
     _launch("train", "sft_tiny_cpu.py", _train_overrides(root, sp, one / "run"), 1, 4)
-    killed = _launch("train", "sft_tiny_cpu.py", _train_overrides(
-        root, sp, two / "run", **{"train.fault_injection_kill_at_step": 3}), 2, 2,
-        expect_ok=False)
+    killed = _launch("train", "sft_tiny_cpu.py", _train_overrides(root, sp, two / "run"), 2, 2,
+                     expect_ok=False, kill_after_step=3)
     assert [r.returncode for r in killed] == [-9, -9]
     assert max(map(int, os.listdir(two / "run" / "checkpoints"))) == 2   # step 3 was lost
     resumed = _launch("train", "sft_tiny_cpu.py", _train_overrides(root, sp, two / "run"), 2, 2)

@@ -129,3 +129,82 @@ def test_missing_role_and_template_errors(hf_tokenizer_dir):
     tok._chat_template = None
     with pytest.raises(ValueError, match="has no chat template"):
         tok.apply_chat_template([{"role": "user", "content": "x"}])
+
+
+R1_MARKERS = ["<｜begin▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>", "<｜end▁of▁sentence｜>",
+              "<think>", "</think>"]
+
+
+def test_hf_with_special_tokens_appends_missing_markers(hf_tokenizer_dir):
+    base = load_tokenizer(hf_tokenizer_dir)
+    size, think_id = base.vocab_size, base.token_to_id("<think>")
+    sample = "q<｜User｜>x<｜Assistant｜><think>y"
+    base_ids = base.encode(sample)
+    tok = base.with_special_tokens(R1_MARKERS + ["<|im_end|>", "<｜User｜>"])
+    # The four new markers take the next ids in order; added tokens keep theirs.
+    assert [tok.token_to_id(t) for t in R1_MARKERS] == [size, size + 1, size + 2, size + 3,
+                                                         think_id, think_id + 1]
+    assert tok.vocab_size == size + 4
+    assert tok.token_to_id("<|im_end|>") == base.token_to_id("<|im_end|>")
+    assert tok.special_ids() == base.special_ids() | {size, size + 1, size + 2, size + 3}
+    assert think_id not in tok.special_ids()  # left alone: still a plain added token
+    for marker in R1_MARKERS[:4]:
+        ids = tok.encode(f"a{marker}b")
+        assert ids.count(tok.token_to_id(marker)) == 1 and tok.decode(ids) == f"a{marker}b"
+    assert tok.decode(tok.encode(sample), skip_special_tokens=True) == "qx<think>y"
+    # Template and special-token names carry over.
+    assert tok.apply_chat_template(MESSAGES) == base.apply_chat_template(MESSAGES)
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == (None, "<|im_end|>", "<|endoftext|>")
+    # The original is unchanged.
+    assert base.vocab_size == size and base.token_to_id("<｜User｜>") is None
+    assert base.encode(sample) == base_ids
+    # Nothing new to add: the tokenizer itself comes back.
+    assert tok.with_special_tokens(R1_MARKERS) is tok
+
+
+def test_hf_with_special_tokens_reuses_an_existing_vocabulary_entry(hf_tokenizer_dir):
+    base = load_tokenizer(hf_tokenizer_dir)
+    # A merged word: in the vocabulary, but not one token inside a longer word.
+    word = next(t for t in sorted(base._tok.get_vocab()) if len(t) >= 4 and t.isalpha()
+                and base.token_to_id(t) not in base.encode(f"x{t}y"))
+    tok = base.with_special_tokens([word])
+    assert tok.vocab_size == base.vocab_size and tok.token_to_id(word) == base.token_to_id(word)
+    assert tok.token_to_id(word) in tok.special_ids()
+    assert tok.encode(f"x{word}y").count(tok.token_to_id(word)) == 1
+
+
+def test_sentencepiece_with_special_tokens(tmp_path, shared_data):
+    from sentencepiece import sentencepiece_model_pb2
+    base = load_tokenizer(train_sentencepiece(_corpus(shared_data), str(tmp_path / "sp"),
+                                              vocab_size=500))
+    size = base.vocab_size
+    word = next(t for t in ("▁the", "the", "▁is") if base.token_to_id(t) is not None)
+    tok = base.with_special_tokens(R1_MARKERS + [word, "<s>"])
+    assert [tok.token_to_id(t) for t in R1_MARKERS[:4]] == list(range(size, size + 4))
+    assert tok.token_to_id("<think>") == base.token_to_id("<think>")  # already user-defined
+    # An ordinary piece and a control piece are retyped in place: same id, now matched whole.
+    assert tok.token_to_id(word) == base.token_to_id(word) and tok.vocab_size == size + 4
+    assert tok.encode("x<s>y").count(tok.bos_id) == 1 and base.bos_id not in base.encode("x<s>y")
+    assert {tok.token_to_id(t) for t in R1_MARKERS + [word, "<s>"]} <= tok.special_ids()
+    sample = "<｜User｜>2+2?<｜Assistant｜><think>\n4</think>"
+    assert tok.decode(tok.encode(sample)) == sample
+    # Encoding is exact for every marker; decoding is not for those holding "▁",
+    # SentencePiece's own whitespace symbol, which its decoder turns into a space.
+    assert tok.encode("<｜end▁of▁sentence｜>") == [size + 3]
+    assert tok.encode("<｜Assistant｜>") == [size + 2]
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (base.bos_id, base.eos_id, base.pad_id)
+    assert tok.apply_chat_template(MESSAGES) == base.apply_chat_template(MESSAGES)
+    assert base.vocab_size == size and base.token_to_id("<｜User｜>") is None
+    assert tok.with_special_tokens(R1_MARKERS) is tok
+    byte_piece = next(p.piece for p in base._model_proto().pieces
+                      if p.type == sentencepiece_model_pb2.ModelProto.SentencePiece.BYTE)
+    with pytest.raises(ValueError, match="byte-fallback piece"):
+        base.with_special_tokens([byte_piece])
+
+
+def test_with_special_tokens_rejects_bad_input(hf_tokenizer_dir):
+    tok = load_tokenizer(hf_tokenizer_dir)
+    with pytest.raises(TypeError, match="sequence of tokens, got the string"):
+        tok.with_special_tokens("<think>")
+    with pytest.raises(ValueError, match="non-empty strings, got ''"):
+        tok.with_special_tokens(["<a>", ""])

@@ -107,7 +107,6 @@ def _parse(row, fmt, where, source, line_no, id_field, problem_field, answer_fie
 
 def load_prompts_from_config(pc) -> list[Prompt]:
     """`load_prompts` with the fields of a `prompts`/`problems` config section."""
-    return load_prompts(pc.path, pc.format, id_field=pc.get("id_field", "id"),
-                        problem_field=pc.get("problem_field", "problem"),
-                        answer_field=pc.get("answer_field", "answer"),
-                        kind=pc.get("kind", "math"), limit=pc.get("limit") or None)
+    return load_prompts(pc.path, pc.format, id_field=pc.id_field,
+                        problem_field=pc.problem_field, answer_field=pc.answer_field,
+                        kind=pc.kind, limit=pc.limit or None)

@@ -51,38 +51,10 @@ import grain.experimental
 import numpy as np
 
 from distill_jax.fileio import iter_jsonl
+from distill_jax.chat import ChatFormat
 from distill_jax.tokenizer import Tokenizer
 
-_MARKER = "\x00DISTILL_RESPONSE\x00"
 PACKED_FEATURES = ("inputs", "targets", "loss_mask", "kd_mask", "topk_ids", "topk_logprobs")
-
-
-@dataclasses.dataclass(frozen=True)
-class ChatFormat:
-    """Where a template puts the assistant's content: head + content + tail."""
-    head_template: list[dict[str, str]]
-    tokenizer: Tokenizer
-    template: str | None
-    tail: str
-
-    @classmethod
-    def create(cls, tokenizer: Tokenizer, template: str | None = None,
-               system_prompt: str | None = None) -> "ChatFormat":
-        system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        probe = tokenizer.apply_chat_template(
-            system + [{"role": "user", "content": "q"}, {"role": "assistant", "content": _MARKER}],
-            add_generation_prompt=False, template=template)
-        if probe.count(_MARKER) != 1:
-            raise ValueError(f"chat template {template or tokenizer.name!r} does not render the "
-                             "assistant's content verbatim; cannot locate the response")
-        return cls(system, tokenizer, template, probe.split(_MARKER)[1])
-
-    def head(self, prompt: str) -> str:
-        text = self.tokenizer.apply_chat_template(
-            self.head_template + [{"role": "user", "content": prompt},
-                                  {"role": "assistant", "content": _MARKER}],
-            add_generation_prompt=False, template=self.template)
-        return text.split(_MARKER)[0]
 
 
 def _text(value) -> str:
@@ -193,8 +165,7 @@ class SFTPipeline:
 
     def __init__(self, source, tokenizer: Tokenizer, *, seq_len: int, batch_size: int,
                  num_epochs: int | None = 1, seed: int = 0, packing: bool = True,
-                 overlong: str = "drop", chat_template: str | None = None,
-                 system_prompt: str | None = None, topk: int = 0, num_packing_bins: int = 16,
+                 overlong: str = "drop", chat_format: ChatFormat | None = None, topk: int = 0, num_packing_bins: int = 16,
                  process_index: int = 0, process_count: int = 1, host_split: str = "rows"):
         if overlong not in ("drop", "truncate"):
             raise ValueError(f"overlong must be 'drop' or 'truncate', got {overlong!r}")
@@ -210,7 +181,9 @@ class SFTPipeline:
         self.host_split = host_split
         # The batch this host's pipeline assembles before keeping its rows.
         self._built_batch = batch_size if host_split == "rows" else self.local_batch
-        self.fmt = ChatFormat.create(tokenizer, chat_template, system_prompt)
+        # The format is built (and its markers checked) by the caller, who may have
+        # extended the tokenizer; by default the tokenizer's own template.
+        self.fmt = chat_format or ChatFormat.create(tokenizer)
         self.packing, self.overlong = packing, overlong
         self.num_epochs, self.seed = num_epochs, seed
         self.num_packing_bins = num_packing_bins

@@ -59,10 +59,9 @@ def run(config) -> dict:
     print(f"tokenizer: {sp_path} ({tok.vocab_size} pieces)")
 
     mesh = sharding.make_mesh(dict(config.mesh))
-    cfg = models.get_config(config.model.preset, vocab_size=tok.vocab_size,
-                            dtype=config.model.dtype, bos_token_id=tok.bos_id,
-                            eos_token_id=tok.eos_id)
-    params = models.init_params(cfg, jax.random.key(config.seed), mesh=mesh)
+    section = models.model_section(**config.model, init_seed=config.seed)
+    section.overrides.update(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
+    cfg, params = models.model_from_section(section, tok.vocab_size, mesh)
     print(f"model: {cfg.name} {cfg.model_type}, {models.count_params(cfg):,} params, "
           f"mesh {dict(mesh.shape)}")
 

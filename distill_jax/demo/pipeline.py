@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from distill_jax import models
+from distill_jax.chat import ChatFormat
 from distill_jax.data.prompts import R1_MATH_SUFFIX, load_prompts
 from distill_jax.demo import arithmetic
 from distill_jax.evaluation.runner import sample_and_score, summarize
@@ -216,6 +217,7 @@ def _evaluate(config, name, checkpoint, tokenizer_path, prompts_path, out) -> di
             return json.load(f)
     from distill_jax.evaluation.runner import write_results
     tokenizer = load_tokenizer(tokenizer_path, chat_template="chatml")
+    fmt = ChatFormat.create(tokenizer, "chatml")
     cfg, params = models.load_hf_checkpoint(checkpoint, dtype=jnp.float32)
     sampler = Sampler(cfg, params, tokenizer=tokenizer, max_batch=config.evaluate.max_batch,
                       pad_id=tokenizer.pad_id or 0)
@@ -223,8 +225,8 @@ def _evaluate(config, name, checkpoint, tokenizer_path, prompts_path, out) -> di
     ec = config.evaluate
     sp = SamplingParams(n=ec.k, temperature=ec.temperature, top_p=ec.top_p,
                         max_new_tokens=ec.max_new_tokens, seed=config.seed,
-                        stop_token_ids=tokenizer.stop_token_ids())
-    results = sample_and_score(sampler, tokenizer, prompts, sp, chat_template="chatml")
+                        stop_token_ids=fmt.stop_token_ids())
+    results = sample_and_score(sampler, fmt, prompts, sp)
     summary = summarize(results, ks=(1, ec.k))
     write_results(os.path.dirname(path), results, summary)
     return summary

@@ -1,6 +1,8 @@
 """Defaults of `distill-evaluate`: GSM8K test with the R1 protocol."""
 import ml_collections
 
+from distill_jax.models.from_config import model_section
+
 
 def default_config():
     c = ml_collections.ConfigDict()
@@ -18,10 +20,9 @@ def default_config():
     c.problems.limit = 0
     c.problems.suffix = ml_collections.config_dict.placeholder(str)   # None = R1 default
 
-    c.model = ml_collections.ConfigDict()
-    c.model.checkpoint = ""           # HF directory (e.g. distill-train's export)
-    c.model.dtype = "bfloat16"
-    c.model.param_dtype = "bfloat16"
+    # HF directory (e.g. distill-train's export), and every ModelConfig field no
+    # checkpoint fixes (see models/from_config.py).
+    c.model = model_section(dtype="bfloat16", param_dtype="bfloat16")
 
     c.tokenizer = ml_collections.ConfigDict()
     c.tokenizer.path = ""             # "" = the checkpoint directory

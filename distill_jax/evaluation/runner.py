@@ -25,7 +25,6 @@ import os
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 
 from distill_jax import distributed, sharding
 from distill_jax.data.prompts import Prompt, load_prompts_from_config
@@ -34,7 +33,8 @@ from distill_jax.fileio import atomic_open, write_json_atomic
 from distill_jax.filters.math_answer import math_equal
 from distill_jax.filters.sample import make_sample
 from distill_jax.filters.verify import Correctness
-from distill_jax.sampling.generate import prompt_key, render_prompts
+from distill_jax.chat import ChatFormat
+from distill_jax.sampling.generate import chat_format_from_config, prompt_key, render_prompts
 from distill_jax.sampling.params import SamplingParams
 
 
@@ -49,6 +49,7 @@ class ProblemResult:
     texts: list[str]
     finish_reasons: list[str]
     cons_correct: bool | None
+    prompt: str = ""        # what the model was given, as rendered (the same as generation)
 
 
 def score_problem(prompt: Prompt, texts: Sequence[str], finish_reasons: Sequence[str],
@@ -91,16 +92,19 @@ def summarize(results: Sequence[ProblemResult], ks: Sequence[int] = (1, 2, 4, 8,
     return out
 
 
-def sample_and_score(sampler, tokenizer, prompts: Sequence[Prompt], params: SamplingParams,
-                     chat_template: str | None = None, suffix: str | None = None,
-                     assistant_prefix: str = "<think>\n",
+def sample_and_score(sampler, fmt: ChatFormat, prompts: Sequence[Prompt],
+                     params: SamplingParams, suffix: str | None = None,
                      verifier: Correctness | None = None) -> list[ProblemResult]:
-    """Generates `params.n` samples per prompt with `sampler` and scores them."""
-    prompt_ids = render_prompts(list(prompts), tokenizer, chat_template, suffix, assistant_prefix)
+    """Generates `params.n` samples per prompt with `sampler` and scores them; prompts
+    are rendered exactly as generation renders them (`fmt`)."""
+    prompt_ids = render_prompts(list(prompts), fmt, suffix)
     outs = sampler.generate(prompt_ids, params, prompt_keys=[prompt_key(p.id) for p in prompts])
-    return [score_problem(p, [s.text for s in samples], [s.finish_reason for s in samples],
-                          assistant_prefix, verifier)
-            for p, samples in zip(prompts, outs)]
+    results = []
+    for p, ids, samples in zip(prompts, prompt_ids, outs):
+        result = score_problem(p, [s.text for s in samples], [s.finish_reason for s in samples],
+                               fmt.opener, verifier)
+        results.append(dataclasses.replace(result, prompt=fmt.tokenizer.decode(ids)))
+    return results
 
 
 def write_results(out_dir: str, results: Sequence[ProblemResult], summary: dict[str, Any]) -> None:
@@ -127,27 +131,27 @@ def format_table(summary: dict[str, Any], title: str = "") -> str:
 def evaluate(config) -> dict[str, Any]:
     """The CLI's entry point: a checkpoint, a problem set, k samples each."""
     from distill_jax import models
+    from distill_jax.config_keys import require_keys
+    from distill_jax.evaluation.config import default_config
     from distill_jax.sampling.sampler import Sampler
     from distill_jax.tokenizer import load_tokenizer
+    require_keys(config, default_config(), "distill-evaluate")
     pc, sc = config.problems, config.sampling
     prompts = load_prompts_from_config(pc)
     if not prompts:
         raise ValueError(f"{pc.path}: no problems")
     tokenizer = load_tokenizer(config.tokenizer.path or config.model.checkpoint)
     mesh = sharding.make_mesh(dict(config.mesh)) if config.get("mesh") else None
-    cfg, params = models.load_hf_checkpoint(config.model.checkpoint,
-                                            dtype=jnp.dtype(config.model.param_dtype), mesh=mesh)
-    cfg = cfg.replace(dtype=config.model.dtype)
+    fmt = chat_format_from_config(tokenizer, config.tokenizer)
+    cfg, params = models.model_from_section(config.model, tokenizer.vocab_size, mesh)
     sampler = Sampler(cfg, params, mesh=mesh, tokenizer=tokenizer, max_batch=config.max_batch,
                       pad_id=tokenizer.pad_id or 0)
     sp = SamplingParams(n=sc.k, temperature=sc.temperature, top_p=sc.top_p,
                         max_new_tokens=sc.max_new_tokens, seed=sc.seed,
-                        stop_token_ids=tokenizer.stop_token_ids())
-    verifier = Correctness(math_timeout_s=config.get("math_timeout_s", 5.0))
+                        stop_token_ids=fmt.stop_token_ids())
+    verifier = Correctness(math_timeout_s=config.math_timeout_s)
     host, hosts = jax.process_index(), jax.process_count()
-    mine = sample_and_score(sampler, tokenizer, prompts[host::hosts], sp,
-                            config.tokenizer.get("chat_template") or None,
-                            pc.get("suffix"), config.tokenizer.assistant_prefix, verifier)
+    mine = sample_and_score(sampler, fmt, prompts[host::hosts], sp, pc.get("suffix"), verifier)
     results = mine
     if hosts > 1:   # problem i was scored by host i % hosts, as its (i // hosts)-th result
         gathered = distributed.gather_json([dataclasses.asdict(r) for r in mine])

@@ -62,11 +62,11 @@ class FilterChain:
         if unknown:
             raise ValueError(f"unknown filters {unknown}; known: {list(KNOWN_FILTERS)}")
         self.correctness = verify.Correctness(
-            math_timeout_s=fc.get("correctness", {}).get("math_timeout_s", 5.0),
-            code_limits=verify.limits_from_config(fc.get("correctness", {})))
+            math_timeout_s=fc["correctness"]["math_timeout_s"],
+            code_limits=verify.limits_from_config(fc["correctness"]))
         self.filters = []
         for name in self.order:
-            params = dict(fc.get(name, {}))
+            params = dict(fc.get(name, {}))      # a filter without parameters has no section
             if name == "correctness":
                 self.filters.append(self.correctness)
             elif name == "decontaminate":
@@ -74,7 +74,7 @@ class FilterChain:
                 index = decontaminate.load_eval_index(dc["eval_sets"], dc["data_dir"],
                                                       dc["ngram_size"])
                 self.filters.append(decontaminate.Decontaminate(
-                    index, dc["fields"], dc.get("min_overlap_fraction", 0.0)))
+                    index, dc["fields"], dc["min_overlap_fraction"]))
             else:
                 self.filters.append(FILTER_CLASSES[name](**params))
 
@@ -166,10 +166,18 @@ def _fingerprint(paths: list[str], config: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
+STAGE_KEYS = ("filters", "decontamination", "dedup", "max_per_prompt", "pass_at_k",
+              "input_pattern")
+
+
 def _stage_config(config) -> dict[str, Any]:
+    """The settings that decide the output (the fingerprint's input). Every key of
+    the defaults must be in the config: they are declared in filters/config.py alone."""
+    from distill_jax.config_keys import require_keys
+    from distill_jax.filters.config import default_config
+    require_keys(config, default_config(), "distill-filter")
     c = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    return {k: c[k] for k in ("filters", "decontamination", "dedup", "max_per_prompt",
-                              "pass_at_k", "input_pattern") if k in c}
+    return {k: c[k] for k in STAGE_KEYS}
 
 
 def filter_traces(config) -> dict[str, Any]:
@@ -194,11 +202,11 @@ def filter_traces(config) -> dict[str, Any]:
 def _filter_traces(config) -> dict[str, Any]:
     stage = _stage_config(config)
     out_dir = os.path.abspath(config.output_dir)
-    paths = shard_paths(config.input_dir, stage.get("input_pattern", "*.jsonl"))
+    paths = shard_paths(config.input_dir, stage["input_pattern"])
     FilterChain(stage)                      # bad filter names / eval sets fail before any work
     fingerprint = _fingerprint(paths, stage)
     report_path = os.path.join(out_dir, REPORT)
-    if os.path.exists(report_path) and not config.get("force", False):
+    if os.path.exists(report_path) and not config.force:
         with open(report_path) as f:
             old = json.load(f)
         if old.get("fingerprint") == fingerprint:
@@ -210,7 +218,7 @@ def _filter_traces(config) -> dict[str, Any]:
     if malformed:
         logging.warning("filter: %d malformed lines, first at %s (%s)", len(malformed),
                         malformed[0]["where"], malformed[0]["error"])
-    results = _evaluate_all(samples, stage, config.get("num_workers", 0))
+    results = _evaluate_all(samples, stage, config.num_workers)
     report, kept, rejected = _select(samples, results, stage, malformed)
     report["fingerprint"] = fingerprint
     report["input"]["files"] = [os.path.abspath(p) for p in paths]
@@ -250,10 +258,9 @@ def _select(samples, results, stage, malformed):
     by_prompt: dict[str, list[int]] = collections.OrderedDict()
     for k, s in enumerate(samples):
         by_prompt.setdefault(s.prompt_id, []).append(k)
-    dd = stage.get("dedup", {})
-    shingle_size = dd.get("shingle_size", 5)
-    threshold = dd.get("near_duplicate_threshold", 0.9)
-    max_per_prompt = stage.get("max_per_prompt", 0)
+    dd = stage["dedup"]
+    shingle_size, threshold = dd["shingle_size"], dd["near_duplicate_threshold"]
+    max_per_prompt = stage["max_per_prompt"]
     kept, rejected = [], []
     dedup_counts, cap_count = collections.Counter(), 0
     per_prompt = []
@@ -319,7 +326,7 @@ def _select(samples, results, stage, malformed):
             "kept_per_prompt_histogram": dict(sorted(collections.Counter(
                 str(p["kept"]) for p in per_prompt).items(), key=lambda kv: int(kv[0]))),
         },
-        "teacher": _teacher_metrics(per_prompt, stage.get("pass_at_k", (1, 4, 8, 16, 64))),
+        "teacher": _teacher_metrics(per_prompt, stage["pass_at_k"]),
         "per_prompt": per_prompt,
     }
     return report, kept, rejected

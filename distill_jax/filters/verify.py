@@ -80,8 +80,8 @@ class Correctness:
 
 
 def limits_from_config(c) -> code_exec.SandboxLimits:
-    base = code_exec.SandboxLimits()
+    """The sandbox limits of the `filters.correctness` section (every key required:
+    the defaults are declared in filters/config.py)."""
     return dataclasses.replace(
-        base, wall_time_s=c.get("code_wall_time_s", base.wall_time_s),
-        cpu_time_s=c.get("code_cpu_time_s", base.cpu_time_s),
-        memory_bytes=int(c.get("code_memory_mb", base.memory_bytes >> 20)) << 20)
+        code_exec.SandboxLimits(), wall_time_s=c["code_wall_time_s"],
+        cpu_time_s=c["code_cpu_time_s"], memory_bytes=int(c["code_memory_mb"]) << 20)

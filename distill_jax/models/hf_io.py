@@ -12,7 +12,7 @@ import dataclasses
 import glob
 import json
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -128,24 +128,6 @@ def _open_checkpoint(path: str) -> dict[str, SafetensorsFile]:
         for name in st.names():
             located[name] = st
     return located
-
-
-def config_from_section(section, vocab_size: int | None = None):
-    """The ModelConfig an experiment config's model (or teacher) section names:
-    `checkpoint` (an HF directory) or `preset` (+ `overrides`; `vocab_size`, when
-    given, is the tokenizer's), with the section's dtype, param_dtype and
-    remat_policy."""
-    from distill_jax.models.config import config_from_hf, get_config
-    overrides = {k: section[k] for k in ("dtype", "param_dtype", "remat_policy")
-                 if section.get(k)}
-    if section.get("checkpoint"):
-        return config_from_hf(read_hf_config(section.checkpoint), **overrides)
-    if section.get("preset"):
-        overrides.update(dict(section.get("overrides") or {}))
-        if vocab_size:
-            overrides["vocab_size"] = vocab_size
-        return get_config(section.preset, **overrides)
-    raise ValueError("the model config needs `checkpoint` (an HF directory) or `preset`")
 
 
 def read_hf_config(path: str) -> dict[str, Any]:
@@ -315,3 +297,19 @@ def save_hf_checkpoint(path: str, cfg: ModelConfig, params, dtype: Any = None,
         return written
     return []
 
+
+def save_generation_config(path: str, bos_token_id: int | None,
+                           eos_token_ids: Sequence[int], pad_token_id: int | None = None) -> None:
+    """`generation_config.json`: the ids transformers' and vLLM's `generate` stop on.
+    A model trained with one chat template stops on its end-of-turn token, which
+    config.json's `eos_token_id` (the base model's) need not name."""
+    if not eos_token_ids:
+        raise ValueError(f"{path}: a generation config needs at least one stop id")
+    config: dict[str, Any] = {"eos_token_id": [int(i) for i in eos_token_ids],
+                              "_from_model_config": False}
+    if bos_token_id is not None:
+        config["bos_token_id"] = int(bos_token_id)
+    if pad_token_id is not None:
+        config["pad_token_id"] = int(pad_token_id)
+    os.makedirs(path, exist_ok=True)
+    write_json_atomic(os.path.join(path, "generation_config.json"), config)

@@ -1,6 +1,8 @@
 """Defaults of `distill-generate`: GSM8K train with the R1 prompt and decoding settings."""
 import ml_collections
 
+from distill_jax.models.from_config import model_section
+
 
 def default_config():
     c = ml_collections.ConfigDict()
@@ -24,13 +26,10 @@ def default_config():
     c.tokenizer.chat_template = ""    # "" = the tokenizer's own; or chatml/qwen2.5/llama3/deepseek-r1
     c.tokenizer.assistant_prefix = "<think>\n"
 
-    c.teacher = ml_collections.ConfigDict()
-    c.teacher.checkpoint = ""         # HF directory (config.json + safetensors)
-    c.teacher.preset = ""             # or a preset with random weights (tests, smoke runs)
-    c.teacher.init_seed = 0
-    c.teacher.id = ""
-    c.teacher.dtype = "bfloat16"      # compute
-    c.teacher.param_dtype = "bfloat16"
+    # HF directory (checkpoint) or a preset with random weights (tests, smoke runs), and
+    # every ModelConfig field no checkpoint fixes (see models/from_config.py).
+    c.teacher = model_section(dtype="bfloat16", param_dtype="bfloat16")
+    c.teacher.id = ""                 # "" = the checkpoint directory's name
 
     c.sampling = ml_collections.ConfigDict()
     c.sampling.n = 4

@@ -34,10 +34,11 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from absl import logging
 
 from distill_jax import distributed, models, sharding
+from distill_jax.chat import ChatFormat
+from distill_jax.config_keys import require_keys
 from distill_jax.data.prompts import Prompt, load_prompts_from_config
 from distill_jax.fileio import write_json_atomic, write_text_atomic
 from distill_jax.progress import Progress
@@ -61,51 +62,30 @@ def shard_name(index: int, count: int) -> str:
 def sampling_params_from_config(c) -> SamplingParams:
     return SamplingParams(n=c.n, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
                           min_p=c.min_p, max_new_tokens=c.max_new_tokens,
-                          stop_token_ids=tuple(c.get("stop_token_ids", ())),
-                          stop_strings=tuple(c.get("stop_strings", ())), seed=c.seed,
+                          stop_token_ids=tuple(c.stop_token_ids),
+                          stop_strings=tuple(c.stop_strings), seed=c.seed,
                           return_top_k=c.return_top_k)
 
 
 def _teacher_config(config, tokenizer) -> tuple[models.ModelConfig, str]:
     t = config.teacher
-    if t.get("checkpoint"):
-        from distill_jax.models.hf_io import read_hf_config
-        cfg = models.config_from_hf(read_hf_config(t.checkpoint), dtype=t.dtype)
-        return cfg, t.get("id") or os.path.basename(os.path.normpath(t.checkpoint))
-    if t.get("preset"):
-        cfg = models.get_config(t.preset, vocab_size=tokenizer.vocab_size, dtype=t.dtype)
-        return cfg, t.get("id") or f"{t.preset}-random-init{t.init_seed}"
-    raise ValueError("config.teacher needs `checkpoint` (an HF directory) or `preset`")
+    cfg = models.config_from_section(t, tokenizer.vocab_size)
+    if t.checkpoint:
+        return cfg, t.id or os.path.basename(os.path.normpath(t.checkpoint))
+    return cfg, t.id or f"{t.preset}-random-init{t.init_seed}"
 
 
-def _load_teacher(config, cfg, mesh):
-    t = config.teacher
-    if t.get("checkpoint"):
-        _, params = models.load_hf_checkpoint(t.checkpoint, dtype=jnp.dtype(t.param_dtype),
-                                              mesh=mesh)
-        return params
-    return models.init_params(cfg.replace(param_dtype=t.param_dtype), jax.random.key(t.init_seed),
-                              mesh=mesh)
+def chat_format_from_config(tokenizer, tokenizer_section) -> ChatFormat:
+    """The chat format of a `tokenizer` config section (generation and evaluation)."""
+    return ChatFormat.create(tokenizer, tokenizer_section.get("chat_template") or None,
+                             assistant_prefix=tokenizer_section.assistant_prefix)
 
 
-def render_prompts(prompts: list[Prompt], tokenizer, chat_template: str | None = None,
-                   suffix: str | None = None, assistant_prefix: str = "<think>\n"
+def render_prompts(prompts: list[Prompt], fmt: ChatFormat, suffix: str | None = None
                    ) -> list[list[int]]:
-    """Token ids of each prompt's chat rendering, the assistant turn opened with
-    `assistant_prefix` (the R1 recipe opens the reasoning: "<think>\n")."""
-    out = []
-    for p in prompts:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": p.user_message(suffix)}],
-            template=chat_template or None, assistant_prefix=assistant_prefix)
-        out.append(tokenizer.encode(text))
-    return out
-
-
-def _render(prompts: list[Prompt], tokenizer, config) -> list[list[int]]:
-    tc = config.tokenizer
-    return render_prompts(prompts, tokenizer, tc.get("chat_template"),
-                          config.prompts.get("suffix"), tc.assistant_prefix)
+    """Token ids of each prompt's generation prompt (the assistant turn opened with
+    `fmt.opener`, e.g. R1's "<think>\\n")."""
+    return fmt.generation_prompt_ids([p.user_message(suffix) for p in prompts])
 
 
 def _check_manifest(path: str, manifest: dict[str, Any]) -> None:
@@ -125,17 +105,20 @@ def _check_manifest(path: str, manifest: dict[str, Any]) -> None:
 
 def generate_traces(config) -> dict[str, Any]:
     """Runs the stage; returns the summary (also written to output_dir/summary.json)."""
+    from distill_jax.sampling.config import default_config
+    require_keys(config, default_config(), "distill-generate")
     out_dir = config.output_dir
     pc = config.prompts
     prompts = load_prompts_from_config(pc)
     if not prompts:
         raise ValueError(f"{pc.path}: no prompts")
     tokenizer = load_tokenizer(config.tokenizer.path)
+    fmt = chat_format_from_config(tokenizer, config.tokenizer)
     params = sampling_params_from_config(config.sampling)
     if not params.stop_token_ids:
-        params = dataclasses.replace(params, stop_token_ids=tokenizer.stop_token_ids())
+        params = dataclasses.replace(params, stop_token_ids=fmt.stop_token_ids())
     cfg, teacher_id = _teacher_config(config, tokenizer)
-    prompt_ids = _render(prompts, tokenizer, config)
+    prompt_ids = render_prompts(prompts, fmt, pc.get("suffix"))
     longest = max(range(len(prompts)), key=lambda i: len(prompt_ids[i]))
     if len(prompt_ids[longest]) + params.max_new_tokens > cfg.max_position_embeddings:
         raise ValueError(
@@ -168,7 +151,7 @@ def generate_traces(config) -> dict[str, Any]:
     remaining = [k for k in mine
                  if not os.path.exists(os.path.join(out_dir, shard_name(k, num_shards)))]
     # max_shards > 0 time-boxes a run (e.g. on preemptible machines); rerun to continue.
-    max_shards = config.get("max_shards") or 0
+    max_shards = config.max_shards
     todo = remaining[:max_shards] if max_shards else remaining
     (rounds,) = distributed.agree_max(len(todo))
     logging.info("generate: %d prompts in %d shards; host %d of %d owns %d, %d already done, "
@@ -183,7 +166,8 @@ def generate_traces(config) -> dict[str, Any]:
         # or several, so its records are the same bits either way.
         longest_bucket = bucket(len(prompt_ids[longest]), DEFAULT_LENGTH_BUCKETS,
                                  "prompt length")
-        sampler = Sampler(cfg, _load_teacher(config, cfg, mesh), mesh=mesh, tokenizer=tokenizer,
+        _, teacher_params = models.model_from_section(config.teacher, tokenizer.vocab_size, mesh)
+        sampler = Sampler(cfg, teacher_params, mesh=mesh, tokenizer=tokenizer,
                           max_batch=config.max_batch, pad_id=tokenizer.pad_id or 0,
                           length_buckets=(longest_bucket,))
         progress = Progress(sum(len(prompts[k * per_shard:(k + 1) * per_shard]) for k in todo),
@@ -202,7 +186,10 @@ def generate_traces(config) -> dict[str, Any]:
                 for j, s in enumerate(samples):
                     record = _record(p, ids, j, s, params, teacher_id, tokenizer)
                     record["user_message"] = p.user_message(pc.get("suffix"))
-                    record["assistant_prefix"] = config.tokenizer.assistant_prefix
+                    # What the prompt already holds of the assistant turn (SFT puts it
+                    # back in front of the text): the format's, not the config's, since
+                    # the template may have opened the reasoning itself.
+                    record["assistant_prefix"] = fmt.opener
                     lines.append(json.dumps(record, ensure_ascii=False))
             n_tokens = sum(len(s.token_ids) for samples in outs for s in samples)
             run_tokens += n_tokens

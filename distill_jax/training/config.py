@@ -7,6 +7,8 @@ Sections: data (what to read and how to batch it), model (the student), train
 """
 import ml_collections
 
+from distill_jax.models.from_config import model_section
+
 
 def base_config():
     c = ml_collections.ConfigDict()
@@ -18,20 +20,23 @@ def base_config():
     c.data.tokenizer_path = ""
     c.data.chat_template = ""        # "" = the tokenizer's own; or chatml/qwen2.5/llama3/deepseek-r1
     c.data.system_prompt = ""
+    # True: chat markers of the template that are not single tokens of the tokenizer
+    # (e.g. DeepSeek's <｜User｜> on a Qwen or Llama base) become new special tokens;
+    # their embedding and LM-head rows start at the mean of the existing rows, and the
+    # export carries the extended tokenizer. False: such a template is refused.
+    c.data.add_chat_tokens = False
     c.data.seq_len = 4096
     c.data.packing = True
     c.data.num_packing_bins = 16
     c.data.overlong = "drop"         # drop | truncate (counted either way)
     c.data.host_split = "rows"       # several hosts: rows (same run on any host count) | examples
 
-    c.model = ml_collections.ConfigDict()
-    c.model.checkpoint = ""          # HF directory to start from
-    c.model.preset = ""              # or a preset with random init (from scratch)
-    c.model.overrides = ml_collections.ConfigDict()   # preset fields to change (hidden_size=...)
-    c.model.init_seed = 0
-    c.model.dtype = "bfloat16"       # compute
-    c.model.param_dtype = "float32"  # params, gradients, optimizer state
-    c.model.remat_policy = "none"    # none | full | dots | dots_with_no_batch_dims | save_qkv_proj
+    # The student: checkpoint or preset, overrides, init_seed, and every ModelConfig
+    # field no checkpoint fixes (dtype, param_dtype, remat_policy, scan_unroll,
+    # attention_impl; see models/from_config.py).
+    # remat_policy: none | full | dots | dots_with_no_batch_dims | save_qkv_proj
+    c.model = model_section(dtype="bfloat16",        # compute
+                            param_dtype="float32")   # params, gradients, optimizer state
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 64          # global rows per optimizer step
@@ -57,7 +62,6 @@ def base_config():
     c.train.device_memory_gib = 0.0  # for that check; 0 = what the accelerator reports
     c.train.export_dir = ""          # HF safetensors export of the final student
     c.train.export_dtype = "bfloat16"
-    c.train.fault_injection_kill_at_step = 0   # tests only: SIGKILL after this step
 
     c.kd = ml_collections.ConfigDict()
     c.kd.mode = "none"               # none | online | offline
@@ -66,13 +70,10 @@ def base_config():
     c.kd.kind = "forward_kl"         # forward_kl | reverse_kl | jsd
     c.kd.beta = 0.5                  # jsd mixture weight
     c.kd.topk = 0                    # offline: top-k width to use from the stored logprobs
-    c.kd.teacher = ml_collections.ConfigDict()
-    c.kd.teacher.checkpoint = ""     # online: the teacher, same vocabulary as the student
-    c.kd.teacher.preset = ""
-    c.kd.teacher.init_seed = 0
-    c.kd.teacher.dtype = "bfloat16"
-    c.kd.teacher.param_dtype = "bfloat16"
-    c.kd.teacher.remat_policy = ""
+    # online: the teacher, a tokenizer that agrees with the student's over their shared
+    # ids (padded vocabularies may differ: KD runs over the shared real vocabulary)
+    c.kd.teacher = model_section(dtype="bfloat16", param_dtype="bfloat16")
+    c.kd.teacher.tokenizer_path = ""  # "" = the teacher checkpoint's directory, else the student's
 
     c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
     return c

@@ -17,54 +17,103 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import signal
 import time
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from distill_jax import distributed, models, planning, sharding
+from distill_jax.chat import ChatFormat, missing_chat_markers
+from distill_jax.config_keys import require_keys
 from distill_jax.data.sft import SFTPipeline, describe, open_source
 from distill_jax.fileio import write_json_atomic
 from distill_jax.progress import Progress
-from distill_jax.tokenizer import load_tokenizer
+from distill_jax.tokenizer import Tokenizer, load_tokenizer
 from distill_jax.training.checkpoint import Checkpointer
+from distill_jax.training.config import base_config
+from distill_jax.training.kd_vocab import shared_kd_vocabulary
 from distill_jax.training.metrics import MetricsWriter
 from distill_jax.training.optimizer import make_optimizer
-from distill_jax.training.trainer import (KDSettings, Trainer, check_vocabularies,
-                                          model_flops_per_token, peak_tflops_per_device)
+from distill_jax.training.trainer import (KDSettings, Trainer, TrainState, model_flops_per_token,
+                                          peak_tflops_per_device)
+
+# A hook is called after every optimizer step with (step, checkpointer): tests use
+# one to kill the process from outside the loop; users to add their own evaluation.
+StepHook = Callable[[int, Checkpointer], None]
+VOCAB_PAD_MULTIPLE = 128
 
 
-def _model_config(mc, tokenizer) -> models.ModelConfig:
-    return models.config_from_section(mc, tokenizer.vocab_size)
+@dataclasses.dataclass
+class TrainingRun:
+    """Everything `prepare` checks and builds before a single parameter is loaded."""
+    config: Any
+    workdir: str
+    tokenizer: Tokenizer
+    chat_format: ChatFormat
+    added_tokens: list[str]             # chat markers this run added to the tokenizer
+    cfg: models.ModelConfig
+    kd: KDSettings
+    teacher_cfg: models.ModelConfig | None
+    mesh: jax.sharding.Mesh | None
+    pipeline: SFTPipeline
+    total_steps: int
+    trainer: Trainer
+    checkpointer: Checkpointer
+    meta: dict[str, Any]
+
+    @property
+    def primary(self) -> bool:
+        return distributed.is_primary()
+
+    def say(self, message: str) -> None:
+        if self.primary:
+            print(message)
 
 
-def _load_params(mc, cfg, mesh):
-    if mc.get("checkpoint"):
-        _, params = models.load_hf_checkpoint(mc.checkpoint, dtype=jnp.dtype(cfg.param_dtype),
-                                              mesh=mesh)
-        return params
-    return models.init_params(cfg, jax.random.key(mc.get("init_seed", 0)), mesh=mesh)
-
-
-def train(config) -> dict[str, Any]:
+def train(config, hooks: Sequence[StepHook] = ()) -> dict[str, Any]:
     """Runs (or resumes) training; returns the summary written to workdir/summary.json."""
+    run = prepare(config)
+    state, data_iter, start = resume_or_init(run)
+    teacher_params = load_teacher(run)
+    state, steps, last_loss = fit(run, state, data_iter, start, teacher_params, hooks)
+    summary = {"steps": steps, "total_steps": run.total_steps, "final_loss": last_loss,
+               "data": dataclasses.asdict(run.pipeline.stats), "model": run.cfg.name,
+               "params": models.count_params(run.cfg), "kd": dataclasses.asdict(run.kd),
+               "added_tokens": run.added_tokens,
+               "kd_vocab_size": run.trainer.kd_vocab_size if run.kd.mode == "online" else None}
+    if config.train.export_dir:
+        summary["export"] = export(run, state)
+    if run.primary:
+        write_json_atomic(os.path.join(run.workdir, "summary.json"), summary)
+    run.say(f"train: {steps}/{run.total_steps} steps, final loss {last_loss}")
+    return summary
+
+
+# ---------------------------------------------------------------- prepare
+
+
+def prepare(config) -> TrainingRun:
+    """Reads and checks everything cheap first: tokenizer, chat format, model and
+    teacher configs, vocabularies, memory plan, data. Loads no parameters."""
+    require_keys(config, base_config(), "distill-train")
     workdir = os.path.abspath(config.workdir)
     os.makedirs(workdir, exist_ok=True)
     dc, tc, kc = config.data, config.train, config.kd
     if not dc.tokenizer_path:
         raise ValueError("config.data.tokenizer_path is empty: set it to the student's "
                          "tokenizer (.model file or a directory with tokenizer.json)")
-    tokenizer = load_tokenizer(dc.tokenizer_path)
-    cfg = _model_config(config.model, tokenizer)
+    tokenizer, added = _student_tokenizer(dc)
+    chat_format = ChatFormat.create(tokenizer, dc.chat_template or None,
+                                    dc.system_prompt or None)
+    cfg = _student_config(config.model, tokenizer, added)
     kd = KDSettings(kc.mode, kc.alpha, kc.temperature, kc.kind, kc.beta)
-    teacher_cfg = None
+    teacher_cfg, kd_vocab_size = None, None
     if kd.mode == "online":
-        teacher_cfg = _model_config(kc.teacher, tokenizer)
-        check_vocabularies(cfg, teacher_cfg)          # before anything is loaded
+        teacher_tokenizer = _teacher_tokenizer(kc.teacher, dc.tokenizer_path)
+        teacher_cfg = models.config_from_section(kc.teacher, teacher_tokenizer.vocab_size)
+        kd_vocab_size = shared_kd_vocabulary(tokenizer, teacher_tokenizer, cfg, teacher_cfg)
     if kd.mode == "offline" and kc.topk < 1:
         raise ValueError("kd.mode='offline' needs kd.topk >= 1 (the stored top-k width to use)")
     mesh = sharding.make_mesh(dict(config.mesh)) if config.get("mesh") else None
@@ -73,15 +122,13 @@ def train(config) -> dict[str, Any]:
     pipeline = SFTPipeline(
         open_source(dc.path), tokenizer, seq_len=dc.seq_len, batch_size=tc.batch_size,
         # A fixed step count cycles through the data for as long as it takes.
-        num_epochs=None if tc.num_steps else tc.num_epochs, seed=config.seed, packing=dc.packing, overlong=dc.overlong,
-        chat_template=dc.get("chat_template") or None,
-        system_prompt=dc.get("system_prompt") or None,
+        num_epochs=None if tc.num_steps else tc.num_epochs, seed=config.seed,
+        packing=dc.packing, overlong=dc.overlong, chat_format=chat_format,
         topk=kc.topk if kd.mode == "offline" else 0, num_packing_bins=dc.num_packing_bins,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        host_split=dc.get("host_split", "rows"))
-    primary = distributed.is_primary()
-    say = print if primary else (lambda *a, **k: None)
-    say(f"train: data {dc.path}: {describe(pipeline.stats, dc.seq_len, dc.overlong)}")
+        host_split=dc.host_split)
+    if distributed.is_primary():
+        print(f"train: data {dc.path}: {describe(pipeline.stats, dc.seq_len, dc.overlong)}")
     # With host_split="examples" hosts may count different batch totals: the shortest wins.
     total_steps = tc.num_steps or min(distributed.gather_json(pipeline.count_batches()))
     if total_steps < 1:
@@ -89,86 +136,190 @@ def train(config) -> dict[str, Any]:
                          f"of {tc.batch_size} rows; lower train.batch_size or add data")
     tx, schedule = make_optimizer(tc, total_steps)
     trainer = Trainer(cfg, tx, schedule, mesh=mesh, microbatches=tc.microbatches, kd=kd,
-                      teacher_cfg=teacher_cfg)
+                      teacher_cfg=teacher_cfg, kd_vocab_size=kd_vocab_size)
+    checkpointer = Checkpointer(tc.checkpoint_dir or os.path.join(workdir, "checkpoints"),
+                                tc.checkpoint_every, tc.keep_checkpoints, tc.async_checkpointing)
     meta = {"model": models.to_hf_config(cfg), "total_steps": total_steps}
-    ckpt = Checkpointer(tc.get("checkpoint_dir") or os.path.join(workdir, "checkpoints"),
-                        tc.checkpoint_every, tc.keep_checkpoints, tc.async_checkpointing)
-    data_iter = iter(pipeline.dataset())
+    return TrainingRun(config, workdir, tokenizer, chat_format, added, cfg, kd,
+                       teacher_cfg, mesh, pipeline, total_steps, trainer, checkpointer, meta)
+
+
+def _student_tokenizer(dc) -> tuple[Tokenizer, list[str]]:
+    """The student's tokenizer, extended by the template's missing chat markers when
+    `data.add_chat_tokens` asks for it (otherwise ChatFormat refuses them)."""
+    tokenizer = load_tokenizer(dc.tokenizer_path)
+    if not dc.add_chat_tokens:
+        return tokenizer, []
+    missing = missing_chat_markers(tokenizer, dc.chat_template or None, dc.system_prompt or None)
+    if not missing:
+        return tokenizer, []
+    logging.info("train: adding chat markers %s to tokenizer %s", missing, tokenizer.name)
+    return tokenizer.with_special_tokens(missing), missing
+
+
+def _student_config(section, tokenizer: Tokenizer, added: list[str]) -> models.ModelConfig:
+    """The student's config, with an embedding row for every tokenizer id. Grown for
+    added tokens, the vocabulary is padded to a multiple of VOCAB_PAD_MULTIPLE, as
+    Qwen's and Llama's are, so it still divides over the mesh axes it is sharded on."""
+    cfg = models.config_from_section(section, tokenizer.vocab_size)
+    if tokenizer.vocab_size > cfg.vocab_size:
+        if not added:
+            raise ValueError(
+                f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} ids but the model "
+                f"{section.checkpoint or section.preset} embeds {cfg.vocab_size}: they do not "
+                "belong together")
+        cfg = cfg.replace(vocab_size=-(-tokenizer.vocab_size // VOCAB_PAD_MULTIPLE)
+                          * VOCAB_PAD_MULTIPLE)
+    return cfg
+
+
+def _teacher_tokenizer(section, student_tokenizer_path: str) -> Tokenizer:
+    """kd.teacher.tokenizer_path, else the teacher checkpoint's own tokenizer, else
+    (a preset teacher) the student's."""
+    if section.tokenizer_path:
+        return load_tokenizer(section.tokenizer_path)
+    if section.checkpoint and any(os.path.exists(os.path.join(section.checkpoint, name))
+                                  for name in ("tokenizer.json", "tokenizer.model")):
+        return load_tokenizer(section.checkpoint)
+    return load_tokenizer(student_tokenizer_path)
+
+
+# ---------------------------------------------------------------- resume
+
+
+def resume_or_init(run: TrainingRun) -> tuple[TrainState, Any, int]:
+    """(state, data iterator, step): from the latest checkpoint, or fresh."""
+    data_iter = iter(run.pipeline.dataset())
+    ckpt = run.checkpointer
     start = ckpt.latest_step()
     if start is not None:
-        state, data_states = ckpt.restore(start, trainer.abstract_state(), meta)
-        data_iter.set_state(_this_host_data_state(data_states, pipeline.host_split,
+        state, data_states = ckpt.restore(start, run.trainer.abstract_state(), run.meta)
+        data_iter.set_state(_this_host_data_state(data_states, run.pipeline.host_split,
                                                   ckpt.directory, start))
-        say(f"train: resumed from step {start} in {ckpt.directory}")
-    else:
-        start = 0
-        state = trainer.init_state(_load_params(config.model, cfg, mesh))
-    teacher_params = None
-    if kd.mode == "online":
-        teacher_params = _load_params(kc.teacher, teacher_cfg, mesh)
+        run.say(f"train: resumed from step {start} in {ckpt.directory}")
+        return state, data_iter, start
+    return run.trainer.init_state(load_student(run)), data_iter, 0
 
-    writer = MetricsWriter(workdir, resume_step=start, tensorboard=tc.get("tensorboard", True))
-    flops_per_token = model_flops_per_token(cfg, dc.seq_len) + (
-        model_flops_per_token(teacher_cfg, dc.seq_len, training=False) if teacher_cfg else 0.0)
-    peak = peak_tflops_per_device(tc.get("peak_tflops", 0.0))
-    progress = Progress(total_steps - start, "steps", "train", skip_first=True, enabled=primary)
-    kill_at = tc.get("fault_injection_kill_at_step", 0)
-    step, last_loss, window_start, window_tokens = start, None, time.monotonic(), 0.0
+
+def load_student(run: TrainingRun):
+    """The student's starting params (checkpoint or random init). Rows of the chat
+    markers this run added to a checkpoint's vocabulary start at the mean of the
+    existing token rows (an average token: the initial distribution barely moves)."""
+    section = run.config.model
+    if not (run.added_tokens and section.checkpoint):
+        return models.model_from_section(section, run.tokenizer.vocab_size, run.mesh)[1]
+    source_cfg, params = models.model_from_section(section, mesh=run.mesh)
+    new_ids = range(run.tokenizer.vocab_size - len(run.added_tokens), run.tokenizer.vocab_size)
+    cfg, params = models.add_token_rows(source_cfg, params, new_ids, run.cfg.vocab_size)
+    assert cfg == run.cfg, (cfg, run.cfg)
+    return params
+
+
+def load_teacher(run: TrainingRun):
+    if run.kd.mode != "online":
+        return None
+    return models.model_from_section(run.config.kd.teacher, run.teacher_cfg.vocab_size,
+                                     run.mesh)[1]
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def fit(run: TrainingRun, state: TrainState, data_iter, start: int, teacher_params,
+        hooks: Sequence[StepHook] = ()) -> tuple[TrainState, int, float | None]:
+    """Steps from `start` to the end: step, log, checkpoint. Returns the final state,
+    its step and the last loss."""
+    ckpt = run.checkpointer
+    logger = _StepLogger(run, start)
+    progress = Progress(run.total_steps - start, "steps", "train", skip_first=True,
+                        enabled=run.primary)
+    step, last_loss = start, None
     data_state = data_iter.get_state()      # the iterator position that goes with `state`
-    batch = _next_batch(data_iter, step, total_steps)
+    batch = _next_batch(data_iter, step, run.total_steps)
     try:
         while batch is not None:
-            state, metrics = trainer.step(state, batch, teacher_params)
+            state, metrics = run.trainer.step(state, batch, teacher_params)
             step += 1
             data_state = data_iter.get_state()
             # The step runs asynchronously: prepare the next batch on the host meanwhile,
             # and only then wait for this step's loss.
-            batch = _next_batch(data_iter, step, total_steps)
-            loss = float(metrics["loss"])
-            if not math.isfinite(loss):
-                ckpt.wait()
-                raise FloatingPointError(
-                    f"loss is {loss} at step {step}; stopping without saving that state. The "
-                    f"last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}")
-            last_loss = loss
-            tokens = float(metrics["tokens"])
-            window_tokens += tokens
-            if step % tc.log_every == 0 or step == total_steps:
-                elapsed = time.monotonic() - window_start
-                row = {k: float(v) for k, v in metrics.items()}
-                row["tokens_per_s"] = window_tokens / elapsed if elapsed > 0 else 0.0
-                if peak:
-                    row["mfu"] = (row["tokens_per_s"] * flops_per_token
-                                  / (peak * 1e12 * jax.device_count()))
-                writer.write(step, row)
-                window_start, window_tokens = time.monotonic(), 0.0
+            batch = _next_batch(data_iter, step, run.total_steps)
+            last_loss = _finite_loss(metrics, step, ckpt)
+            logger.log(step, metrics)
             if ckpt.should_save(step):
-                ckpt.save(step, state, distributed.gather_json(data_state), meta)
-            progress.update(1, status={"loss": loss}, tokens=tokens)
-            if kill_at and step == kill_at:           # tests: a real, unannounced kill
-                ckpt.wait()
-                os.kill(os.getpid(), signal.SIGKILL)
+                ckpt.save(step, state, distributed.gather_json(data_state), run.meta)
+            progress.update(1, status={"loss": last_loss}, tokens=float(metrics["tokens"]))
+            for hook in hooks:
+                hook(step, ckpt)
         if ckpt.latest_step() != step:
-            ckpt.save(step, state, distributed.gather_json(data_state), meta, force=True)
+            ckpt.save(step, state, distributed.gather_json(data_state), run.meta, force=True)
     finally:
         ckpt.close()
-        writer.close()
+        logger.close()
+    return state, step, last_loss
 
-    summary = {"steps": step, "total_steps": total_steps, "final_loss": last_loss,
-               "data": dataclasses.asdict(pipeline.stats), "model": cfg.name,
-               "params": models.count_params(cfg), "kd": dataclasses.asdict(kd)}
-    if tc.get("export_dir"):
-        export = os.path.abspath(tc.export_dir)
-        params = distributed.fetch_to_host(state.params)   # collective: every host takes part
-        if primary:
-            models.save_hf_checkpoint(export, cfg, params,
-                                      dtype=np.dtype(tc.get("export_dtype", "float32")))
-            tokenizer_files = _copy_tokenizer(dc.tokenizer_path, export)
-            summary["export"] = {"path": export, "tokenizer_files": tokenizer_files}
-    if primary:
-        write_json_atomic(os.path.join(workdir, "summary.json"), summary)
-    say(f"train: {step}/{total_steps} steps, final loss {last_loss}")
-    return summary
+
+def _finite_loss(metrics, step: int, ckpt: Checkpointer) -> float:
+    loss = float(metrics["loss"])
+    if not math.isfinite(loss):
+        ckpt.wait()
+        raise FloatingPointError(
+            f"loss is {loss} at step {step}; stopping without saving that state. The "
+            f"last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}")
+    return loss
+
+
+class _StepLogger:
+    """Metrics rows every `log_every` steps: the step's metrics, tokens/s over the
+    window since the last row, and MFU on accelerators with a known peak."""
+
+    def __init__(self, run: TrainingRun, start: int):
+        tc, dc = run.config.train, run.config.data
+        self.every, self.total = tc.log_every, run.total_steps
+        self.writer = MetricsWriter(run.workdir, resume_step=start, tensorboard=tc.tensorboard)
+        self.flops_per_token = model_flops_per_token(run.cfg, dc.seq_len) + (
+            model_flops_per_token(run.teacher_cfg, dc.seq_len, training=False)
+            if run.teacher_cfg else 0.0)
+        self.peak = peak_tflops_per_device(tc.peak_tflops)
+        self.window_start, self.window_tokens = time.monotonic(), 0.0
+
+    def log(self, step: int, metrics) -> None:
+        self.window_tokens += float(metrics["tokens"])
+        if step % self.every and step != self.total:
+            return
+        elapsed = time.monotonic() - self.window_start
+        row = {k: float(v) for k, v in metrics.items()}
+        row["tokens_per_s"] = self.window_tokens / elapsed if elapsed > 0 else 0.0
+        if self.peak:
+            row["mfu"] = (row["tokens_per_s"] * self.flops_per_token
+                          / (self.peak * 1e12 * jax.device_count()))
+        self.writer.write(step, row)
+        self.window_start, self.window_tokens = time.monotonic(), 0.0
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+# ---------------------------------------------------------------- export
+
+
+def export(run: TrainingRun, state: TrainState) -> dict[str, Any]:
+    """The final student as an HF directory that carries the format it was trained
+    with: weights, the (possibly extended) tokenizer with the training chat template
+    in tokenizer_config.json, and generation_config.json with the stop ids."""
+    tc = run.config.train
+    path = os.path.abspath(tc.export_dir)
+    params = distributed.fetch_to_host(state.params)  # collective: all hosts
+    if not run.primary:
+        return {"path": path}
+    models.save_hf_checkpoint(path, run.cfg, params, dtype=np.dtype(tc.export_dtype))
+    template = run.config.data.chat_template or run.tokenizer.chat_template_source
+    tokenizer_files = run.tokenizer.save_pretrained(path, chat_template=template)
+    stop_ids = list(run.chat_format.stop_token_ids())
+    models.save_generation_config(path, bos_token_id=run.tokenizer.bos_id,
+                                  eos_token_ids=stop_ids, pad_token_id=run.tokenizer.pad_id)
+    return {"path": path, "tokenizer_files": tokenizer_files + ["generation_config.json"],
+            "stop_token_ids": stop_ids}
 
 
 def _this_host_data_state(states: list[dict], host_split: str, directory: str, step: int) -> dict:
@@ -186,9 +337,9 @@ def _this_host_data_state(states: list[dict], host_split: str, directory: str, s
 def _check_memory(config) -> None:
     """Refuses, before anything is allocated, a run the memory planner says cannot
     fit (on accelerators that report their memory, or with train.device_memory_gib)."""
-    if not config.train.get("check_memory", True):
+    if not config.train.check_memory:
         return
-    gib = config.train.get("device_memory_gib", 0.0)
+    gib = config.train.device_memory_gib
     memory = int(gib * planning.GIB) if gib else planning.device_memory_bytes()
     if not memory:
         return
@@ -210,21 +361,3 @@ def _next_batch(data_iter, step: int, total_steps: int):
     except StopIteration:
         logging.warning("train: data ran out at step %d of %d", step, total_steps)
         return None
-
-
-def _copy_tokenizer(path: str, export_dir: str) -> list[str]:
-    """Puts the tokenizer next to the exported weights, so the directory is complete."""
-    import shutil
-    copied = []
-    if os.path.isdir(path):
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                     "tokenizer.model", "chat_template.jinja"):
-            if os.path.exists(os.path.join(path, name)):
-                shutil.copy(os.path.join(path, name), export_dir)
-                copied.append(name)
-    elif os.path.isfile(path):
-        # A SentencePiece model goes by the name HF loaders look for.
-        name = "tokenizer.model" if path.endswith(".model") else os.path.basename(path)
-        shutil.copy(path, os.path.join(export_dir, name))
-        copied.append(name)
-    return copied

@@ -31,6 +31,7 @@ import optax
 
 from distill_jax import models, sharding
 from distill_jax.training import losses
+from distill_jax.training.kd_vocab import check_vocabularies
 
 BATCH_FIELDS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
 KD_FIELDS = ("kd_mask", "topk_ids", "topk_logprobs")
@@ -66,12 +67,20 @@ class KDSettings:
                              "logprobs do not define the teacher's full distribution")
 
 
-def check_vocabularies(student: models.ModelConfig, teacher: models.ModelConfig) -> None:
-    if student.vocab_size != teacher.vocab_size:
-        raise ValueError(
-            f"soft-target KD needs one vocabulary: the student has {student.vocab_size} token "
-            f"ids, the teacher {teacher.vocab_size}. Use SFT on the teacher's traces instead "
-            "(kd.mode='none'), or a teacher that shares the student's tokenizer")
+def train_state_shardings(tx: optax.GradientTransformation, state: TrainState, param_shardings,
+                          mesh: jax.sharding.Mesh) -> TrainState:
+    """Shardings of every leaf of `state` (arrays or ShapeDtypeStructs).
+
+    Each optimizer leaf that is a copy of the parameter tree (Adam's moments) takes
+    the sharding of its own parameter, found by its place in the tree and never by
+    its shape: kernels of one shape can have different logical axes (gate [L, d, f]
+    and down [L, f, d] when d == f). Everything else (step, counts) is replicated.
+    """
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    opt_state = optax.tree_map_params(tx, lambda _, param_sharding: param_sharding,
+                                      state.opt_state, param_shardings,
+                                      transform_non_params=lambda _: replicated)
+    return TrainState(step=replicated, params=param_shardings, opt_state=opt_state)
 
 
 class Trainer:
@@ -80,16 +89,21 @@ class Trainer:
     def __init__(self, cfg: models.ModelConfig, tx: optax.GradientTransformation,
                  schedule: optax.Schedule, mesh: jax.sharding.Mesh | None = None,
                  microbatches: int = 1, kd: KDSettings = KDSettings(),
-                 teacher_cfg: models.ModelConfig | None = None):
+                 teacher_cfg: models.ModelConfig | None = None,
+                 kd_vocab_size: int | None = None):
+        """`kd_vocab_size` (online KD only): the leading token ids the KL is computed
+        over, from `kd_vocab.shared_kd_vocabulary`; None requires both models to have
+        one vocab_size and uses all of it."""
         self.cfg, self.tx, self.schedule, self.mesh = cfg, tx, schedule, mesh
         self.microbatches = microbatches
         self.kd = kd
         self.model = models.Transformer(cfg)
         self.teacher_cfg = teacher_cfg
+        self.kd_vocab_size = None
         if kd.mode == "online":
             if teacher_cfg is None:
                 raise ValueError("kd.mode='online' needs a teacher model")
-            check_vocabularies(cfg, teacher_cfg)
+            self.kd_vocab_size = check_vocabularies(cfg, teacher_cfg, kd_vocab_size)
             self.teacher = models.Transformer(teacher_cfg)
         self._step = None
 
@@ -102,41 +116,40 @@ class Trainer:
         return sharding.logical_to_shardings(models.param_logical_axes(cfg), self.mesh,
                                              shapes=models.param_shapes(cfg))
 
-    def init_state(self, params) -> TrainState:
-        """A fresh state around `params` (already placed: see `models.init_params(mesh=)`)."""
-        with sharding.mesh_context(self.mesh):
-            opt_state = jax.jit(self.tx.init)(params)
-        state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
+    def _unsharded_abstract_state(self) -> TrainState:
+        return jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, self.tx.init(p)),
+                              models.param_shapes(self.cfg))
+
+    def state_shardings(self) -> TrainState | None:
+        """The shardings of every state leaf (`train_state_shardings`); None
+        without a mesh. `init_state` and `abstract_state` both place the state by
+        this, so a restored checkpoint lands exactly where a fresh state would."""
         if self.mesh is None:
-            return state
-        # Moments inherit their params' shardings; scalars (step, counts) are replicated.
-        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-        return jax.tree_util.tree_map(
-            lambda x: x if len(x.sharding.device_set) == self.mesh.size
-            else jax.device_put(x, replicated), state)
+            return None
+        return train_state_shardings(self.tx, self._unsharded_abstract_state(),
+                                     self.param_shardings(), self.mesh)
+
+    def init_state(self, params) -> TrainState:
+        """A fresh state around `params` (normally already placed: see
+        `models.init_params(mesh=)`; params placed otherwise are moved)."""
+        shardings = self.state_shardings()
+        if shardings is None:
+            return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                              opt_state=jax.jit(self.tx.init)(params))
+        params = jax.device_put(params, shardings.params)      # a no-op when already placed
+        with sharding.mesh_context(self.mesh):
+            opt_state = jax.jit(self.tx.init, out_shardings=shardings.opt_state)(params)
+        step = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
+        return TrainState(step=step, params=params, opt_state=opt_state)
 
     def abstract_state(self) -> TrainState:
         """Shapes, dtypes and shardings of the state, for restoring a checkpoint."""
-        shapes = models.param_shapes(self.cfg)
-        shardings = self.param_shardings()
-        if shardings is not None:
-            shapes = jax.tree_util.tree_map(
-                lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
-                shardings)
-        state = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p,
-                                                    self.tx.init(p)), shapes)
-        if self.mesh is None:
+        state = self._unsharded_abstract_state()
+        shardings = self.state_shardings()
+        if shardings is None:
             return state
-        # Optimizer moments follow their params; scalars (counts) are replicated.
-        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-        param_by_shape = {}
-        for s, sh in zip(jax.tree_util.tree_leaves(shapes), jax.tree_util.tree_leaves(shardings)):
-            param_by_shape.setdefault((s.shape, str(s.dtype)), sh)
-        opt_leaves, opt_def = jax.tree_util.tree_flatten(state.opt_state)
-        opt_leaves = [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=param_by_shape.get(
-            (x.shape, str(x.dtype)), replicated)) for x in opt_leaves]
-        return TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), shapes,
-                          jax.tree_util.tree_unflatten(opt_def, opt_leaves))
+        return jax.tree_util.tree_map(
+            lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), state, shardings)
 
     # ------------------------------------------------------------ the step
 
@@ -152,8 +165,11 @@ class Trainer:
             teacher_logits = jax.lax.stop_gradient(self.teacher.apply(
                 {"params": teacher_params}, mb["inputs"], positions=mb["positions"],
                 segment_ids=mb["segment_ids"]))
-            per_token = losses.kd_token_loss(logits, teacher_logits, kd.temperature, kd.kind,
-                                             kd.beta)
+            # Ids past kd_vocab_size are padding (or tokens only one side has): cut them
+            # from both sides, so each softmax renormalises over the shared ids.
+            shared = self.kd_vocab_size
+            per_token = losses.kd_token_loss(logits[..., :shared], teacher_logits[..., :shared],
+                                             kd.temperature, kd.kind, kd.beta)
             sums["kd_sum"] = jnp.sum(per_token * mask)
         elif kd.mode == "offline":
             per_token = losses.topk_kd_token_loss(logits, mb["topk_ids"], mb["topk_logprobs"],

@@ -57,8 +57,12 @@ def test_student_overfits_and_export_matches_in_transformers(tmp_path, tokenizer
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
 
 
-def _cli(config_overrides, env_extra=None, check=True):
-    cmd = [sys.executable, "-m", "distill_jax.cli.train", f"--config={REPO}/configs/sft_tiny_cpu.py"]
+def _cli(config_overrides, env_extra=None, check=True, kill_after_step=0):
+    """distill-train as a subprocess; with `kill_after_step`, through the test wrapper
+    whose step hook SIGKILLs the process after that step."""
+    entry = (["tests.training.kill_after_step", str(kill_after_step)] if kill_after_step
+             else ["distill_jax.cli.train"])
+    cmd = [sys.executable, "-m", *entry, f"--config={REPO}/configs/sft_tiny_cpu.py"]
     cmd += [f"--config.{k}={v}" for k, v in config_overrides.items()]
     env = dict(os.environ, **(env_extra or {}))
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
@@ -74,8 +78,7 @@ def test_kill_and_resume_continues_bitwise(tmp_path, tokenizer_path):
               "train.num_epochs": 2, "train.checkpoint_every": 3, "mesh.data": 2,
               "mesh.fsdp": 2, "mesh.tensor": 2, "train.batch_size": 4}
     _cli({**common, "workdir": tmp_path / "straight"})
-    killed = _cli({**common, "workdir": tmp_path / "resumed",
-                   "train.fault_injection_kill_at_step": 8}, check=False)
+    killed = _cli({**common, "workdir": tmp_path / "resumed"}, check=False, kill_after_step=8)
     assert killed.returncode == -9                       # SIGKILL: nothing got to clean up
     assert [s for s, _ in _losses(tmp_path / "resumed")] == list(range(1, 9))
     resumed = _cli({**common, "workdir": tmp_path / "resumed"})
@@ -129,7 +132,8 @@ def test_online_kd_runs_and_checks_vocabularies(tmp_path, tokenizer_path):
                               models.init_params(teacher_cfg, jax.random.key(1)))
     bad = _config(tmp_path / "b", tokenizer_path, tmp_path / "t.jsonl", **{
         "kd.mode": "online", "kd.teacher.checkpoint": str(tmp_path / "teacher")})
-    with pytest.raises(ValueError, match="student has 400 token ids, the teacher 256"):
+    with pytest.raises(ValueError, match="share 400 token ids but the teacher model .* has "
+                                         "vocab_size 256"):
         train(bad)
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from distill_jax import models
-from distill_jax.data.sft import ChatFormat, JsonlSource, SFTPipeline, encode_example
+from distill_jax.chat import ChatFormat, missing_chat_markers
+from distill_jax.data.sft import JsonlSource, SFTPipeline, encode_example
 from distill_jax.tokenizer import BUILTIN_CHAT_TEMPLATES
 from distill_jax.training import losses
 from tests.training.conftest import write_traces
@@ -18,6 +19,9 @@ TAILS = {"chatml": "<|im_end|>\n", "qwen2.5": "<|im_end|>\n", "llama3": "<|eot_i
 
 @pytest.mark.parametrize("template", sorted(BUILTIN_CHAT_TEMPLATES))
 def test_loss_mask_covers_exactly_the_response(tokenizer, template):
+    # The demo tokenizer has the ChatML markers; the others' are added as training's
+    # data.add_chat_tokens does.
+    tokenizer = tokenizer.with_special_tokens(missing_chat_markers(tokenizer, template))
     fmt = ChatFormat.create(tokenizer, template)
     assert fmt.tail == TAILS[template]
     ex = encode_example({"prompt": "Ada has 3 apples and gets 4.", "response": RESPONSE}, fmt)

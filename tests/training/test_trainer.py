@@ -6,7 +6,8 @@ import pytest
 
 from distill_jax import models, sharding
 from distill_jax.training.optimizer import decay_mask, make_optimizer
-from distill_jax.training.trainer import KDSettings, Trainer, check_vocabularies
+from distill_jax.training.kd_vocab import check_vocabularies
+from distill_jax.training.trainer import KDSettings, Trainer
 
 OPT = ml_collections.ConfigDict(dict(learning_rate=1e-3, warmup_steps=2, final_lr_fraction=0.1,
                                      weight_decay=0.01, b1=0.9, b2=0.95, eps=1e-8,

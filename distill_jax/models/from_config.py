@@ -1,0 +1,109 @@
+"""One way from an experiment config's model section to `(ModelConfig, params)`.
+
+Every stage that builds a model from a config (training's student and online
+teacher, generation's teacher, evaluation, the memory planner, the demos) goes
+through `model_from_section`, so a field that can be set for one can be set for
+all. A section holds:
+
+  checkpoint    an HF directory (config.json + safetensors): its architecture is fixed
+  preset        or a preset name, randomly initialised from `init_seed`
+  overrides     architecture fields to change (a preset's freely; a checkpoint's only
+                where they equal the checkpoint's, except the context limit)
+  init_seed
+  dtype, param_dtype, remat_policy, scan_unroll, attention_impl
+                the `ModelConfig` fields no checkpoint fixes (`RUNTIME_FIELDS`): how
+                the model runs, not what it is
+
+`model_section(**defaults)` makes such a section with every runtime field
+present (so any of them can be set from the command line of a locked config),
+at `ModelConfig`'s defaults unless the stage declares its own.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import ml_collections
+
+from distill_jax.models.config import ModelConfig, config_from_hf, get_config
+
+RUNTIME_FIELDS = ("dtype", "param_dtype", "remat_policy", "scan_unroll", "attention_impl")
+# Fields a checkpoint's config.json sets that a run may still change: the context
+# limit bounds positions, it is not a property of the weights (R1's students were
+# trained at 32k from a base whose config.json says 4096).
+CHECKPOINT_ADJUSTABLE = ("max_position_embeddings",)
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+
+
+def model_section(**defaults: Any) -> ml_collections.ConfigDict:
+    """A model section with every settable key; `defaults` are the stage's own."""
+    unknown = sorted(set(defaults) - set(RUNTIME_FIELDS) - {"checkpoint", "preset", "init_seed"})
+    if unknown:
+        raise ValueError(f"model_section: unknown keys {unknown}")
+    c = ml_collections.ConfigDict()
+    c.checkpoint = ""
+    c.preset = ""
+    c.overrides = ml_collections.ConfigDict()
+    c.init_seed = 0
+    for name in RUNTIME_FIELDS:
+        c[name] = _DEFAULTS[name]
+    for name, value in defaults.items():
+        c[name] = value
+    return c
+
+
+def _runtime(section) -> dict[str, Any]:
+    out = {}
+    for name in RUNTIME_FIELDS:
+        value = section.get(name)
+        if value is not None and value != "":
+            out[name] = value
+    return out
+
+
+def config_from_section(section, vocab_size: int | None = None) -> ModelConfig:
+    """The ModelConfig a section names. `vocab_size` (the tokenizer's) sizes a
+    preset's embedding; a checkpoint keeps its own."""
+    overrides = dict(section.get("overrides") or {})
+    runtime = _runtime(section)
+    clash = sorted(set(overrides) & set(runtime))
+    if clash:
+        raise ValueError(f"model field(s) {clash} set both as section keys and in overrides; "
+                         "set them once, as section keys")
+    unknown = sorted(set(overrides) - set(_DEFAULTS))
+    if unknown:
+        raise ValueError(f"model overrides {unknown} are not ModelConfig fields "
+                         f"(fields: {sorted(_DEFAULTS)})")
+    if section.get("checkpoint"):
+        from distill_jax.models.hf_io import read_hf_config
+        base = config_from_hf(read_hf_config(section.checkpoint))
+        for name, value in overrides.items():
+            if name in CHECKPOINT_ADJUSTABLE or name in RUNTIME_FIELDS:
+                continue
+            if value != getattr(base, name):
+                raise ValueError(
+                    f"model overrides.{name}={value!r}, but checkpoint {section.checkpoint} has "
+                    f"{name}={getattr(base, name)!r}: a checkpoint fixes its architecture "
+                    f"(only {', '.join(RUNTIME_FIELDS + CHECKPOINT_ADJUSTABLE)} can change)")
+        return base.replace(**overrides, **runtime)
+    if section.get("preset"):
+        if vocab_size and "vocab_size" not in overrides:
+            overrides["vocab_size"] = vocab_size
+        return get_config(section.preset, **overrides, **runtime)
+    raise ValueError("the model config needs `checkpoint` (an HF directory) or `preset`")
+
+
+def model_from_section(section, vocab_size: int | None = None,
+                       mesh: jax.sharding.Mesh | None = None) -> tuple[ModelConfig, Any]:
+    """`(ModelConfig, params)`: a checkpoint's weights, or a preset's random init
+    from the section's `init_seed`; placed on `mesh` when given."""
+    from distill_jax.models.hf_io import load_hf_checkpoint
+    from distill_jax.models.transformer import init_params
+    cfg = config_from_section(section, vocab_size)
+    if section.get("checkpoint"):
+        # The weights depend on the architecture and param_dtype only; the other runtime
+        # fields and the context limit are the section's (already in `cfg`).
+        _, params = load_hf_checkpoint(section.checkpoint, dtype=cfg.param_dtype, mesh=mesh)
+        return cfg, params
+    return cfg, init_params(cfg, jax.random.key(section.get("init_seed") or 0), mesh=mesh)

@@ -144,7 +144,10 @@ def _train_model(config, workdir, data_path, tokenizer, section, kd=None) -> str
     c = _train_config(config, workdir, data_path, tokenizer, section)
     if kd is not None:
         for k, v in kd.items():
-            c.kd[k] = v
+            if isinstance(v, dict):        # a section: change its keys, keep the others
+                c.kd[k].update(v)
+            else:
+                c.kd[k] = v
     train(c)
     return export
 
@@ -269,9 +272,8 @@ def run(config) -> dict[str, Any]:
             "kd_offline": os.path.join(curated, "curated.jsonl")}
     kd = {"kd_online": {"mode": "online", "alpha": config.kd.alpha,
                         "temperature": config.kd.temperature,
-                        "teacher": {"checkpoint": teacher, "preset": "", "init_seed": 0,
-                                    "dtype": "float32", "param_dtype": "float32",
-                                    "remat_policy": ""}},
+                        "teacher": {"checkpoint": teacher, "dtype": "float32",
+                                    "param_dtype": "float32"}},
           "kd_offline": {"mode": "offline", "alpha": config.kd.alpha,
                          "temperature": config.kd.temperature, "topk": config.generate.return_top_k}}
     with open(os.path.join(curated, "report.json")) as f:

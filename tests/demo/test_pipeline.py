@@ -46,6 +46,10 @@ def test_notebook_runs_the_quick_pipeline_through_every_stage_and_arm(tmp_path, 
         summary = json.loads((out / "eval" / name / "summary.json").read_text())
         assert summary["problems"] == 20 and summary["pass@1"] == acc
     assert results["training_examples"]["unfiltered"] == 40 * 2
+    # The R1 arm itself ran: some teacher samples pass every filter (the quick config
+    # samples its weak teacher near-greedily), so "filtered" was trained and evaluated.
+    assert results["training_examples"]["filtered"] > 0
+    assert "filtered" in results["accuracy"] and "filtered" not in results["skipped_arms"]
     stages = {s["name"]: s for s in results["filter_stages"]}
     assert stages["decontaminate"]["in"] == 80
     assert os.path.getsize(out / "results.png") > 10_000

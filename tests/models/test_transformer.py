@@ -129,11 +129,68 @@ def test_preset_param_count_equals_transformers(name):
     assert models.count_params(cfg) == _hf_param_count(models.to_hf_config(cfg))
 
 
-def test_known_preset_sizes():
-    # Published sizes, as a check that the presets are the real models.
-    assert models.count_params(models.get_config("qwen2.5-0.5b")) == 494_032_768
-    assert models.count_params(models.get_config("llama-3.1-8b")) == 8_030_261_248
-    assert models.count_params(models.get_config("qwen2.5-7b")) == 7_615_616_512
+# The published size of every real model among the presets, from a source that
+# does not go through our presets: the parameter total of the released
+# checkpoint. "index" is `metadata.total_size` of its model.safetensors.index.json,
+# in bytes of bfloat16, so halved.
+PUBLISHED_PARAMS = {
+    # Qwen/Qwen2.5-0.5B: safetensors total (tied embeddings, no lm_head stored); card 0.49B.
+    "qwen2.5-0.5b": 494_032_768,
+    # Qwen/Qwen2.5-1.5B: safetensors total (tied); card 1.54B.
+    "qwen2.5-1.5b": 1_543_714_304,
+    # Qwen/Qwen2.5-7B: index 15_231_233_024 B; card 7.61B.
+    "qwen2.5-7b": 7_615_616_512,
+    # Qwen/Qwen2.5-14B: index 29_540_067_328 B.
+    "qwen2.5-14b": 14_770_033_664,
+    # Qwen/Qwen2.5-32B: index 65_527_752_704 B.
+    "qwen2.5-32b": 32_763_876_352,
+    # Qwen/Qwen2.5-Math-1.5B: safetensors total (tied), the same body as Qwen2.5-1.5B.
+    "qwen2.5-math-1.5b": 1_543_714_304,
+    # deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B: safetensors total; the Math-1.5B body
+    # with an untied lm_head (+151_936 * 1536).
+    "deepseek-r1-distill-qwen-1.5b": 1_777_088_000,
+    # meta-llama/Llama-3.1-8B: index 16_060_522_496 B.
+    "llama-3.1-8b": 8_030_261_248,
+    # meta-llama/Llama-3.3-70B-Instruct: safetensors total (index 141_107_412_992 B, the
+    # same as Llama-3.1-70B's).
+    "llama-3.3-70b": 70_553_706_496,
+    # Qwen/Qwen3-0.6B: the file holds 751_632_384 elements because it also stores
+    # the tied lm_head (a copy of the 151_936 * 1024 embedding); the model has
+    # 596_049_920 (transformers' num_parameters()).
+    "qwen3-0.6b": 596_049_920,
+    # Qwen/Qwen3-8B: index 16_381_470_720 B.
+    "qwen3-8b": 8_190_735_360,
+}
+
+# Presets without a trusted published total: their published config.json values,
+# written out here (not derived from our presets), counted by transformers.
+PUBLISHED_CONFIGS = {
+    # Qwen/Qwen2.5-Math-7B config.json: the Qwen2.5-7B shapes with a 4k context.
+    "qwen2.5-math-7b": {
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 152064,
+        "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+        "num_attention_heads": 28, "num_key_value_heads": 4, "hidden_act": "silu",
+        "max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+        "tie_word_embeddings": False, "use_sliding_window": False,
+        "bos_token_id": 151643, "eos_token_id": 151643},
+}
+
+
+def test_every_published_preset_has_an_independent_size():
+    # A new real-model preset must come with its published size (tiny-* are ours).
+    published = sorted(name for name in models.PRESETS if not name.startswith("tiny-"))
+    assert published == sorted([*PUBLISHED_PARAMS, *PUBLISHED_CONFIGS])
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))
+def test_preset_has_the_published_size(name):
+    assert models.count_params(models.get_config(name)) == PUBLISHED_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_CONFIGS))
+def test_preset_has_the_size_of_the_published_config(name):
+    assert models.count_params(models.get_config(name)) == \
+        _hf_param_count(PUBLISHED_CONFIGS[name])
 
 
 def test_config_round_trips_through_hf_dict():

@@ -30,7 +30,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from distill_jax import models
 from distill_jax.chat import ChatFormat
@@ -221,7 +220,8 @@ def _evaluate(config, name, checkpoint, tokenizer_path, prompts_path, out) -> di
     from distill_jax.evaluation.runner import write_results
     tokenizer = load_tokenizer(tokenizer_path, chat_template="chatml")
     fmt = ChatFormat.create(tokenizer, "chatml")
-    cfg, params = models.load_hf_checkpoint(checkpoint, dtype=jnp.float32)
+    cfg, params = models.model_from_section(
+        models.model_section(checkpoint=checkpoint, dtype="float32", param_dtype="float32"))
     sampler = Sampler(cfg, params, tokenizer=tokenizer, max_batch=config.evaluate.max_batch,
                       pad_id=tokenizer.pad_id or 0)
     prompts = load_prompts(prompts_path, "jsonl")

@@ -36,7 +36,7 @@ from absl import logging
 from distill_jax.evaluation.metrics import pass_at_k
 from distill_jax.fileio import write_json_atomic
 from distill_jax.filters import decontaminate, text_quality, verify
-from distill_jax.filters.sample import Sample, Verdict, assistant_prefix, make_sample
+from distill_jax.filters.sample import Sample, Verdict, assistant_prefix, make_sample, reject
 from distill_jax.progress import Progress
 
 REPORT = "report.json"
@@ -79,10 +79,24 @@ class FilterChain:
                 self.filters.append(FILTER_CLASSES[name](**params))
 
     def evaluate(self, s: Sample) -> dict[str, Any]:
-        correct_verdict, final_answer = self.correctness.verify(s)
+        """One sample through the chain. A filter that raises rejects this sample
+        only (reason `verifier_error` for the correctness verifier, `filter_error`
+        for the others, with `file:line` and the exception in the audit): one odd
+        record must never abort a run over hundreds of thousands."""
+        try:
+            correct_verdict, final_answer = self.correctness.verify(s)
+        except Exception as e:  # noqa: BLE001 -- any verifier bug is this record's verdict
+            correct_verdict, final_answer = _raised(self.correctness.name, "verifier_error",
+                                                    s, e), None
         verdict: Verdict | None = None
         for f in self.filters:
-            v = correct_verdict if f is self.correctness else f(s)
+            if f is self.correctness:
+                v = correct_verdict
+            else:
+                try:
+                    v = f(s)
+                except Exception as e:  # noqa: BLE001 -- as above, for the text filters
+                    v = _raised(f.name, "filter_error", s, e)
             if not v.accepted:
                 verdict = v
                 break
@@ -90,6 +104,12 @@ class FilterChain:
                 "filter": verdict.filter if verdict else "", "reason": verdict.reason if verdict else "",
                 "detail": verdict.detail if verdict else "", "correct": correct_verdict.accepted,
                 "final_answer": final_answer}
+
+
+def _raised(filter_name: str, reason: str, s: Sample, error: Exception) -> Verdict:
+    logging.warning("filter: %s raised on %s: %s: %s", filter_name, s.where,
+                    type(error).__name__, error)
+    return reject(filter_name, reason, f"{s.where}: {type(error).__name__}: {error}"[:2000])
 
 
 _WORKER_CHAIN: FilterChain | None = None

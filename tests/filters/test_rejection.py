@@ -187,3 +187,29 @@ def test_bad_config_and_missing_input_fail_before_work(tmp_path, shared_data):
     c.decontamination.eval_sets = ("not_a_set",)
     with pytest.raises(ValueError, match="not_a_set"):
         rejection.filter_traces(c)
+
+
+def test_a_record_that_makes_a_verifier_raise_is_rejected_and_the_run_goes_on(tmp_path):
+    """A verifier bug or an odd record from another tool costs that record, not the run:
+    it is audited as verifier_error with its file:line and the exception."""
+    apples = "Tom has 3 apples and buys 4 more at the market. How many apples does Tom have now?"
+    odd_reference = {"test": ADD_TEST, "entry_point": 5}          # not a name: re.escape raises
+    code_ok = "I will add them.\n</think>\n```python\ndef add_numbers(a, b):\n    return a + b\n```"
+    records = [_rec("apples", 0, GOOD, apples, {"answer": "7"}),
+               _rec("odd", 0, code_ok, ADD_PROBLEM, odd_reference, kind="code"),
+               _rec("pi", 0, "Speed.\n</think>\n\\boxed{12π inches per second}",
+                    "How fast does the point move?", {"answer": "12\\pi"})]
+    d = tmp_path / "traces"
+    d.mkdir()
+    (d / "shard-00000-of-00001.jsonl").write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n")
+    c = _config(d, tmp_path / "curated")
+    c.filters.order = ("correctness",)
+    report = rejection.filter_traces(c)
+    assert report["output"]["samples"] >= 1                       # the good record is kept
+    audit = tmp_path / "curated" / "audit" / "correctness-verifier_error.jsonl"
+    errors = [json.loads(line) for line in audit.read_text().splitlines()]
+    odd = [e for e in errors if e["prompt_id"] == "odd"]
+    assert len(odd) == 1
+    assert odd[0]["where"].endswith("shard-00000-of-00001.jsonl:2")
+    assert "shard-00000-of-00001.jsonl:2: TypeError" in odd[0]["detail"]

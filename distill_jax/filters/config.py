@@ -19,7 +19,10 @@ def default_config():
     c.filters.think_format = ml_collections.ConfigDict(
         {"require_think": True, "require_final_answer": True})
     c.filters.length = ml_collections.ConfigDict({"min_tokens": 8, "max_tokens": 0})
-    c.filters.language = ml_collections.ConfigDict({"max_foreign_fraction": 0.02})
+    # Reject > 2% of letters in another script than the prompt's, or any run of it of
+    # >= 2 CJK characters / 2 words of >= 3 letters (text_quality.Language says why).
+    c.filters.language = ml_collections.ConfigDict(
+        {"max_foreign_fraction": 0.02, "min_foreign_run": 2, "min_foreign_word_letters": 3})
     c.filters.repetition = ml_collections.ConfigDict(
         {"ngram_size": 10, "max_duplicate_fraction": 0.3, "max_period_chars": 200,
          "min_loop_repeats": 4, "min_loop_chars": 60})

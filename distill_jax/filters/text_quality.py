@@ -5,6 +5,7 @@ parameters as constructor arguments (set from `config.filters.<name>`), and
 from __future__ import annotations
 
 import collections
+import functools
 import re
 import unicodedata
 
@@ -74,63 +75,219 @@ class Length:
 
 # Scripts that never count as "foreign": Greek letters are math symbols.
 _NEUTRAL_SCRIPTS = {"GREEK", "COMMON"}
-_SCRIPT_GROUPS = {"HIRAGANA": "CJK", "KATAKANA": "CJK", "CJK": "CJK", "HANGUL": "HANGUL",
+_SCRIPT_GROUPS = {"HIRAGANA": "CJK", "KATAKANA": "CJK", "CJK": "CJK", "IDEOGRAPHIC": "CJK",
+                  "KATAKANA-HIRAGANA": "CJK", "BOPOMOFO": "CJK", "HANGUL": "HANGUL",
                   "LATIN": "LATIN", "CYRILLIC": "CYRILLIC", "ARABIC": "ARABIC",
                   "HEBREW": "HEBREW", "DEVANAGARI": "DEVANAGARI", "THAI": "THAI",
-                  "GREEK": "GREEK"}
+                  "GREEK": "GREEK",
+                  # Letters that are symbols, not writing: 𝑥 ℝ ℓ ⁿ ª º µ ʼ.
+                  "MATHEMATICAL": "COMMON", "DOUBLE-STRUCK": "COMMON", "SCRIPT": "COMMON",
+                  "BLACK-LETTER": "COMMON", "SUPERSCRIPT": "COMMON", "SUBSCRIPT": "COMMON",
+                  "MODIFIER": "COMMON", "FEMININE": "COMMON", "MASCULINE": "COMMON",
+                  "MICRO": "COMMON"}
+# Letterlike Symbols (ℏ ℵ ℕ K-sign) and Mathematical Alphanumeric Symbols.
+_NEUTRAL_RANGES = ((0x2100, 0x214F), (0x1D400, 0x1D7FF))
+# Scripts written without spaces between words (or, for Hangul, with one syllable per
+# character): a run of them is measured in characters, other scripts in words.
+_UNSPACED_SCRIPTS = {"CJK", "HANGUL", "THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN", "YI"}
+# Latin words that are math notation in every language (sin²x + cos²x = 1 in Chinese).
+_MATH_WORDS = frozenset(
+    "sin cos tan cot sec csc arcsin arccos arctan sinh cosh tanh log ln lg exp lim max min "
+    "sup inf mod gcd lcm det dim ker deg arg sgn tr rank sqrt".split())
 # Math, code, LaTeX commands and markup tags (<think>) are not prose in any language.
-_MATH_OR_CODE = re.compile(r"```.*?```|\$\$.*?\$\$|\$[^$]*\$|\\\(.*?\\\)|\\\[.*?\\\]|\\[a-zA-Z]+"
-                           r"|</?[A-Za-z_|]+>", re.DOTALL)
+_MATH_OR_CODE = re.compile(r"```.*?```|`[^`\n]+`|\$\$.*?\$\$|\$[^$]*\$|\\\(.*?\\\)|\\\[.*?\\\]"
+                           r"|\\[a-zA-Z]+|</?[A-Za-z_|]+>", re.DOTALL)
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def _script(ch: str) -> str:
+    if any(lo <= ord(ch) <= hi for lo, hi in _NEUTRAL_RANGES):
+        return "COMMON"
     try:
-        first = unicodedata.name(ch).split()[0]
+        words = unicodedata.name(ch).split()
     except ValueError:
         return "COMMON"
+    first = words[1] if words[0] in ("FULLWIDTH", "HALFWIDTH") and len(words) > 1 else words[0]
     return _SCRIPT_GROUPS.get(first, first)
 
 
+class _Word(collections.namedtuple("_Word", "start end text script letters neutral")):
+    """A word of one non-neutral script; `neutral` when it is notation, not prose."""
+    __slots__ = ()
+
+    def key(self) -> str:
+        return self.text.casefold()
+
+
+def _words(text: str) -> list[_Word]:
+    """The words of `text` outside math and code, at their offsets in `text`.
+
+    A word is a maximal stretch of letters of one script (with their combining marks,
+    and for spaced scripts joined across `-` and `'`: Cauchy-Schwarz, don't); for an
+    unspaced script (CJK) it is a stretch of characters between other things. It is
+    neutral (notation, not prose) when it is a one-letter word of a spaced script (a
+    variable), a math function name (sin, gcd), an acronym (AM-GM, BFS), camelCase,
+    or glued to code or digits (x1, dp_i, nums.sort, len(, 3rd)."""
+    t = _MATH_OR_CODE.sub(lambda m: " " * len(m.group()), text)
+    out, i, n = [], 0, len(t)
+    while i < n:
+        sc = _script(t[i]) if t[i].isalpha() else "COMMON"
+        if sc in _NEUTRAL_SCRIPTS:
+            i += 1
+            continue
+        j = i + 1
+        while j < n:
+            c = t[j]
+            if c.isalpha() and _script(c) == sc or unicodedata.category(c).startswith("M"):
+                j += 1
+            elif (c in "-'’" and sc not in _UNSPACED_SCRIPTS and j + 1 < n
+                  and t[j + 1].isalpha() and _script(t[j + 1]) == sc):
+                j += 1
+            else:
+                break
+        word = t[i:j]
+        letters = sum(ch.isalpha() for ch in word)
+        neutral = False
+        if sc not in _UNSPACED_SCRIPTS:
+            before, after = t[i - 1] if i else " ", t[j] if j < n else " "
+            glued = (before.isdigit() or before == "_"
+                     or before == "." and i > 1 and (t[i - 2].isalnum() or t[i - 2] == "_")
+                     or after.isdigit() or after in "_([" or after == "." and j + 1 < n
+                     and (t[j + 1].isalnum() or t[j + 1] == "_"))
+            cased = [ch for ch in word if ch.isalpha() and ch.lower() != ch.upper()]
+            acronym = len(cased) >= 2 and all(ch.isupper() for ch in cased)
+            camel = any(a.islower() and b.isupper() for a, b in zip(word, word[1:]))
+            neutral = (letters < 2 or glued or acronym or camel
+                       or word.casefold() in _MATH_WORDS)
+        out.append(_Word(i, j, word, sc, letters, neutral))
+        i = j
+    return out
+
+
 def script_counts(text: str) -> collections.Counter:
-    """Letters per script, ignoring math, code, LaTeX commands and one-letter words
-    (variable names are Latin in every language)."""
-    text = _MATH_OR_CODE.sub(" ", text)
+    """Letters per script in the prose of `text`: the words of `_words` that are not
+    notation (math, code, LaTeX commands, tags, one-letter variables, math function
+    names, acronyms and identifiers do not count)."""
+    return _letter_counts(_words(text))
+
+
+def _letter_counts(words: list[_Word]) -> collections.Counter:
     counts: collections.Counter = collections.Counter()
-    for word in re.findall(r"\w{2,}", text):
-        for ch in word:
-            if ch.isalpha():
-                counts[_script(ch)] += 1
+    for w in words:
+        if not w.neutral:
+            counts[w.script] += w.letters
     return counts
+
+
+def _script_units(words: list[_Word]) -> collections.Counter:
+    """Prose per script, in words (characters for unspaced scripts)."""
+    units: collections.Counter = collections.Counter()
+    for w in words:
+        if not w.neutral:
+            units[w.script] += w.letters if w.script in _UNSPACED_SCRIPTS else 1
+    return units
 
 
 class Language:
     """R1's "language mixing" filter: the response stays in the prompt's script.
 
-    The prompt's script is its most common one; the sample is rejected when more
-    than `max_foreign_fraction` of its letters are in another script (Greek never
-    counts: it is math notation)."""
+    The expected script is the prompt's main one, counted in words (characters for
+    CJK and other unspaced scripts, so a Chinese prompt that names `two_sum` or
+    Python is still Chinese); a prompt with no prose (pure math) expects the
+    response's own main script. Two rules, in this order:
+
+    * fraction: more than `max_foreign_fraction` of the response's letters are in
+      another script (`mixed_language`);
+    * run: a contiguous run of another script, spaces, punctuation, digits and
+      math allowed inside it, is at least `min_foreign_run` long (`foreign_run`):
+      characters for unspaced scripts (CJK, Hangul, Thai...), words of at least
+      `min_foreign_word_letters` letters for spaced ones (Cyrillic, Latin, Arabic...).
+      This is the one that catches "... which 可以通过递推公式来计算 the next term",
+      a clause that is 0.1% of a long trace. 0 disables it.
+
+    Neutral everywhere: math ($...$, \\(...\\), LaTeX commands), code (fenced and
+    inline), tags, digits, punctuation (CJK punctuation too), symbols and emoji,
+    Greek and math letters (α π 𝑥 ℝ ℵ), one-letter words (variables), math
+    function names (sin, gcd), acronyms, identifiers (x1, dp_i, maxSum, len(...)).
+    Words that also occur in the prompt count for nothing in a run: quoting the
+    problem (a Cyrillic name in a history problem) is not switching language.
+
+    Defaults: `min_foreign_run=2`, i.e. two CJK characters (the shortest Chinese
+    words, 可以 / 所以 / 计算, are two) or two foreign words of >= 3 letters. One
+    CJK character alone passes (a quoted character or unit), and so does one
+    foreign word (a name such as Пётр or Fibonacci, a term, "Wait"): a single word
+    is most often a name, and a clause of mixing has at least two. Accented Latin
+    (café, Erdős) is Latin: this filter sees scripts, not languages, so French or
+    Vietnamese inside English reasoning is out of its reach.
+    """
     name = "language"
 
-    def __init__(self, max_foreign_fraction: float = 0.02):
+    def __init__(self, max_foreign_fraction: float = 0.02, min_foreign_run: int = 2,
+                 min_foreign_word_letters: int = 3):
         self.max_foreign_fraction = max_foreign_fraction
+        self.min_foreign_run = min_foreign_run
+        self.min_foreign_word_letters = min_foreign_word_letters
+
+    def _units(self, w: _Word, prompt_words: set[str], prompt: str) -> int:
+        if w.script in _UNSPACED_SCRIPTS:
+            return 0 if w.text in prompt else w.letters
+        if w.key() in prompt_words or w.letters < self.min_foreign_word_letters:
+            return 0
+        return 1
+
+    def foreign_runs(self, words: list[_Word], target: str, prompt_words: set[str],
+                     prompt: str) -> list[tuple[str, int, int, int]]:
+        """(script, units, start, end) of every maximal run of a script other than
+        `target`; a non-neutral word of another script ends a run."""
+        runs: list[list] = []
+        current = None
+        for w in words:
+            if w.neutral:
+                continue
+            if w.script == target:
+                current = None
+                continue
+            if current is None or current[0] != w.script:
+                current = [w.script, 0, w.start, w.end]
+                runs.append(current)
+            current[1] += self._units(w, prompt_words, prompt)
+            current[3] = w.end
+        return [tuple(r) for r in runs]
 
     def __call__(self, s: Sample) -> Verdict:
-        prompt_scripts = script_counts(s.problem)
-        for k in _NEUTRAL_SCRIPTS:
-            prompt_scripts.pop(k, None)
-        if not prompt_scripts:
-            return accept(self.name)
-        target = prompt_scripts.most_common(1)[0][0]
-        counts = script_counts(s.response)
+        prompt_words = _words(s.problem)
+        response_words = _words(s.response)
+        prompt_units = _script_units(prompt_words)
+        where = "prompt"
+        if not prompt_units:
+            prompt_units, where = _script_units(response_words), "response"
+            if not prompt_units:
+                return accept(self.name)
+        target = prompt_units.most_common(1)[0][0]
+
+        counts = _letter_counts(response_words)
         total = sum(v for k, v in counts.items() if k not in _NEUTRAL_SCRIPTS)
-        if not total:
-            return accept(self.name)
         foreign = {k: v for k, v in counts.items() if k not in _NEUTRAL_SCRIPTS | {target}}
-        fraction = sum(foreign.values()) / total
+        fraction = sum(foreign.values()) / total if total else 0.0
         if fraction > self.max_foreign_fraction:
             main = max(foreign, key=foreign.get)
             return reject(self.name, "mixed_language",
-                          f"{fraction:.1%} of letters are {main} in a {target} prompt")
+                          f"{fraction:.1%} of letters are {main} in a {target} {where}")
+
+        if self.min_foreign_run > 0:
+            keys = {w.key() for w in prompt_words}
+            runs = [r for r in self.foreign_runs(response_words, target, keys, s.problem)
+                    if r[1] >= self.min_foreign_run]
+            if runs:
+                script, units, start, end = max(runs, key=lambda r: r[1])
+                quote = " ".join(s.response[start:end].split())
+                if len(quote) > 60:
+                    quote = quote[:59] + "…"
+                unit = "character" if script in _UNSPACED_SCRIPTS else "word"
+                more = f" (and {len(runs) - 1} more)" if len(runs) > 1 else ""
+                return reject(self.name, "foreign_run",
+                              f"a {units}-{unit} {script} run in a {target} {where}: "
+                              f"\"{quote}\"{more}")
         return accept(self.name)
 
 

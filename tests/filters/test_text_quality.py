@@ -76,6 +76,115 @@ def test_language_mixing():
                     "\\boxed{7}", problem="桌子上有多少个苹果？")).reason == "mixed_language"
 
 
+# A long English trace: 200 sentences, 10,000 letters of prose.
+LONG_ENGLISH = " ".join(f"Step {k}: we add the next term of the sequence to the running total."
+                        for k in range(200))
+
+
+def _english(middle=""):
+    return sample(LONG_ENGLISH + " " + middle + " So the total is seven.\n</think>\n\\boxed{7}")
+
+
+def test_language_rejects_a_sporadic_chinese_clause_and_quotes_it():
+    clause = "The recurrence, which 可以通过递推公式来计算 the next term, is linear."
+    s = _english(clause)
+    counts = text_quality.script_counts(s.response)
+    assert counts["CJK"] / sum(counts.values()) < 0.002              # ~0.1% of the letters
+    assert text_quality.Language(min_foreign_run=0)(s).accepted        # the fraction alone misses it
+    v = text_quality.Language()(s)
+    assert not v.accepted and v.reason == "foreign_run"
+    assert v.detail == 'a 11-character CJK run in a LATIN prompt: "可以通过递推公式来计算"'
+    # A long run is quoted up to ~60 characters; spaces and punctuation stay inside a run.
+    long_clause = "然后我们" + "，继续计算下一项" * 12 + " and stop."
+    v = text_quality.Language()(_english(long_clause))
+    assert v.reason == "foreign_run" and v.detail.endswith('…"')
+    assert '"然后我们，继续计算下一项，继续计算下一项' in v.detail
+    assert len(v.detail.split('"')[1]) == 60
+
+
+def test_language_rejects_one_short_chinese_word_in_a_long_english_trace():
+    s = _english("Therefore 所以 the sum doubles, as in step 3.")
+    counts = text_quality.script_counts(s.response)
+    assert counts["CJK"] / sum(counts.values()) < 0.001
+    v = text_quality.Language()(s)
+    assert v.reason == "foreign_run" and "2-character CJK run" in v.detail and '"所以"' in v.detail
+    # Digits and math inside a clause do not split it: 第 3 步 is one run.
+    v = text_quality.Language()(_english("We check 第 $n$ 步 again."))
+    assert v.reason == "foreign_run" and '"第 $n$ 步"' in v.detail
+
+
+def test_language_chinese_prompt_answered_in_chinese_passes():
+    f = text_quality.Language()
+    steps = "".join(f"第 {k} 步：把第 {k} 个篮子里的苹果数加到总数上，再检查一遍总数是否正确。"
+                    for k in range(1, 21))
+    reasoning = (steps + "设 x 为苹果数，则 x = 3 + 4。由 sin²x + cos²x = 1 可知结论成立，"
+                 "用 AM-GM 不等式检验，$\\alpha \\le \\pi$，θ ≤ 2。这和 Fibonacci 数列无关。"
+                 "\n</think>\n所以答案是 \\boxed{7}。")
+    assert f(sample(reasoning, problem="桌子上有多少个苹果？")).accepted
+    # A Chinese prompt that names code is still a Chinese prompt (its script is
+    # counted in words and characters, not letters), and inline code is not prose.
+    code_prompt = "用 Python 实现函数 two_sum(nums, target)，返回和为 target 的两个下标。"
+    ok = "我们用 `two_sum` 遍历 `nums`，先排序再用双指针，复杂度是 $O(n \\log n)$。\n</think>\n完成。"
+    assert f(sample(ok, problem=code_prompt)).accepted
+    # ... but an English clause in Chinese reasoning is a run of LATIN.
+    mixed = steps * 2 + "Wait, let me check 边界情况。\n</think>\n完成。"
+    v = f(sample(mixed, problem=code_prompt))
+    assert v.reason == "foreign_run" and v.detail == \
+        'a 3-word LATIN run in a CJK prompt: "Wait, let me check"'
+
+
+@pytest.mark.parametrize("middle", [
+    "With α = π/3 and β = 2θ the angles add up, and Δ ≈ Σ aᵢ ≤ 10.",        # Greek, math
+    "Let 𝑥 ∈ ℝ, ℓ ≥ 0, ∀ n ∈ ℕ ∃ m ≥ n, the 2ⁿ case and ℵ₀ too.",          # math unicode
+    "The total is seven。Then we stop，and check again：fine！",             # CJK punctuation
+    "We meet at the café, as Erdős would, and it is a naïve guess.",       # accented Latin
+    "Great, that works 🎉🙂 👍 ✅.",                                         # emoji
+    "The character 中 has four strokes.",                                 # one CJK character
+    "Peter the Great (Пётр) founded the city in 1703.",                   # one Cyrillic name
+])
+def test_language_notation_and_stray_letters_do_not_trigger(middle):
+    v = text_quality.Language()(_english(middle))
+    assert v.accepted, v.detail
+
+
+def test_language_cyrillic_runs():
+    f = text_quality.Language()
+    v = f(_english("Peter, то есть Пётр Великий, founded the city in 1703."))
+    assert v.reason == "foreign_run"
+    assert v.detail == 'a 3-word CYRILLIC run in a LATIN prompt: "то есть Пётр Великий"'
+    # Quoting the problem is not switching language: names from the prompt are free.
+    history = "Who was Пётр Великий and in which year did he found Санкт-Петербург?"
+    quoted = sample(LONG_ENGLISH + " Пётр Великий founded Санкт-Петербург in 1703."
+                    "\n</think>\n\\boxed{1703}", problem=history)
+    assert f(quoted).accepted
+    # A one-letter or two-letter word does not make a run on its own.
+    assert f(_english("Then и so on, to the end.")).accepted
+
+
+def test_language_pure_math_prompt_expects_the_responses_own_script():
+    f = text_quality.Language()
+    v = f(sample(LONG_ENGLISH + " 所以答案是七。\n</think>\n\\boxed{7}", problem="$3 + 4 = ?$"))
+    assert v.reason == "foreign_run" and "CJK run in a LATIN response" in v.detail
+    assert f(sample("三加四等于七。\n</think>\n\\boxed{7}", problem="$3 + 4 = ?$")).accepted
+
+
+def test_language_thresholds_come_from_the_config():
+    from distill_jax.filters import config, rejection
+    params = dict(config.default_config().filters.language)
+    assert params == {"max_foreign_fraction": 0.02, "min_foreign_run": 2,
+                      "min_foreign_word_letters": 3}
+    short = _english("Therefore 所以 the sum doubles.")
+    assert not rejection.FILTER_CLASSES["language"](**params)(short).accepted
+    params["min_foreign_run"] = 3
+    assert rejection.FILTER_CLASSES["language"](**params)(short).accepted
+    assert not rejection.FILTER_CLASSES["language"](**params)(_english("然后所以 we stop.")).accepted
+    # Words are counted once they have min_foreign_word_letters letters; 0 turns runs off.
+    cyr = _english("Then то есть it works.")                    # "то" 2 letters, "есть" 4
+    assert text_quality.Language()(cyr).accepted
+    assert text_quality.Language(min_foreign_word_letters=2)(cyr).reason == "foreign_run"
+    assert text_quality.Language(min_foreign_run=0)(_english("然后所以我们 stop.")).accepted
+
+
 def test_repetition():
     f = text_quality.Repetition()
     normal = " ".join(f"Step {k}: add {k} apples to the basket of size {k * 3}." for k in range(30))

@@ -1,12 +1,32 @@
 """The sympy side of `math_answer.SymbolicChecker`: one JSON request per line on
-stdin ({"a": expr, "b": expr}, sympy syntax from `latex_to_sympy`), one JSON
-reply per line on stdout ({"equal": bool}). Run as a script in its own process
-so the parent can kill it when sympy hangs; it caps its own memory."""
+stdin, one JSON reply per line on stdout. Expressions are in sympy syntax, from
+`latex_to_sympy`. Run as a script in its own process so the parent can kill it
+when sympy hangs; it caps its own memory.
+
+Requests:
+  {"op": "equal", "a": expr, "b": expr} -> {"equal": bool}
+      Whether the two are the same expression. Exact ones (no decimal in
+      either) must agree exactly: a nonzero rational difference is "not
+      equal" however small relative to the values (`10**11` vs `99999999999`),
+      and numeric checks at random points use 50 digits and a 1e-25 relative
+      tolerance. With a decimal in either (a sympy Float) the tolerance is
+      1e-6 relative. ("op" may be omitted: "equal" is the default.)
+  {"op": "evaluate", "a": expr} -> {"rational": "p/q"} | {"value": "<decimal>"} | {}
+      The value of a constant expression: exact when sympy's automatic
+      simplification makes it a rational number, else 40 significant digits
+      of a real value; {} when it has free symbols or is not a finite real.
+Any parse or math error replies {"error": ...}, which the parent reads as "no".
+"""
 import json
 import os
 import random
 import resource
 import sys
+
+_EXACT_TOL = "1e-25"
+_APPROX_TOL = "1e-6"
+_DIGITS = 50
+_POINTS = 5
 
 
 def _cap_memory() -> None:
@@ -17,28 +37,73 @@ def _cap_memory() -> None:
         pass
 
 
-def _equal(a_text: str, b_text: str) -> bool:
+def _parse(text: str):
     import sympy
     from sympy.parsing.sympy_parser import (implicit_multiplication_application, parse_expr,
                                             standard_transformations)
     transforms = standard_transformations + (implicit_multiplication_application,)
     names = {"E": sympy.E, "I": sympy.I, "pi": sympy.pi, "oo": sympy.oo, "root": sympy.root}
-    a = parse_expr(a_text, local_dict=dict(names), transformations=transforms)
-    b = parse_expr(b_text, local_dict=dict(names), transformations=transforms)
-    if isinstance(a, tuple) or isinstance(b, tuple):
+    expr = parse_expr(text, local_dict=dict(names), transformations=transforms)
+    return expr if isinstance(expr, sympy.Expr) else None     # tuples ("1, 2") are not
+
+
+def _magnitude(expr, point):
+    """|expr| at `point`, to _DIGITS digits, or None where it is not a finite number."""
+    import sympy
+    value = sympy.N(expr, _DIGITS, subs=point) if point else sympy.N(expr, _DIGITS)
+    if not value.is_number or value.has(sympy.nan, sympy.zoo, sympy.oo, -sympy.oo):
+        return None
+    size = sympy.N(sympy.Abs(value), _DIGITS)
+    return size if size.is_Number and size.is_finite else None
+
+
+def _equal(a_text: str, b_text: str) -> bool:
+    import sympy
+    a, b = _parse(a_text), _parse(b_text)
+    if a is None or b is None:
         return False
     diff = a - b
     if diff == 0 or sympy.expand(diff) == 0:
         return True
-    symbols = sorted(diff.free_symbols, key=str)
+    approximate = a.has(sympy.Float) or b.has(sympy.Float)
+    symbols = sorted(a.free_symbols | b.free_symbols, key=str)
+    if not symbols and not approximate and diff.is_Rational:
+        return False                         # two exact numbers that differ
+    tol = sympy.Float(_APPROX_TOL if approximate else _EXACT_TOL, _DIGITS)
     rng = random.Random(0)
-    for _ in range(5):
-        point = {s: sympy.Float(rng.uniform(0.5, 2.5)) for s in symbols}
-        value = complex(diff.subs(point).evalf(30))
-        scale = max(1.0, abs(complex(b.subs(point).evalf(30))))
-        if not abs(value) <= 1e-8 * scale:
+    checked = 0
+    for _ in range(_POINTS if symbols else 1):
+        # Exact rational points: the evaluation, not the point, sets the precision.
+        point = {s: sympy.Rational(rng.randint(5000, 25000), 10000) for s in symbols}
+        d, sa, sb = _magnitude(diff, point), _magnitude(a, point), _magnitude(b, point)
+        if d is None or sa is None or sb is None:
+            continue                         # a pole or a branch cut here: try another point
+        if d > tol * max(sa, sb) and d > sympy.Float("1e-40"):
             return False
-    return True
+        checked += 1
+    return checked > 0
+
+
+def _evaluate(a_text: str) -> dict:
+    import sympy
+    x = _parse(a_text)
+    if x is None or x.free_symbols:
+        return {}
+    if x.is_Rational:
+        return {"rational": f"{x.p}/{x.q}"}
+    value = sympy.N(x, 40)
+    if not value.is_Float or not value.is_finite:
+        return {}
+    return {"value": str(value)}
+
+
+def _reply(request: dict) -> dict:
+    op = request.get("op", "equal")
+    if op == "equal":
+        return {"equal": bool(_equal(request["a"], request["b"]))}
+    if op == "evaluate":
+        return _evaluate(request["a"])
+    return {"error": f"unknown op {op!r}"}
 
 
 def main() -> None:
@@ -47,10 +112,9 @@ def main() -> None:
     print("ready", flush=True)
     for line in sys.stdin:
         try:
-            request = json.loads(line)
-            reply = {"equal": bool(_equal(request["a"], request["b"]))}
+            reply = _reply(json.loads(line))
         except Exception as e:  # noqa: BLE001 — any parse or math error means "not shown equal"
-            reply = {"equal": False, "error": f"{type(e).__name__}: {e}"[:200]}
+            reply = {"error": f"{type(e).__name__}: {e}"[:200]}
         print(json.dumps(reply), flush=True)
 
 

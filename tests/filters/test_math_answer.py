@@ -136,3 +136,70 @@ def test_latex_conversion_rejects_anything_outside_its_alphabet(bad):
 def test_latex_conversion_splits_unknown_words_into_symbols():
     # A name sympy could resolve to a function becomes a product of one-letter symbols.
     assert latex_to_sympy("open(1)").split() == ["o", "p", "e", "n", "(1)"]
+
+
+HUGE = 10 ** 400
+
+# Exact where exactness is the answer: integers, fractions and terminating decimals
+# compare exactly at any size, on the number path and on the sympy path alike.
+EXACT = [
+    ("99999999999", "100000000000", False), ("100000000000", "100,000,000,000", True),
+    (str(HUGE), str(HUGE + 1), False), (str(HUGE), f"{HUGE:,}", True),
+    (str(HUGE), "1e400", True), (str(HUGE), "1.0\\times10^{400}", True),
+    ("-" + str(HUGE), str(HUGE), False),
+    ("\\frac{" + str(HUGE) + "}{3}", "\\frac{" + str(HUGE + 1) + "}{3}", False),
+    ("\\frac{" + str(HUGE) + "}{3}", "\\frac{" + str(2 * HUGE) + "}{6}", True),
+    ("1" * 5000, "1" * 5000 + ".0", True), ("1" * 5000, "1" * 4999 + "2", False),
+    ("1e99999", "10e99998", True), ("1e99999", "2e99999", False), ("1e-99999", "2e-99999", False),
+    ("10^{400}", str(HUGE), True), ("10^{400}", str(HUGE + 1), False),
+    ("10^{11}", "99999999999", False), ("10^{11}x", "99999999999x", False),
+    ("0.25", "\\frac{1}{4}", True), ("0.25", "0.2500001", False), ("\\frac18", "0.125", True),
+    ("\\frac18", "0.1250001", False), ("2.5", "2.4999999", False),
+    ("0.3333333", "0.33333333", False), ("333333", "\\frac{1000000}{3}", False),
+    ("\\sqrt{4}", "2.0", True), ("\\sqrt{4}", "2.0000001", False),
+]
+
+
+@pytest.mark.parametrize("gold,pred,equal", EXACT)
+def test_exact_numbers_compare_exactly_at_any_size(gold, pred, equal):
+    assert math_equal(gold, pred) is equal
+    assert math_equal(pred, gold) is equal
+
+
+# A decimal standing for a value no decimal writes exactly: right to about six digits.
+APPROXIMATE = [
+    ("1/3", "0.333333", True), ("1/3", "0.3333333", True), ("1/3", "0.33333334", True),
+    ("1/3", "0.3333", False), ("1/3", "0.333", False), ("\\frac{2}{7}", "0.285714", True),
+    ("\\frac{2}{7}", "0.2857", False), ("\\frac23", "0.666667", True),
+    ("\\frac23", "0.666666", True),
+    ("\\frac23", "0.67", False), ("\\frac{1000000}{3}", "333333.33", True),
+    ("33\\frac{1}{3}\\%", "0.333333", True),
+    ("\\pi", "3.14159", True), ("\\pi", "3.1416", False), ("\\pi", "3.14", False),
+    ("\\sqrt{2}", "1.41421356", True), ("\\sqrt2", "1.4142", False),
+    ("\\frac{\\sqrt{2}}{2}", "0.707107", True), ("e", "2.718282", True),
+    ("12\\pi", "37.699112", True), ("12\\pi", "37.7", False), ("3.14159x", "\\pi x", True),
+]
+
+
+@pytest.mark.parametrize("gold,pred,equal", APPROXIMATE)
+def test_decimals_approximate_only_non_terminating_values(gold, pred, equal):
+    assert math_equal(gold, pred) is equal
+    assert math_equal(pred, gold) is equal
+
+
+@pytest.mark.parametrize("pred,equal", [
+    ("12π inches per second", True), ("12π", True), ("12 π", True),
+    ("12\\pi\\text{ inches per second}", True),
+    ("13π inches per second", False), ("12", False),
+])
+def test_unicode_pi_with_units(pred, equal):
+    # Raised AttributeError: `str.isalpha` let `π` into a branch whose ASCII pattern missed it.
+    assert math_equal("12\\pi", pred) is equal
+
+
+@pytest.mark.parametrize("gold,pred", [
+    ("2\\pi r", "2πr"), ("2\\pi r", "2 r \\pi"), ("\\sqrt{2}", "√2"), ("x^2", "x²"), ("-5", "−5"),
+    ("\\frac{1}{2}", "½"), ("3 \\times 4", "3×4"), ("x \\leq 3", "x≤3"),
+])
+def test_unicode_math_reads_as_latex(gold, pred):
+    assert math_equal(gold, pred) is True

@@ -63,11 +63,9 @@ def chat_markers(tokenizer: Tokenizer, template: str | None = None,
                  system_prompt: str | None = None) -> list[str]:
     """The marker strings a template writes around a user and an assistant turn
     (and its generation prompt), in order of first appearance."""
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     rendered = tokenizer.apply_chat_template(
-        system + [{"role": "user", "content": _PROBE_USER},
-                  {"role": "assistant", "content": _CONTENT},
-                  {"role": "user", "content": _PROBE_USER}],
+        ChatFormat._messages(system_prompt, _PROBE_USER)
+        + [{"role": "assistant", "content": _CONTENT}, {"role": "user", "content": _PROBE_USER}],
         add_generation_prompt=True, template=template)
     found = []
     for marker in _MARKER_PATTERN.findall(rendered):

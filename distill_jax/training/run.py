@@ -53,6 +53,7 @@ class TrainingRun:
     tokenizer: Tokenizer
     chat_format: ChatFormat
     added_tokens: list[str]             # chat markers this run added to the tokenizer
+    added_ids: range                    # the ids appended for them (none if ids were reused)
     cfg: models.ModelConfig
     kd: KDSettings
     teacher_cfg: models.ModelConfig | None
@@ -104,7 +105,7 @@ def prepare(config) -> TrainingRun:
     if not dc.tokenizer_path:
         raise ValueError("config.data.tokenizer_path is empty: set it to the student's "
                          "tokenizer (.model file or a directory with tokenizer.json)")
-    tokenizer, added = _student_tokenizer(dc)
+    tokenizer, added, added_ids = _student_tokenizer(dc)
     chat_format = ChatFormat.create(tokenizer, dc.chat_template or None,
                                     dc.system_prompt or None)
     cfg = _student_config(config.model, tokenizer, added)
@@ -140,21 +141,24 @@ def prepare(config) -> TrainingRun:
     checkpointer = Checkpointer(tc.checkpoint_dir or os.path.join(workdir, "checkpoints"),
                                 tc.checkpoint_every, tc.keep_checkpoints, tc.async_checkpointing)
     meta = {"model": models.to_hf_config(cfg), "total_steps": total_steps}
-    return TrainingRun(config, workdir, tokenizer, chat_format, added, cfg, kd,
+    return TrainingRun(config, workdir, tokenizer, chat_format, added, added_ids, cfg, kd,
                        teacher_cfg, mesh, pipeline, total_steps, trainer, checkpointer, meta)
 
 
-def _student_tokenizer(dc) -> tuple[Tokenizer, list[str]]:
+def _student_tokenizer(dc) -> tuple[Tokenizer, list[str], range]:
     """The student's tokenizer, extended by the template's missing chat markers when
-    `data.add_chat_tokens` asks for it (otherwise ChatFormat refuses them)."""
+    `data.add_chat_tokens` asks for it (otherwise ChatFormat refuses them); the
+    markers; and the ids appended for them. A backend may give a marker the id of
+    an existing vocabulary entry instead, so the new ids are those past the base
+    vocabulary, not one per marker."""
     tokenizer = load_tokenizer(dc.tokenizer_path)
-    if not dc.add_chat_tokens:
-        return tokenizer, []
-    missing = missing_chat_markers(tokenizer, dc.chat_template or None, dc.system_prompt or None)
+    missing = missing_chat_markers(tokenizer, dc.chat_template or None,
+                                   dc.system_prompt or None) if dc.add_chat_tokens else []
     if not missing:
-        return tokenizer, []
+        return tokenizer, [], range(0)
     logging.info("train: adding chat markers %s to tokenizer %s", missing, tokenizer.name)
-    return tokenizer.with_special_tokens(missing), missing
+    extended = tokenizer.with_special_tokens(missing)
+    return extended, missing, range(tokenizer.vocab_size, extended.vocab_size)
 
 
 def _student_config(section, tokenizer: Tokenizer, added: list[str]) -> models.ModelConfig:
@@ -206,11 +210,10 @@ def load_student(run: TrainingRun):
     markers this run added to a checkpoint's vocabulary start at the mean of the
     existing token rows (an average token: the initial distribution barely moves)."""
     section = run.config.model
-    if not (run.added_tokens and section.checkpoint):
+    if not (run.added_ids and section.checkpoint):
         return models.model_from_section(section, run.tokenizer.vocab_size, run.mesh)[1]
     source_cfg, params = models.model_from_section(section, mesh=run.mesh)
-    new_ids = range(run.tokenizer.vocab_size - len(run.added_tokens), run.tokenizer.vocab_size)
-    cfg, params = models.add_token_rows(source_cfg, params, new_ids, run.cfg.vocab_size)
+    cfg, params = models.add_token_rows(source_cfg, params, run.added_ids, run.cfg.vocab_size)
     assert cfg == run.cfg, (cfg, run.cfg)
     return params
 
@@ -245,10 +248,11 @@ def fit(run: TrainingRun, state: TrainState, data_iter, start: int, teacher_para
             # and only then wait for this step's loss.
             batch = _next_batch(data_iter, step, run.total_steps)
             last_loss = _finite_loss(metrics, step, ckpt)
-            logger.log(step, metrics)
+            tokens = float(metrics["tokens"])
+            logger.log(step, metrics, tokens)
             if ckpt.should_save(step):
                 ckpt.save(step, state, distributed.gather_json(data_state), run.meta)
-            progress.update(1, status={"loss": last_loss}, tokens=float(metrics["tokens"]))
+            progress.update(1, status={"loss": last_loss}, tokens=tokens)
             for hook in hooks:
                 hook(step, ckpt)
         if ckpt.latest_step() != step:
@@ -283,8 +287,8 @@ class _StepLogger:
         self.peak = peak_tflops_per_device(tc.peak_tflops)
         self.window_start, self.window_tokens = time.monotonic(), 0.0
 
-    def log(self, step: int, metrics) -> None:
-        self.window_tokens += float(metrics["tokens"])
+    def log(self, step: int, metrics, tokens: float) -> None:
+        self.window_tokens += tokens
         if step % self.every and step != self.total:
             return
         elapsed = time.monotonic() - self.window_start

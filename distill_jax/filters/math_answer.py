@@ -71,6 +71,10 @@ rest is bounded too: answers nest at most 20 levels deep and take at most
 20,000 element comparisons, and an answer over 10,000 characters (no real one
 is) equals only the identical text. Past a bound the verdict is "not equal".
 
+Modules. This one holds the policy and the comparison; math_extract.py finds the
+answer, math_numbers.py reads plain numbers, math_latex.py turns LaTeX into text
+sympy parses, symbolic_checker.py runs sympy in its worker (sympy_worker.py).
+
 Robustness. Every input-dependent failure found (unicode letters, unbalanced
 or deeply nested groups, huge numbers, quadratic regexes) is fixed where it
 arises and `tests/filters/test_math_fuzz.py` drives the internals with
@@ -83,19 +87,22 @@ that is the environment, not the input.
 """
 from __future__ import annotations
 
-import dataclasses
 import fractions
-import json
 import logging
-import math
 import os
 import re
-import select
-import subprocess
-import sys
-import threading
-import time
 from typing import Sequence
+
+from distill_jax.filters.math_extract import extract_answer
+from distill_jax.filters.math_latex import LatexConversionError, braced, latex_to_sympy
+from distill_jax.filters.math_numbers import (_THOUSANDS_RE, _WORKER_FLOAT_RE, _Number,
+                                              _approximates, _decimal, _numbers_equal,
+                                              _percent, _to_number)
+from distill_jax.filters.symbolic_checker import (SymbolicChecker, SymbolicWorkerError,
+                                                  _symbolic_checker)
+
+__all__ = ["extract_answer", "math_equal", "answers_agree", "latex_to_sympy",
+           "LatexConversionError", "SymbolicChecker", "SymbolicWorkerError"]
 
 _log = logging.getLogger(__name__)
 
@@ -105,98 +112,6 @@ STRICT = os.environ.get("DISTILL_MATH_STRICT", "").strip().lower() in ("1", "tru
 _MAX_INPUT_CHARS = 10_000   # longer answers equal only the identical text
 _MAX_DEPTH = 20             # nesting of lists / equations / unions / matrices
 _MAX_STEPS = 20_000         # element comparisons per math_equal call
-_MAX_LATEX_DEPTH = 50       # nested {...} arguments in latex_to_sympy
-
-# ---------------------------------------------------------------- extraction
-
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*")
-_BARE_ARG_RE = re.compile(r"[^\s$]+")
-_HASH_RE = re.compile(r"####\s*([^\n]+)")
-# The claim runs to the end of its line; `_answer_is` cuts it at the first sentence end.
-# (A lazy `(.+?)\s*(?:\.\s|\n|$)` here took quadratic time on long runs of spaces.)
-_ANSWER_IS_RE = re.compile(r"(?:final answer|the answer)\s*(?:is|:|=)\s*:?\s*([^\n]*)",
-                           re.IGNORECASE)
-_SENTENCE_END_RE = re.compile(r"\.(?:\s|$)")
-# An unescaped brace: `\{` and `\}` are literal braces, not groups.
-_BRACE_RE = re.compile(r"(?<!\\)[{}]")
-
-
-def _braced(text: str, start: int) -> tuple[str, int] | None:
-    """The content of the {...} group opening at text[start], and the index after it."""
-    if start >= len(text) or text[start] != "{" or (start > 0 and text[start - 1] == "\\"):
-        return None
-    depth = 0
-    for m in _BRACE_RE.finditer(text, start):
-        depth += 1 if m.group() == "{" else -1
-        if depth == 0:
-            return text[start + 1:m.start()], m.end()
-    return None
-
-
-def _closing_braces(text: str) -> dict[int, int]:
-    """Index of each unescaped `{` that is closed -> index of its `}`, in one pass."""
-    stack: list[int] = []
-    closing: dict[int, int] = {}
-    for m in _BRACE_RE.finditer(text):
-        if m.group() == "{":
-            stack.append(m.start())
-        elif stack:
-            closing[stack.pop()] = m.start()
-    return closing
-
-
-def _last_boxed(text: str) -> str | None:
-    boxes = list(_BOX_RE.finditer(text))
-    if not boxes:
-        return None
-    # One pass over the braces, not one scan per `\boxed{` (unclosed ones made that quadratic).
-    closing = _closing_braces(text)
-    for m in reversed(boxes):
-        start = m.end()
-        if start < len(text) and text[start] == "{":
-            end = closing.get(start)
-            if end is not None:
-                return text[start + 1:end].strip()
-            continue                     # unclosed: an earlier box may be complete
-        # `\boxed 5`: the argument runs to the next space or `$`.
-        bare = _BARE_ARG_RE.match(text, start)
-        if bare:
-            return bare.group().strip()
-    return None
-
-
-def _answer_is(claim: str) -> str:
-    cut = _SENTENCE_END_RE.search(claim, 1)   # the claim itself is at least one character
-    return (claim[:cut.start()] if cut else claim).strip()
-
-
-def _extract_from(segment: str) -> str | None:
-    boxed = _last_boxed(segment)
-    if boxed is not None:
-        return boxed
-    hashes = _HASH_RE.findall(segment)
-    if hashes:
-        return hashes[-1].strip()
-    answers = _ANSWER_IS_RE.findall(segment)
-    if answers:
-        ans = _answer_is(answers[-1]).strip("$").strip()
-        return ans or None
-    return None
-
-
-def extract_answer(text: str | None) -> str | None:
-    """The final answer a solution states, or None (see the module docstring)."""
-    if not text:
-        return None
-    if not isinstance(text, str):
-        text = str(text)
-    if "</think>" in text:
-        after = text.rsplit("</think>", 1)[1]
-        found = _extract_from(after)
-        if found is not None:
-            return found
-    return _extract_from(text)
-
 
 # ---------------------------------------------------------------- normalization
 
@@ -252,7 +167,7 @@ def _unwrap_text(s: str) -> str:
         if not m:
             out.append(s[k:])
             return "".join(out)
-        group = _braced(s, m.end())
+        group = braced(s, m.end())
         if group is None:
             out.append(s[k:])
             return "".join(out)
@@ -357,148 +272,6 @@ def _matrix(s: str) -> list[list[str]] | None:
     rows = [r for r in m.group(2).split("\\\\") if r.strip()]
     return [[c.strip() for c in r.split("&")] for r in rows]
 
-
-_THOUSANDS_RE = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$", re.ASCII)
-
-
-# ---------------------------------------------------------------- numbers
-
-_MAX_DIGITS = 4_000        # below Python's int-from-string limit (4,300 digits)
-_MAX_EXPONENT = 10_000     # 10**10_000 is cheap; 1e1000000000 is compared as written
-_REL_TOL = fractions.Fraction(1, 10 ** 6)
-_MIN_DIGITS = 6
-
-# Mantissas are unambiguous (`\d+(?:\.\d+)?`, not `\d*\.?\d+`): the ambiguous form
-# backtracked quadratically over a long run of digits.
-_PLAIN_RE = re.compile(r"(\d+)(?:\.(\d*))?|\.(\d+)", re.ASCII)
-_SCI_RE = re.compile(r"(?:(\d+)(?:\.(\d+))?|\.(\d+))"
-                     r"(?:e|E|\\times10\^\{?|\*10\*\*\(?)(-?\d+)\}?\)?", re.ASCII)
-_RATIO_RE = re.compile(r"(-?\d+)/(-?\d+)", re.ASCII)
-_FRAC_RE = re.compile(r"\\frac(?:\{(-?[\d.]+)\}|(\d))(?:\{(-?[\d.]+)\}|(\d))", re.ASCII)
-_MIXED_RE = re.compile(r"(-?\d+)\\frac(?:\{(\d+)\}|(\d))(?:\{(\d+)\}|(\d))", re.ASCII)
-_WORKER_FLOAT_RE = re.compile(r"(-?)(\d+)(?:\.(\d*))?(?:e([+-]?\d+))?", re.ASCII)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Number:
-    """A plain number as written.
-
-    value: its exact value (None when too large to hold: see _MAX_DIGITS/_MAX_EXPONENT).
-    decimal: (sign, digits, exponent) with value = sign * int(digits) * 10**exponent and
-      no trailing zeros in digits, for integers and terminating decimals (None for
-      fractions): equal decimals have equal tuples, at any size.
-    unit: for a number written with a decimal point or an exponent, one unit of its
-      last written digit (None for integers and fractions, which are never roundings).
-    significant: digits written from the first nonzero one.
-    """
-    value: fractions.Fraction | None
-    decimal: tuple[int, str, int] | None = None
-    unit: fractions.Fraction | None = None
-    significant: int = 0
-
-
-def _decimal(sign: int, whole: str, frac: str, exponent: int, as_decimal: bool) -> _Number:
-    digits = (whole + frac).lstrip("0")
-    exponent -= len(frac)
-    core = digits.rstrip("0")
-    if not core:
-        return _Number(fractions.Fraction(0), (0, "", 0),
-                       _pow10(exponent) if as_decimal else None, 0)
-    canonical_exp = exponent + len(digits) - len(core)
-    value = None
-    if len(core) <= _MAX_DIGITS and abs(canonical_exp) <= _MAX_EXPONENT:
-        value = sign * int(core) * _pow10(canonical_exp)
-    unit = _pow10(exponent) if as_decimal and value is not None else None
-    return _Number(value, (sign, core, canonical_exp), unit, len(digits))
-
-
-def _pow10(exponent: int) -> fractions.Fraction | None:
-    if abs(exponent) > _MAX_EXPONENT:
-        return None
-    return fractions.Fraction(10) ** exponent
-
-
-def _to_number(s: str) -> _Number | None:
-    """A plain number in any of the written forms above, else None. Never slow."""
-    if _THOUSANDS_RE.match(s):
-        s = s.replace(",", "")
-    sign = 1
-    if s.startswith("-") and not s.startswith("--"):
-        sign, s = -1, s[1:]
-    elif s.startswith("+"):
-        s = s[1:]
-    try:
-        m = _PLAIN_RE.fullmatch(s)
-        if m:
-            if m.group(3) is not None:               # ".5"
-                return _decimal(sign, "", m.group(3), 0, True)
-            return _decimal(sign, m.group(1), m.group(2) or "", 0, m.group(2) is not None)
-        m = _SCI_RE.fullmatch(s)
-        if m:
-            whole, frac = (m.group(1), m.group(2) or "") if m.group(1) else ("", m.group(3))
-            return _decimal(sign, whole, frac, int(m.group(4)), True)
-        m = _RATIO_RE.fullmatch(s)
-        if m:
-            return _Number(sign * fractions.Fraction(int(m.group(1)), int(m.group(2))))
-        m = _FRAC_RE.fullmatch(s)
-        if m:
-            num = fractions.Fraction(m.group(1) or m.group(2))
-            den = fractions.Fraction(m.group(3) or m.group(4))
-            return _Number(sign * num / den)
-        m = _MIXED_RE.fullmatch(s)
-        if m:
-            whole = int(m.group(1))
-            frac = fractions.Fraction(int(m.group(2) or m.group(3)), int(m.group(4) or m.group(5)))
-            return _Number(sign * (whole + frac))
-    except (ValueError, ZeroDivisionError):
-        # More digits than int() reads (ValueError), `1.2.3` in a \frac, or a zero
-        # denominator: not a plain number.
-        return None
-    return None
-
-
-def _percent(n: _Number) -> _Number:
-    """`n` percent, as a number: the same digits, two places down."""
-    hundred = fractions.Fraction(100)
-    decimal = None
-    if n.decimal is not None:
-        sign, digits, exp = n.decimal
-        decimal = (sign, digits, exp - 2) if digits else n.decimal
-    return _Number(None if n.value is None else n.value / hundred, decimal,
-                   None if n.unit is None else n.unit / hundred, n.significant)
-
-
-def _terminates(q: fractions.Fraction) -> bool:
-    """Whether q has a finite decimal expansion (its denominator is 2^a 5^b)."""
-    den = q.denominator
-    while (g := math.gcd(den, 10 ** 64)) > 1:
-        den //= g
-    return den == 1
-
-
-def _approximates(d: _Number, x: fractions.Fraction, x_exact: bool = True) -> bool:
-    """Whether decimal `d` is `x` correct to about six significant digits.
-
-    Only a decimal approximates, and only a value that no decimal writes exactly: a
-    rational that does not terminate or (x_exact=False) an irrational known to many
-    more digits than d has.
-    """
-    if d.unit is None or d.value is None or x == 0:
-        return False
-    if x_exact and _terminates(x):
-        return False
-    err = abs(d.value - x)
-    return err <= _REL_TOL * abs(x) or (d.significant >= _MIN_DIGITS and err < d.unit)
-
-
-def _numbers_equal(a: _Number, b: _Number) -> bool:
-    if a.decimal is not None and b.decimal is not None:
-        return a.decimal == b.decimal        # integers, terminating decimals: exactly
-    if a.value is None or b.value is None:
-        return False        # a decimal beyond _MAX_* vs a fraction, which is never that size
-    if a.value == b.value:
-        return True
-    return _approximates(a, b.value) or _approximates(b, a.value)
 
 
 # ---------------------------------------------------------------- equality
@@ -676,132 +449,6 @@ def _sequences_equal(a: tuple[str, list[str], str], b: tuple[str, list[str], str
     return True
 
 
-# ---------------------------------------------------------------- symbolic (sympy)
-
-_FUNCS = {"sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "sinh",
-          "cosh", "tanh", "log", "ln", "exp"}
-_GREEK = {"alpha", "beta", "gamma", "delta", "theta", "phi", "lambda", "mu", "sigma", "omega",
-          "tau", "rho", "epsilon", "psi", "eta", "nu", "xi", "zeta", "kappa", "chi"}
-_IDENTIFIERS = {"sqrt", "pi", "oo", "I", "E", "binomial", "Abs", "root"} | _FUNCS | _GREEK
-_SAFE_CHARS = re.compile(r"^[0-9A-Za-z_+\-*/().,\s!]*$", re.ASCII)
-_COMMAND_RE = re.compile(r"\\([a-zA-Z]+)")
-_WORD_RE = re.compile(r"[a-zA-Z]+")
-_ASCII_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-
-
-class LatexConversionError(ValueError):
-    pass
-
-
-def latex_to_sympy(s: str, _depth: int = 0) -> str:
-    """A LaTeX answer as a string `sympy.parse_expr` reads, from a whitelisted alphabet.
-
-    Only digits, operators, brackets, single-letter symbols and known function
-    names survive, so the string is safe to hand to sympy's parser. Anything else
-    (unknown commands, unbalanced groups, non-ASCII letters, arguments nested more
-    than _MAX_LATEX_DEPTH deep) raises LatexConversionError.
-    """
-    if _depth > _MAX_LATEX_DEPTH:
-        raise LatexConversionError("arguments nested too deeply")
-    out: list[str] = []
-    k = 0
-    n = len(s)
-
-    def group_at(k: int) -> tuple[str, int]:
-        while k < n and s[k] == " ":
-            k += 1
-        if k < n and s[k] == "{":
-            g = _braced(s, k)
-            if g is None:
-                raise LatexConversionError(f"unbalanced braces in {s!r}")
-            return latex_to_sympy(g[0], _depth + 1), g[1]
-        if k < n and s[k] == "\\":
-            m = _COMMAND_RE.match(s, k)
-            if m:
-                return latex_to_sympy(m.group(0), _depth + 1), m.end()
-        if k < n:
-            return latex_to_sympy(s[k], _depth + 1), k + 1
-        raise LatexConversionError(f"missing argument in {s!r}")
-
-    while k < n:
-        c = s[k]
-        if c == "\\":
-            m = _COMMAND_RE.match(s, k)
-            if not m:
-                if s.startswith("\\{", k) or s.startswith("\\}", k):
-                    out.append("(" if s[k + 1] == "{" else ")")
-                    k += 2
-                    continue
-                raise LatexConversionError(f"unsupported {s[k:k + 2]!r} in {s!r}")
-            name = m.group(1)
-            k = m.end()
-            if name == "frac" or name == "binom":
-                num, k = group_at(k)
-                den, k = group_at(k)
-                out.append(f"(({num})/({den}))" if name == "frac" else f"binomial({num},{den})")
-            elif name == "sqrt":
-                if k < n and s[k] == "[":
-                    close = s.find("]", k)
-                    if close < 0:
-                        raise LatexConversionError(f"unclosed root index in {s!r}")
-                    index = latex_to_sympy(s[k + 1:close], _depth + 1)
-                    arg, k = group_at(close + 1)
-                    out.append(f"(({arg})**(1/({index})))")
-                else:
-                    arg, k = group_at(k)
-                    out.append(f"sqrt({arg})")
-            elif name == "pi":
-                out.append(" pi ")
-            elif name == "infty":
-                out.append(" oo ")
-            elif name in ("cdot", "times", "ast"):
-                out.append("*")
-            elif name == "div":
-                out.append("/")
-            elif name in _FUNCS:
-                out.append(" log " if name == "ln" else f" {name.replace('arc', 'a')} ")
-            elif name in _GREEK:
-                out.append(f" {name} ")
-            else:
-                raise LatexConversionError(f"unsupported command \\{name} in {s!r}")
-            continue
-        if c == "^":
-            arg, k = group_at(k + 1)
-            out.append(f"**({arg})")
-            continue
-        if c in "{[":
-            out.append("(")
-        elif c in "}]":
-            out.append(")")
-        elif c == "i" and not (k + 1 < n and s[k + 1].isalpha()) and not (
-                k > 0 and s[k - 1].isalpha()):
-            out.append(" I ")
-        elif c == "e" and not (k + 1 < n and s[k + 1].isalpha()) and not (
-                k > 0 and s[k - 1].isalpha()):
-            out.append(" E ")
-        elif c in _ASCII_LETTERS:
-            # Letters outside a known name are single-letter symbols: "xy" = x*y.
-            # (ASCII only: `str.isalpha` also accepts `π`, which the pattern does not.)
-            word = _WORD_RE.match(s, k).group()
-            if word in _IDENTIFIERS:
-                out.append(f" {word} ")
-                k += len(word)
-                continue
-            out.append(" " + " ".join(word) + " ")
-            k += len(word)
-            continue
-        elif c == "|":
-            raise LatexConversionError(f"absolute value bars are not supported: {s!r}")
-        else:
-            out.append(c)                # anything unsafe is refused below
-        k += 1
-    text = "".join(out)
-    if not _SAFE_CHARS.match(text):
-        raise LatexConversionError(f"unsafe characters after conversion of {s!r}")
-    for word in re.findall(r"[A-Za-z_]+", text):
-        if len(word) > 1 and word not in _IDENTIFIERS:
-            raise LatexConversionError(f"unknown name {word!r} in {s!r}")
-    return text
 
 
 def _ask(request: dict, budget: _Budget) -> dict | None:
@@ -851,92 +498,6 @@ def _decimal_vs_expression(d: _Number, expr: str, budget: _Budget) -> bool:
     return False
 
 
-class SymbolicWorkerError(RuntimeError):
-    """The sympy worker process could not be started (an environment problem)."""
-
-
-class SymbolicChecker:
-    """A sympy worker process with a hard per-call time limit.
-
-    Sympy can hang in C code (huge integer powers) where no signal or thread
-    can stop it, so it runs in a child process that is killed and restarted on
-    timeout. Calls are serialized by a lock and work from any thread.
-    """
-
-    def __init__(self, memory_limit_bytes: int = 2 << 30):
-        self.memory_limit_bytes = memory_limit_bytes
-        self._proc: subprocess.Popen | None = None
-        self._lock = threading.Lock()
-        self.timeouts = 0
-
-    def _start(self) -> subprocess.Popen:
-        # A script path, not `-m`: the worker imports nothing of ours, and `-I`
-        # keeps the caller's PYTHON* variables and user site out of it.
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-               "DISTILL_SYMPY_MEMORY": str(self.memory_limit_bytes)}
-        proc = subprocess.Popen(
-            [sys.executable, "-I", os.path.join(os.path.dirname(__file__), "sympy_worker.py")],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env=env, text=True, bufsize=1)
-        # Importing sympy takes a second or more; it is not part of any call's limit.
-        ready, _, _ = select.select([proc.stdout], [], [], 120.0)
-        if not ready or proc.stdout.readline().strip() != "ready":
-            proc.kill()
-            proc.wait()
-            raise SymbolicWorkerError("the sympy worker process did not start")
-        return proc
-
-    def request(self, request: dict, timeout_s: float = 5.0) -> tuple[dict | None, float]:
-        """The worker's reply to one request (sympy_worker.py), or None on a timeout,
-        a dead worker or a malformed reply; and the seconds it took (start excluded)."""
-        with self._lock:
-            if self._proc is None or self._proc.poll() is not None:
-                self._proc = self._start()
-            proc = self._proc
-            start = time.monotonic()
-            try:
-                proc.stdin.write(json.dumps(request) + "\n")
-                proc.stdin.flush()
-                ready, _, _ = select.select([proc.stdout], [], [], max(0.0, timeout_s))
-                if not ready:
-                    raise TimeoutError
-                line = proc.stdout.readline()
-                if not line:
-                    raise TimeoutError      # the worker died (e.g. at its memory cap)
-                reply = json.loads(line)
-                if not isinstance(reply, dict):
-                    raise ValueError(f"malformed reply {line[:100]!r}")
-                return reply, time.monotonic() - start
-            except (TimeoutError, OSError, ValueError):
-                self.timeouts += 1
-                self._kill()
-                return None, time.monotonic() - start
-
-    def equal(self, a: str, b: str, timeout_s: float = 5.0) -> bool:
-        reply, _ = self.request({"op": "equal", "a": a, "b": b}, timeout_s)
-        return reply is not None and reply.get("equal") is True
-
-    def _kill(self) -> None:
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-            self._proc = None
-
-    def close(self) -> None:
-        with self._lock:
-            self._kill()
-
-
-_CHECKER: SymbolicChecker | None = None
-_CHECKER_LOCK = threading.Lock()
-
-
-def _symbolic_checker() -> SymbolicChecker:
-    global _CHECKER
-    with _CHECKER_LOCK:
-        if _CHECKER is None:
-            _CHECKER = SymbolicChecker()
-        return _CHECKER
 
 
 def answers_agree(answers: Sequence[str | None], timeout_s: float = 5.0) -> list[int]:

@@ -24,6 +24,7 @@ setup(
         "tokenizers>=0.19",
         "jinja2>=3.1",
         "sympy>=1.12",          # symbolic answer equivalence (in a worker process)
+        "math-verify>=0.9",     # the second opinion on answers our LaTeX reader cannot parse
         "tensorflow-datasets>=4.9.6",   # the curated dataset (array_record; no TensorFlow)
         "array-record>=0.5",
         "importlib_resources",  # tfds resolves a builder's code path with it (via etils)

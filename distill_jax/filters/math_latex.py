@@ -119,6 +119,9 @@ def latex_to_sympy(s: str, _depth: int = 0) -> str:
             elif name == "div":
                 out.append("/")
             elif name in _FUNCS:
+                if k < n and s[k] in "_^":
+                    # `\log_2 8`, `\sin^2 x`: a base or power on the function name.
+                    raise LatexConversionError(f"\\{name}{s[k]} is not supported: {s!r}")
                 out.append(" log " if name == "ln" else f" {name.replace('arc', 'a')} ")
             elif name in _GREEK:
                 out.append(f" {name} ")

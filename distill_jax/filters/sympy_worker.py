@@ -15,6 +15,20 @@ Requests:
       The value of a constant expression: exact when sympy's automatic
       simplification makes it a rational number, else 40 significant digits
       of a real value; {} when it has free symbols or is not a finite real.
+  {"op": "proportional", "a": expr, "b": expr} -> {"equal": bool}
+      Whether a = c * b for a nonzero constant c: two equations moved to one side
+      (`a = 0`, `b = 0`) that are the same equation, written another way. Checked at
+      random rational points, to the tolerances of "equal".
+  {"op": "same_set", "a": part, "b": part} -> {"equal": bool}
+      Whether two descriptions of a set of real numbers agree. A part is
+      {"sides": [expr, ...], "ops": ["<" | ">" | "\\leq" | "\\geq" | "\\ne", ...]}, a
+      relation or chain (`-2 < x \\leq 7`) in one variable, or {"intervals": [[lo, hi,
+      lo_open, hi_open], ...]}, a union of intervals.
+  {"op": "math_verify", "gold": text, "pred": text} -> {"equal": bool} | {"unavailable": why}
+      The verdict of math-verify (the grader open-r1 and TRL use) on two answers in
+      its own input syntax (LaTeX in `$...$`), with its own signal-based timeouts
+      off: this process is the time limit, and the parent kills it past the limit.
+      {"unavailable": ...} when math-verify is not installed.
 Any parse or math error replies {"error": ...}, which the parent reads as "no".
 """
 import json
@@ -97,18 +111,108 @@ def _evaluate(a_text: str) -> dict:
     return {"value": str(value)}
 
 
+def _proportional(a_text: str, b_text: str) -> bool:
+    import sympy
+    a, b = _parse(a_text), _parse(b_text)
+    if a is None or b is None:
+        return False
+    if sympy.expand(a) == 0 or sympy.expand(b) == 0:
+        return sympy.expand(a) == sympy.expand(b)
+    approximate = a.has(sympy.Float) or b.has(sympy.Float)
+    tol = sympy.Float(_APPROX_TOL if approximate else _EXACT_TOL, _DIGITS)
+    symbols = sorted(a.free_symbols | b.free_symbols, key=str)
+    rng = random.Random(0)
+    ratios = []
+    for _ in range(_POINTS):
+        point = {s: sympy.Rational(rng.randint(5000, 25000), 10000) for s in symbols}
+        va = sympy.N(a, _DIGITS, subs=point)
+        vb = sympy.N(b, _DIGITS, subs=point)
+        if not (va.is_number and vb.is_number and va.is_finite and vb.is_finite) or vb == 0:
+            continue                         # a pole or a zero of b here: try another point
+        ratios.append(va / vb)
+    if len(ratios) < 2 or ratios[0] == 0:
+        return False
+    r0 = ratios[0]
+    return all(abs(r - r0) <= tol * abs(r0) for r in ratios[1:])
+
+
+_RELATIONS = {"<": "Lt", ">": "Gt", "\\leq": "Le", "\\geq": "Ge", "\\ne": "Ne"}
+
+
+def _as_set(part: dict):
+    """The set of reals a request part describes (see "same_set"), or None."""
+    import sympy
+    if "intervals" in part:
+        out = sympy.S.EmptySet
+        for lo, hi, lo_open, hi_open in part["intervals"]:
+            out = sympy.Union(out, sympy.Interval(_parse(lo), _parse(hi), bool(lo_open),
+                                                  bool(hi_open)))
+        return out
+    sides = [_parse(side) for side in part["sides"]]
+    if any(side is None for side in sides) or len(part["ops"]) != len(sides) - 1:
+        return None
+    relations = [getattr(sympy, _RELATIONS[op])(lhs, rhs)
+                 for op, lhs, rhs in zip(part["ops"], sides, sides[1:])]
+    relation = sympy.And(*relations)
+    symbols = relation.free_symbols
+    if len(symbols) != 1:
+        return None
+    (x,) = symbols
+    return sympy.solveset(relation, x, sympy.S.Reals) if not isinstance(
+        relation, sympy.And) else sympy.Intersection(
+            *[sympy.solveset(r, x, sympy.S.Reals) for r in relations])
+
+
+def _same_set(a: dict, b: dict) -> bool:
+    import sympy
+    sa, sb = _as_set(a), _as_set(b)
+    if sa is None or sb is None:
+        return False
+    return sympy.Complement(sa, sb) == sympy.S.EmptySet and \
+        sympy.Complement(sb, sa) == sympy.S.EmptySet
+
+
+_MATH_VERIFY = None          # the module once imported; the ImportError text if it is not
+
+
+def _import_math_verify() -> None:
+    global _MATH_VERIFY
+    try:
+        import math_verify
+        _MATH_VERIFY = math_verify
+    except ImportError as e:
+        _MATH_VERIFY = f"{type(e).__name__}: {e}"
+
+
+def _math_verify(gold: str, pred: str) -> dict:
+    if isinstance(_MATH_VERIFY, str):
+        return {"unavailable": _MATH_VERIFY}
+    # timeouts None: math-verify's own limits use SIGALRM; the parent's kill is the limit.
+    g = _MATH_VERIFY.parse(gold, parsing_timeout=None)
+    p = _MATH_VERIFY.parse(pred, parsing_timeout=None)
+    return {"equal": bool(g and p and _MATH_VERIFY.verify(g, p, timeout_seconds=None))}
+
+
 def _reply(request: dict) -> dict:
     op = request.get("op", "equal")
     if op == "equal":
         return {"equal": bool(_equal(request["a"], request["b"]))}
     if op == "evaluate":
         return _evaluate(request["a"])
+    if op == "proportional":
+        return {"equal": bool(_proportional(request["a"], request["b"]))}
+    if op == "same_set":
+        return {"equal": bool(_same_set(request["a"], request["b"]))}
+    if op == "math_verify":
+        return _math_verify(request["gold"], request["pred"])
     return {"error": f"unknown op {op!r}"}
 
 
 def main() -> None:
     _cap_memory()
-    import sympy  # noqa: F401  (import before saying ready: the parent times calls only)
+    # Imports before saying ready: the parent times the calls, not the start.
+    import sympy  # noqa: F401
+    _import_math_verify()
     print("ready", flush=True)
     for line in sys.stdin:
         try:

@@ -222,7 +222,8 @@ def test_fuzz_huge_and_deep_inputs_stay_bounded(strict):
     "1" + " " * 30_000 + "x",         # trailing "degrees": a leading \s* tried at every space
     "1" * 30_000 + "x",              # scientific notation: ambiguous mantissa digits
     "\\boxed{" * 4_000,               # every unclosed \boxed{ scanned to the end
-    "the answer is x" + " " * 30_000 + "y",
+    "the answer is x" + " " * 30_000 + "y", "the answer is correct " * 5_000,
+    "Answer: " * 10_000,
     "\\text{a}" * 4_000, "π" * 30_000, "\\pi r " * 5_000,
 ])
 def test_scans_are_linear_on_long_inputs(text):

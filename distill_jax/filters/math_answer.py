@@ -9,21 +9,31 @@ Extraction, in order of preference:
   1. the text after the last `</think>` (R1 traces: the summary after the
      reasoning is the answer), then the whole text if that has none;
   2. in each, the last `\\boxed{...}` / `\\fbox{...}` (nested braces), else the
-     last GSM8K `#### x`, else the last "the (final) answer is x".
+     last GSM8K `#### x`, else the last stated answer: "the (final) answer is
+     X", "Final Answer: X", "Answer: X", "**Answer:** X". The last one wins; the
+     wrapper words, markdown emphasis and what follows the sentence ("Final
+     Answer: The final answer is $X$. I hope it is correct." states X) are not
+     part of it, and a remark ("the answer is correct") states nothing.
 
 Equivalence policy (the choices a grader has to make, made once):
   * Cosmetics never matter: `$`, `\\left`/`\\right`, spacing commands (`\\!`,
     `\\,`, `\\quad`, ...), `\\dfrac`/`\\tfrac`, `\\text{}`/`\\mbox{}` wrappers,
     thousands separators (`10,\\!080`, `58,500`: comma groups of exactly three
-    digits), a trailing period, `\\$`. Unicode math is read as its LaTeX:
-    `π` `√` `×` `·` `÷` `−` `≤` `≥` `≠` `∞` `±` `∪` `∈` `½` `²` ..., so
-    `12π` == `12\\pi`.
+    digits after a first group of one to three not starting with 0), a trailing
+    period, `\\$`, stray LaTeX (`\\ ` and `~` spaces, a trailing `\\`). Unicode
+    math is read as its LaTeX: `π` `√` `×` `·` `÷` `−` `≤` `≥` `≠` `≈` `∞` `±`
+    `∪` `∈` `½` `²` ..., so `12π` == `12\\pi`.
+  * Decimal commas are read where nothing else can be meant: a single comma
+    after `0` or after four or more digits, followed by two or more digits
+    (`0,111` == `0.111`, `1000,99` == `1000.99`). `1,5`, `12,5` and `0,1` may be
+    lists of two answers (MATH writes "all solutions" that way) and are lists;
+    `1,000` is a thousand.
   * Units are dropped when what is left is a number or an expression:
     `5.4 \\text{ cents}` == `5.4`; `12π inches per second` == `12\\pi` (up to
     five unit words); `90^\\circ` == `90` (degrees are never converted to
     radians). A lone word (`\\text{Evelyn}`) is compared as text.
   * Percent: `50\\%` == `50`, and also == `0.5` (a percent sign on one side
-    only may mean either).
+    only may mean either); the words "percent", "per cent", "pct" are a `%`.
   * Numbers -- exact where exactness is the answer:
       - integers, fractions (`\\frac{3}{2}`, `3/2`, `1\\frac{1}{2}`) and
         terminating decimals as written (`1.5`, `0.25`, `1.2\\times10^{5}`) are
@@ -45,14 +55,34 @@ Equivalence policy (the choices a grader has to make, made once):
         sympy's automatic simplification says.
       - decimals with more than 4,000 digits or exponents beyond +-10,000 are
         compared by their written digits and exponent only.
-  * Equations: `x = 2` == `2` in either direction when the left side is a single
-    variable; `y = 2x + 3` == `y = 3 + 2x`; `x \\in [-2,7]` == `[-2,7]`.
+  * Chains and annotations: `x = 5+5+1 = 11` states its last side, `11`; a
+    computation `5+5+1 = 11` (no letters on the left) states its right side;
+    `a \\approx b` states a or b (the exact value, or the rounding a problem may
+    ask for): `\\frac{22}{7} \\approx 3.14` == `\\frac{22}{7}` and == `3.14`.
+  * Labelled values: `label = value` == `value` in either order of the sides,
+    where a label names rather than computes (`x`, `a_n`, `AB`, `|AB|`,
+    `m\\angle A`, `f(x)`, `f^{-1}(3)`, `(p,q)`): `(p,q) = (3,2)` == `(3,2)`,
+    `2 = x` == `2`; `x \\in [-2,7]` == `[-2,7]`.
+  * Equations: the same equation written another way or scaled by a nonzero
+    constant is equal (`y = 2x + 3` == `2x - y + 3 = 0`, `2x + 4y = 6` == `x +
+    2y = 3`, `x = 2` == `2 = x`); checked as a constant ratio of the two sides'
+    differences at random points. `x = 2` != `y = 2`.
+  * Relations describe sets of reals, compared as sets when they have one
+    variable: `x \\geq 5` == `5 \\leq x` == `[5, \\infty)`, `-x > -1` == `x < 1`,
+    `-2 < x \\leq 7` == `(-2, 7]`, `x \\ne 3` == `(-\\infty,3) \\cup (3,\\infty)`;
+    `\\le`, `\\leqslant`, `<=`, `≤` are one relation, as are `\\ne`, `\\neq`, `!=`.
+    A relation never equals a bare number. Relations in two or more variables
+    are left to the second opinion (below).
   * Sequences: `(a, b)` tuples, points and intervals compare element by element
     and their brackets must match (`(3,4]` != `(3,4)`); a bare list `1, 2` is
     compared with a tuple in order; `\\{...\\}` sets and bare lists compare as
     multisets (answer lists such as "all solutions" are unordered); `a \\pm b`
-    is the set {a+b, a-b}; unions of intervals compare part by part.
-  * Matrices/vectors (`pmatrix`, `bmatrix`, ...) compare entry by entry.
+    is the set {a+b, a-b}; unions of intervals compare part by part. Answers
+    joined by "and", "or" or ";" are a bare list: `x = 1 \\text{ or } x = 2` ==
+    `\\{1, 2\\}`.
+  * Matrices (`pmatrix`, `bmatrix`, `array`, also inside `\\left( \\right)`)
+    compare entry by entry and must have the same shape; a one-row or
+    one-column matrix equals a tuple of its entries in order.
   * Multiple choice: `(C)`, `\\text{(C)}` and `C` are the same.
   * Symbolic expressions are parsed to sympy (`i` is the imaginary unit, `e`
     Euler's number) and equal when their difference expands to 0 or vanishes
@@ -60,6 +90,18 @@ Equivalence policy (the choices a grader has to make, made once):
     1e-6 relative when a decimal appears in them. A difference that is a
     nonzero rational number is never equal (`10^{11}` != `99999999999`).
   * `None` or an empty answer on either side is never equal to anything.
+
+Second opinion. Where our LaTeX reader has no reading of an answer (`\\log_2 8`,
+`|x|`, `\\lvert`, relations in several variables: anything `latex_to_sympy`
+refuses), the verdict is math-verify's (the grader open-r1 and TRL use) on the
+two answers as written, asked once per call inside the sympy worker -- so its
+SIGALRM timeouts, which fail outside the main thread, are not needed: the
+worker's kill bounds it. Where we have a reading, ours is kept: it is stricter
+and right where the two differ (exact integers and rationals at any size, units,
+decimal commas, labelled values; README, "Agreement with math-verify").
+`math_equal(..., second_opinion=False)` and `filters.correctness.
+math_second_opinion = False` turn it off; `math_verify_equal` is math-verify's
+verdict alone.
 
 Time. Sympy runs in a separate worker process with a hard time limit and a
 memory cap, so `2^{10^{10}}` or any other pathological input costs at most the
@@ -610,14 +652,21 @@ def _proportional(a: str, b: str, budget: _Budget) -> bool:
     return reply is not None and reply.get("equal") is True
 
 
+_MATH_MODE_RE = re.compile(r"(?<!\\)\$")
+
+
 def _as_math_verify_input(answer: str) -> str:
-    """math-verify reads LaTeX inside `$...$` or `\\boxed{}`; a bare answer gets `$`s."""
-    return answer if "$" in answer or "\\boxed" in answer else f"${answer}$"
+    """math-verify reads LaTeX inside `$...$` or `\\boxed{}`; a bare answer gets `$`s
+    (`\\$36` is a dollar sign, not math mode)."""
+    return answer if _MATH_MODE_RE.search(answer) or "\\boxed" in answer else f"${answer}$"
 
 
 def _math_verify_reply(gold: str, pred: str, budget: _Budget) -> bool | None:
-    reply = _ask({"op": "math_verify", "gold": _as_math_verify_input(gold),
-                  "pred": _as_math_verify_input(pred)}, budget)
+    return _math_verify_verdict(_ask({"op": "math_verify", "gold": _as_math_verify_input(gold),
+                                      "pred": _as_math_verify_input(pred)}, budget))
+
+
+def _math_verify_verdict(reply: dict | None) -> bool | None:
     if reply is not None and "unavailable" in reply:
         raise SymbolicWorkerError(f"math-verify cannot run: {reply['unavailable']} "
                                   "(pip install math-verify, or second_opinion=False)")
@@ -626,15 +675,21 @@ def _math_verify_reply(gold: str, pred: str, budget: _Budget) -> bool | None:
     return reply["equal"] is True
 
 
-def math_verify_equal(gold: str | None, pred: str | None, timeout_s: float = 5.0) -> bool | None:
+def math_verify_equal(gold: str | None, pred: str | None, timeout_s: float = 5.0,
+                      response: bool = False) -> bool | None:
     """math-verify's own verdict on two answers, none of our rules applied (for the
-    agreement report and the benchmark); None when it timed out or failed.
+    agreement report); None when it timed out or failed. `response`: pred is a whole
+    response, from which math-verify extracts the answer itself (as open-r1 does).
 
     It runs in the sympy worker, so it is bounded by `timeout_s` in any thread.
     """
     if gold is None or pred is None:
         return None
-    return _math_verify_reply(str(gold), str(pred), _Budget(timeout_s))
+    budget = _Budget(timeout_s)
+    gold, pred = _as_math_verify_input(str(gold)), str(pred)
+    reply = _ask({"op": "math_verify", "gold": gold,
+                  "pred": pred if response else _as_math_verify_input(pred)}, budget)
+    return _math_verify_verdict(reply)
 
 
 def _second_opinion(budget: _Budget) -> bool:

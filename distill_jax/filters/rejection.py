@@ -63,6 +63,7 @@ class FilterChain:
             raise ValueError(f"unknown filters {unknown}; known: {list(KNOWN_FILTERS)}")
         self.correctness = verify.Correctness(
             math_timeout_s=fc["correctness"]["math_timeout_s"],
+            math_second_opinion=fc["correctness"]["math_second_opinion"],
             code_limits=verify.limits_from_config(fc["correctness"]))
         self.filters = []
         for name in self.order:

@@ -33,8 +33,10 @@ class Correctness:
     name = "correctness"
 
     def __init__(self, math_timeout_s: float = 5.0,
-                 code_limits: code_exec.SandboxLimits | None = None):
+                 code_limits: code_exec.SandboxLimits | None = None,
+                 math_second_opinion: bool = True):
         self.math_timeout_s = math_timeout_s
+        self.math_second_opinion = math_second_opinion   # math-verify where we cannot read
         self.code_limits = code_limits or code_exec.SandboxLimits()
 
     def __call__(self, s: Sample) -> Verdict:
@@ -53,7 +55,8 @@ class Correctness:
             pred = extract_answer(s.response)
         if pred is None:
             return reject(self.name, "no_answer", "no final answer found"), None
-        if math_equal(str(gold), pred, timeout_s=self.math_timeout_s):
+        if math_equal(str(gold), pred, timeout_s=self.math_timeout_s,
+                      second_opinion=self.math_second_opinion):
             return accept(self.name), pred
         return reject(self.name, "wrong_answer", f"answer {pred!r}, gold {str(gold)!r}"), pred
 

@@ -116,6 +116,19 @@ FAMILIES: dict[str, list[tuple[str, str, bool]]] = {
         ("12\\pi", "12π", True),
         ("12\\pi", "12π²", False),
     ],
+    # Item 2's policy, where graders differ: exact values exactly, roundings of values
+    # whose expansion does not terminate to about six significant digits, units dropped.
+    "exact numbers and units": [
+        ("99999999999", "100000000000", False),
+        ("123456789012345678", "123456789012345679", False),
+        ("0.25", "0.2500001", False),
+        ("0.1", "0.10000001", False),
+        ("\\frac{1}{3}", "0.333333", True),
+        ("\\pi", "3.14159", True),
+        ("\\pi", "3.1416", False),
+        ("12", "12 \\text{ cm}", True),
+        ("5.4", "5.4 \\text{ cents}", True),
+    ],
 }
 
 RESPONSE_FAMILIES = {"final-answer lines"}

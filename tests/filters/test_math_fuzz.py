@@ -44,6 +44,10 @@ FRAGMENTS = [
     "x", "y", "i", "e", "E", "k", "(C)", "C", " ", " ", "\n", "inches", "per second", "cm",
     "degrees", "dollars", "meters^2", "square feet", "units", "####", "the answer is",
     "final answer:", "</think>", "<think>",
+    # the forms of issue 21's families: relations, chains, joiners, decimal commas, labels
+    "\\approx", "≈", "\\leqslant", "\\lt", "!=", "<=", " and ", " or ", ";", "0,111", "1000,99",
+    " percent", "per cent", "\\ ", "~", "\\begin{array}{cc}", "\\end{array}", "\\hline", "|AB|",
+    "f(x)", "(p,q)", "\\angle ", "**Answer:**", "Answer: ", "\\log_2", "\\lvert",
 ]
 # Costly for sympy by design (the worker times out and restarts); a few cases only.
 PATHOLOGICAL = ["2^{10^{10}}", "10^{10^{10}}", "9^{9^{9^{9}}}", "100000!", "x^{10^{9}}"]

@@ -57,8 +57,10 @@ Equivalence policy (the choices a grader has to make, made once):
         compared by their written digits and exponent only.
   * Chains and annotations: `x = 5+5+1 = 11` states its last side, `11`; a
     computation `5+5+1 = 11` (no letters on the left) states its right side;
-    `a \\approx b` states a or b (the exact value, or the rounding a problem may
-    ask for): `\\frac{22}{7} \\approx 3.14` == `\\frac{22}{7}` and == `3.14`.
+    `a \\approx b` states a, and its rounding b counts against a decimal answer
+    (the rounding a problem may ask for) or where a names rather than computes:
+    `\\frac{22}{7} \\approx 3.14` == `\\frac{22}{7}` and == `3.14`; `x \\approx
+    3.14159` == `\\pi`; but `5\\sqrt{2} \\approx 7` != `7` (it states 5\\sqrt{2}).
   * Labelled values: `label = value` == `value` in either order of the sides,
     where a label names rather than computes (`x`, `a_n`, `AB`, `|AB|`,
     `m\\angle A`, `f(x)`, `f^{-1}(3)`, `(p,q)`): `(p,q) = (3,2)` == `(3,2)`,
@@ -404,26 +406,39 @@ def _math_equal(gold: str, pred: str, budget: _Budget) -> bool:
     p, p_pct = _normalize(pred)
     if not g or not p:
         return False
+    (g, g_round), (p, p_round) = _stated(g), _stated(p)
+    pairs = [(g, p)]
+    # A rounding counts against a decimal, or where nothing exact was stated (`x \\approx
+    # 3.14159`); `5\\sqrt{2} \\approx 7` states 5\\sqrt{2}, which is not 7.
+    if p_round is not None and (_is_decimal(g) or _LABEL_RE.fullmatch(p)):
+        pairs.append((g, p_round))
+    if g_round is not None and (_is_decimal(p) or _LABEL_RE.fullmatch(g)):
+        pairs.append((g_round, p))
     try:
-        return any(_equal(a, b, g_pct, p_pct, budget)
-                   for a in _readings(g) for b in _readings(p))
+        return any(_equal(a, b, g_pct, p_pct, budget) for a, b in pairs)
     except _OverBudget:
         return False
 
 
-def _readings(s: str) -> list[str]:
-    """What an answer may state: a chain `x = 5+5+1 = 11` states its last side; `a
-    \\approx b` states a, or b (the exact value, or its rounding the problem may want)."""
+def _stated(s: str) -> tuple[str, str | None]:
+    """What an answer states, and the rounding it gives with `\\approx` (or None): a
+    chain `x = 5+5+1 = 11` states its last side; `a \\approx b` states a, rounded to b."""
     parts = [part for part in s.split("\\approx") if part]
-    if len(parts) > 1:
-        parts = [parts[0], parts[-1]]
-    out = []
-    for part in parts or [s]:
-        sides = _split_top(part, "=")
-        if len(sides) > 2 and all(sides) and len(_split_top(part)) == 1:
-            part = sides[-1]
-        out.append(part)
-    return list(dict.fromkeys(out))
+    if not parts:
+        return s, None
+    return _chain_end(parts[0]), (_chain_end(parts[-1]) if len(parts) > 1 else None)
+
+
+def _chain_end(s: str) -> str:
+    sides = _split_top(s, "=")
+    if len(sides) > 2 and all(sides) and len(_split_top(s)) == 1:
+        return sides[-1]
+    return s
+
+
+def _is_decimal(s: str) -> bool:
+    n = _to_number(s)
+    return n is not None and n.unit is not None
 
 
 def _equal(g: str, p: str, g_pct: bool, p_pct: bool, budget: _Budget, depth: int = 0) -> bool:

@@ -29,6 +29,8 @@ FAMILIES: dict[str, list[tuple[str, str, bool]]] = {
         ("3.14", "\\frac{22}{7} \\approx 3.14", True),
         ("3.15", "\\frac{22}{7} \\approx 3.14", False),
         ("5\\sqrt{2}", "AB = 5\\sqrt{2} \\approx 7.07", True),
+        ("7", "5\\sqrt{2} \\approx 7", False),
+        ("\\pi", "x \\approx 3.14159", True),
         ("(3,2)", "(p,q) = (3,2)", True),
         ("(2,3)", "(p,q) = (3,2)", False),
         ("1", "|AB| = 1", True),

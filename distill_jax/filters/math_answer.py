@@ -461,7 +461,8 @@ def _equal(g: str, p: str, g_pct: bool, p_pct: bool, budget: _Budget, depth: int
     if g_eq and p_eq:
         if g_eq[0] == p_eq[0]:
             return equal(g_eq[1], p_eq[1])
-        return _proportional(f"{g_eq[0]}-({g_eq[1]})", f"{p_eq[0]}-({p_eq[1]})", budget)
+        return _symbolic_equal(f"{g_eq[0]}-({g_eq[1]})", f"{p_eq[0]}-({p_eq[1]})", budget,
+                               op="proportional")
     g_val = _labelled_value(g_eq) if g_eq and "=" not in p else None
     if g_val is not None:
         return _equal(g_val, p, g_pct, p_pct, budget, depth + 1)
@@ -656,17 +657,6 @@ def _same_set(a: dict | None, b: dict | None, budget: _Budget) -> bool:
     return reply is not None and reply.get("equal") is True
 
 
-def _proportional(a: str, b: str, budget: _Budget) -> bool:
-    """Whether expressions a and b (the two sides of two equations, moved to one side)
-    differ by a nonzero constant factor: the same equation, written another way."""
-    try:
-        ga, pa = latex_to_sympy(a), latex_to_sympy(b)
-    except LatexConversionError:
-        return _second_opinion(budget)
-    reply = _ask({"op": "proportional", "a": ga, "b": pa}, budget)
-    return reply is not None and reply.get("equal") is True
-
-
 _MATH_MODE_RE = re.compile(r"(?<!\\)\$")
 
 
@@ -676,12 +666,9 @@ def _as_math_verify_input(answer: str) -> str:
     return answer if _MATH_MODE_RE.search(answer) or "\\boxed" in answer else f"${answer}$"
 
 
-def _math_verify_reply(gold: str, pred: str, budget: _Budget) -> bool | None:
-    return _math_verify_verdict(_ask({"op": "math_verify", "gold": _as_math_verify_input(gold),
-                                      "pred": _as_math_verify_input(pred)}, budget))
-
-
-def _math_verify_verdict(reply: dict | None) -> bool | None:
+def _math_verify(gold: str, pred: str, budget: _Budget, response: bool = False) -> bool | None:
+    reply = _ask({"op": "math_verify", "gold": _as_math_verify_input(gold),
+                  "pred": pred if response else _as_math_verify_input(pred)}, budget)
     if reply is not None and "unavailable" in reply:
         raise SymbolicWorkerError(f"math-verify cannot run: {reply['unavailable']} "
                                   "(pip install math-verify, or second_opinion=False)")
@@ -700,11 +687,7 @@ def math_verify_equal(gold: str | None, pred: str | None, timeout_s: float = 5.0
     """
     if gold is None or pred is None:
         return None
-    budget = _Budget(timeout_s)
-    gold, pred = _as_math_verify_input(str(gold)), str(pred)
-    reply = _ask({"op": "math_verify", "gold": gold,
-                  "pred": pred if response else _as_math_verify_input(pred)}, budget)
-    return _math_verify_verdict(reply)
+    return _math_verify(str(gold), str(pred), _Budget(timeout_s), response)
 
 
 def _second_opinion(budget: _Budget) -> bool:
@@ -714,16 +697,19 @@ def _second_opinion(budget: _Budget) -> bool:
     if budget.second_opinion is None:
         return False
     if budget.math_verify_verdict is None:
-        budget.math_verify_verdict = _math_verify_reply(*budget.second_opinion, budget) is True
+        budget.math_verify_verdict = _math_verify(*budget.second_opinion, budget) is True
     return budget.math_verify_verdict
 
 
-def _symbolic_equal(g: str, p: str, budget: _Budget) -> bool:
+def _symbolic_equal(g: str, p: str, budget: _Budget, op: str = "equal") -> bool:
+    """The worker's verdict on two LaTeX expressions: "equal", or "proportional" (the
+    sides of two equations moved to one side differ by a nonzero constant factor: the
+    same equation, written another way)."""
     try:
         ga, pa = latex_to_sympy(g), latex_to_sympy(p)
     except LatexConversionError:
         return _second_opinion(budget)
-    reply = _ask({"op": "equal", "a": ga, "b": pa}, budget)
+    reply = _ask({"op": op, "a": ga, "b": pa}, budget)
     return reply is not None and reply.get("equal") is True
 
 

@@ -37,6 +37,7 @@ bench: $(VENV)/.test
 	$(PY) benchmarks/forward_vs_transformers.py
 	$(PY) benchmarks/decode_vs_transformers.py
 	$(PY) benchmarks/train_step_vs_transformers.py
+	$(PY) benchmarks/math_verifier_throughput.py
 
 clean:
 	rm -rf $(VENV) artifacts

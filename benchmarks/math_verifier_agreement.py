@@ -4,9 +4,10 @@
 
 Families: the cases of tests/filters/math_families.py (each with the verdict a
 careful grader gives). Per family: how many cases each verifier gets right, and
-every case where the two differ. Real data: every GSM8K-test and MATH-500
-reference answer against its own gold answer ("own") and against the gold
-answer of the next problem whose gold differs as text ("other"), judged by both;
+every case where the two differ. Real data: every GSM8K (test and train),
+MATH-500 and AIME 2024 reference answer against its own gold answer ("own") and
+against the gold answer of the next problem whose gold differs as text ("other"),
+judged by both;
 every pair where they differ is listed. The README's "Agreement with
 math-verify" table is this script's output, with the reason for each difference.
 
@@ -16,20 +17,14 @@ from any thread; its verdict here is its own, none of our rules applied.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from distill_jax.data.prompts import gsm8k_gold  # noqa: E402
+from benchmarks.math_verifier_throughput import DATA_DIR, load_problems  # noqa: E402
 from distill_jax.filters.math_answer import extract_answer, math_equal, math_verify_equal  # noqa: E402
 from tests.filters.math_families import FAMILIES, RESPONSE_FAMILIES  # noqa: E402
-
-
-def _rows(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f]
 
 
 def family_table() -> list[str]:
@@ -55,19 +50,12 @@ def family_table() -> list[str]:
 def _pairs(data_dir: str) -> dict[str, list[tuple[str, str]]]:
     """(gold, reference answer) pairs per dataset and kind ("own", "other")."""
     out = {}
-    gsm = _rows(os.path.join(data_dir, "gsm8k_test.jsonl"))
-    math = _rows(os.path.join(data_dir, "math500_test.jsonl"))
-    for name, golds, refs in (
-            ("gsm8k", [gsm8k_gold(r["answer"]) for r in gsm],
-             [extract_answer(r["answer"]) for r in gsm]),
-            ("math500", [r["answer"] for r in math], [extract_answer(r["solution"]) for r in math])):
-        n = len(golds)
-        out[f"{name} own"] = list(zip(golds, refs))
-        other = []
-        for k in range(n):
-            j = next((k + d) % n for d in range(1, n) if golds[(k + d) % n] != golds[k])
-            other.append((golds[j], refs[k]))
-        out[f"{name} other"] = other
+    for name, problems in load_problems(data_dir)[0].items():
+        golds = [p.gold for p in problems]
+        out[f"{name} own"] = [(p.gold, p.stated) for p in problems]
+        out[f"{name} other"] = [
+            (next(g for g in golds[k + 1:] + golds[:k] if g != p.gold), p.stated)
+            for k, p in enumerate(problems)]
     return out
 
 
@@ -90,8 +78,7 @@ def real_data_table(data_dir: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..",
-                                                       "shared", "data"))
+    parser.add_argument("--data", default=DATA_DIR)
     args = parser.parse_args()
     print("\n".join(family_table()))
     print()

@@ -263,6 +263,10 @@ def _normalize(s: str) -> tuple[str, bool]:
     s = re.sub(r"^[a-zA-Z]\s*\\in\s*", "", s)      # x \in [a,b]
     s = _squeeze_spaces(s).strip()
     s = re.sub(r"^\\text\{\s*\}", "", s)
+    # One answer in parentheses is that answer: `\\textbf{(55)}` (an AIME-style choice).
+    br = _bracketed(s)
+    if br is not None and (br[0], br[2]) == ("(", ")") and len(_split_top(br[1])) == 1:
+        s = br[1].strip()
     return s, percent
 
 

@@ -44,6 +44,7 @@ _GREEK = {"alpha", "beta", "gamma", "delta", "theta", "phi", "lambda", "mu", "si
           "tau", "rho", "epsilon", "psi", "eta", "nu", "xi", "zeta", "kappa", "chi"}
 _IDENTIFIERS = {"sqrt", "pi", "oo", "I", "E", "binomial", "Abs", "root"} | _FUNCS | _GREEK
 _SAFE_CHARS = re.compile(r"^[0-9A-Za-z_+\-*/().,\s!]*$", re.ASCII)
+_LEADING_ZEROS_RE = re.compile(r"(?<![\w.])0+(?=\d)", re.ASCII)
 _COMMAND_RE = re.compile(r"\\([a-zA-Z]+)")
 _WORD_RE = re.compile(r"[a-zA-Z]+")
 _ASCII_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -158,7 +159,9 @@ def latex_to_sympy(s: str, _depth: int = 0) -> str:
         else:
             out.append(c)                # anything unsafe is refused below
         k += 1
-    text = "".join(out)
+    # `055` is 55 (AIME answers are written with three digits); sympy's parser would
+    # read it as 0 times 55.
+    text = _LEADING_ZEROS_RE.sub("", "".join(out))
     if not _SAFE_CHARS.match(text):
         raise LatexConversionError(f"unsafe characters after conversion of {s!r}")
     for word in re.findall(r"[A-Za-z_]+", text):

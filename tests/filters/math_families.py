@@ -117,6 +117,12 @@ FAMILIES: dict[str, list[tuple[str, str, bool]]] = {
         ("4", "−4", False),
         ("12\\pi", "12π", True),
         ("12\\pi", "12π²", False),
+        ("55", "\\textbf{(55) }", True),
+        ("073", "\\textbf{(073)}", True),
+        ("025", "(0)", False),
+        ("(025)", "(007)", False),
+        ("\\sqrt{025}", "5", True),
+        ("\\sqrt{025}", "0", False),
     ],
     # Item 2's policy, where graders differ: exact values exactly, roundings of values
     # whose expansion does not terminate to about six significant digits, units dropped.

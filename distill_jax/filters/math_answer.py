@@ -5,15 +5,23 @@
 verdict for any string (None, empty, huge, unbalanced, unicode, junk) and never
 raise on their input (see "Robustness" below).
 
-Extraction, in order of preference:
+Extraction (math_extract.py), in order of preference:
   1. the text after the last `</think>` (R1 traces: the summary after the
-     reasoning is the answer), then the whole text if that has none;
-  2. in each, the last `\\boxed{...}` / `\\fbox{...}` (nested braces), else the
-     last GSM8K `#### x`, else the last stated answer: "the (final) answer is
-     X", "Final Answer: X", "Answer: X", "**Answer:** X". The last one wins; the
-     wrapper words, markdown emphasis and what follows the sentence ("Final
-     Answer: The final answer is $X$. I hope it is correct." states X) are not
-     part of it, and a remark ("the answer is correct") states nothing.
+     reasoning is the answer); if it states none, a box inside the reasoning
+     (a sentence there may be a hypothesis the model went on to reject).
+     Reasoning that never closes (`<think>` without `</think>`: a truncated
+     trace) states only what it boxes.
+  2. the last `\\boxed{...}` / `\\fbox{...}` (nested braces), with the boxes just
+     before it joined by "and" or commas (`$\\boxed{2}$ and $\\boxed{5}$` states
+     `2, 5`; boxes joined by "or" are two forms of one answer: the last counts);
+     else the last GSM8K `#### x`; else the last stated answer: "the (final)
+     answer is X", "Final Answer: X", "Answer: X", "**Answer:** X", or a
+     "**Final Answer**" heading over the answer's line. The last one wins; the
+     wrapper words, emphasis, `$` delimiters and what follows the claim's
+     sentence or explains it ("Final Answer: The final answer is $X$. I hope
+     it is correct." states X; "3, since 2+1 = 3" states 3) are not part of
+     it; a remark ("the answer is correct"), a question, or a hypothesis ("let
+     me check whether the answer is 12") states nothing.
 
 Equivalence policy (the choices a grader has to make, made once):
   * Cosmetics never matter: `$`, `\\left`/`\\right`, spacing commands (`\\!`,
@@ -23,15 +31,26 @@ Equivalence policy (the choices a grader has to make, made once):
     period, `\\$`, stray LaTeX (`\\ ` and `~` spaces, a trailing `\\`). Unicode
     math is read as its LaTeX: `π` `√` `×` `·` `÷` `−` `≤` `≥` `≠` `≈` `∞` `±`
     `∪` `∈` `½` `²` ..., so `12π` == `12\\pi`.
-  * Decimal commas are read where nothing else can be meant: a single comma
+    Markup with a meaning is read: `\\mp` is `\\pm`, `\\langle 1,2 \\rangle` is
+    `(1,2)`, `x \\equiv 12 \\pmod{13}` states 12, `\\mathbb{R}` is `(-\\infty,
+    \\infty)`; `vmatrix` is a determinant, not a matrix.
+  * Commas in numbers are read on the answer as written: a comma followed by a
+    space always separates answers (`0, 25` is two answers, `1, 100` too).
+    Decimal commas are read where nothing else can be meant: a single comma
     after `0` or after four or more digits, followed by two or more digits
     (`0,111` == `0.111`, `1000,99` == `1000.99`). `1,5`, `12,5` and `0,1` may be
     lists of two answers (MATH writes "all solutions" that way) and are lists;
     `1,000` is a thousand.
-  * Units are dropped when what is left is a number or an expression:
+  * Units are dropped when what is left is a number or a constant expression:
     `5.4 \\text{ cents}` == `5.4`; `12π inches per second` == `12\\pi` (up to
     five unit words); `90^\\circ` == `90` (degrees are never converted to
-    radians). A lone word (`\\text{Evelyn}`) is compared as text.
+    radians). Words that change the value are no units (`7 times`, `1.5
+    million`, `3 dozen`, `20\\% decrease`), two letters are a unit only when
+    they are a known one (`5 cm`; `3 ab` is a product), and nothing is dropped
+    after an expression in variables (`x^2 + 2 xy`).
+  * A word of three or more letters is text, compared without case
+    (`\\text{Evelyn}` == `Evelyn`, `No` == `no`, `east` != `seat`: not a
+    product of letters).
   * Percent: `50\\%` == `50`, and also == `0.5` (a percent sign on one side
     only may mean either); the words "percent", "per cent", "pct" are a `%`.
   * Numbers -- exact where exactness is the answer:
@@ -56,15 +75,18 @@ Equivalence policy (the choices a grader has to make, made once):
       - decimals with more than 4,000 digits or exponents beyond +-10,000 are
         compared by their written digits and exponent only.
   * Chains and annotations: `x = 5+5+1 = 11` states its last side, `11`; a
-    computation `5+5+1 = 11` (no letters on the left) states its right side;
-    `a \\approx b` states a, and its rounding b counts against a decimal answer
-    (the rounding a problem may ask for) or where a names rather than computes:
-    `\\frac{22}{7} \\approx 3.14` == `\\frac{22}{7}` and == `3.14`; `x \\approx
-    3.14159` == `\\pi`; but `5\\sqrt{2} \\approx 7` != `7` (it states 5\\sqrt{2}).
+    computation `5+5+1 = 11` (an operator and no letters on the left) states
+    its right side; `a \\approx b` states a, and its rounding b (a decimal)
+    counts against a decimal answer when a rounds to it, or where a names
+    rather than computes: `\\frac{22}{7} \\approx 3.14` == `\\frac{22}{7}` and
+    == `3.14`; `x \\approx 3.14159` == `\\pi`; but `5\\sqrt{2} \\approx 7` != `7`
+    (it states 5\\sqrt{2}), `\\frac{7}{3} \\approx 2.5` != `2.5` (a wrong
+    rounding), `\\approx 3` != `3`.
   * Labelled values: `label = value` == `value` in either order of the sides,
     where a label names rather than computes (`x`, `a_n`, `AB`, `|AB|`,
     `m\\angle A`, `f(x)`, `f^{-1}(3)`, `(p,q)`): `(p,q) = (3,2)` == `(3,2)`,
-    `2 = x` == `2`; `x \\in [-2,7]` == `[-2,7]`.
+    `2 = x` == `2`; `x \\in [-2,7]` == `[-2,7]`. An equation to solve states no
+    value: `2x = 6` != `3`, `\\log_2 x = 3` != `3`.
   * Equations: the same equation written another way or scaled by a nonzero
     constant is equal (`y = 2x + 3` == `2x - y + 3 = 0`, `2x + 4y = 6` == `x +
     2y = 3`, `x = 2` == `2 = x`); checked as a constant ratio of the two sides'
@@ -73,13 +95,17 @@ Equivalence policy (the choices a grader has to make, made once):
     variable: `x \\geq 5` == `5 \\leq x` == `[5, \\infty)`, `-x > -1` == `x < 1`,
     `-2 < x \\leq 7` == `(-2, 7]`, `x \\ne 3` == `(-\\infty,3) \\cup (3,\\infty)`;
     `\\le`, `\\leqslant`, `<=`, `≤` are one relation, as are `\\ne`, `\\neq`, `!=`.
-    A relation never equals a bare number. Relations in two or more variables
-    are left to the second opinion (below).
+    Unions of intervals compare as sets too (in any order). A relation never
+    equals a bare number (`x \\leq 12`, `\\leq 12` != `12`). Relations in two or
+    more variables are left to the second opinion (below); relations joined
+    by "or"/"and" are not combined into one set (a list of relations).
   * Sequences: `(a, b)` tuples, points and intervals compare element by element
     and their brackets must match (`(3,4]` != `(3,4)`); a bare list `1, 2` is
-    compared with a tuple in order; `\\{...\\}` sets and bare lists compare as
-    multisets (answer lists such as "all solutions" are unordered); `a \\pm b`
-    is the set {a+b, a-b}; unions of intervals compare part by part. Answers
+    compared with a tuple in order, and is never an interval `[1, 2]`;
+    `\\{...\\}` sets (duplicates dropped) and bare lists compare as multisets
+    (answer lists such as "all solutions" are unordered), except lists of
+    choice letters (`C, A, B`: an order); a set is never a tuple (`(2, 1)` !=
+    `\\{1, 2\\}`); `a \\pm b` is the set {a+b, a-b}. Answers
     joined by "and", "or" or ";" are a bare list: `x = 1 \\text{ or } x = 2` ==
     `\\{1, 2\\}`.
   * Matrices (`pmatrix`, `bmatrix`, `array`, also inside `\\left( \\right)`)
@@ -96,7 +122,9 @@ Equivalence policy (the choices a grader has to make, made once):
 Second opinion. Where our LaTeX reader has no reading of an answer (`\\log_2 8`,
 `|x|`, `\\lvert`, relations in several variables: anything `latex_to_sympy`
 refuses), the verdict is math-verify's (the grader open-r1 and TRL use) on the
-two answers as written, asked once per call inside the sympy worker -- so its
+two answers as written (never on prose: two words in a row or a question mark,
+from which it would pull any number), asked once per call inside the sympy
+worker -- so its
 SIGALRM timeouts, which fail outside the main thread, are not needed: the
 worker's kill bounds it. Where we have a reading, ours is kept: it is stricter
 and right where the two differ (exact integers and rationals at any size, units,
@@ -138,11 +166,10 @@ import re
 from typing import Sequence
 
 from distill_jax.filters.math_extract import extract_answer
-from distill_jax.filters.math_latex import LatexConversionError, braced, latex_to_sympy
-from distill_jax.filters.math_numbers import (_DECIMAL_COMMA_RE, _THOUSANDS_RE,
-                                              _WORKER_FLOAT_RE, _Number,
+from distill_jax.filters.math_latex import _GREEK, LatexConversionError, braced, latex_to_sympy
+from distill_jax.filters.math_numbers import (_WORKER_FLOAT_RE, _Number,
                                               _approximates, _decimal, _numbers_equal,
-                                              _percent, _to_number)
+                                              _percent, _to_number, read_number_commas)
 from distill_jax.filters.symbolic_checker import (SymbolicChecker, SymbolicWorkerError,
                                                   _symbolic_checker)
 
@@ -193,6 +220,20 @@ _SPACE_RE = re.compile(r"(\\[a-zA-Z]++)?\s+")
 # A `\ ` or `~` space, and a backslash that ends the answer (`5\`; not a `\\` row end).
 _STRAY_RE = re.compile(r"(?<!\\)\\ |~|(?<!\\)\\\s*$")
 _PERCENT_WORD_RE = re.compile(r"\b(?:percent|per\s?cent|pct)\b\.?\s*$", re.IGNORECASE)
+# Markup that means something else written: `\mp` and `\pm` name the same pair of
+# answers, `\langle 1, 2 \rangle` is a tuple, `x \equiv 12 \pmod{13}` states 12,
+# `\mathbb{R}` is `(-\infty, \infty)`.
+_MARKUP = {"\\mp": "\\pm", "\\langle": "(", "\\rangle": ")", "\\equiv": "="}
+_MARKUP_RE = re.compile(r"\\(?:mp|langle|rangle|equiv)(?![a-zA-Z])|\\mathbb\s?\{?R\}?(?![a-zA-Z])|"
+                        r"\\pmod\s*\{[^{}]*\}|"
+                        r"\\pmod\s*\d+|\\(?:bmod|mod)\s*\{?\d+\}?")
+def _markup(m: re.Match) -> str:
+    text = m.group()
+    if text.startswith("\\mathbb"):
+        return "(-\\infty,\\infty)"        # the reals, as the interval they are
+    return _MARKUP.get(text, "")          # `\pmod{13}` and its kin go
+
+
 # One spelling per relation: `\le`/`\leqslant`/`<=` are `\leq`, `!=`/`\neq` are `\ne`.
 _RELATION_SPELLINGS = {"\\leqslant": "\\leq ", "\\geqslant": "\\geq ", "\\leq": "\\leq ",
                        "\\geq": "\\geq ", "\\le": "\\leq ", "\\ge": "\\geq ", "\\neq": "\\ne ",
@@ -240,6 +281,9 @@ def _normalize(s: str) -> tuple[str, bool]:
     """Canonical text of an answer, and whether it carried a percent sign."""
     s = _unicode_to_latex(s.strip()).strip()
     s = s.replace("\\$", "").replace("$", "")
+    # `10,\\!080` and `1{,}000` are one number: the comma stays next to its digits.
+    s = s.replace(",\\!", ",").replace("{,}", ",")
+    s = _MARKUP_RE.sub(_markup, s)
     for cmd in _SPACING:
         # `\left(` -> `(`; the command must not be a prefix of a longer name.
         s = re.sub(re.escape(cmd) + r"(?![a-zA-Z])", " ", s)
@@ -261,6 +305,7 @@ def _normalize(s: str) -> tuple[str, bool]:
     s = re.sub(r"\.\s*$", "", s)                  # "5." at the end of a sentence
     s = _strip_units(s)
     s = re.sub(r"^[a-zA-Z]\s*\\in\s*", "", s)      # x \in [a,b]
+    s = read_number_commas(s)
     s = _squeeze_spaces(s).strip()
     s = re.sub(r"^\\text\{\s*\}", "", s)
     # One answer in parentheses is that answer: `\\textbf{(55)}` (an AIME-style choice).
@@ -270,15 +315,34 @@ def _normalize(s: str) -> tuple[str, bool]:
     return s, percent
 
 
+# Words after a number that change its value: they are not units.
+_VALUE_WORDS = frozenset(
+    "times million millions billion billions trillion trillions thousand thousands hundred "
+    "hundreds dozen dozens score half halves third thirds quarter quarters more less fewer "
+    "greater larger smaller higher lower increase increased decrease decreased off".split())
+_SHORT_UNITS = frozenset(
+    "cm mm km nm um dm kg mg ml mL cL dL ft in yd mi lb oz hr ms ns us kW MW mA kV sq "
+    "Hz kJ mJ eV Pa".split())
+_COMMANDS_RE = re.compile(r"\\[a-zA-Z]+")
+_LETTERS_RE = re.compile(r"[A-Za-z]+")
+
+
 def _strip_units(s: str) -> str:
-    """`864 inches^2` -> `864`; only when a number or expression stays."""
-    m = _UNITS_TAIL_RE.match(s)
-    if m and re.search(r"\d", m.group(1)):
-        return m.group(1)
-    m = _UNIT_GLUED_RE.match(s)
-    if m:
+    """`864 inches^2` -> `864`; only when a number or a constant expression stays and
+    no word changes the value (`7 times`, `1.5 million`, `20 \\% decrease`) or is a
+    variable (`2 xy`)."""
+    m = _UNITS_TAIL_RE.match(s) or _UNIT_GLUED_RE.match(s)
+    if (m and re.search(r"\d", m.group(1)) and not _LETTER_RE.search(_COMMANDS_RE.sub("", m.group(1)))
+            and all(_is_unit_word(w) for w in _LETTERS_RE.findall(m.group(2)))):
         return m.group(1)
     return s
+
+
+def _is_unit_word(word: str) -> bool:
+    if word.lower() in _VALUE_WORDS:
+        return False
+    # Two letters are a unit only when they are a known one: `3 ab` is a product.
+    return len(word) > 2 or word in _SHORT_UNITS
 
 
 # ---------------------------------------------------------------- structure
@@ -327,7 +391,8 @@ def _bracketed(s: str) -> tuple[str, str, str] | None:
     return None
 
 
-_MATRIX_RE = re.compile(r"^\\begin\{([pbvBV]?matrix|array)\}(?:\{[^}]*\})?(.*)\\end\{\1\}$",
+# (`vmatrix` is a determinant, a number: it is not read as a matrix.)
+_MATRIX_RE = re.compile(r"^\\begin\{([pbB]?matrix|array)\}(?:\{[^}]*\})?(.*)\\end\{\1\}$",
                         re.DOTALL)
 
 
@@ -410,27 +475,49 @@ def _math_equal(gold: str, pred: str, budget: _Budget) -> bool:
     p, p_pct = _normalize(pred)
     if not g or not p:
         return False
-    (g, g_round), (p, p_round) = _stated(g), _stated(p)
-    pairs = [(g, p)]
-    # A rounding counts against a decimal, or where nothing exact was stated (`x \\approx
-    # 3.14159`); `5\\sqrt{2} \\approx 7` states 5\\sqrt{2}, which is not 7.
-    if p_round is not None and (_is_decimal(g) or _LABEL_RE.fullmatch(p)):
-        pairs.append((g, p_round))
-    if g_round is not None and (_is_decimal(p) or _LABEL_RE.fullmatch(g)):
-        pairs.append((g_round, p))
     try:
+        (g, g_round), (p, p_round) = _stated(g), _stated(p)
+        pairs = [(g, p)] if g and p else []
+        if p_round is not None and _rounding_counts(p, p_round, g, budget):
+            pairs.append((g, p_round))
+        if g_round is not None and _rounding_counts(g, g_round, p, budget):
+            pairs.append((g_round, p))
         return any(_equal(a, b, g_pct, p_pct, budget) for a, b in pairs)
     except _OverBudget:
         return False
 
 
 def _stated(s: str) -> tuple[str, str | None]:
-    """What an answer states, and the rounding it gives with `\\approx` (or None): a
-    chain `x = 5+5+1 = 11` states its last side; `a \\approx b` states a, rounded to b."""
-    parts = [part for part in s.split("\\approx") if part]
-    if not parts:
-        return s, None
-    return _chain_end(parts[0]), (_chain_end(parts[-1]) if len(parts) > 1 else None)
+    """What an answer states ("" for nothing), and the rounding it gives with `\\approx`
+    (or None): a chain `x = 5+5+1 = 11` states its last side; `a \\approx b` states a,
+    rounded to b; `\\approx 3` states nothing exact."""
+    parts = s.split("\\approx")
+    if len(parts) == 1:
+        return _chain_end(s), None
+    return _chain_end(parts[0]), _chain_end(parts[-1])
+
+
+def _rounding_counts(stated: str, rounding: str, other: str, budget: _Budget) -> bool:
+    """Whether the rounding an answer gives may be compared with the other answer: it is
+    a decimal, and the other is a decimal (the rounding a problem asks for) or nothing
+    exact was stated (`x \\approx 3.14159`); a stated value must round to it
+    (`\\frac{7}{3} \\approx 2.5` states a wrong rounding: not 2.5)."""
+    r = _to_number(rounding)
+    if r is None or r.unit is None or r.value is None:
+        return False
+    eq = _equation(stated)
+    value = _labelled_value(eq) if eq else stated
+    if not value or _LABEL_RE.fullmatch(value):
+        return True
+    if not _is_decimal(other):
+        return False
+    n = _to_number(value)
+    try:
+        x = (n.value, True) if n is not None and n.value is not None else _constant_value(
+            value, budget)
+    except LatexConversionError:
+        return False
+    return x is not None and abs(x[0] - r.value) <= r.unit
 
 
 def _chain_end(s: str) -> str:
@@ -458,6 +545,9 @@ def _equal(g: str, p: str, g_pct: bool, p_pct: bool, budget: _Budget, depth: int
     letter_g, letter_p = _choice_letter(g), _choice_letter(p)
     if letter_g or letter_p:
         return letter_g == letter_p and letter_g is not None
+    if _WORD_ANSWER_RE.fullmatch(g) or _WORD_ANSWER_RE.fullmatch(p):
+        # A word is text, not a product of letters: `seat` != `east`, `No` == `no`.
+        return g.casefold() == p.casefold()
 
     # Equations: the same equation written two ways or scaled; a labelled value
     # (`x = 2`, `2 = x`, `f(3) = 2`, `(p,q) = (3,2)`) against the bare value.
@@ -473,10 +563,18 @@ def _equal(g: str, p: str, g_pct: bool, p_pct: bool, budget: _Budget, depth: int
     p_val = _labelled_value(p_eq) if p_eq and "=" not in g else None
     if p_val is not None:
         return _equal(g, p_val, g_pct, p_pct, budget, depth + 1)
+    if (g_eq is not None and "=" not in p) or (p_eq is not None and "=" not in g):
+        return False      # an equation to solve (`2x = 6`) does not state a value (`3`)
 
-    g_rel, p_rel = _relation(g), _relation(p)
-    if g_rel is not None or p_rel is not None:
-        return _same_set(g_rel or _interval_union(g), p_rel or _interval_union(p), budget)
+    g_has_rel, p_has_rel = _RELATION_OP_RE.search(g), _RELATION_OP_RE.search(p)
+    if g_has_rel or p_has_rel:
+        g_set = _relation(g) if g_has_rel else _interval_union(g)
+        p_set = _relation(p) if p_has_rel else _interval_union(p)
+        if g_set is not None and p_set is not None:
+            return _same_set(g_set, p_set, budget)
+        if (g_has_rel or _looks_like_set(g)) and (p_has_rel or _looks_like_set(p)):
+            return _second_opinion(budget)      # a relation we cannot read (`\\log_2 x > 3`)
+        return False      # a relation (`x \\leq 12`, `\\leq 12`) is no number
 
     gm, pm = _matrix(g), _matrix(p)
     if gm is not None and pm is not None:
@@ -492,6 +590,9 @@ def _equal(g: str, p: str, g_pct: bool, p_pct: bool, budget: _Budget, depth: int
         return all(equal(a, b) for a, b in zip(vector, seq[1]))
 
     if "\\cup" in g or "\\cup" in p:
+        g_set, p_set = _interval_union(g), _interval_union(p)
+        if g_set is not None and p_set is not None:
+            return _same_set(g_set, p_set, budget)        # in any order, merged
         gu, pu = g.split("\\cup"), p.split("\\cup")
         return len(gu) == len(pu) and all(equal(a, b) for a, b in zip(gu, pu))
 
@@ -516,9 +617,20 @@ def _equal(g: str, p: str, g_pct: bool, p_pct: bool, budget: _Budget, depth: int
     return _symbolic_equal(g, p, budget)
 
 
+_CHOICE_RE = re.compile(r"\(?([A-E])\)?")
+# A word answer: three or more letters and nothing else (`Evelyn`, `east`, `No`+`solution`).
+_WORD_ANSWER_RE = re.compile(r"[A-Za-z]{3,}")
+
+
 def _choice_letter(s: str) -> str | None:
-    m = re.fullmatch(r"\(?([A-E])\)?", s)
+    m = _CHOICE_RE.fullmatch(s)
     return m.group(1) if m else None
+
+
+def _looks_like_set(s: str) -> bool:
+    """An interval or union we may not read (`(8, \\infty)`, `\\mathbb{R}`)."""
+    br = _bracketed(s)
+    return "\\cup" in s or "\\mathbb" in s or (br is not None and br[0] in "([")
 
 
 def _equation(s: str) -> tuple[str, str] | None:
@@ -533,11 +645,13 @@ def _equation(s: str) -> tuple[str, str] | None:
 _LABEL_RE = re.compile(
     r"(?:m\s*)?\\angle\s*[A-Za-z]+"
     r"|\|[A-Za-z]+\||\\overline\{[A-Za-z]+\}"
-    r"|(?:[A-Za-z]+|\\[a-zA-Z]+)'*(?:_\{?\w+\}?)?(?:\^\{?-1\}?)?(?:\([^()=]*\))?"
+    r"|(?:[A-Za-z]+|\\(?:" + "|".join(sorted(_GREEK)) + r"))'*(?:_(?:\d+|[A-Za-z]))?"
+    r"(?:\^\{?-1\}?)?(?:\([^()=]*\))?"
     r"|\(\s*[A-Za-z](?:\s*,\s*[A-Za-z])+\s*\)")
 
 
 _LETTER_RE = re.compile(r"[A-Za-z]")
+_OPERATOR_RE = re.compile(r"[-+*/^!]|\\(?:times|cdot|div|frac|sqrt)")
 
 
 def _labelled_value(eq: tuple[str, str]) -> str | None:
@@ -548,7 +662,7 @@ def _labelled_value(eq: tuple[str, str]) -> str | None:
         return rhs
     if _LABEL_RE.fullmatch(rhs):
         return lhs
-    if not _LETTER_RE.search(lhs):
+    if not _LETTER_RE.search(lhs) and _OPERATOR_RE.search(lhs):
         return rhs
     return None
 
@@ -559,12 +673,12 @@ def _sequence(s: str) -> tuple[str, list[str], str] | None:
     if br is not None:
         items = _split_top(br[1])
         if br[0] == "{":
-            return "{", _expand_pm(items), "}"
+            return "{", list(dict.fromkeys(_expand_pm(items))), "}"   # a set: {1,1,2} = {1,2}
         return (br[0], items, br[2]) if len(items) >= 2 else None
     if "\\pm" in s and "," not in s:
         return "{", _expand_pm([s]), "}"
     items = _split_top(s)
-    if len(items) >= 2 and not _THOUSANDS_RE.match(s) and not _DECIMAL_COMMA_RE.match(s):
+    if len(items) >= 2:
         return "", _expand_pm(items), ""
     return None
 
@@ -585,7 +699,11 @@ def _sequences_equal(a: tuple[str, list[str], str], b: tuple[str, list[str], str
     (ao, ai, ac), (bo, bi, bc) = a, b
     if len(ai) != len(bi):
         return False
-    unordered = ao == "{" or bo == "{" or (ao == "" and bo == "")
+    kinds = {ao, bo}
+    if ("{" in kinds and kinds - {"{", ""}) or kinds == {"", "["}:
+        return False      # a set is no tuple or interval; a list of answers is no [a, b]
+    letters = all(_CHOICE_RE.fullmatch(x) for x in ai + bi)
+    unordered = kinds <= {"{", ""} and not (kinds == {""} and letters)
     if not unordered and ao and bo and (ao, ac) != (bo, bc):
         return False
     if not unordered:
@@ -652,12 +770,12 @@ def _interval_union(s: str) -> dict | None:
     return {"intervals": intervals}
 
 
-def _same_set(a: dict | None, b: dict | None, budget: _Budget) -> bool:
+def _same_set(a: dict, b: dict, budget: _Budget) -> bool:
     """Whether two relations in one variable, or a relation and intervals, describe the
     same set of real numbers (`x \\geq 5` == `5 \\leq x` == `[5, \\infty)`)."""
-    if a is None or b is None:
-        return _second_opinion(budget)
     reply = _ask({"op": "same_set", "a": a, "b": b}, budget)
+    if reply is not None and reply.get("unread"):
+        return _second_opinion(budget)     # relations in two or more variables
     return reply is not None and reply.get("equal") is True
 
 
@@ -694,11 +812,20 @@ def math_verify_equal(gold: str | None, pred: str | None, timeout_s: float = 5.0
     return _math_verify(str(gold), str(pred), _Budget(timeout_s), response)
 
 
+# Two words of three or more letters in a row, or a question: prose, from which
+# math-verify would pull any number (`12? Let me double check` == 12 to it).
+_PROSE_RE = re.compile(r"[A-Za-z]{3,}[\s,;:]+[A-Za-z]{3,}|\?")
+
+
+def _is_prose(answer: str) -> bool:
+    return _PROSE_RE.search(_COMMANDS_RE.sub(" ", answer)) is not None
+
+
 def _second_opinion(budget: _Budget) -> bool:
     """math-verify's verdict on the answers as written, asked (once per call) where our
     LaTeX reader cannot convert a part (`\\log_2 8`, `|x|`, `\\lvert`): where we have
     no reading, theirs decides; where we have one, ours is kept (module docstring)."""
-    if budget.second_opinion is None:
+    if budget.second_opinion is None or any(map(_is_prose, budget.second_opinion)):
         return False
     if budget.math_verify_verdict is None:
         budget.math_verify_verdict = _math_verify(*budget.second_opinion, budget) is True
@@ -723,27 +850,34 @@ def _decimal_vs_expression(d: _Number, expr: str, budget: _Budget) -> bool:
     if d.value is None:
         return False
     try:
-        converted = latex_to_sympy(expr)
+        value = _constant_value(expr, budget)
     except LatexConversionError:
         return _second_opinion(budget)
-    reply = _ask({"op": "evaluate", "a": converted}, budget)
-    if reply is None:
+    if value is None:
         return False
+    x, exact = value
+    return d.value == x or _approximates(d, x, x_exact=exact)
+
+
+def _constant_value(expr: str, budget: _Budget) -> tuple[fractions.Fraction, bool] | None:
+    """The value of a constant expression and whether it is exact (sympy found it
+    rational) or 40 significant digits of an irrational; None when it has none (free
+    symbols, a timeout). Raises LatexConversionError when we cannot read it."""
+    reply = _ask({"op": "evaluate", "a": latex_to_sympy(expr)}, budget)
+    if reply is None:
+        return None
     try:
         if isinstance(reply.get("rational"), str):
             num, _, den = reply["rational"].partition("/")
-            q = fractions.Fraction(int(num), int(den or "1"))
-            return d.value == q or _approximates(d, q)
-        if isinstance(reply.get("value"), str):
-            m = _WORKER_FLOAT_RE.fullmatch(reply["value"])
-            if not m:
-                return False
+            return fractions.Fraction(int(num), int(den or "1")), True
+        m = _WORKER_FLOAT_RE.fullmatch(reply.get("value") or "")
+        if m:
             x = _decimal(-1 if m.group(1) else 1, m.group(2), m.group(3) or "",
                          int(m.group(4) or 0), True)
-            return x.value is not None and _approximates(d, x.value, x_exact=False)
+            return (x.value, False) if x.value is not None else None
     except (ValueError, ZeroDivisionError):
-        return False          # more digits than int() reads: beyond any written decimal
-    return False
+        pass                  # more digits than int() reads: beyond any written decimal
+    return None
 
 
 

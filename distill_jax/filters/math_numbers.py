@@ -6,13 +6,23 @@ import fractions
 import math
 import re
 
+# Commas inside a number, read on the text as written (before spaces are squeezed
+# out: a comma followed by a space always separates answers, `0, 25` is two).
 # Thousands separators: comma groups of exactly three digits after a first group of
 # one to three that does not start with 0 (`1,000.99`, `58,500`).
-_THOUSANDS_RE = re.compile(r"^-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$", re.ASCII)
+_THOUSANDS_RE = re.compile(r"(?<![\d,.])[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?(?![\d,])", re.ASCII)
 # A decimal comma, where nothing else can be meant: the integer part is 0 or has four
 # or more digits and two or more digits follow (`0,111`, `0,25`, `1000,99`). `1,5`,
 # `12,5` or `0,1` may be a list of two answers and are read as one.
-_DECIMAL_COMMA_RE = re.compile(r"^-?(?:0|[1-9]\d{3,}),\d{2,}$", re.ASCII)
+_DECIMAL_COMMA_RE = re.compile(r"(?<![\d,.])(0|[1-9]\d{3,}),(\d{2,})(?![\d,.])", re.ASCII)
+
+
+def read_number_commas(s: str) -> str:
+    """`1,000.99` -> `1000.99`, `0,111` -> `0.111`; other commas are left as they are."""
+    if "," not in s:
+        return s
+    s = _THOUSANDS_RE.sub(lambda m: m.group().replace(",", ""), s)
+    return _DECIMAL_COMMA_RE.sub(r"\1.\2", s)
 
 
 _MAX_DIGITS = 4_000        # below Python's int-from-string limit (4,300 digits)
@@ -72,10 +82,6 @@ def _pow10(exponent: int) -> fractions.Fraction | None:
 
 def _to_number(s: str) -> _Number | None:
     """A plain number in any of the written forms above, else None. Never slow."""
-    if _THOUSANDS_RE.match(s):
-        s = s.replace(",", "")
-    elif _DECIMAL_COMMA_RE.match(s):
-        s = s.replace(",", ".")
     sign = 1
     if s.startswith("-") and not s.startswith("--"):
         sign, s = -1, s[1:]

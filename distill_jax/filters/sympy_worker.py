@@ -23,7 +23,8 @@ Requests:
       Whether two descriptions of a set of real numbers agree. A part is
       {"sides": [expr, ...], "ops": ["<" | ">" | "\\leq" | "\\geq" | "\\ne", ...]}, a
       relation or chain (`-2 < x \\leq 7`) in one variable, or {"intervals": [[lo, hi,
-      lo_open, hi_open], ...]}, a union of intervals.
+      lo_open, hi_open], ...]}, a union of intervals. {"equal": false, "unread": true}
+      when a part is not a set of reals in one variable (`y > 2x`).
   {"op": "math_verify", "gold": text, "pred": text} -> {"equal": bool} | {"unavailable": why}
       The verdict of math-verify (the grader open-r1 and TRL use) on two answers in
       its own input syntax (LaTeX in `$...$`), with its own signal-based timeouts
@@ -163,13 +164,13 @@ def _as_set(part: dict):
             *[sympy.solveset(r, x, sympy.S.Reals) for r in relations])
 
 
-def _same_set(a: dict, b: dict) -> bool:
+def _same_set(a: dict, b: dict) -> dict:
     import sympy
     sa, sb = _as_set(a), _as_set(b)
     if sa is None or sb is None:
-        return False
-    return sympy.Complement(sa, sb) == sympy.S.EmptySet and \
-        sympy.Complement(sb, sa) == sympy.S.EmptySet
+        return {"equal": False, "unread": True}
+    return {"equal": sympy.Complement(sa, sb) == sympy.S.EmptySet
+            and sympy.Complement(sb, sa) == sympy.S.EmptySet}
 
 
 _MATH_VERIFY = None          # the module once imported; the ImportError text if it is not
@@ -202,7 +203,7 @@ def _reply(request: dict) -> dict:
     if op == "proportional":
         return {"equal": bool(_proportional(request["a"], request["b"]))}
     if op == "same_set":
-        return {"equal": bool(_same_set(request["a"], request["b"]))}
+        return _same_set(request["a"], request["b"])
     if op == "math_verify":
         return _math_verify(request["gold"], request["pred"])
     return {"error": f"unknown op {op!r}"}

@@ -20,6 +20,17 @@ FAMILIES: dict[str, list[tuple[str, str, bool]]] = {
         ("4", "<think>the answer is 5</think>\n**Answer:** 4.", True),
         ("5", "<think>the answer is 5</think>\n**Answer:** 4.", False),
         ("24", "The final answer is 24 square units.", True),
+        # A hypothesis, a claim cut by its explanation, a truncated trace, two answers.
+        ("12", "Let me check whether the answer is 12. It fails, so the answer is 15.", False),
+        ("15", "Let me check whether the answer is 12. It fails, so the answer is 15.", True),
+        ("10", "Let me verify that the answer is 10 by plugging it in. It gives 11.", False),
+        ("12", "<think>I think the answer is 12. Wait, no: 3*5 = 15", False),
+        ("9", "Final Answer: The final answer is $9$ or $10$. I hope it is correct.", False),
+        ("5", "The solutions are $\\boxed{2}$ and $\\boxed{5}$.", False),
+        ("2, 5", "The solutions are $\\boxed{2}$ and $\\boxed{5}$.", True),
+        ("3", "The answer is 3, since 2 + 1 = 3.", True),
+        ("6", "**Final Answer**\n\n6", True),
+        ("\\frac{1}{2}", "The answer is $\\frac{1}{2}$, i.e. 0.5.", True),
     ],
     "chains and labels": [
         ("11", "x = 5+5+1 = 11", True),
@@ -41,6 +52,14 @@ FAMILIES: dict[str, list[tuple[str, str, bool]]] = {
         ("2", "2 = x", True),
         ("3", "2 = x", False),
         ("x = 2", "x = 3", False),
+        # An equation to solve states no value; an approximation is no exact answer.
+        ("6", "2x = 6", False),
+        ("16", "x^2 = 16", False),
+        ("3", "\\log_2 x = 3", False),
+        ("3", "2 = 3", False),
+        ("2.5", "\\frac{7}{3} \\approx 2.5", False),
+        ("7", "x \\approx 7", False),
+        ("3", "\\approx 3", False),
     ],
     "relations": [
         ("x \\geq 5", "5 \\leq x", True),
@@ -56,6 +75,10 @@ FAMILIES: dict[str, list[tuple[str, str, bool]]] = {
         ("x \\neq 3", "(-\\infty, 3) \\cup (3, \\infty)", True),
         ("x \\ge 5", "x ≥ 5", True),
         ("x < 1", "x > 1", False),
+        ("12", "\\le 12", False),
+        ("12", "x \\leq 12", False),
+        ("(-\\infty,-2)\\cup(3,\\infty)", "(3,\\infty)\\cup(-\\infty,-2)", True),
+        ("\\mathbb{R}", "(-\\infty, \\infty)", True),
     ],
     "joined answers": [
         ("1, 2", "1 \\text{ and } 2", True),
@@ -64,6 +87,12 @@ FAMILIES: dict[str, list[tuple[str, str, bool]]] = {
         ("-3, 4", "4; -3", True),
         ("1, 2, 3", "1 and 2", False),
         ("(1, 2)", "1 and 2", True),
+        # A list is no interval, a set no tuple; letters name an order.
+        ("1, 2", "[1, 2]", False),
+        ("(2, 1)", "\\{1, 2\\}", False),
+        ("\\{1, 1, 2\\}", "\\{1, 2\\}", True),
+        ("\\text{C, A, B}", "A, B, C", False),
+        ("\\text{C, A, B}", "C, A, B", True),
     ],
     "decimal commas": [
         ("1000.99", "1000,99", True),
@@ -75,6 +104,12 @@ FAMILIES: dict[str, list[tuple[str, str, bool]]] = {
         ("0.25", "0,25", True),
         ("1, 5", "1,5", True),
         ("1.5", "1,5", False),
+        # A comma followed by a space separates answers, whatever the digits.
+        ("0, 25", "0.25", False),
+        ("0.12", "0, 12", False),
+        ("0, 25", "25, 0", True),
+        ("1100", "1, 100", False),
+        ("2019, 2020", "2020, 2019", True),
     ],
     "percent words": [
         ("\\frac{67}{200}", "33.5 percent", True),
@@ -101,6 +136,8 @@ FAMILIES: dict[str, list[tuple[str, str, bool]]] = {
          "\\left(\\begin{array}{cc} 1 & 2 \\\\ 3 & 5 \\end{array}\\right)", False),
         ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}",
          "\\begin{pmatrix} 1 & 3 \\\\ 2 & 4 \\end{pmatrix}", False),
+        ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}",
+         "\\begin{vmatrix} 1 & 2 \\\\ 3 & 4 \\end{vmatrix}", False),
         ("\\begin{pmatrix} \\frac{1}{2} & 0 \\\\ 0 & 1 \\end{pmatrix}",
          "\\begin{bmatrix} 0.5 & 0 \\\\ 0 & 1 \\\\ \\end{bmatrix}", True),
         ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "(1, 2)", True),
@@ -117,6 +154,9 @@ FAMILIES: dict[str, list[tuple[str, str, bool]]] = {
         ("4", "−4", False),
         ("12\\pi", "12π", True),
         ("12\\pi", "12π²", False),
+        ("\\pm 2", "\\mp 2", True),
+        ("12", "x \\equiv 12 \\pmod{13}", True),
+        ("(1, 2)", "\\langle 1, 2 \\rangle", True),
         ("55", "\\textbf{(55) }", True),
         ("073", "\\textbf{(073)}", True),
         ("025", "(0)", False),
@@ -136,6 +176,22 @@ FAMILIES: dict[str, list[tuple[str, str, bool]]] = {
         ("\\pi", "3.1416", False),
         ("12", "12 \\text{ cm}", True),
         ("5.4", "5.4 \\text{ cents}", True),
+        ("6", "6 \\text{ sq ft}", True),
+        # Words that change the value are no units; two letters are a unit only if known.
+        ("7", "7 times the original", False),
+        ("1.5", "1.5 million", False),
+        ("3", "3 dozen eggs", False),
+        ("3", "3 ab", False),
+        ("x^2 + 2", "x^2 + 2 xy", False),
+    ],
+    "text answers": [
+        ("\\text{Evelyn}", "Evelyn", True),
+        ("\\text{no solution}", "\\text{No solution}", True),
+        ("\\text{east}", "\\text{seat}", False),
+        ("BDAC", "ABCD", False),
+        # Prose never reaches math-verify, which would pull any number out of it.
+        ("12", "12? Let me double check", False),
+        ("12", "\\text{about 12 or so, I think}", False),
     ],
 }
 

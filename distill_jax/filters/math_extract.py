@@ -18,8 +18,9 @@ _MAX_CLAIM = 2_000
 _NOT_A_CLAIM_RE = re.compile(r"(?:correct|incorrect|right|wrong|not|that|this|as follows|below|"
                              r"above|the same|unclear|likely|probably)\b", re.IGNORECASE)
 # A marker in a hypothesis is no claim: "let me check whether the answer is 12".
-_HEDGE_RE = re.compile(r"\b(?:whether|if|check|checking|verify|suppose|assume|maybe|perhaps|"
-                       r"might|could|guess|think|expect|wait|not sure)\b", re.IGNORECASE)
+# ("If we add them, the answer is 7" is a claim: "if" alone is no hedge.)
+_HEDGE_RE = re.compile(r"\b(?:whether|check|checking|verify|suppose|assume|maybe|perhaps|"
+                       r"might|guess|think|expect|wait|not sure)\b", re.IGNORECASE)
 # Where a claim ends: a sentence end, a question mark, or a clause that explains it
 # ("3, since 2 + 1 = 3", "4 is the smallest such n", "10 by plugging it in").
 _CLAIM_END_RE = re.compile(
@@ -34,7 +35,7 @@ _BOX_JOINER_RE = re.compile(r"[\s$,;]*(?:and[\s$,;]*)?", re.IGNORECASE)
 
 
 def _boxes(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, content) of every complete `\boxed{...}` / `\fbox{...}` / `\boxed 5`."""
+    """(start, end, content) of every complete `\\boxed{...}` / `\\fbox{...}` / `\\boxed 5`."""
     found = []
     # One pass over the braces, not one scan per `\boxed{` (unclosed ones made that quadratic).
     closing = closing_braces(text)
@@ -54,7 +55,7 @@ def _boxes(text: str) -> list[tuple[int, int, str]]:
 
 def _last_boxed(text: str) -> str | None:
     """The last box, with the boxes just before it that state one answer with it
-    (`\boxed{2}` and `\boxed{5}` are the list `2, 5`)."""
+    (`\\boxed{2}` and `\\boxed{5}` are the list `2, 5`)."""
     boxes = _boxes(text)
     if not boxes:
         return None

@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from distill_jax.fileio import iter_jsonl
+from distill_jax.filters.io_judge import io_cases_from_reference
 
 R1_MATH_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
 CODE_SUFFIX = ("Complete the following Python function. Reason step by step, then give the "
@@ -100,9 +101,20 @@ def _parse(row, fmt, where, source, line_no, id_field, problem_field, answer_fie
                       reference={"test": _field(row, "test", where),
                                  "entry_point": _field(row, "entry_point", where)})
     prompt_id = str(_field(row, id_field, where)) if id_field else f"{source}-{line_no - 1}"
-    reference = {"answer": str(_field(row, answer_field, where))} if answer_field else {}
+    if kind == "code":
+        # The tests travel with the prompt: I/O cases (ours, APPS', LiveCodeBench's) or a
+        # HumanEval-style harness. Malformed cases are refused here, naming the line.
+        reference = {k: row[k] for k in CODE_TEST_FIELDS if k in row}
+        io_cases_from_reference(reference)
+    else:
+        reference = {"answer": str(_field(row, answer_field, where))} if answer_field else {}
     return Prompt(id=prompt_id, problem=str(_field(row, problem_field, where)), kind=kind,
                   source=source, reference=reference)
+
+
+# What a code problem's reference may carry (the correctness filter picks the judge).
+CODE_TEST_FIELDS = ("io_tests", "input_output", "public_test_cases", "private_test_cases",
+                    "test", "entry_point")
 
 
 def load_prompts_from_config(pc) -> list[Prompt]:

@@ -149,7 +149,8 @@ def evaluate(config) -> dict[str, Any]:
     sp = SamplingParams(n=sc.k, temperature=sc.temperature, top_p=sc.top_p,
                         max_new_tokens=sc.max_new_tokens, seed=sc.seed,
                         stop_token_ids=fmt.stop_token_ids())
-    verifier = Correctness(math_timeout_s=config.math_timeout_s)
+    # Every I/O case is judged (no early stop): the report shows how far a program got.
+    verifier = Correctness(math_timeout_s=config.math_timeout_s, io_stop_on_first_failure=False)
     host, hosts = jax.process_index(), jax.process_count()
     mine = sample_and_score(sampler, fmt, prompts[host::hosts], sp, pc.get("suffix"), verifier)
     results = mine

@@ -29,7 +29,8 @@ def default_config():
     c.filters.readability = ml_collections.ConfigDict(
         {"max_paragraph_chars": 3000, "allow_code_in_reasoning": False})
     c.filters.correctness = ml_collections.ConfigDict(
-        {"math_timeout_s": 5.0, "math_second_opinion": True, "code_wall_time_s": 10.0, "code_cpu_time_s": 10.0,
+        {"math_timeout_s": 5.0, "math_second_opinion": True, "code_io_compare": "tokens",
+         "code_io_case_time_s": 2.0, "code_wall_time_s": 10.0, "code_cpu_time_s": 10.0,
          "code_memory_mb": 1024})
 
     c.decontamination = ml_collections.ConfigDict()

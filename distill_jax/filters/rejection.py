@@ -64,6 +64,8 @@ class FilterChain:
         self.correctness = verify.Correctness(
             math_timeout_s=fc["correctness"]["math_timeout_s"],
             math_second_opinion=fc["correctness"]["math_second_opinion"],
+            io_compare=fc["correctness"]["code_io_compare"],
+            io_case_time_s=fc["correctness"]["code_io_case_time_s"],
             code_limits=verify.limits_from_config(fc["correctness"]))
         self.filters = []
         for name in self.order:

@@ -1,10 +1,13 @@
 """Runs one untrusted Python program and its tests inside the sandbox.
 
-Started by `code_exec.run_python_tests` as `python -I sandbox_runner.py` in a
-fresh temporary directory with an empty environment. It reads its job (JSON)
-from stdin, locks itself down, runs the program and then the test code in one
-namespace, and reports the outcome on a private pipe, signed with a nonce the
-program never sees (so `os._exit(0)` in the program cannot fake a pass).
+Started by `code_exec` as `python -I sandbox_runner.py` in a fresh temporary
+directory with an empty environment. It reads its job (JSON) from stdin, locks
+itself down, tells the parent which layers are in force, and runs the program.
+It never judges: for function-call tests it answers calls from the trusted
+harness (trusted_harness.py, another process) with plain data (`_serve`); for
+stdin/stdout tests it runs the program once per input and hands the outputs
+back to the parent, which compares them (`_judge_io`). Nothing the program can
+reach here decides a verdict.
 
 Lock-down, in order (each layer is best effort where the OS refuses it; the
 layers in force are reported back):
@@ -25,6 +28,11 @@ import os
 import resource
 import sys
 import traceback
+
+# plain_data.py sits next to this script; `-I` keeps the script's folder off sys.path.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import plain_data  # noqa: E402
+del sys.path[0]
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -171,21 +179,10 @@ def _audit_hook(workdir: str):
     return hook
 
 
-def main() -> None:
-    job = json.loads(sys.stdin.read())
-    sys.stdin.close()
-    os.close(0)
-    os.open(os.devnull, os.O_RDONLY)      # fd 0 again, pointing nowhere
-    result_fd = int(job["result_fd"])
-    nonce = job["nonce"]
+def _lock_down(job: dict, layers: list) -> str:
+    """Layers 1-3 for this process (the audit hook comes later: it would stop the runner
+    itself); the work directory, now the current one."""
     workdir = os.path.realpath(job["workdir"])
-    layers: list = []
-
-    def report(status: str, reason: str) -> None:
-        os.write(result_fd, json.dumps({"nonce": nonce, "status": status, "reason": reason,
-                                        "layers": layers}).encode())
-        os.close(result_fd)
-
     _join_cgroup(job.get("cgroup_dir", ""), layers)
     if job["limits"].get("namespaces", True):
         try:
@@ -196,38 +193,369 @@ def main() -> None:
     os.chdir(workdir)
     sys.path[:] = [p for p in sys.path if p and os.path.isdir(p)]
     sys.path.insert(0, workdir)
-    program, test_code = job["program"], job["test_code"]
+    if hasattr(sys, "set_int_max_str_digits"):
+        sys.set_int_max_str_digits(0)     # big integers cross the wire as JSON numbers
+    return workdir
+
+
+def _send(fd: int, message) -> None:
+    data = (plain_data.encode(message) + "\n").encode()
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _serve(job: dict, workdir: str, layers: list, status) -> None:
+    """Function-call tests: run the program, then answer the trusted harness's calls.
+
+    Messages (plain_data lines): to the harness ("ready", [callable names]) or ("error",
+    reason) once, then per call ("value", v) | ("raised", type name, message) |
+    ("not plain", reason); from the harness ("call", name, args, kwargs). The program
+    never sees the tests, the expected values or the verdict: a forged message is at
+    most a value of its choosing, compared in the harness.
+    """
+    calls = os.fdopen(int(job["call_fd"]), "rb")
+    replies = int(job["reply_fd"])
     try:
-        compiled_program = compile(program, "<program>", "exec")
-        compiled_tests = compile(test_code, "<tests>", "exec") if test_code else None
+        compiled = compile(job["program"], "<program>", "exec")
     except SyntaxError as e:
-        report("error", f"SyntaxError: {e}")
+        _send(replies, ("error", f"SyntaxError: {e}"))
         return
     if job["limits"].get("audit_hook", True):
         sys.addaudithook(_audit_hook(workdir))
         layers.append("audit-hook")
+    status(layers)
     namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-    phase = "program"
     try:
-        exec(compiled_program, namespace)
-        phase = "tests"
-        if compiled_tests is not None:
-            exec(compiled_tests, namespace)
+        exec(compiled, namespace)
     except MemoryError:
-        report("error", f"MemoryError in the {phase}: memory limit reached")
-        return
-    except SystemExit as e:
-        # exit() cuts the tests short, whatever its code: never a pass.
-        report("error" if phase == "program" else "failed", f"SystemExit({e.code!r}) in the {phase}")
+        _send(replies, ("error", "MemoryError in the program: memory limit reached"))
         return
     except BaseException as e:  # noqa: BLE001 — report everything the program raises
-        tb = "".join(traceback.format_exception(type(e), e, e.__traceback__)[-3:])
-        sys.stderr.write(tb)
-        status = "failed" if phase == "tests" else "error"
-        report(status, f"{type(e).__name__} in the {phase}: {str(e)[:300]}")
+        _print_tail(e)
+        _send(replies, ("error", f"{type(e).__name__} in the program: {str(e)[:300]}"))
         return
     sys.stdout.flush()
-    report("passed", "")
+    _send(replies, ("ready", sorted(k for k, v in namespace.items()
+                                    if callable(v) and not k.startswith("__"))))
+    for line in calls:
+        try:
+            _, name, args, kwargs = plain_data.decode(line)
+            value = namespace[name](*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 — the harness decides what it means
+            _print_tail(e)
+            _send(replies, ("raised", type(e).__name__, str(e)[:1000]))
+            if isinstance(e, SystemExit):
+                return
+            continue
+        sys.stdout.flush()
+        try:
+            _send(replies, ("value", value))
+        except plain_data.NotPlainData as e:
+            _send(replies, ("not plain", str(e)))
+
+
+def _print_tail(e: BaseException) -> None:
+    tb = "".join(traceback.format_exception(type(e), e, e.__traceback__)[-3:])
+    sys.stderr.write(tb)
+
+
+def main() -> None:
+    job = json.loads(sys.stdin.read())
+    sys.stdin.close()
+    os.close(0)
+    os.open(os.devnull, os.O_RDONLY)      # fd 0 again, pointing nowhere
+    layers: list = []
+    status_fd = int(job["status_fd"])
+
+    def status(layers_in_force: list) -> None:
+        """The layers in force, told to the parent before any untrusted code runs."""
+        os.write(status_fd, json.dumps({"layers": layers_in_force}).encode())
+        os.close(status_fd)
+
+    workdir = _lock_down(job, layers)
+    if job.get("mode") == "io":
+        _judge_io(job, workdir, layers, status)
+    else:
+        _serve(job, workdir, layers, status)
+
+
+def _io_write_line(fd: int, message: dict) -> bool:
+    """One JSON line to the parent; False when it stopped listening."""
+    data = (json.dumps(message) + "\n").encode()
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:
+        return False
+    return True
+
+
+def _io_exit_status(e: SystemExit) -> int:
+    """The exit status Python gives `SystemExit(e.code)`; never 250 (kept for MemoryError)."""
+    code = e.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        code &= 0xFF
+        return 1 if code == 250 else code
+    try:
+        sys.stderr.write(f"{code}\n")
+    except BaseException:  # noqa: BLE001
+        pass
+    return 1
+
+
+def _io_child(compiled, workdir: str, job: dict, in_r: int, out_w: int, err_w: int) -> None:
+    """The forked child of one I/O case: runs the program with the case on stdin, then
+    `os._exit`s -- 0 normal exit (or `sys.exit(0)`), 1 uncaught exception (traceback
+    tail on stderr), 250 MemoryError, else the program's own `sys.exit` status.
+    It never returns into the runner, whatever the program does."""
+    code = 1
+    try:
+        import atexit
+        import builtins
+        import io
+        import math
+        import types
+        os.dup2(in_r, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        # Everything else goes: the result fd, the pipes of the runner, the pidfd.
+        os.closerange(3, min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 1 << 16))
+        sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.open(0, "rb", closefd=False),
+                                                     encoding="utf-8")
+        sys.stdout = sys.__stdout__ = io.TextIOWrapper(io.open(1, "wb", closefd=False),
+                                                       encoding="utf-8")
+        sys.stderr = sys.__stderr__ = io.TextIOWrapper(
+            io.open(2, "wb", closefd=False), encoding="utf-8", errors="backslashreplace",
+            line_buffering=True)
+        # CPU seconds of this case (a forked child starts from 0): the job's CPU limit,
+        # or the case's wall limit if lower.
+        cpu = max(1, min(int(job["limits"]["cpu_time_s"]),
+                         math.ceil(float(job["case_wall_time_s"]))))
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        if hard == resource.RLIM_INFINITY or hard > cpu + 1:
+            hard = cpu + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (min(cpu, hard), hard))
+        hook = job["limits"].get("audit_hook", True)
+        if isinstance(job.get("cases"), list):
+            job["cases"].clear()    # this copy only: no other case's input is an object here
+        job.clear()
+        if hook:
+            sys.addaudithook(_audit_hook(workdir))
+        main_module = types.ModuleType("__main__")
+        main_module.__dict__["__builtins__"] = builtins
+        sys.modules["__main__"] = main_module
+        sys.argv = ["<program>"]
+        atexit._clear()
+        try:
+            exec(compiled, main_module.__dict__)
+            code = 0
+        except SystemExit as e:
+            code = _io_exit_status(e)
+        except MemoryError:
+            code = 250
+            try:
+                sys.stderr.write("MemoryError\n")
+            except BaseException:  # noqa: BLE001
+                pass
+        except BaseException as e:  # noqa: BLE001 — any exception is a runtime error
+            code = 1
+            try:
+                _print_tail(e)
+            except BaseException:  # noqa: BLE001
+                pass
+        # What Python does at exit: wait for non-daemon threads, run atexit, flush.
+        try:
+            threading = sys.modules.get("threading")
+            if threading is not None:
+                threading._shutdown()
+        except BaseException:  # noqa: BLE001
+            pass
+        try:
+            atexit._run_exitfuncs()
+        except BaseException:  # noqa: BLE001
+            pass
+        for stream in (sys.stdout, sys.__stdout__, sys.stderr, sys.__stderr__):
+            try:
+                stream.flush()
+            except MemoryError:
+                code = code or 250
+            except BaseException:  # noqa: BLE001
+                code = code or 1
+    finally:
+        os._exit(code)
+
+
+def _io_read(fd: int) -> bytes | None:
+    """A chunk, b"" at end of file, None when nothing is there now."""
+    try:
+        return os.read(fd, 1 << 16)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
+def _io_case(compiled, data: bytes, workdir: str, job: dict) -> dict:
+    """Forks one child on one input; the runner itself never runs program code.
+
+    The child's stdin is a pipe the runner feeds (no file: RLIMIT_FSIZE would cap the
+    input); stdout and stderr are pipes the runner drains, stdout kept up to
+    `max_output_bytes` (the child is killed as soon as it prints more: "output_limit"),
+    stderr's last 4 KiB. The case ends when the child exits (seen through a pidfd, so
+    a grandchild holding a pipe open cannot stall it), or is killed at the wall limit.
+    The child stays in the runner's process group: killing the sandbox kills it too.
+    """
+    import base64
+    import selectors
+    import signal
+    import time
+    wall = float(job["case_wall_time_s"])
+    cap = int(job["limits"]["max_output_bytes"])
+    tail = 4096
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        _io_child(compiled, workdir, job, in_r, out_w, err_w)   # never returns
+        os._exit(1)
+    for fd in (in_r, out_w, err_w):
+        os.close(fd)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = None                       # old kernel: poll with waitid(WNOWAIT)
+    sel = selectors.DefaultSelector()
+    for fd in (in_w, out_r, err_r):
+        os.set_blocking(fd, False)
+    if data:
+        sel.register(in_w, selectors.EVENT_WRITE, "in")
+    else:
+        os.close(in_w)
+        in_w = -1
+    sel.register(out_r, selectors.EVENT_READ, "out")
+    sel.register(err_r, selectors.EVENT_READ, "err")
+    if pidfd is not None:
+        sel.register(pidfd, selectors.EVENT_READ, "exit")
+    out, err = bytearray(), bytearray()
+    out_total, sent = 0, 0
+    view = memoryview(data)
+    exited = timed_out = too_much = False
+    end = start
+
+    def take(name: str, chunk: bytes) -> None:
+        nonlocal out_total, too_much
+        if name == "out":
+            out_total += len(chunk)
+            room = cap - len(out)
+            if room > 0:
+                out.extend(chunk[:room])
+            too_much = out_total > cap
+        else:
+            err.extend(chunk)
+            del err[:-tail]
+
+    try:
+        while not exited and not too_much:
+            remaining = start + wall - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            events = sel.select(remaining if pidfd is not None else min(remaining, 0.002))
+            for key, _ in events:
+                if key.data == "in":
+                    try:
+                        sent += os.write(in_w, view[sent:sent + (1 << 16)])
+                    except BlockingIOError:
+                        pass
+                    except OSError:            # the child closed stdin or exited
+                        sent = len(data)
+                    if sent >= len(data):
+                        sel.unregister(in_w)
+                        os.close(in_w)
+                        in_w = -1
+                elif key.data == "exit":
+                    exited = True
+                else:
+                    chunk = _io_read(key.fd)
+                    if chunk == b"":
+                        sel.unregister(key.fd)
+                    elif chunk:
+                        take(key.data, chunk)
+            if pidfd is None and not exited:
+                exited = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) \
+                    is not None
+        end = time.monotonic()
+        if timed_out or too_much:
+            os.kill(pid, signal.SIGKILL)
+        else:
+            # Exited: what it wrote is in the pipes. Drain without waiting for EOF
+            # (a grandchild may hold them open), within the case's time.
+            for fd, name in ((out_r, "out"), (err_r, "err")):
+                while not too_much and time.monotonic() < start + wall:
+                    chunk = _io_read(fd)
+                    if not chunk:
+                        break
+                    take(name, chunk)
+            if too_much:
+                os.kill(pid, signal.SIGKILL)   # a zombie by now; harmless
+        _, wait_status = os.waitpid(pid, 0)
+    finally:
+        sel.close()
+        for fd in (in_w, out_r, err_r, -1 if pidfd is None else pidfd):
+            if fd >= 0:
+                os.close(fd)
+    exit_code = os.waitstatus_to_exitcode(wait_status)
+    return {"stdout_b64": base64.b64encode(bytes(out)).decode(), "stdout_total": out_total,
+            "stderr": err.decode("utf-8", errors="replace"),
+            "exit": exit_code if exit_code >= 0 else None,
+            "signal": -exit_code if exit_code < 0 else None,
+            "wall_s": round(end - start, 4), "memory": exit_code == 250,
+            "timeout": timed_out, "output_limit": too_much}
+
+
+def _judge_io(job: dict, workdir: str, layers: list, status) -> None:
+    """Stdin/stdout tests: run the program once per input and hand the outputs back.
+
+    Job fields: "program", "cases" (the inputs, str: expected outputs never enter the
+    sandbox; the parent compares), "case_wall_time_s", "result_fd",
+    "stop_on_first_failure". The program is compiled once here; a compile error is
+    one line {"compile_error": "SyntaxError: ..."} for all cases. Then each case runs
+    in a forked child (`_io_case`, `_io_child`: fresh `__main__`, the audit hook, its
+    own CPU limit) and gets one line on result_fd:
+      {"case": i, "stdout_b64": ..., "stdout_total": n, "stderr": tail, "exit": code,
+       "signal": sig, "wall_s": t, "memory": bool, "timeout": bool, "output_limit": bool}
+    "exit" is None when a signal ended the child (SIGKILL from the runner at the wall
+    or output limit, SIGXCPU at the CPU limit, ...). With stop_on_first_failure the
+    runner stops after a case that failed in a way it can see (a limit, a signal, a
+    non-zero exit); a wrong answer only the parent can see, and it then stops reading
+    and kills the sandbox.
+    """
+    result_fd = int(job["result_fd"])
+    try:
+        compiled = compile(job["program"], "<program>", "exec", dont_inherit=True)
+        error = ""
+    except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError) as e:
+        compiled, error = None, f"{type(e).__name__}: {e}"
+    if job["limits"].get("audit_hook", True):
+        layers.append("audit-hook")       # installed in each case's child
+    status(layers)
+    if compiled is None:
+        _io_write_line(result_fd, {"compile_error": error})
+        return
+    for i, text in enumerate(job["cases"]):
+        result = {"case": i, **_io_case(compiled, text.encode("utf-8", "surrogatepass"),
+                                         workdir, job)}
+        if not _io_write_line(result_fd, result):
+            return
+        if job.get("stop_on_first_failure") and (
+                result["timeout"] or result["output_limit"] or result["exit"] != 0):
+            return
 
 
 if __name__ == "__main__":

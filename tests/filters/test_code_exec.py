@@ -24,12 +24,14 @@ def test_humaneval_canonical_solutions_pass_and_return_none_fails(shared_data):
     rows = _humaneval(shared_data)
     assert len(rows) == 164
     tests = [humaneval_test_code(r["test"], r["entry_point"]) for r in rows]
-    good = run_many([(r["prompt"] + r["canonical_solution"], t) for r, t in zip(rows, tests)],
-                    max_workers=4)
+    # As the correctness filter judges them: the tests in the trusted harness, with the
+    # prompt as trusted context and the entry point the program's.
+    good = run_many([(r["prompt"] + r["canonical_solution"], t, r["entry_point"], r["prompt"])
+                     for r, t in zip(rows, tests)], max_workers=4)
     failed = [(r["task_id"], g.status, g.reason) for r, g in zip(rows, good) if not g.passed]
     assert not failed
-    none = run_many([(r["prompt"] + "    return None\n", t) for r, t in zip(rows, tests)],
-                    max_workers=4)
+    none = run_many([(r["prompt"] + "    return None\n", t, r["entry_point"], r["prompt"])
+                     for r, t in zip(rows, tests)], max_workers=4)
     passed = [r["task_id"] for r, n in zip(rows, none) if n.passed]
     assert not passed
     assert {n.status for n in none} <= {"failed", "error"}
@@ -116,8 +118,9 @@ def test_writes_outside_the_work_directory_are_denied(tmp_path):
     r = run_python_tests(f"import os\nos.remove({str(victim)!r})", "", limits=FAST)
     assert r.status == "error" and victim.read_text() == "keep me"
     # Its own directory is writable, and is gone afterwards.
-    r = run_python_tests("import os\nopen('out.txt', 'w').write('ok')\nprint(os.getcwd())",
-                         "assert open('out.txt').read() == 'ok'", limits=FAST)
+    r = run_python_tests("import os\nopen('out.txt', 'w').write('ok')\nprint(os.getcwd())\n"
+                         "def read():\n    return open('out.txt').read()",
+                         "assert read() == 'ok'", limits=FAST)
     assert r.status == "passed"
     assert not os.path.exists(r.stdout.strip())
 
@@ -135,9 +138,12 @@ def test_parent_environment_is_not_visible(monkeypatch):
 
 def test_early_exit_cannot_fake_a_pass():
     r = run_python_tests("import os\nos._exit(0)", "assert False", limits=FAST)
-    assert r.status == "error" and "before the tests finished" in r.reason
+    assert r.status == "error" and "before the tests started" in r.reason
     r = run_python_tests("def f():\n    raise SystemExit(0)", "f()\nassert False", limits=FAST)
-    assert r.status == "failed"
+    assert r.status == "error" and "exited" in r.reason
+    r = run_python_tests("import os\ndef f():\n    os._exit(0)", "f()\nassert False",
+                         limits=FAST)
+    assert r.status == "error" and "before the tests finished" in r.reason
 
 
 def test_output_is_capped():

@@ -38,6 +38,7 @@ bench: $(VENV)/.test
 	$(PY) benchmarks/decode_vs_transformers.py
 	$(PY) benchmarks/train_step_vs_transformers.py
 	$(PY) benchmarks/math_verifier_throughput.py
+	$(PY) benchmarks/code_judge_throughput.py
 
 clean:
 	rm -rf $(VENV) artifacts

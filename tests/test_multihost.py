@@ -96,13 +96,16 @@ def _train_overrides(root, sp, workdir, **extra):
 
 def _evaluate_overrides(shared_data, student, out):
     return {"model.checkpoint": student, "model.dtype": "float32",
-            "model.param_dtype": "float32", "problems.path": shared_data / "gsm8k_test.jsonl",
-            "problems.limit": 5, "sampling.k": 2, "sampling.max_new_tokens": 12,
+            "model.param_dtype": "float32",
+            "benchmarks.gsm8k.path": shared_data / "gsm8k_test.jsonl",
+            "benchmarks.gsm8k.limit": 5, "benchmarks.gsm8k.k": 2, "sampling.max_new_tokens": 12,
             "output_dir": out, "max_batch": 4, "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 1}
 
 
 def _files(path):
-    return {name: (path / name).read_bytes() for name in sorted(os.listdir(path))}
+    """Every file under `path` (relative name -> bytes)."""
+    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*"))
+            if f.is_file()}
 
 
 def _reports(stdout: str, stage: str) -> bool:
@@ -168,7 +171,7 @@ def test_two_hosts_equal_one_host_generate_filter_train_resume_evaluate(setup, s
     _launch("evaluate", "evaluate_gsm8k.py",
             _evaluate_overrides(shared_data, one / "run" / "export", two / "eval"), 2, 2)
     assert _files(two / "eval") == _files(one / "eval")
-    assert len((two / "eval" / "per_problem.jsonl").read_text().splitlines()) == 5
+    assert len((two / "eval" / "gsm8k" / "per_problem.jsonl").read_text().splitlines()) == 5
 
 
 def test_cluster_flags_are_checked():

@@ -88,8 +88,8 @@ def run(tmp_path_factory):
     e = evaluate_gsm8k.get_config()
     e.model.checkpoint = str(root / "export")
     e.model.dtype = e.model.param_dtype = "float32"
-    e.problems.path, e.problems.format = str(prompts), "jsonl"
-    e.sampling.k, e.sampling.max_new_tokens = 1, 4
+    e.benchmarks.gsm8k.path, e.benchmarks.gsm8k.format = str(prompts), "jsonl"
+    e.benchmarks.gsm8k.k, e.sampling.max_new_tokens = 1, 4
     e.output_dir, e.mesh = str(root / "eval"), None
     evaluate(e)
     return root, t, summary, real
@@ -100,7 +100,7 @@ def test_the_three_stages_start_the_assistant_turn_identically(run):
     generated = [json.loads(line) for path in sorted((root / "traces").glob("shard-*.jsonl"))
                  for line in path.read_text().splitlines()]
     evaluated = [json.loads(line) for line in
-                 (root / "eval" / "per_problem.jsonl").read_text().splitlines()]
+                 (root / "eval" / "gsm8k" / "per_problem.jsonl").read_text().splitlines()]
     assert generated and len(evaluated) == 4
     prompts = {r["prompt_id"]: r["prompt"] for r in generated}
     for r in generated:

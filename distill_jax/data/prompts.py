@@ -1,5 +1,6 @@
 """Prompt sources: JSONL files in the formats of GSM8K, MATH-500, AIME 2024,
-HumanEval, or any JSONL with configurable fields.
+HumanEval, GPQA, AIME 2025, LiveCodeBench/Codeforces (benchmark_formats.py), or any
+JSONL with configurable fields.
 
 Each record becomes a `Prompt` with a stable id (the sampler seeds from it, so
 results do not depend on batching), the problem text, and what a verifier needs
@@ -17,24 +18,32 @@ from distill_jax.filters.io_judge import io_cases_from_reference
 R1_MATH_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
 CODE_SUFFIX = ("Complete the following Python function. Reason step by step, then give the "
                "complete function in one ```python code block.")
+# stdin/stdout problems (LiveCodeBench, Codeforces): a whole program, not a function.
+CODE_IO_SUFFIX = ("Solve the problem in Python 3: read the input from standard input and write "
+                  "the answer to standard output. Reason step by step, then give the complete "
+                  "program in one ```python code block.")
+CHOICE_SUFFIX = ("Please reason step by step, and put the letter of your final answer within "
+                 "\\boxed{}.")
 
-FORMATS = ("gsm8k", "math500", "aime24", "humaneval", "jsonl")
+FORMATS = ("gsm8k", "math500", "aime24", "humaneval", "gpqa", "aime", "code_io", "jsonl")
 
 
 @dataclasses.dataclass(frozen=True)
 class Prompt:
     id: str
     problem: str
-    kind: str                      # "math" | "code"
+    kind: str                      # "math" | "code" | "choice"
     source: str
     reference: dict[str, Any]
 
     def user_message(self, suffix: str | None = None) -> str:
+        function = self.kind == "code" and "entry_point" in self.reference
         if suffix is None:
-            suffix = R1_MATH_SUFFIX if self.kind == "math" else CODE_SUFFIX
+            suffix = {"math": R1_MATH_SUFFIX, "choice": CHOICE_SUFFIX}.get(
+                self.kind, CODE_SUFFIX if function else CODE_IO_SUFFIX)
         if not suffix:
             return self.problem
-        if self.kind == "code":
+        if function:                 # the prompt is the function's header and docstring
             return f"{suffix}\n\n```python\n{self.problem}```"
         return f"{self.problem}\n{suffix}"
 
@@ -95,6 +104,13 @@ def _parse(row, fmt, where, source, line_no, id_field, problem_field, answer_fie
         return Prompt(id=f"aime24-{_field(row, 'id', where)}", problem=_field(row, "problem", where),
                       kind="math", source=source,
                       reference={"answer": str(_field(row, "answer", where))})
+    from distill_jax.data import benchmark_formats   # its rows become our Prompt
+    if fmt == "gpqa":
+        return benchmark_formats.parse_gpqa(row, where, source, line_no)
+    if fmt == "aime":
+        return benchmark_formats.parse_aime(row, where, source, line_no)
+    if fmt == "code_io":
+        return benchmark_formats.parse_code_io(row, where, source, line_no)
     if fmt == "humaneval":
         return Prompt(id=str(_field(row, "task_id", where)), problem=_field(row, "prompt", where),
                       kind="code", source=source,

@@ -1,21 +1,32 @@
-"""The `distill-evaluate` stage: k samples per problem, verified, summarized.
+"""The `distill-evaluate` stage: several benchmarks, k samples per problem, verified,
+summarized the way the R1 paper reports them.
 
-The R1 protocol: sample k solutions per problem (temperature 0.6, top-p 0.95
-by default), check each with the verifiers of the filtering stage (math:
-`extract_answer` + `math_equal` against the gold answer; code: the final code
-block against the tests in the sandbox), and report
+The R1 protocol (defaults in evaluation/config.py): sample k solutions per problem
+(temperature 0.6, top-p 0.95, up to 32,768 new tokens; k per benchmark as the
+paper's supplement gives it), check each with the verifiers of the filtering stage
+(math: `extract_answer` + `math_equal` against the gold answer; multiple choice:
+the letter chosen; code: the final code block against the tests, in the sandbox),
+and report
 
-  pass@1    the fraction of correct samples, averaged over problems;
+  pass@1    the fraction of correct samples, averaged over problems, with its
+            standard error across problems;
   pass@k    the unbiased estimator 1 - C(n-c, k)/C(n, k), for each k <= n;
-  cons@k    majority vote over the k extracted answers (math only; ties go to
-            the answer that appeared first — see `metrics.majority_answer`).
+  cons@k    majority vote over the k extracted answers (math and multiple choice;
+            ties go to the answer that appeared first -- `metrics.majority_answer`).
 
-Writes `per_problem.jsonl` (every sample's text, answer and verdict) and
-`summary.json` into the output directory (atomically), and prints a table.
+One process evaluates every configured benchmark with one model load. Output
+directory: `settings.json` (a rerun with other settings is refused),
+`<benchmark>/per_problem.jsonl` (every sample's text, answer, verdict and token
+count) and `<benchmark>/summary.json`, and for the run `summary.json`,
+`summary.md` (the R1 paper's columns) and `pass_at_k.png`; all written
+atomically. Problems are sampled in chunks appended to `<benchmark>/partial.jsonl`
+as they finish: a killed run resumes where it stopped. A sample's tokens do not
+depend on the chunk, batch, slot count, host count or mesh (the sampler seeds
+each row from its prompt id), so neither do the numbers.
 
-Several hosts: host i samples and scores problems i::hosts (the sampler's
-programs run on all hosts together); process 0 gathers the results, in problem
-order, and writes them — the same files a single host writes.
+Several hosts: host i samples and scores problems i::hosts of each chunk (the
+sampler's programs run on all hosts together); process 0 gathers the results, in
+problem order, and writes them -- the same files a single host writes.
 """
 from __future__ import annotations
 
@@ -28,8 +39,9 @@ import jax
 
 from distill_jax import distributed, sharding
 from distill_jax.data.prompts import Prompt, load_prompts_from_config
-from distill_jax.evaluation.metrics import majority_answer, pass_at_k
+from distill_jax.evaluation.metrics import majority_answer, pass_at_1_with_stderr, pass_at_k
 from distill_jax.fileio import atomic_open, write_json_atomic
+from distill_jax.progress import Progress
 from distill_jax.filters.math_answer import math_equal
 from distill_jax.filters.sample import make_sample
 from distill_jax.filters.verify import Correctness
@@ -50,6 +62,7 @@ class ProblemResult:
     finish_reasons: list[str]
     cons_correct: bool | None
     prompt: str = ""        # what the model was given, as rendered (the same as generation)
+    new_tokens: list[int] = dataclasses.field(default_factory=list)   # generated, per sample
 
 
 def score_problem(prompt: Prompt, texts: Sequence[str], finish_reasons: Sequence[str],
@@ -69,8 +82,10 @@ def score_problem(prompt: Prompt, texts: Sequence[str], finish_reasons: Sequence
         correct += verdict.accepted
     cons = None
     if prompt.kind != "code" and prompt.reference.get("answer") not in (None, ""):
-        winner = majority_answer(answers, math_equal)
-        cons = winner is not None and math_equal(str(prompt.reference["answer"]), winner)
+        # A vote over letters is a vote over letters; over answers, under math_equal.
+        equal = (lambda a, b: a == b) if prompt.kind == "choice" else math_equal
+        winner = majority_answer(answers, equal)
+        cons = winner is not None and equal(str(prompt.reference["answer"]), winner)
     return ProblemResult(prompt.id, prompt.kind, len(texts), correct, answers, verdicts,
                          list(texts), list(finish_reasons), cons)
 
@@ -80,9 +95,11 @@ def summarize(results: Sequence[ProblemResult], ks: Sequence[int] = (1, 2, 4, 8,
     if not results:
         raise ValueError("no problems to summarize")
     n = min(r.samples for r in results)
+    pass1, stderr = pass_at_1_with_stderr([r.correct for r in results],
+                                          [r.samples for r in results])
     out: dict[str, Any] = {
         "problems": len(results), "samples_per_problem": n,
-        "pass@1": sum(r.correct / r.samples for r in results) / len(results),
+        "pass@1": pass1, "pass@1_stderr": stderr,
         "pass@k": {str(k): sum(pass_at_k(r.samples, r.correct, k) for r in results)
                    / len(results) for k in ks if k <= n},
     }
@@ -103,7 +120,8 @@ def sample_and_score(sampler, fmt: ChatFormat, prompts: Sequence[Prompt],
     for p, ids, samples in zip(prompts, prompt_ids, outs):
         result = score_problem(p, [s.text for s in samples], [s.finish_reason for s in samples],
                                fmt.opener, verifier)
-        results.append(dataclasses.replace(result, prompt=fmt.tokenizer.decode(ids)))
+        results.append(dataclasses.replace(result, prompt=fmt.tokenizer.decode(ids),
+                                           new_tokens=[len(s.token_ids) for s in samples]))
     return results
 
 
@@ -129,39 +147,209 @@ def format_table(summary: dict[str, Any], title: str = "") -> str:
 
 
 def evaluate(config) -> dict[str, Any]:
-    """The CLI's entry point: a checkpoint, a problem set, k samples each."""
+    """The CLI's entry point: a checkpoint, several benchmarks, k samples per problem.
+
+    Every benchmark's problems are read (and refused, naming the line) before the
+    model loads; the settings are recorded in `settings.json` and a rerun into the same
+    directory with other settings is refused; each benchmark is sampled in resumable
+    chunks of problems (`<name>/partial.jsonl`), so a killed run redoes at most one
+    chunk; then per benchmark `per_problem.jsonl` and `summary.json`, and for the run
+    `summary.json`, `summary.md` (the R1 paper's columns) and `pass_at_k.png`.
+    """
     from distill_jax import models
-    from distill_jax.config_keys import require_keys
-    from distill_jax.evaluation.config import default_config
     from distill_jax.sampling.sampler import Sampler
     from distill_jax.tokenizer import load_tokenizer
-    require_keys(config, default_config(), "distill-evaluate")
-    pc, sc = config.problems, config.sampling
-    prompts = load_prompts_from_config(pc)
-    if not prompts:
-        raise ValueError(f"{pc.path}: no problems")
+    benchmarks = _benchmarks(config)
+    problems = {name: load_prompts_from_config(b) for name, b in benchmarks.items()}
+    for name, prompts in problems.items():
+        if not prompts:
+            raise ValueError(f"benchmarks.{name}: no problems in {benchmarks[name].path}")
+    settings = _settings(config, benchmarks)
+    if distributed.is_primary():
+        _record_settings(config.output_dir, settings)
     tokenizer = load_tokenizer(config.tokenizer.path or config.model.checkpoint)
     mesh = sharding.make_mesh(dict(config.mesh)) if config.get("mesh") else None
     fmt = chat_format_from_config(tokenizer, config.tokenizer)
     cfg, params = models.model_from_section(config.model, tokenizer.vocab_size, mesh)
     sampler = Sampler(cfg, params, mesh=mesh, tokenizer=tokenizer, max_batch=config.max_batch,
                       pad_id=tokenizer.pad_id or 0)
-    sp = SamplingParams(n=sc.k, temperature=sc.temperature, top_p=sc.top_p,
-                        max_new_tokens=sc.max_new_tokens, seed=sc.seed,
-                        stop_token_ids=fmt.stop_token_ids())
-    # Every I/O case is judged (no early stop): the report shows how far a program got.
-    verifier = Correctness(math_timeout_s=config.math_timeout_s, io_stop_on_first_failure=False)
-    host, hosts = jax.process_index(), jax.process_count()
-    mine = sample_and_score(sampler, fmt, prompts[host::hosts], sp, pc.get("suffix"), verifier)
-    results = mine
-    if hosts > 1:   # problem i was scored by host i % hosts, as its (i // hosts)-th result
-        gathered = distributed.gather_json([dataclasses.asdict(r) for r in mine])
-        results = [ProblemResult(**gathered[i % hosts][i // hosts]) for i in range(len(prompts))]
-    summary = summarize(results)
-    summary.update(model=config.model.checkpoint, problems_path=os.path.abspath(pc.path),
-                   sampling={"k": sc.k, "temperature": sc.temperature, "top_p": sc.top_p,
-                             "max_new_tokens": sc.max_new_tokens, "seed": sc.seed})
+    total = sum(len(p) for p in problems.values())
+    progress = Progress(total, "problems", "evaluate", enabled=distributed.is_primary(),
+                        skip_first=True)
+    summaries = {}
+    for name, b in benchmarks.items():
+        # Every I/O case is judged (no early stop): the report shows how far a program got.
+        verifier = Correctness(math_timeout_s=config.math_timeout_s,
+                               io_stop_on_first_failure=False)
+        params_b = SamplingParams(
+            n=b.k, temperature=config.sampling.temperature, top_p=config.sampling.top_p,
+            max_new_tokens=b.max_new_tokens or config.sampling.max_new_tokens,
+            seed=config.sampling.seed, stop_token_ids=fmt.stop_token_ids())
+        chunk = config.resume_chunk or max(1, config.max_batch // b.k)
+        results = _run_benchmark(os.path.join(config.output_dir, name), problems[name], chunk,
+                                 lambda ps: sample_and_score(sampler, fmt, ps, params_b,
+                                                             b.suffix, verifier), progress)
+        summaries[name] = dict(summarize(results), k=b.k, path=os.path.abspath(b.path))
+        if distributed.is_primary():
+            write_results(os.path.join(config.output_dir, name), results, summaries[name])
+            partial = os.path.join(config.output_dir, name, "partial.jsonl")
+            if os.path.exists(partial):
+                os.remove(partial)           # per_problem.jsonl holds them all now
+            print(format_table(summaries[name], name))
+    report = {"benchmarks": summaries, "settings": settings}
     if distributed.is_primary():
-        write_results(config.output_dir, results, summary)
-        print(format_table(summary, os.path.basename(pc.path)))
-    return summary
+        write_json_atomic(os.path.join(config.output_dir, "summary.json"), report)
+        with atomic_open(os.path.join(config.output_dir, "summary.md"), "w",
+                         encoding="utf-8") as f:
+            f.write(r1_table(summaries, str(config.model.checkpoint)))
+        plot_pass_at_k(summaries, os.path.join(config.output_dir, "pass_at_k.png"))
+        print(r1_table(summaries, str(config.model.checkpoint)))
+    return report
+
+
+def _benchmarks(config) -> dict[str, Any]:
+    """The configured benchmarks with a path, each checked against `benchmark()`'s keys."""
+    from distill_jax.config_keys import require_keys
+    from distill_jax.evaluation.config import benchmark, default_config
+    defaults = default_config()
+    defaults.benchmarks = {}             # the names are the user's: each checked below
+    require_keys(config, defaults, "distill-evaluate")
+    out = {}
+    for name, b in config.benchmarks.items():
+        require_keys(b, benchmark("", "jsonl", 1), f"distill-evaluate benchmarks.{name}")
+        if not b.path:
+            print(f"evaluate: benchmarks.{name} has no path; left out")
+            continue
+        if b.k < 1:
+            raise ValueError(f"benchmarks.{name}.k must be >= 1, got {b.k}")
+        out[name] = b
+    if not out:
+        raise ValueError("distill-evaluate: no benchmark has a path (config.benchmarks)")
+    return out
+
+
+def _settings(config, benchmarks) -> dict[str, Any]:
+    """What the numbers depend on (not the topology: a sample does not depend on it)."""
+    return {"model": str(config.model.checkpoint),
+            "tokenizer": {k: config.tokenizer[k] for k in config.tokenizer},
+            "sampling": {k: config.sampling[k] for k in config.sampling},
+            "benchmarks": {name: {k: (os.path.abspath(b[k]) if k == "path" else b[k])
+                                  for k in b} for name, b in benchmarks.items()}}
+
+
+def _record_settings(out_dir: str, settings: dict[str, Any]) -> None:
+    """Writes settings.json, or refuses a directory written with other settings."""
+    path = os.path.join(out_dir, "settings.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            before = json.load(f)
+        changed = _differences(before, json.loads(json.dumps(settings)))
+        if changed:
+            raise ValueError(f"{out_dir} holds results of other settings ({'; '.join(changed)});"
+                             " use another output_dir, or delete it to start over")
+        return
+    os.makedirs(out_dir, exist_ok=True)
+    write_json_atomic(path, settings)
+
+
+def _differences(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b))
+                for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
+
+
+def _run_benchmark(out_dir: str, prompts: Sequence[Prompt], chunk: int, score,
+                   progress: Progress) -> list[ProblemResult]:
+    """The results of every problem, in order: those already in `partial.jsonl` (a
+    killed run's finished chunks), then the rest, chunk by chunk, each appended there
+    once scored. Problem i of a chunk is scored by host i % hosts."""
+    done = _finished(out_dir, prompts) if distributed.is_primary() else []
+    done = [ProblemResult(**r) for r in distributed.gather_json(
+        [dataclasses.asdict(r) for r in done])[0]]
+    progress.update(len(done))
+    results = list(done)
+    host, hosts = jax.process_index(), jax.process_count()
+    for start in range(len(done), len(prompts), chunk):
+        part = list(prompts[start:start + chunk])
+        mine = score(part[host::hosts])
+        if hosts > 1:   # problem i was scored by host i % hosts, as its (i // hosts)-th result
+            gathered = distributed.gather_json([dataclasses.asdict(r) for r in mine])
+            mine = [ProblemResult(**gathered[i % hosts][i // hosts]) for i in range(len(part))]
+        results += mine
+        if distributed.is_primary():
+            _append_finished(out_dir, mine)
+        progress.update(len(part), tokens=sum(sum(r.new_tokens) for r in mine))
+    return results
+
+
+def _finished(out_dir: str, prompts: Sequence[Prompt]) -> list[ProblemResult]:
+    """The leading problems an earlier run finished: all of them once the benchmark was
+    written (`per_problem.jsonl`), else the chunks a killed run appended to
+    `partial.jsonl` (a torn last line is dropped)."""
+    path = os.path.join(out_dir, "per_problem.jsonl")
+    if not os.path.exists(path):
+        path = os.path.join(out_dir, "partial.jsonl")
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line, prompt in zip(f, prompts):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                break
+            if row.get("prompt_id") != prompt.id:
+                raise ValueError(f"{path} does not match the problems of this run "
+                                 f"(found {row.get('prompt_id')!r}, expected {prompt.id!r})")
+            out.append(ProblemResult(**row))
+    return out
+
+
+def _append_finished(out_dir: str, results: Sequence[ProblemResult]) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "partial.jsonl"), "a", encoding="utf-8") as f:
+        for r in results:
+            f.write(json.dumps(dataclasses.asdict(r), ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def r1_table(summaries: dict[str, dict[str, Any]], model: str) -> str:
+    """Markdown: one row per model in the R1 paper's layout (a benchmark's pass@1, and
+    its cons@k where votes exist), then one row per benchmark with the details."""
+    head, row = ["model"], [model]
+    for name, s in summaries.items():
+        head.append(f"{name} pass@1")
+        row.append(f"{100 * s['pass@1']:.1f}")
+        cons = s.get(f"cons@{s['samples_per_problem']}")
+        if cons is not None:
+            head.append(f"{name} cons@{s['samples_per_problem']}")
+            row.append(f"{100 * cons:.1f}")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), "| " + " | ".join(row) + " |",
+             "", "| benchmark | problems | k | pass@1 (%) | ± s.e. | cons@k (%) | truncated samples |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, s in summaries.items():
+        cons = s.get(f"cons@{s['samples_per_problem']}")
+        lines.append(f"| {name} | {s['problems']} | {s['samples_per_problem']} | "
+                     f"{100 * s['pass@1']:.1f} | {100 * s['pass@1_stderr']:.1f} | "
+                     f"{'-' if cons is None else f'{100 * cons:.1f}'} | {s['truncated_samples']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_pass_at_k(summaries: dict[str, dict[str, Any]], path: str) -> None:
+    """pass@k against k, one curve per benchmark (log-2 k axis)."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for name, s in summaries.items():
+        ks = sorted(int(k) for k in s["pass@k"])
+        ax.plot(ks, [100 * s["pass@k"][str(k)] for k in ks], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k")
+    ax.set_ylabel("pass@k (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)

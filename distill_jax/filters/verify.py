@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from distill_jax.filters import code_exec, io_judge
+from distill_jax.filters import choice, code_exec, io_judge
 from distill_jax.filters.math_answer import extract_answer, math_equal
 from distill_jax.filters.sample import Sample, Verdict, accept, reject
 
@@ -53,6 +53,8 @@ class Correctness:
         """(verdict, the final answer or program that was checked)."""
         if s.kind == "code":
             return self._verify_code(s)
+        if s.kind == "choice":
+            return self._verify_choice(s)
         gold = s.reference.get("answer")
         problem = gold_problem(gold)
         if problem:
@@ -66,6 +68,19 @@ class Correctness:
                       second_opinion=self.math_second_opinion):
             return accept(self.name), pred
         return reject(self.name, "wrong_answer", f"answer {pred!r}, gold {str(gold)!r}"), pred
+
+    def _verify_choice(self, s: Sample) -> tuple[Verdict, str | None]:
+        """Multiple choice: the letter the response chooses against the gold letter."""
+        gold, options = s.reference.get("answer"), s.reference.get("options")
+        if not gold or not isinstance(options, list) or not options:
+            return reject(self.name, "gold_unparseable",
+                          "a choice reference needs 'answer' (a letter) and 'options'"), None
+        letter = choice.extract_choice(s.response, options)
+        if letter is None:
+            return reject(self.name, "no_answer", "no option chosen"), None
+        if choice.choice_equal(str(gold), letter):
+            return accept(self.name), letter
+        return reject(self.name, "wrong_answer", f"chose {letter}, gold {gold}"), letter
 
     def _verify_code(self, s: Sample) -> tuple[Verdict, str | None]:
         """I/O cases in the reference: judged on stdin/stdout; else a HumanEval-style

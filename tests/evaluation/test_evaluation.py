@@ -72,17 +72,17 @@ def test_distill_evaluate_cli_writes_results(shared_data, tmp_path):
     cmd = [sys.executable, "-m", "distill_jax.cli.evaluate",
            f"--config={REPO}/configs/evaluate_gsm8k.py",
            f"--config.model.checkpoint={tmp_path / 'ckpt'}", f"--config.tokenizer.path={sp}",
-           f"--config.problems.path={shared_data / 'gsm8k_test.jsonl'}",
-           "--config.problems.limit=3", "--config.sampling.k=2",
+           f"--config.benchmarks.gsm8k.path={shared_data / 'gsm8k_test.jsonl'}",
+           "--config.benchmarks.gsm8k.limit=3", "--config.benchmarks.gsm8k.k=2",
            "--config.sampling.max_new_tokens=8", f"--config.output_dir={out}",
            "--config.model.dtype=float32", "--config.model.param_dtype=float32"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "gsm8k" / "summary.json").read_text())
     assert summary["problems"] == 3 and summary["samples_per_problem"] == 2
     assert summary["truncated_samples"] == 6             # 8 tokens never finish a solution
     assert summary["pass@1"] == 0.0 and "cons@2" in summary
-    rows = [json.loads(line) for line in open(out / "per_problem.jsonl")]
+    rows = [json.loads(line) for line in open(out / "gsm8k" / "per_problem.jsonl")]
     assert [r["prompt_id"] for r in rows] == ["gsm8k_test-0", "gsm8k_test-1", "gsm8k_test-2"]
     assert all(len(r["texts"]) == 2 for r in rows)
-    assert "pass@1" in proc.stdout and "gsm8k_test.jsonl" in proc.stdout
+    assert "pass@1" in proc.stdout and "gsm8k" in (out / "summary.md").read_text()

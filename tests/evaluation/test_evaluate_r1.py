@@ -1,0 +1,140 @@
+"""`distill-evaluate` the way the R1 paper reports: several benchmarks in one run, the
+combined table, settings recorded, numbers that do not depend on how the run is cut
+(benchmarks together or apart, chunks, batch size, mesh), and kill-and-resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import pytest
+
+from configs import evaluate_gsm8k
+from distill_jax import models
+from distill_jax.demo import arithmetic
+from distill_jax.evaluation.config import benchmark, benchmarks
+from distill_jax.evaluation.runner import evaluate
+from distill_jax.tokenizer import train_sentencepiece
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    """A tiny random Qwen2-shaped checkpoint and a sentencepiece tokenizer."""
+    root = tmp_path_factory.mktemp("student")
+    corpus = [p.question + "\n" + p.solution for p in arithmetic.make_split(0, 0, 300)]
+    sp = train_sentencepiece(corpus, str(root / "tok"), vocab_size=400)
+    # Room for MATH-500 and AIME problems in a 400-piece vocabulary.
+    # (4 KV heads: a tensor axis of 4 shards them.)
+    cfg = models.get_config("tiny-qwen2", vocab_size=400, max_position_embeddings=4096,
+                            num_kv_heads=4)
+    models.save_hf_checkpoint(str(root / "ckpt"), cfg, models.init_params(cfg, jax.random.key(0)))
+    return root / "ckpt", sp
+
+
+def _config(student, shared_data, out, names=("gsm8k", "math500", "aime24"), **overrides):
+    ckpt, sp = student
+    files = {"gsm8k": ("gsm8k_test.jsonl", 3), "math500": ("math500_test.jsonl", 2),
+             "aime24": ("aime24_test.jsonl", 2)}
+    c = evaluate_gsm8k.get_config()
+    c.benchmarks = benchmarks(**{
+        name: benchmark(str(shared_data / files[name][0]), name, k=2, limit=files[name][1])
+        for name in names})
+    c.model.checkpoint, c.tokenizer.path = str(ckpt), sp
+    c.model.dtype = c.model.param_dtype = "float32"
+    c.sampling.max_new_tokens, c.sampling.temperature = 8, 1.0
+    c.output_dir, c.max_batch, c.mesh = str(out), 4, None
+    for key, value in overrides.items():
+        node = c
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return c
+
+
+def _texts(out, name):
+    return [json.loads(line)["texts"] for line in open(out / name / "per_problem.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def together(student, shared_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("together")
+    return out, evaluate(_config(student, shared_data, out))
+
+
+def test_three_benchmarks_in_one_run_write_the_combined_table(together):
+    out, report = together
+    assert list(report["benchmarks"]) == ["gsm8k", "math500", "aime24"]
+    for name, problems in (("gsm8k", 3), ("math500", 2), ("aime24", 2)):
+        s = json.loads((out / name / "summary.json").read_text())
+        assert s["problems"] == problems and s["samples_per_problem"] == 2
+        assert "pass@1_stderr" in s and s[f"cons@2"] is not None
+        assert not (out / name / "partial.jsonl").exists()
+    table = (out / "summary.md").read_text()
+    assert "gsm8k pass@1" in table and "aime24 cons@2" in table and "± s.e." in table
+    assert (out / "pass_at_k.png").stat().st_size > 1000
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["sampling"]["temperature"] == 1.0
+    assert settings["benchmarks"]["math500"]["k"] == 2
+
+
+def test_the_numbers_equal_separate_single_benchmark_runs(together, student, shared_data,
+                                                        tmp_path):
+    out, report = together
+    for name in ("gsm8k", "aime24"):
+        alone = tmp_path / name
+        single = evaluate(_config(student, shared_data, alone, names=(name,)))
+        assert _texts(alone, name) == _texts(out, name)
+        assert single["benchmarks"][name] == report["benchmarks"][name]
+
+
+def test_the_numbers_do_not_depend_on_batch_chunks_or_mesh(together, student, shared_data,
+                                                          tmp_path):
+    out, report = together
+    other = evaluate(_config(student, shared_data, tmp_path, names=("gsm8k",), max_batch=2,
+                             resume_chunk=1, mesh={"data": 2, "fsdp": 1, "tensor": 4}))
+    assert _texts(tmp_path, "gsm8k") == _texts(out, "gsm8k")
+    assert other["benchmarks"]["gsm8k"] == report["benchmarks"]["gsm8k"]
+
+
+def test_a_rerun_with_other_settings_is_refused(together, student, shared_data):
+    out, _ = together
+    with pytest.raises(ValueError, match=r"sampling\.temperature: 1\.0 -> 0\.6"):
+        evaluate(_config(student, shared_data, out, **{"sampling.temperature": 0.6}))
+    # The same settings: every benchmark is already written, nothing is sampled again.
+    again = evaluate(_config(student, shared_data, out))
+    assert again["benchmarks"] == together[1]["benchmarks"]
+
+
+def test_a_killed_run_resumes_to_the_same_table(together, student, shared_data, tmp_path):
+    out, report = together
+    ckpt, sp = student
+    cmd = [sys.executable, "-m", "distill_jax.cli.evaluate",
+           f"--config={REPO}/configs/evaluate_gsm8k.py",
+           f"--config.model.checkpoint={ckpt}", f"--config.tokenizer.path={sp}",
+           f"--config.benchmarks.gsm8k.path={shared_data / 'gsm8k_test.jsonl'}",
+           "--config.benchmarks.gsm8k.limit=3", "--config.benchmarks.gsm8k.k=2",
+           "--config.sampling.max_new_tokens=8", "--config.sampling.temperature=1.0",
+           "--config.resume_chunk=1", f"--config.output_dir={tmp_path}", "--config.max_batch=4",
+           "--config.model.dtype=float32", "--config.model.param_dtype=float32"]
+    partial = tmp_path / "gsm8k" / "partial.jsonl"
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (partial.exists() and partial.read_text().count("\n") >= 1):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = partial.read_text().count("\n")
+    assert 1 <= done < 3
+    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert _texts(tmp_path, "gsm8k") == _texts(out, "gsm8k")
+    summary = json.loads((tmp_path / "gsm8k" / "summary.json").read_text())
+    assert summary == report["benchmarks"]["gsm8k"]
+    assert "problems/s" in rerun.stderr and "ETA" in rerun.stderr

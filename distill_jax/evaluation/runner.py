@@ -165,11 +165,13 @@ def evaluate(config) -> dict[str, Any]:
         if not prompts:
             raise ValueError(f"benchmarks.{name}: no problems in {benchmarks[name].path}")
     settings = _settings(config, benchmarks)
-    if distributed.is_primary():
-        _record_settings(config.output_dir, settings)
     tokenizer = load_tokenizer(config.tokenizer.path or config.model.checkpoint)
     mesh = sharding.make_mesh(dict(config.mesh)) if config.get("mesh") else None
     fmt = chat_format_from_config(tokenizer, config.tokenizer)
+    _check_prompt_lengths(benchmarks, problems, fmt, config,
+                          models.config_from_section(config.model, tokenizer.vocab_size))
+    if distributed.is_primary():
+        _record_settings(config.output_dir, settings)
     cfg, params = models.model_from_section(config.model, tokenizer.vocab_size, mesh)
     sampler = Sampler(cfg, params, mesh=mesh, tokenizer=tokenizer, max_batch=config.max_batch,
                       pad_id=tokenizer.pad_id or 0)
@@ -226,6 +228,21 @@ def _benchmarks(config) -> dict[str, Any]:
     if not out:
         raise ValueError("distill-evaluate: no benchmark has a path (config.benchmarks)")
     return out
+
+
+def _check_prompt_lengths(benchmarks, problems, fmt, config, cfg) -> None:
+    """Refuses, before the weights load, a problem whose prompt and new tokens do not
+    fit the model's positions (naming the benchmark, the problem and the numbers)."""
+    for name, b in benchmarks.items():
+        new = b.max_new_tokens or config.sampling.max_new_tokens
+        rendered = render_prompts(problems[name], fmt, b.suffix)
+        longest = max(range(len(rendered)), key=lambda i: len(rendered[i]))
+        if len(rendered[longest]) + new > cfg.max_position_embeddings:
+            raise ValueError(
+                f"benchmarks.{name}: problem {problems[name][longest].id!r} has "
+                f"{len(rendered[longest])} prompt tokens; with max_new_tokens={new} that is "
+                f"more than the model's {cfg.max_position_embeddings} positions (lower "
+                f"max_new_tokens for this benchmark, or use a longer-context model)")
 
 
 def _settings(config, benchmarks) -> dict[str, Any]:

@@ -138,3 +138,12 @@ def test_a_killed_run_resumes_to_the_same_table(together, student, shared_data, 
     summary = json.loads((tmp_path / "gsm8k" / "summary.json").read_text())
     assert summary == report["benchmarks"]["gsm8k"]
     assert "problems/s" in rerun.stderr and "ETA" in rerun.stderr
+
+
+def test_a_prompt_too_long_for_the_model_is_refused_before_the_weights_load(student,
+                                                                         shared_data, tmp_path):
+    c = _config(student, shared_data, tmp_path, names=("aime24",))
+    c.sampling.max_new_tokens = 4000           # the checkpoint has 4096 positions
+    with pytest.raises(ValueError, match=r"benchmarks\.aime24: problem .* prompt tokens; "
+                                         r"with max_new_tokens=4000 .* 4096 positions"):
+        evaluate(c)

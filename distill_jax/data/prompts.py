@@ -67,6 +67,9 @@ def load_prompts(path: str, fmt: str = "jsonl", id_field: str | None = "id",
     """Reads prompts; errors name the file and line. `fmt="jsonl"` uses the *_field args."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown prompt format {fmt!r}; choose from {FORMATS}")
+    if kind == "choice" and fmt == "jsonl":
+        raise ValueError(f"{path}: kind 'choice' needs the options of each problem: use "
+                         "format 'gpqa' (or convert the file to its layout)")
     if not os.path.exists(path):
         raise FileNotFoundError(f"prompt file {path} does not exist")
     source = os.path.splitext(os.path.basename(path))[0]

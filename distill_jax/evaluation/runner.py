@@ -187,7 +187,8 @@ def evaluate(config) -> dict[str, Any]:
             n=b.k, temperature=config.sampling.temperature, top_p=config.sampling.top_p,
             max_new_tokens=b.max_new_tokens or config.sampling.max_new_tokens,
             seed=config.sampling.seed, stop_token_ids=fmt.stop_token_ids())
-        chunk = config.resume_chunk or max(1, config.max_batch // b.k)
+        # A chunk fills every host's batch (its problems are split over the hosts).
+        chunk = config.resume_chunk or max(1, config.max_batch // b.k) * jax.process_count()
         results = _run_benchmark(os.path.join(config.output_dir, name), problems[name], chunk,
                                  lambda ps: sample_and_score(sampler, fmt, ps, params_b,
                                                              b.suffix, verifier), progress)
@@ -247,7 +248,10 @@ def _check_prompt_lengths(benchmarks, problems, fmt, config, cfg) -> None:
 
 def _settings(config, benchmarks) -> dict[str, Any]:
     """What the numbers depend on (not the topology: a sample does not depend on it)."""
-    return {"model": str(config.model.checkpoint),
+    model = config.model.to_dict()
+    if model.get("checkpoint") and os.path.exists(model["checkpoint"]):
+        model["checkpoint"] = os.path.abspath(model["checkpoint"])
+    return {"model": model, "math_timeout_s": config.math_timeout_s,
             "tokenizer": {k: config.tokenizer[k] for k in config.tokenizer},
             "sampling": {k: config.sampling[k] for k in config.sampling},
             "benchmarks": {name: {k: (os.path.abspath(b[k]) if k == "path" else b[k])
@@ -255,16 +259,21 @@ def _settings(config, benchmarks) -> dict[str, Any]:
 
 
 def _record_settings(out_dir: str, settings: dict[str, Any]) -> None:
-    """Writes settings.json, or refuses a directory written with other settings."""
+    """Writes settings.json, or refuses a directory written with other settings. A new
+    benchmark may join a directory; a benchmark already there must keep its settings."""
     path = os.path.join(out_dir, "settings.json")
+    settings = json.loads(json.dumps(settings))
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             before = json.load(f)
-        changed = _differences(before, json.loads(json.dumps(settings)))
+        shared = set(before.get("benchmarks", {})) & set(settings["benchmarks"])
+        changed = _differences(
+            dict(before, benchmarks={k: before["benchmarks"][k] for k in shared}),
+            dict(settings, benchmarks={k: settings["benchmarks"][k] for k in shared}))
         if changed:
             raise ValueError(f"{out_dir} holds results of other settings ({'; '.join(changed)});"
                              " use another output_dir, or delete it to start over")
-        return
+        settings["benchmarks"] = {**before.get("benchmarks", {}), **settings["benchmarks"]}
     os.makedirs(out_dir, exist_ok=True)
     write_json_atomic(path, settings)
 
@@ -309,17 +318,22 @@ def _finished(out_dir: str, prompts: Sequence[Prompt]) -> list[ProblemResult]:
         path = os.path.join(out_dir, "partial.jsonl")
     if not os.path.exists(path):
         return []
-    out = []
-    with open(path, encoding="utf-8") as f:
+    out, good_bytes = [], 0
+    with open(path, "rb") as f:
         for line, prompt in zip(f, prompts):
             try:
                 row = json.loads(line)
             except ValueError:
                 break
+            if not line.endswith(b"\n"):
+                break                         # torn: the writer died inside this line
             if row.get("prompt_id") != prompt.id:
                 raise ValueError(f"{path} does not match the problems of this run "
                                  f"(found {row.get('prompt_id')!r}, expected {prompt.id!r})")
             out.append(ProblemResult(**row))
+            good_bytes += len(line)
+    if path.endswith("partial.jsonl") and os.path.getsize(path) > good_bytes:
+        os.truncate(path, good_bytes)         # the next chunk appends after the last good line
     return out
 
 

@@ -37,6 +37,7 @@ import concurrent.futures
 import dataclasses
 import itertools
 import json
+import logging
 import os
 import re
 import shutil
@@ -48,6 +49,7 @@ import threading
 import time
 from typing import Sequence
 
+_log = logging.getLogger(__name__)
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_runner.py")
 HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trusted_harness.py")
 STATUSES = ("passed", "failed", "timeout", "error")
@@ -123,10 +125,38 @@ def _make_pids_cgroup(max_processes: int) -> str:
     return ""
 
 
+def _kill_cgroup(path: str) -> None:
+    """Kills every process in the cgroup, wherever it moved (a new session or process
+    group escapes `killpg`; it cannot leave its cgroup)."""
+    if not path:
+        return
+    try:
+        with open(os.path.join(path, "cgroup.kill"), "w") as f:    # cgroup v2: all at once
+            f.write("1")
+        return
+    except OSError:
+        pass
+    for _ in range(20):                                            # v1: until it is empty
+        try:
+            with open(os.path.join(path, "cgroup.procs")) as f:
+                pids = [int(p) for p in f.read().split()]
+        except OSError:
+            return
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.01)
+
+
 def _remove_cgroup(path: str) -> None:
     if not path:
         return
-    for _ in range(50):
+    _kill_cgroup(path)
+    for _ in range(250):
         try:
             os.rmdir(path)
             return
@@ -134,6 +164,7 @@ def _remove_cgroup(path: str) -> None:
             return
         except OSError:
             time.sleep(0.02)      # the killed processes are still being reaped
+    _log.warning("could not remove the sandbox cgroup %s (processes still in it?)", path)
 
 
 class _CappedReader(threading.Thread):
@@ -185,6 +216,11 @@ class SandboxedChild:
                 [sys.executable, "-I", RUNNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, cwd=self.workdir, env=env,
                 pass_fds=(status_w, *extra_fds), start_new_session=True)
+        except BaseException:
+            os.close(status_r)               # no child: nothing of this job may stay behind
+            _remove_cgroup(self.cgroup)
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            raise
         finally:
             os.close(status_w)
         self._status = _CappedReader(os.fdopen(status_r, "rb", buffering=0), 1 << 12)
@@ -207,7 +243,8 @@ class SandboxedChild:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def kill(self) -> None:
-        _kill_group(self.proc)               # also what it started, which may outlive it
+        _kill_cgroup(self.cgroup)            # what it started, even in another session
+        _kill_group(self.proc)               # (and where no cgroup could be made)
         for reader in (self._status, self._out, self._err):
             reader.join(timeout=5)
 
@@ -290,6 +327,11 @@ def run_python_tests(program: str, test_code: str = "", timeout_s: float | None 
                 return ExecResult("timeout", f"wall-clock limit of {limits.wall_time_s:g}s",
                                   stdout, stderr, code, wall, layers)
             verdict = _parse_verdict(bytes(verdict_reader.data))
+            if harness.returncode != 0:
+                # Killed or stopped from outside (the program can reach a process of the
+                # same user through /proc where the kernel layers are missing): whatever
+                # its pipe holds is not its verdict.
+                verdict = None
             if limit is not None and (verdict is None or verdict["status"] != "passed"):
                 return ExecResult(*limit, stdout, stderr, code, wall, layers)
             if verdict is None:

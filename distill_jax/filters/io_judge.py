@@ -14,9 +14,11 @@ not UTF-8 are replaced by U+FFFD and judged, never a crash; the reason says so):
     of tokens, as Codeforces' and LiveCodeBench's checkers do: "\\r\\n", trailing
     spaces, blank lines and a missing final newline are accepted;
   * "exact": the decoded output equals the expected text, character for character;
-  * "float:<tol>" (e.g. "float:1e-6"): tokens; two tokens that are both decimal
-    numbers are equal when |got - expected| <= tol * max(1, |expected|) (absolute
-    or relative error), all other tokens must be identical.
+  * "float:<tol>" (e.g. "float:1e-6"): tokens; where the expected token is a real
+    number (a point or an exponent) and the output's is a number, they are equal
+    when |got - expected| <= tol * max(1, |expected|) (absolute or relative error);
+    all other tokens must be identical (an expected integer -- a count, a residue
+    mod 1e9+7 -- is exact).
 
 Verdicts, per case: "passed", "wrong_answer", "runtime_error" (an uncaught
 exception, a non-zero exit, a signal), "time_limit" (the case's wall limit
@@ -175,6 +177,8 @@ def _float_same(tol: float) -> Callable[[str, str], bool]:
     def same(e: str, g: str) -> bool:
         if not (_NUMBER_RE.fullmatch(e) and _NUMBER_RE.fullmatch(g)):
             return False
+        if "." not in e and "e" not in e.lower():
+            return False     # an expected integer (a count, a residue mod 1e9+7) is exact
         a, b = float(g), float(e)
         return math.isfinite(a) and math.isfinite(b) and abs(a - b) <= tol * max(1.0, abs(b))
     return same
@@ -319,6 +323,9 @@ def _run_sandbox(program: str, inputs: list[str], limits: SandboxLimits, case_ti
                         except ValueError:
                             raise _SandboxFailure("error", "a malformed line from the sandbox "
                                                   "runner") from None
+                        if not isinstance(message, dict):
+                            raise _SandboxFailure("error", "a malformed line from the sandbox "
+                                                  "runner (not an object)")
                         if "compile_error" in message:
                             compile_error, done = str(message["compile_error"]), True
                         elif message.get("case") != next_case:

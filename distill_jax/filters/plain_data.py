@@ -3,10 +3,12 @@
 A function under test runs in the sandboxed child; the tests that judge it run in
 a trusted harness process. What crosses the pipe between them is only plain
 data -- None, bool, int, float, str, bytes, and list/tuple/dict/set/frozenset of
-those -- checked by exact type (`type(x) is int`, never `isinstance`), so an
-object whose `__eq__` always returns True, or a subclass of `int` or `str` that
-overrides it, cannot cross. The harness rebuilds fresh builtins from the wire
-form, so every `==` a test evaluates runs on values the program never touched.
+those. An object of any other class (one whose `__eq__` always returns True)
+cannot cross; a subclass of one of these types crosses as its base value, read
+with the base type's own methods (a `Counter` as a dict, numpy's float64 as a
+float, an `int` subclass as its integer), so its overrides stay behind. The
+harness rebuilds fresh builtins from the wire form (decoding checks exact
+types), so every `==` a test evaluates runs on values the program never touched.
 
 Wire form: one JSON document. JSON's own types stand for themselves (dicts are
 never sent as JSON objects); a JSON object is a tag: {"tuple": [...]},
@@ -43,10 +45,27 @@ def decode(text: str | bytes):
     return _from_wire(wire, 0)
 
 
+# A subclass of a plain type crosses as its base value (a Counter as a dict, an IntEnum
+# or numpy's float64 as a number): the harness rebuilds the base type, so an overridden
+# `__eq__` stays behind in the sandbox. bool before int: it is one.
+_BASES = (bool, int, float, str, bytes, list, tuple, dict, frozenset, set)
+
+
 def _to_wire(x, depth: int):
     if depth > MAX_DEPTH:
         raise NotPlainData(f"nested deeper than {MAX_DEPTH}")
     t = type(x)
+    if t not in _BASES and x is not None:
+        base = next((b for b in _BASES if isinstance(x, b)), None)
+        if base is not None:
+            try:
+                # The base type's own methods, not the subclass's overrides.
+                x = base.__new__(base, x) if base in (int, float, str, bytes) else (
+                    dict(dict.items(x)) if base is dict else base(base.__iter__(x)))
+            except Exception as e:  # noqa: BLE001 — whatever the subclass does
+                raise NotPlainData(f"a {t.__qualname__} could not be read as a "
+                                   f"{base.__name__}: {e}") from None
+            t = base
     if x is None or t is bool or t is int or t is str:
         return x
     if t is float:

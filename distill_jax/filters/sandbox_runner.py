@@ -10,7 +10,9 @@ back to the parent, which compares them (`_judge_io`). Nothing the program can
 reach here decides a verdict.
 
 Lock-down, in order (each layer is best effort where the OS refuses it; the
-layers in force are reported back):
+layers in force are reported back; started as root, the runner also becomes
+`nobody` after the namespaces, so the kernel keeps the program away from every
+other process -- `_drop_root`):
   1. resource limits: CPU seconds, address space, file size, no core dumps,
      open files; RLIMIT_NPROC when not root (root ignores it);
   2. a pids cgroup prepared by the parent, when the machine allows one (a
@@ -179,6 +181,46 @@ def _audit_hook(workdir: str):
     return hook
 
 
+NOBODY = 65534
+
+
+def _world_readable(path: str) -> bool:
+    """Whether any user can list `path` and reach it (o+rx on it, o+x on its parents)."""
+    import stat
+    path = os.path.realpath(path)
+    try:
+        if os.stat(path).st_mode & (stat.S_IROTH | stat.S_IXOTH) != (stat.S_IROTH | stat.S_IXOTH):
+            return False
+        while path != "/":
+            path = os.path.dirname(path)
+            if not os.stat(path).st_mode & stat.S_IXOTH:
+                return False
+    except OSError:
+        return False
+    return True
+
+
+def _drop_root(workdir: str, layers: list) -> None:
+    """Started as root: become `nobody` (uid/gid 65534, no groups) once the root-only
+    layers are up. The kernel then refuses the program every process that is not its
+    own -- /proc/<pid>/fd, /mem and /environ of the harness or the caller, signals --
+    whatever it does to the audit hook. The work directory becomes nobody's.
+
+    Only where nobody can still read Python itself: an interpreter under /root (pyenv,
+    conda) is not, and a program that cannot import `math` is no test of anything; the
+    layer is then not in force (and not reported)."""
+    if os.geteuid() != 0 or not all(_world_readable(p) for p in sys.path if os.path.isdir(p)):
+        return
+    try:
+        os.chown(workdir, NOBODY, NOBODY)
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+    except OSError:
+        return
+    layers.append("nobody")
+
+
 def _lock_down(job: dict, layers: list) -> str:
     """Layers 1-3 for this process (the audit hook comes later: it would stop the runner
     itself); the work directory, now the current one."""
@@ -189,6 +231,7 @@ def _lock_down(job: dict, layers: list) -> str:
             _enter_namespaces(workdir, layers)
         except OSError:
             pass
+    _drop_root(workdir, layers)
     _set_limits(job["limits"], layers)
     os.chdir(workdir)
     sys.path[:] = [p for p in sys.path if p and os.path.isdir(p)]

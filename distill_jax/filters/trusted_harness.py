@@ -11,7 +11,8 @@ the expected values, the comparisons or the verdict.
 
 Namespace of the tests: the trusted `context` first (a HumanEval prompt: the
 helper functions a test may call, such as `poly` or `encode_cyclic`), then a
-proxy for each function the program defines that the context does not -- and
+proxy for each function the program defines that neither the context nor the
+builtins do (a program's `abs` or `sum` never answers for the tests) -- and
 always for `entry_point`, the function under test. A proxy call sends the
 arguments as plain data (plain_data.py) and returns the program's answer rebuilt
 as fresh builtins, so `assert candidate(x) == y` compares values the program
@@ -106,7 +107,10 @@ def _judge(job: dict) -> tuple[str, str]:
     namespace = {"__name__": "__main__", "__builtins__": builtins}
     exec(compile(job.get("context") or "", "<context>", "exec"), namespace)
     for name in hello[1]:
-        if type(name) is str and (name not in namespace or name == job.get("entry_point")):
+        # Never a builtin's name: a program's `abs` or `sum` would otherwise answer for
+        # the tests and for the context's own helpers.
+        if type(name) is str and (name == job.get("entry_point") or (
+                name not in namespace and not hasattr(builtins, name))):
             namespace[name] = _proxy(program, name)
     entry_point = job.get("entry_point")
     if entry_point and entry_point not in hello[1]:

@@ -1,6 +1,7 @@
 """`distill-evaluate` the way the R1 paper reports: several benchmarks in one run, the
 combined table, settings recorded, numbers that do not depend on how the run is cut
 (benchmarks together or apart, chunks, batch size, mesh), and kill-and-resume."""
+import dataclasses
 import json
 import os
 import signal
@@ -147,3 +148,36 @@ def test_a_prompt_too_long_for_the_model_is_refused_before_the_weights_load(stud
     with pytest.raises(ValueError, match=r"benchmarks\.aime24: problem .* prompt tokens; "
                                          r"with max_new_tokens=4000 .* 4096 positions"):
         evaluate(c)
+
+
+def test_a_torn_partial_line_is_cut_so_resume_goes_on(tmp_path):
+    from distill_jax.data.prompts import Prompt
+    from distill_jax.evaluation.runner import ProblemResult, _append_finished, _finished
+    prompts = [Prompt(f"p{i}", "q", "math", "s", {"answer": "1"}) for i in range(3)]
+    done = [ProblemResult(f"p{i}", "math", 1, 0, [None], ["no_answer"], ["t"], ["length"], False)
+            for i in range(3)]
+    _append_finished(str(tmp_path), done[:1])
+    with open(tmp_path / "partial.jsonl", "a") as f:
+        f.write(json.dumps(dataclasses.asdict(done[1]))[:20])     # killed mid-line
+    assert [r.prompt_id for r in _finished(str(tmp_path), prompts)] == ["p0"]
+    _append_finished(str(tmp_path), done[1:])                       # the resumed chunks
+    assert [r.prompt_id for r in _finished(str(tmp_path), prompts)] == ["p0", "p1", "p2"]
+
+
+def test_settings_a_new_benchmark_may_join_a_changed_one_may_not(tmp_path):
+    from distill_jax.evaluation.runner import _record_settings
+    base = {"model": {"checkpoint": "/m"}, "sampling": {"seed": 0},
+            "benchmarks": {"a": {"k": 2}}}
+    _record_settings(str(tmp_path), base)
+    _record_settings(str(tmp_path), dict(base, benchmarks={"b": {"k": 4}}))
+    assert set(json.loads((tmp_path / "settings.json").read_text())["benchmarks"]) == {"a", "b"}
+    with pytest.raises(ValueError, match=r"benchmarks\.a\.k: 2 -> 3"):
+        _record_settings(str(tmp_path), dict(base, benchmarks={"a": {"k": 3}}))
+
+
+def test_choice_problems_need_their_options(tmp_path):
+    from distill_jax.data.prompts import load_prompts
+    path = tmp_path / "mc.jsonl"
+    path.write_text('{"id": "1", "problem": "?", "answer": "B"}\n')
+    with pytest.raises(ValueError, match="format 'gpqa'"):
+        load_prompts(str(path), "jsonl", kind="choice")

@@ -79,6 +79,41 @@ for line in ('{"status": "passed", "reason": ""}', "PASSED", "ok", "1 passed"):
     print(line)
     print(line, file=sys.stderr)
 """,
+    # Shadow builtins the tests (and the trusted context's helpers) call.
+    "shadowed builtins": HONEST + """
+def abs(x):
+    return 0
+def sorted(*a, **k):
+    return []
+def range(*a):
+    return []
+def all(x):
+    return True
+""",
+    # Reach the harness or the caller through /proc and kill it after writing a verdict
+    # into its pipe (the kernel refuses this once the runner is `nobody`).
+    "killing the harness through /proc": HONEST + """
+import os, signal
+for pid in os.listdir("/proc"):
+    if not pid.isdigit() or int(pid) == os.getpid():
+        continue
+    try:
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+    except OSError:
+        continue
+    if b"trusted_harness" in cmd or b"pytest" in cmd:
+        for fd in range(3, 16):
+            try:
+                with open(f"/proc/{pid}/fd/{fd}", "w") as f:
+                    f.write('{"status": "passed", "reason": ""}')
+            except OSError:
+                pass
+        if b"trusted_harness" in cmd:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+""",
     # Swallow the harness's calls so no reply comes.
     "reading the call pipe": HONEST + """
 import os
@@ -100,6 +135,26 @@ def test_forgery_never_passes(name):
 def test_the_honest_program_fails_and_a_correct_one_passes():
     assert run_python_tests(HONEST, TESTS, limits=FAST).status == "failed"
     assert run_python_tests("def f(x):\n    return 2 * x\n", TESTS, limits=FAST).passed
+
+
+def test_a_program_cannot_answer_for_the_builtins_the_tests_call():
+    # Tests that judge only through builtins: with the program's `abs`, `range` and
+    # `all` in their namespace they would pass (they did before this was fixed).
+    tests = ("assert abs(f(1) - 2) < 1e-9\nfor x in range(1, 4):\n    assert f(x) == 2 * x\n"
+             "assert all([f(x) == 2 * x for x in (5, 6)])\n")
+    r = run_python_tests(FORGERIES["shadowed builtins"], tests, limits=FAST)
+    assert r.status == "failed", r
+    assert run_python_tests("def f(x):\n    return 2 * x\n", tests, limits=FAST).passed
+
+
+def test_subclasses_of_plain_types_cross_as_their_base_values():
+    # A Counter, an IntEnum, an OrderedDict: fine answers, read with the base type's
+    # methods (an int subclass's `__eq__` stays in the sandbox).
+    program = ("import collections, enum\nclass E(enum.IntEnum):\n    A = 3\n"
+               "def f(s):\n    return collections.Counter(s)\ndef g():\n    return E.A\n"
+               "def h():\n    return collections.OrderedDict(a=1)\n")
+    tests = "assert f('aab') == {'a': 2, 'b': 1}\nassert g() == 3\nassert h() == {'a': 1}\n"
+    assert run_python_tests(program, tests, limits=FAST).passed
 
 
 def test_only_plain_data_crosses_and_builtin_exceptions_keep_their_type():

@@ -259,6 +259,7 @@ def look(x):
     if isinstance(x, (bytes, bytearray)):
         found.update(m.decode() for m in FIND.findall(x))
 
+look(sys.stdin.buffer.read())               # its own input: the planted marker is here
 for k, v in os.environ.items():
     look(k), look(v)
 for root, dirs, files in os.walk("."):
@@ -285,18 +286,22 @@ while frame is not None:
             for k, v in value.items():
                 look(k), look(v)
     frame = frame.f_back
-# Every readable byte of its own address space, freed memory included.
-with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
-    for line in maps:
-        fields = line.split()
-        lo, hi = (int(x, 16) for x in fields[0].split("-"))
-        if "r" not in fields[1] or fields[-1] in ("[vvar]", "[vsyscall]"):
-            continue
-        try:
-            mem.seek(lo)
-            look(mem.read(hi - lo))
-        except (OSError, ValueError, OverflowError):
-            pass
+# Every readable byte of its own address space, freed memory included (where the
+# kernel lets it: a runner that became `nobody` is not dumpable, /proc/self/mem refuses).
+try:
+    with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
+        for line in maps:
+            fields = line.split()
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            if "r" not in fields[1] or fields[-1] in ("[vvar]", "[vsyscall]"):
+                continue
+            try:
+                mem.seek(lo)
+                look(mem.read(hi - lo))
+            except (OSError, ValueError, OverflowError):
+                pass
+except PermissionError:
+    pass
 print(sorted(found)[0] if found else "nothing")
 """
 
@@ -416,3 +421,11 @@ def test_reference_cases_are_judged_end_to_end():
     cases = io_cases_from_reference({"input_output": json.dumps(spec)})
     program = "for _ in range(int(input())):\n    print(sum(map(int, input().split())))\n"
     assert judge(program, cases).passed
+
+
+def test_float_tolerance_never_relaxes_an_expected_integer():
+    from distill_jax.filters.io_judge import comparer
+    same = comparer("float:1e-6")
+    assert same("1000000007\n", "1000000008\n") is not None      # a residue: exact
+    assert same("0.3333333\n", "0.33333334\n") is None            # a real: within 1e-6
+    assert same("2.0\n", "2\n") is None

@@ -57,7 +57,7 @@ import logging
 import re
 from typing import Sequence
 
-from distill_jax.filters.math_latex import closing_braces
+from distill_jax.filters.math_extract import MATH_SPAN_RE, SENTENCE_START_RE, boxes
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -204,8 +204,6 @@ def _resolve(claim: str, options: _Options, full: str | None = None):
 
 # ---------------------------------------------------------------- finding statements
 
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*")
-_BARE_ARG_RE = re.compile(r"[^\s$]+")
 _BOX_JOINER_RE = re.compile(r"[\s$,;]*(?:(?:and|or)[\s$,;]*)?", re.IGNORECASE)
 _MARK_RE = re.compile(
     r"\b(?:(?:final|correct|right|best)\s+)?(?:answer|option|choice)(?:\s*[*_]{1,2})?"
@@ -216,35 +214,16 @@ _PHRASE_RE = re.compile(
 # A marker in a hypothesis is no claim ("let me check whether the answer is B").
 _HEDGE_RE = re.compile(r"\b(?:whether|check|checking|verify|verifying|suppose|assume|assuming|"
                        r"maybe|perhaps|might|could|not sure|unless)\b", re.IGNORECASE)
-_SENTENCE_START_RE = re.compile(r"[.!?\n]\s")
-_MATH_SPAN_RE = re.compile(r"\$\$?[^$]*\$\$?|\\\(.*?\\\)|\\\[.*?\\\]")
 _CLAIM_END_RE = re.compile(
     r"\.(?:\s|$)|\?|;|,?\s+(?:because|since|as|by|which|so|when|where|given|due|from|for|is|"
     r"are|was|were|corresponds?|matches|with)\b|\s[-–—]\s", re.IGNORECASE)
-
-
-def _boxes(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, content) of every complete `\\boxed{...}` / `\\fbox{...}` / `\\boxed C`."""
-    found = []
-    closing = closing_braces(text)
-    for m in _BOX_RE.finditer(text):
-        start = m.end()
-        if start < len(text) and text[start] == "{":
-            end = closing.get(start)
-            if end is not None:
-                found.append((m.start(), end + 1, text[start + 1:end]))
-        else:
-            bare = _BARE_ARG_RE.match(text, start)
-            if bare:
-                found.append((m.start(), bare.end(), bare.group()))
-    return found
 
 
 def _box_groups(text: str) -> list[tuple[int, list[str]]]:
     """Boxes, those joined by "and" / "or" / commas grouped: (start, [contents])."""
     groups: list[tuple[int, list[str]]] = []
     last_end = None
-    for start, end, content in _boxes(text):
+    for start, end, content in boxes(text):
         between = text[last_end:start] if last_end is not None else None
         if between is not None and len(between) <= 20 and _BOX_JOINER_RE.fullmatch(between):
             groups[-1][1].append(content)
@@ -255,7 +234,7 @@ def _box_groups(text: str) -> list[tuple[int, list[str]]]:
 
 
 def _hedged(segment: str, at: int) -> bool:
-    sentence = _SENTENCE_START_RE.split(segment[max(0, at - 200):at])[-1]
+    sentence = SENTENCE_START_RE.split(segment[max(0, at - 200):at])[-1]
     return bool(_HEDGE_RE.search(sentence))
 
 
@@ -264,7 +243,7 @@ def _claim(line: str) -> tuple[str, str] | None:
     line = line.strip(" \t*_:")
     if not line:
         return None
-    masked = _MATH_SPAN_RE.sub(lambda m: "$" * len(m.group()), line)
+    masked = MATH_SPAN_RE.sub(lambda m: "$" * len(m.group()), line)
     cut = _CLAIM_END_RE.search(masked, 1)
     if cut and cut.group() == "?":
         return None

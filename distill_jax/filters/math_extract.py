@@ -26,15 +26,15 @@ _HEDGE_RE = re.compile(r"\b(?:whether|check|checking|verify|suppose|assume|maybe
 _CLAIM_END_RE = re.compile(
     r"\.(?:\s|$)|\?|,\s*(?:i\.e|e\.g|that is)\b|,?\s+(?:because|since|as|by|which|so|when|where|if|given|using|after|"
     r"from|for|is|are|was|were|satisfies|works)\b", re.IGNORECASE)
-_MATH_SPAN_RE = re.compile(r"\$\$?[^$]*\$\$?|\\\(.*?\\\)|\\\[.*?\\\]")
-_SENTENCE_START_RE = re.compile(r"[.!?\n]\s")
+MATH_SPAN_RE = re.compile(r"\$\$?[^$]*\$\$?|\\\(.*?\\\)|\\\[.*?\\\]")
+SENTENCE_START_RE = re.compile(r"[.!?\n]\s")
 # Between two boxes that state one answer together: "$\boxed{2}$ and $\boxed{5}$". (Boxes
 # joined by "or" are two forms of one answer, as MATH writes `\boxed{15\frac{39}{40}}`, or
 # `\boxed{\frac{639}{40}}`: the last one counts.)
 _BOX_JOINER_RE = re.compile(r"[\s$,;]*(?:and[\s$,;]*)?", re.IGNORECASE)
 
 
-def _boxes(text: str) -> list[tuple[int, int, str]]:
+def boxes(text: str) -> list[tuple[int, int, str]]:
     """(start, end, content) of every complete `\\boxed{...}` / `\\fbox{...}` / `\\boxed 5`."""
     found = []
     # One pass over the braces, not one scan per `\boxed{` (unclosed ones made that quadratic).
@@ -56,11 +56,11 @@ def _boxes(text: str) -> list[tuple[int, int, str]]:
 def _last_boxed(text: str) -> str | None:
     """The last box, with the boxes just before it that state one answer with it
     (`\\boxed{2}` and `\\boxed{5}` are the list `2, 5`)."""
-    boxes = _boxes(text)
-    if not boxes:
+    found = boxes(text)
+    if not found:
         return None
-    answers = [boxes[-1]]
-    for box in reversed(boxes[:-1]):
+    answers = [found[-1]]
+    for box in reversed(found[:-1]):
         between = text[box[1]:answers[0][0]]
         if len(between) > 20 or not _BOX_JOINER_RE.fullmatch(between):
             break
@@ -77,7 +77,7 @@ def _claim(rest: str) -> str | None:
         return None
     if _NOT_A_CLAIM_RE.match(rest):
         return None
-    masked = _MATH_SPAN_RE.sub(lambda m: "$" * len(m.group()), rest)
+    masked = MATH_SPAN_RE.sub(lambda m: "$" * len(m.group()), rest)
     cut = _CLAIM_END_RE.search(masked, 1)        # the claim itself is at least one character
     if cut and cut.group() == "?":
         return None
@@ -94,7 +94,7 @@ def _last_stated(segment: str) -> str | None:
     a long line of remarks ("the answer is correct" x 10,000) stays linear."""
     for m in list(_ANSWER_MARK_RE.finditer(segment))[::-1][:_MAX_MARKERS]:
         before = segment[max(0, m.start() - 200):m.start()]
-        sentence = _SENTENCE_START_RE.split(before)[-1]
+        sentence = SENTENCE_START_RE.split(before)[-1]
         if _HEDGE_RE.search(sentence):
             continue
         rest = segment[m.end():m.end() + _MAX_CLAIM]

@@ -18,6 +18,7 @@ from distill_jax.demo import arithmetic
 from distill_jax.evaluation.config import benchmark, benchmarks
 from distill_jax.evaluation.runner import evaluate
 from distill_jax.tokenizer import train_sentencepiece
+from tests.overrides import apply_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -48,13 +49,7 @@ def _config(student, shared_data, out, names=("gsm8k", "math500", "aime24"), **o
     c.model.dtype = c.model.param_dtype = "float32"
     c.sampling.max_new_tokens, c.sampling.temperature = 8, 1.0
     c.output_dir, c.max_batch, c.mesh = str(out), 4, None
-    for key, value in overrides.items():
-        node = c
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
-    return c
+    return apply_overrides(c, overrides)
 
 
 def _texts(out, name):

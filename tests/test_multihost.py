@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from distill_jax import models
-from distill_jax.demo import arithmetic
 from distill_jax.sampling.generate import shard_name
-from distill_jax.tokenizer import load_tokenizer, train_sentencepiece
+from distill_jax.tokenizer import load_tokenizer
+from tests.tiny_models import arithmetic_tokenizer, tiny_checkpoint
 from tests.training.conftest import write_traces
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,10 +69,8 @@ def _launch(stage: str, config: str, overrides: dict, processes: int, devices: i
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("multihost")
-    corpus = [p.question + "\n" + p.solution for p in arithmetic.make_split(0, 0, 500)]
-    sp = train_sentencepiece(corpus, str(root / "tok"), vocab_size=400)
-    cfg = models.get_config("tiny-qwen2", vocab_size=load_tokenizer(sp).vocab_size)
-    models.save_hf_checkpoint(root / "teacher", cfg, models.init_params(cfg, jax.random.key(0)))
+    sp = arithmetic_tokenizer(root)
+    tiny_checkpoint(root / "teacher", load_tokenizer(sp).vocab_size)
     write_traces(root / "curated.jsonl", 32)
     return root, sp
 

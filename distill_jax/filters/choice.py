@@ -57,7 +57,7 @@ import logging
 import re
 from typing import Sequence
 
-from distill_jax.filters.math_extract import MATH_SPAN_RE, SENTENCE_START_RE, boxes
+from distill_jax.filters.math_extract import HEDGE_RE, MATH_SPAN_RE, SENTENCE_START_RE, boxes
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -211,9 +211,6 @@ _MARK_RE = re.compile(
 _PHRASE_RE = re.compile(
     r"\b(?:option|choice)\s*[\(\[]?([A-Z])[\)\]]?\s+is\s+(?:the\s+)?"
     r"(?:correct|right|best|answer)\b", re.IGNORECASE)
-# A marker in a hypothesis is no claim ("let me check whether the answer is B").
-_HEDGE_RE = re.compile(r"\b(?:whether|check|checking|verify|verifying|suppose|assume|assuming|"
-                       r"maybe|perhaps|might|could|not sure|unless)\b", re.IGNORECASE)
 _CLAIM_END_RE = re.compile(
     r"\.(?:\s|$)|\?|;|,?\s+(?:because|since|as|by|which|so|when|where|given|due|from|for|is|"
     r"are|was|were|corresponds?|matches|with)\b|\s[-–—]\s", re.IGNORECASE)
@@ -235,7 +232,7 @@ def _box_groups(text: str) -> list[tuple[int, list[str]]]:
 
 def _hedged(segment: str, at: int) -> bool:
     sentence = SENTENCE_START_RE.split(segment[max(0, at - 200):at])[-1]
-    return bool(_HEDGE_RE.search(sentence))
+    return bool(HEDGE_RE.search(sentence))
 
 
 def _claim(line: str) -> tuple[str, str] | None:

@@ -291,7 +291,9 @@ def _normalize(s: str) -> tuple[str, bool]:
     s = _STRAY_RE.sub(" ", s).strip()
     s = _unwrap_text(s)
     s = s.replace("\\%", "%")
-    s = _PERCENT_WORD_RE.sub("", s).rstrip() + "%" if _PERCENT_WORD_RE.search(s) else s
+    word = _PERCENT_WORD_RE.search(s)
+    if word:
+        s = s[:word.start()].rstrip() + "%"
     percent = s.rstrip(" .").endswith("%")
     s = s.replace("%", "")
     s = re.sub(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°", "", s)

@@ -17,10 +17,11 @@ _MAX_CLAIM = 2_000
 # Words that begin a remark about an answer, not an answer ("the answer is correct").
 _NOT_A_CLAIM_RE = re.compile(r"(?:correct|incorrect|right|wrong|not|that|this|as follows|below|"
                              r"above|the same|unclear|likely|probably)\b", re.IGNORECASE)
-# A marker in a hypothesis is no claim: "let me check whether the answer is 12".
-# ("If we add them, the answer is 7" is a claim: "if" alone is no hedge.)
-_HEDGE_RE = re.compile(r"\b(?:whether|check|checking|verify|suppose|assume|maybe|perhaps|"
-                       r"might|guess|think|expect|wait|not sure)\b", re.IGNORECASE)
+# A marker in a hypothesis is no claim: "let me check whether the answer is 12". One
+# list for every verifier that reads claims (choice.py too). "If we add them, the answer
+# is 7" is a claim ("if" alone is no hedge), and so is a revision: "Wait, the answer is 15".
+HEDGE_RE = re.compile(r"\b(?:whether|check|checking|verify|verifying|suppose|assume|assuming|"
+                      r"maybe|perhaps|might|could|guess|not sure|unless)\b", re.IGNORECASE)
 # Where a claim ends: a sentence end, a question mark, or a clause that explains it
 # ("3, since 2 + 1 = 3", "4 is the smallest such n", "10 by plugging it in").
 _CLAIM_END_RE = re.compile(
@@ -95,7 +96,7 @@ def _last_stated(segment: str) -> str | None:
     for m in list(_ANSWER_MARK_RE.finditer(segment))[::-1][:_MAX_MARKERS]:
         before = segment[max(0, m.start() - 200):m.start()]
         sentence = SENTENCE_START_RE.split(before)[-1]
-        if _HEDGE_RE.search(sentence):
+        if HEDGE_RE.search(sentence):
             continue
         rest = segment[m.end():m.end() + _MAX_CLAIM]
         line, _, following = rest.partition("\n")

@@ -9,16 +9,13 @@ import subprocess
 import sys
 import time
 
-import jax
 import pytest
 
 from configs import evaluate_gsm8k
-from distill_jax import models
-from distill_jax.demo import arithmetic
 from distill_jax.evaluation.config import benchmark, benchmarks
 from distill_jax.evaluation.runner import evaluate
-from distill_jax.tokenizer import train_sentencepiece
 from tests.overrides import apply_overrides
+from tests.tiny_models import arithmetic_tokenizer, tiny_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -27,13 +24,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def student(tmp_path_factory):
     """A tiny random Qwen2-shaped checkpoint and a sentencepiece tokenizer."""
     root = tmp_path_factory.mktemp("student")
-    corpus = [p.question + "\n" + p.solution for p in arithmetic.make_split(0, 0, 300)]
-    sp = train_sentencepiece(corpus, str(root / "tok"), vocab_size=400)
-    # Room for MATH-500 and AIME problems in a 400-piece vocabulary.
-    # (4 KV heads: a tensor axis of 4 shards them.)
-    cfg = models.get_config("tiny-qwen2", vocab_size=400, max_position_embeddings=4096,
-                            num_kv_heads=4)
-    models.save_hf_checkpoint(str(root / "ckpt"), cfg, models.init_params(cfg, jax.random.key(0)))
+    sp = arithmetic_tokenizer(root, problems=300)
+    # Room for MATH-500 and AIME problems in a 400-piece vocabulary; 4 KV heads, which a
+    # tensor axis of 4 shards.
+    tiny_checkpoint(root / "ckpt", 400, max_position_embeddings=4096, num_kv_heads=4)
     return root / "ckpt", sp
 
 
@@ -97,11 +91,17 @@ def test_the_numbers_do_not_depend_on_batch_chunks_or_mesh(together, student, sh
     assert other["benchmarks"]["gsm8k"] == report["benchmarks"]["gsm8k"]
 
 
-def test_a_rerun_with_other_settings_is_refused(together, student, shared_data):
+def test_a_rerun_with_other_settings_is_refused(together, student, shared_data, monkeypatch):
     out, _ = together
     with pytest.raises(ValueError, match=r"sampling\.temperature: 1\.0 -> 0\.6"):
         evaluate(_config(student, shared_data, out, **{"sampling.temperature": 0.6}))
     # The same settings: every benchmark is already written, nothing is sampled again.
+    from distill_jax.sampling import sampler
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("a finished benchmark was sampled again")
+
+    monkeypatch.setattr(sampler.Sampler, "generate", no_sampling)
     again = evaluate(_config(student, shared_data, out))
     assert again["benchmarks"] == together[1]["benchmarks"]
 

@@ -4,16 +4,13 @@ import os
 import subprocess
 import sys
 
-import jax
 import pytest
 
-from distill_jax import models
 from distill_jax.data.prompts import load_prompts
-from distill_jax.demo import arithmetic
 from distill_jax.evaluation.metrics import cons_at_k, majority_answer, pass_at_k
 from distill_jax.evaluation.runner import ProblemResult, score_problem, summarize
 from distill_jax.filters.math_answer import math_equal
-from distill_jax.tokenizer import train_sentencepiece
+from tests.tiny_models import arithmetic_tokenizer, tiny_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -63,11 +60,8 @@ def test_scoring_real_references(shared_data):
 
 @pytest.mark.slow
 def test_distill_evaluate_cli_writes_results(shared_data, tmp_path):
-    corpus = [p.question + "\n" + p.solution for p in arithmetic.make_split(0, 0, 300)]
-    sp = train_sentencepiece(corpus, str(tmp_path / "tok"), vocab_size=400)
-    cfg = models.get_config("tiny-qwen2", vocab_size=400)
-    models.save_hf_checkpoint(str(tmp_path / "ckpt"), cfg,
-                              models.init_params(cfg, jax.random.key(0)))
+    sp = arithmetic_tokenizer(tmp_path, problems=300)
+    tiny_checkpoint(tmp_path / "ckpt", 400)
     out = tmp_path / "eval"
     cmd = [sys.executable, "-m", "distill_jax.cli.evaluate",
            f"--config={REPO}/configs/evaluate_gsm8k.py",

@@ -29,6 +29,8 @@ FAMILIES: dict[str, list[tuple[str, str, bool]]] = {
         ("5", "The solutions are $\\boxed{2}$ and $\\boxed{5}$.", False),
         ("2, 5", "The solutions are $\\boxed{2}$ and $\\boxed{5}$.", True),
         ("3", "The answer is 3, since 2 + 1 = 3.", True),
+        ("15", "The answer is 12. Wait, the answer is 15.", True),     # a revision counts
+        ("12", "The answer is 12. Wait, the answer is 15.", False),
         ("6", "**Final Answer**\n\n6", True),
         ("\\frac{1}{2}", "The answer is $\\frac{1}{2}$, i.e. 0.5.", True),
     ],

@@ -4,16 +4,14 @@ import os
 import subprocess
 import sys
 
-import jax
 import pytest
 
 from configs import generate_gsm8k
-from distill_jax import models
 from distill_jax.data.prompts import load_prompts
-from distill_jax.demo import arithmetic
 from distill_jax.sampling.generate import generate_traces, shard_name
-from distill_jax.tokenizer import load_tokenizer, train_sentencepiece
+from distill_jax.tokenizer import load_tokenizer
 from tests.overrides import apply_overrides
+from tests.tiny_models import arithmetic_tokenizer, tiny_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -22,11 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def teacher(tmp_path_factory):
     """A SentencePiece tokenizer and a tiny random teacher saved as an HF checkpoint."""
     root = tmp_path_factory.mktemp("teacher")
-    corpus = [p.question + "\n" + p.solution for p in arithmetic.make_split(0, 0, 500)]
-    sp = train_sentencepiece(corpus, str(root / "tok"), vocab_size=400)
-    tok = load_tokenizer(sp)
-    cfg = models.get_config("tiny-qwen2", vocab_size=tok.vocab_size)
-    models.save_hf_checkpoint(root / "ckpt", cfg, models.init_params(cfg, jax.random.key(0)))
+    sp = arithmetic_tokenizer(root)
+    tiny_checkpoint(root / "ckpt", load_tokenizer(sp).vocab_size)
     return sp, str(root / "ckpt")
 
 

@@ -4,14 +4,13 @@ import json
 import pytest
 
 from distill_jax.demo import arithmetic
-from distill_jax.tokenizer import load_tokenizer, train_sentencepiece
+from distill_jax.tokenizer import load_tokenizer
+from tests.tiny_models import arithmetic_tokenizer
 
 
 @pytest.fixture(scope="session")
 def tokenizer_path(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tok")
-    corpus = [p.question + "\n" + p.solution for p in arithmetic.make_split(0, 0, 500)]
-    return train_sentencepiece(corpus, str(root / "tok"), vocab_size=400)
+    return arithmetic_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,359 @@
+"""Attention kernels behind one dispatch point: the model asks for attention, this
+module decides which kernel computes it.
+
+Every kernel computes the same thing: grouped-query attention of q [B, L, H, Dh]
+over k, v [B, L, KVH, Dh], causal and within one segment, in float32 softmax.
+Masks are never passed in: each kernel builds them from `segment_ids` [B, L]
+(0 = padding, which attends to and is attended by nothing) inside its tiles, so
+no [B, L, L] array exists outside the `xla` reference.
+
+  xla        einsum scores [B, H, L, L] and a dense mask: the reference, and the
+             fastest for short rows (one big matmul per product)
+  blockwise  pure JAX flash attention: online softmax over key/value blocks, a
+             custom VJP that recomputes the blocks, O(L · block) memory, blocks
+             above the causal diagonal never computed. Runs on any backend.
+  splash     TPU: the Pallas splash-attention kernel shipped with JAX, causal with
+             segment ids, under `shard_map` over the current mesh (rows over the
+             batch axes, heads over `tensor`). Off TPU it runs in Pallas interpret
+             mode, which is how its numerics are tested on CPU (slowly).
+  cudnn      GPU: cuDNN flash attention (the kernel `jax.nn.dot_product_attention`
+             uses), with each row's segments given as lengths and offsets (cuDNN's
+             packed layout) instead of a mask.
+  auto       splash on TPU, cudnn on GPU; on CPU xla up to AUTO_XLA_MAX_LEN tokens
+             and blockwise above (measured: benchmarks/attention_kernels.py).
+
+Causality: the non-reference kernels are causal by index within a segment. The
+model's positions restart at 0 in each segment and increase by one per token
+(left padding, packing), so index order and position order agree there; `xla`
+compares positions and stays the reference for anything else.
+
+Rows with no key to attend to (padding) give 0 from blockwise, and arbitrary
+finite values from the other kernels; nothing reads them.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+IMPLS = ("auto", "xla", "blockwise", "splash", "cudnn")
+# Longest row for which `auto` picks `xla` on CPU (and other non-TPU/GPU backends):
+# below it one [L, L] matmul per product beats the blockwise loop; above it the
+# quadratic scores dominate time and memory. See BENCHMARKS.md, "Attention kernels".
+AUTO_XLA_MAX_LEN = 1024
+DEFAULT_BLOCK = 512
+# Finite, so a fully masked row gives a finite softmax instead of NaN.
+MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+_PLATFORM_OF_IMPL = {"splash": "tpu", "cudnn": "gpu"}
+_PLATFORM_AUTO = {"tpu": "splash", "gpu": "cudnn"}
+
+
+def platform() -> str:
+    return jax.devices()[0].platform
+
+
+def resolve(impl: str, seq_len: int, backend: str | None = None) -> str:
+    """The kernel that runs for `impl` at rows of `seq_len` tokens on `backend`
+    (default: this process's). Raises for a kernel the backend cannot run,
+    naming the one `auto` would pick."""
+    backend = backend or platform()
+    if impl not in IMPLS:
+        raise ValueError(f"unknown attention_impl {impl!r}; choose from {IMPLS}")
+    auto = _PLATFORM_AUTO.get(backend) or (
+        "xla" if seq_len <= AUTO_XLA_MAX_LEN else "blockwise")
+    if impl == "auto":
+        return auto
+    needs = _PLATFORM_OF_IMPL.get(impl)
+    if needs is not None and needs != backend:
+        raise ValueError(
+            f"attention_impl={impl!r} runs on {needs.upper()} only; this backend is "
+            f"{backend!r}, where attention_impl='auto' picks {auto!r}")
+    return impl
+
+
+# ------------------------------------------------------------------ the dispatch
+
+def self_attention(q: Array, k: Array, v: Array, segment_ids: Array, impl: str,
+                   positions: Array | None = None, block_size: int = DEFAULT_BLOCK) -> Array:
+    """Causal same-segment attention of a row's tokens over themselves.
+
+    q: [B, L, H, Dh]; k, v: [B, L, KVH, Dh]; segment_ids [B, L] (0 = padding);
+    positions [B, L] (the `xla` reference's causal order; default the index).
+    `impl` is resolved here (see `resolve`). Returns [B, L, H, Dh] in q's dtype.
+    """
+    length = q.shape[1]
+    kernel = resolve(impl, length)
+    if kernel == "xla":
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), segment_ids.shape)
+        return xla_attention(q, k, v, attention_mask(segment_ids, segment_ids,
+                                                     positions, positions))
+    if kernel == "blockwise":
+        return blockwise_attention(q, k, v, segment_ids, block_size)
+    if kernel == "splash":
+        return splash_attention(q, k, v, segment_ids, block_size)
+    return cudnn_attention(q, k, v, segment_ids)
+
+
+# ------------------------------------------------------------------ xla (reference)
+
+def attention_mask(q_segment_ids: Array, kv_segment_ids: Array, q_positions: Array,
+                   kv_positions: Array) -> Array:
+    """Causal, same-segment, non-padding mask. -> [batch, q_length, kv_length] bool."""
+    same_segment = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
+    causal = kv_positions[:, None, :] <= q_positions[:, :, None]
+    return same_segment & causal & (kv_segment_ids[:, None, :] != 0)
+
+
+def xla_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """Grouped-query attention with softmax in float32.
+
+    q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim];
+    mask: [batch, q_len, kv_len]. Returns [batch, q_len, heads, head_dim].
+    """
+    batch, q_len, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
+    scores = jnp.einsum("blkgd,bskd->bkgls", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (1.0 / math.sqrt(head_dim))
+    scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgls,bskd->blkgd", probs, v)
+    return out.reshape(batch, q_len, heads, head_dim)
+
+
+# ------------------------------------------------------------------ blockwise
+
+def _pad_length(x: Array, length: int, axis: int = 1) -> Array:
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, length - x.shape[axis])
+    return jnp.pad(x, pad)
+
+
+def blockwise_attention(q: Array, k: Array, v: Array, segment_ids: Array,
+                        block_size: int = DEFAULT_BLOCK) -> Array:
+    """Flash attention in plain JAX (see the module docstring). The row is padded
+    to a multiple of the block (the pad is segment 0, so nothing sees it)."""
+    batch, length, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    block = min(block_size, length)
+    padded = -(-length // block) * block
+    n = padded // block
+
+    def blocks(x, groups):   # [B, L, KVH*G, Dh] -> [n, B, KVH, G, block, Dh]
+        x = _pad_length(x, padded).reshape(batch, n, block, kv_heads, groups, head_dim)
+        return x.transpose(1, 0, 3, 4, 2, 5)
+
+    group = heads // kv_heads
+    qb = blocks(q, group)
+    kb = blocks(k, 1)[:, :, :, 0]
+    vb = blocks(v, 1)[:, :, :, 0]
+    sb = _pad_length(segment_ids.astype(jnp.int32), padded).reshape(batch, n, block)
+    sb = sb.transpose(1, 0, 2)                                     # [n, B, block]
+    out = _flash(qb, kb, vb, sb, 1.0 / math.sqrt(head_dim))       # [n, B, KVH, G, block, Dh]
+    out = out.transpose(1, 0, 4, 2, 3, 5).reshape(batch, padded, heads, head_dim)
+    return out[:, :length]
+
+
+def _block_mask(seg_q: Array, seg_k: Array, i, j, block: int) -> Array:
+    """[B, 1, 1, bq, bk]: same non-padding segment, key index <= query index."""
+    q_idx = i * block + jnp.arange(block)
+    k_idx = j * block + jnp.arange(block)
+    causal = k_idx[None, :] <= q_idx[:, None]
+    same = (seg_q[:, :, None] == seg_k[:, None, :]) & (seg_k != 0)[:, None, :]
+    return (same & causal[None])[:, None, None]
+
+
+def _scores(q_i, k_j, scale):
+    return jnp.einsum("bkgqd,bksd->bkgqs", q_i, k_j, preferred_element_type=jnp.float32) * scale
+
+
+def _flash_forward(qb, kb, vb, sb, scale):
+    n, block = qb.shape[0], qb.shape[-2]
+
+    def one_query_block(_, xs):
+        i, q_i, seg_i = xs
+
+        def step(j, carry):
+            m, l, acc = carry
+            k_j, v_j, seg_j = kb[j], vb[j], sb[j]
+            mask = _block_mask(seg_i, seg_j, i, j, block)
+            s = jnp.where(mask, _scores(q_i, k_j, scale), MASK_VALUE)
+            m_new = jnp.maximum(m, s.max(-1))
+            p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
+            correction = jnp.exp(m - m_new)
+            l = l * correction + p.sum(-1)
+            acc = acc * correction[..., None] + jnp.einsum(
+                "bkgqs,bksd->bkgqd", p.astype(v_j.dtype), v_j,
+                preferred_element_type=jnp.float32)
+            return m_new, l, acc
+
+        shape = q_i.shape[:-1]
+        init = (jnp.full(shape, MASK_VALUE, jnp.float32), jnp.zeros(shape, jnp.float32),
+                jnp.zeros(q_i.shape, jnp.float32))
+        # Key blocks after i lie above the causal diagonal: the loop stops at i.
+        m, l, acc = jax.lax.fori_loop(0, i + 1, step, init)
+        seen = l > 0
+        out = acc / jnp.where(seen, l, 1.0)[..., None]
+        lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), 0.0)
+        return None, (out.astype(q_i.dtype), lse)
+
+    _, (out, lse) = jax.lax.scan(one_query_block, None, (jnp.arange(n), qb, sb))
+    return out, lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _flash(qb, kb, vb, sb, scale):
+    return _flash_forward(qb, kb, vb, sb, scale)[0]
+
+
+def _flash_fwd(qb, kb, vb, sb, scale):
+    out, lse = _flash_forward(qb, kb, vb, sb, scale)
+    return out, (qb, kb, vb, sb, out, lse)
+
+
+def _flash_bwd(scale, residuals, d_out):
+    qb, kb, vb, sb, out, lse = residuals
+    n, block = qb.shape[0], qb.shape[-2]
+    d_out = d_out.astype(jnp.float32)
+    # D_i = rowsum(dO ∘ O): the softmax backward's correction term, per query.
+    delta = jnp.sum(d_out * out.astype(jnp.float32), axis=-1)
+
+    def probs_and_dscores(i, j, q_i, seg_i, lse_i, dout_i, delta_i, k_j, v_j, seg_j):
+        mask = _block_mask(seg_i, seg_j, i, j, block)
+        p = jnp.where(mask, jnp.exp(_scores(q_i, k_j, scale) - lse_i[..., None]), 0.0)
+        dp = jnp.einsum("bkgqd,bksd->bkgqs", dout_i, v_j.astype(jnp.float32))
+        return p, p * (dp - delta_i[..., None])
+
+    def dq_block(_, xs):                  # query block i gathers over key blocks <= i
+        i, q_i, seg_i, lse_i, dout_i, delta_i = xs
+
+        def step(j, dq):
+            k_j = kb[j]
+            _, ds = probs_and_dscores(i, j, q_i, seg_i, lse_i, dout_i, delta_i, k_j, vb[j],
+                                      sb[j])
+            return dq + jnp.einsum("bkgqs,bksd->bkgqd", ds, k_j.astype(jnp.float32)) * scale
+        return None, jax.lax.fori_loop(0, i + 1, step, jnp.zeros(q_i.shape, jnp.float32))
+
+    def dkv_block(_, xs):                 # key block j gathers over query blocks >= j
+        j, k_j, v_j, seg_j = xs
+
+        def step(i, carry):
+            dk, dv = carry
+            q_i, dout_i = qb[i], d_out[i]
+            p, ds = probs_and_dscores(i, j, q_i, sb[i], lse[i], dout_i, delta[i], k_j, v_j,
+                                      seg_j)
+            dv = dv + jnp.einsum("bkgqs,bkgqd->bksd", p, dout_i)
+            dk = dk + jnp.einsum("bkgqs,bkgqd->bksd", ds, q_i.astype(jnp.float32)) * scale
+            return dk, dv
+        zeros = jnp.zeros(k_j.shape, jnp.float32)
+        return None, jax.lax.fori_loop(j, n, step, (zeros, zeros))
+
+    steps = jnp.arange(n)
+    _, dq = jax.lax.scan(dq_block, None, (steps, qb, sb, lse, d_out, delta))
+    _, (dk, dv) = jax.lax.scan(dkv_block, None, (steps, kb, vb, sb))
+    return dq.astype(qb.dtype), dk.astype(kb.dtype), dv.astype(vb.dtype), None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+# ------------------------------------------------------------------ splash (TPU)
+
+SPLASH_BLOCK = 128   # the kernel's tile; rows are padded to a multiple of it
+
+
+def splash_attention(q: Array, k: Array, v: Array, segment_ids: Array,
+                     block_size: int = DEFAULT_BLOCK, interpret: bool = False) -> Array:
+    """The Pallas splash kernel (MQA form per kv head, vmapped over rows and kv
+    heads), under shard_map when a mesh is current: each device runs the kernel
+    on its rows and heads, so no kernel input is gathered."""
+    from jax.sharding import PartitionSpec as P
+
+    batch, length, heads, head_dim = q.shape
+    padded = -(-length // SPLASH_BLOCK) * SPLASH_BLOCK
+    block = max(SPLASH_BLOCK, min(block_size, padded) // SPLASH_BLOCK * SPLASH_BLOCK)
+    while padded % block:
+        block -= SPLASH_BLOCK
+    q = _pad_length(q, padded) * (1.0 / math.sqrt(head_dim))
+    k, v = _pad_length(k, padded), _pad_length(v, padded)
+    seg = _pad_length(segment_ids.astype(jnp.int32), padded)
+
+    def local(q, k, v, seg):
+        return _splash_local(q, k, v, seg, block, interpret)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        out = local(q, k, v, seg)
+    else:
+        import flax.linen as nn
+        names = nn.logical_to_mesh_axes(("batch", "length", "heads", "head_dim"))
+        rows = nn.logical_to_mesh_axes(("batch", "length"))
+        kv_names = nn.logical_to_mesh_axes(("batch", "length", "kv_heads", "head_dim"))
+        out = jax.shard_map(local, mesh=mesh,
+                            in_specs=(P(*names), P(*kv_names), P(*kv_names), P(*rows)),
+                            out_specs=P(*names), check_vma=False)(q, k, v, seg)
+    return out[:, :length]
+
+
+def _splash_local(q, k, v, seg, block, interpret):
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as splash, splash_attention_mask as masks)
+
+    batch, length, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    group = heads // kv_heads
+    mask = masks.MultiHeadMask([masks.CausalMask((length, length))] * group)
+    sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                              block_q_dkv=block, block_kv_dkv=block,
+                              block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+    kernel = splash.make_splash_mqa(mask=mask, block_sizes=sizes, head_shards=1,
+                                    q_seq_shards=1, interpret=interpret)
+    # [B, L, KVH*G, Dh] -> [B, KVH, G, L, Dh]; k, v -> [B, KVH, L, Dh]
+    qh = q.reshape(batch, length, kv_heads, group, head_dim).transpose(0, 2, 3, 1, 4)
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+
+    def one_row(q_r, k_r, v_r, seg_r):
+        ids = splash.SegmentIds(q=seg_r, kv=seg_r)
+        return jax.vmap(lambda a, b, c: kernel(a, b, c, ids))(q_r, k_r, v_r)
+    out = jax.vmap(one_row)(qh, kh.astype(q.dtype), vh.astype(q.dtype), seg)
+    return out.transpose(0, 3, 1, 2, 4).reshape(batch, length, heads, head_dim)
+
+
+# ------------------------------------------------------------------ cudnn (GPU)
+
+def packed_segments(segment_ids: Array) -> tuple[Array, Array]:
+    """cuDNN's packed layout of each row: (lengths [B, M], offsets [B, M + 1]) of its
+    segments in order, -1 past the last (M = L, the most a row can hold). Padding
+    (segment 0) is in no segment, so its tokens are skipped wherever they are."""
+    batch, length = segment_ids.shape
+    seg = segment_ids.astype(jnp.int32)
+    prev = jnp.concatenate([jnp.zeros((batch, 1), jnp.int32), seg[:, :-1]], axis=1)
+    starts = (seg != 0) & (seg != prev)                        # first token of each segment
+    ordinal = jnp.cumsum(starts, axis=1) - 1                   # segment number of each token
+    count = starts.sum(axis=1)
+    idx = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), seg.shape)
+    slot = jnp.where(starts, ordinal, length)                  # out-of-range slots drop
+    offsets = jnp.full((batch, length + 1), -1, jnp.int32)
+    offsets = jax.vmap(lambda o, s, i: o.at[s].set(i, mode="drop"))(offsets, slot, idx)
+    member = jnp.where(seg != 0, ordinal, length)
+    lengths = jax.vmap(lambda s: jnp.zeros((length,), jnp.int32).at[s].add(1, mode="drop"))(
+        member)
+    present = jnp.arange(length)[None, :] < count[:, None]
+    return jnp.where(present, lengths, -1), offsets
+
+
+def cudnn_attention(q: Array, k: Array, v: Array, segment_ids: Array) -> Array:
+    """cuDNN flash attention, causal, with segments as the packed layout."""
+    from jax._src.cudnn import fused_attention_stablehlo as cudnn
+
+    lengths, offsets = packed_segments(segment_ids)
+    out = cudnn.dot_product_attention(
+        q, k, v, q_seqlen=lengths, kv_seqlen=lengths, q_offsets=offsets, kv_offsets=offsets,
+        scale=1.0 / math.sqrt(q.shape[-1]), mask_type=cudnn.MaskType.PADDING_CAUSAL,
+        qkv_layout="BTNH")
+    return out

@@ -29,11 +29,11 @@ def test_every_runtime_field_is_settable_from_a_locked_config(defaults, path):
     config = defaults()
     config.lock()                       # as --config.x=y sees it: unknown keys are refused
     apply_overrides(config, {f"{path}.preset": "tiny-llama", f"{path}.checkpoint": "",
-                             f"{path}.attention_impl": "jax", f"{path}.scan_unroll": 2,
+                             f"{path}.attention_impl": "blockwise", f"{path}.scan_unroll": 2,
                              f"{path}.remat_policy": "full", f"{path}.dtype": "float32"})
     cfg = models.config_from_section(_section(config, path), vocab_size=300)
     assert (cfg.attention_impl, cfg.scan_unroll, cfg.remat_policy, cfg.dtype, cfg.vocab_size) \
-        == ("jax", 2, "full", "float32", 300)
+        == ("blockwise", 2, "full", "float32", 300)
     assert set(models.RUNTIME_FIELDS) <= set(_section(config, path).keys())
 
 
@@ -46,13 +46,13 @@ def checkpoint(tmp_path_factory):
 
 
 def test_a_checkpoint_model_takes_the_sections_runtime_fields(checkpoint):
-    section = models.model_section(checkpoint=checkpoint, attention_impl="jax",
+    section = models.model_section(checkpoint=checkpoint, attention_impl="blockwise",
                                    remat_policy="dots", param_dtype="bfloat16")
     section.overrides.max_position_embeddings = 2048      # a context limit, not the weights
     section.overrides.hidden_size = 64                     # equal to the checkpoint's: fine
     cfg, params = models.model_from_section(section, vocab_size=999)
     assert (cfg.attention_impl, cfg.remat_policy, cfg.max_position_embeddings) == \
-        ("jax", "dots", 2048)
+        ("blockwise", "dots", 2048)
     assert cfg.vocab_size == 256                           # a checkpoint keeps its own
     assert params["embedding"].dtype == "bfloat16"
 

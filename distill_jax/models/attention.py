@@ -126,6 +126,58 @@ def xla_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
     return out.reshape(batch, q_len, heads, head_dim)
 
 
+# ------------------------------------------------------------------ decoding
+
+def cached_attention(q: Array, k_new: Array, v_new: Array, k_cache: Array, v_cache: Array,
+                         mask_cache: Array, mask_new: Array) -> Array:
+    """Attention over [cache slots ; new tokens] without concatenating them.
+
+    The cache is only read here: softmax runs jointly over both score blocks,
+    so the result equals attention over the concatenation, while the caller
+    writes the new keys/values into the cache once, outside the layer scan
+    (in place inside the decode loop) instead of copying the cache per layer.
+    q: [B, T, H, Dh]; k_new, v_new: [B, T, KVH, Dh]; k_cache, v_cache:
+    [B, KVH, S, Dh] (kv-head-major, so each head's slots are contiguous and
+    both products below are plain batched matrix products over (B, KVH));
+    mask_cache [B, T, S]; mask_new [B, T, T].
+    """
+    batch, q_len, heads, head_dim = q.shape
+    kv_heads = k_new.shape[2]
+    q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
+    scale = 1.0 / math.sqrt(head_dim)
+
+    def masked(s, mask):
+        return jnp.where(mask[:, None, None, :, :], s * scale, MASK_VALUE)
+
+    if q_len == 1:
+        # Decoding: no query-length axis, so both products are [G, Dh] x [Dh, S]
+        # and [G, S] x [S, Dh] per (row, kv head), with no transposes around them.
+        q1 = q[:, 0]                                                       # [B, KVH, G, Dh]
+        s_cache = jnp.einsum("bkgd,bksd->bkgs", q1, k_cache,
+                             preferred_element_type=jnp.float32) * scale
+        s_cache = jnp.where(mask_cache[:, :, None, :], s_cache, MASK_VALUE)
+        s_new = jnp.einsum("bkgd,bkd->bkg", q1, k_new[:, 0],
+                           preferred_element_type=jnp.float32)[..., None] * scale
+        s_new = jnp.where(mask_new[:, :, :, None], s_new, MASK_VALUE)     # [B, 1, 1, 1]
+        top = jnp.maximum(s_cache.max(-1, keepdims=True), s_new)
+        p_cache, p_new = jnp.exp(s_cache - top), jnp.exp(s_new - top)
+        denom = p_cache.sum(-1, keepdims=True) + p_new
+        out = (jnp.einsum("bkgs,bksd->bkgd", (p_cache / denom).astype(v_cache.dtype), v_cache)
+               + (p_new / denom).astype(v_new.dtype) * v_new[:, 0, :, None, :])
+        return out.reshape(batch, 1, heads, head_dim)
+    s_cache = masked(jnp.einsum("blkgd,bksd->bkgls", q, k_cache,
+                                preferred_element_type=jnp.float32), mask_cache)
+    s_new = masked(jnp.einsum("blkgd,bskd->bkgls", q, k_new,
+                              preferred_element_type=jnp.float32), mask_new)
+    top = jnp.maximum(s_cache.max(-1, keepdims=True), s_new.max(-1, keepdims=True))
+    p_cache, p_new = jnp.exp(s_cache - top), jnp.exp(s_new - top)
+    denom = p_cache.sum(-1, keepdims=True) + p_new.sum(-1, keepdims=True)
+    p_cache, p_new = p_cache / denom, p_new / denom
+    out = (jnp.einsum("bkgls,bksd->blkgd", p_cache.astype(v_cache.dtype), v_cache)
+           + jnp.einsum("bkgls,bskd->blkgd", p_new.astype(v_new.dtype), v_new))
+    return out.reshape(batch, q_len, heads, head_dim)
+
+
 # ------------------------------------------------------------------ blockwise
 
 def _pad_length(x: Array, length: int, axis: int = 1) -> Array:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from distill_jax.models import attention
+
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 _ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -16,7 +18,7 @@ _ARCHITECTURES = {
     "qwen3": "Qwen3ForCausalLM",
 }
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "save_qkv_proj")
-ATTENTION_IMPLS = ("xla", "jax", "cudnn")
+ATTENTION_IMPLS = attention.IMPLS    # see models/attention.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +65,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat_policy: str = "none"
     scan_unroll: int = 1
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"    # auto | xla | blockwise | splash | cudnn
     name: str = ""
 
     def __post_init__(self):
@@ -91,6 +93,21 @@ class ModelConfig:
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+    def context_warning(self, seq_len: int) -> str | None:
+        """A warning when rows of `seq_len` tokens pass max_position_embeddings (the
+        positions the model was configured for), naming the RoPE scaling in force;
+        None within it."""
+        if seq_len <= self.max_position_embeddings:
+            return None
+        rs = self.rope_scaling
+        scaling = ("no RoPE scaling" if rs is None else
+                   f"RoPE scaling {rs.kind} x{rs.factor} from "
+                   f"{rs.original_max_position_embeddings} positions")
+        return (f"sequences of {seq_len} tokens exceed {self.name or self.model_type}'s "
+                f"max_position_embeddings={self.max_position_embeddings} ({scaling}, rope_theta "
+                f"{self.rope_theta:g}): positions past it were never trained; raise "
+                "max_position_embeddings (model.overrides) if that is intended")
 
 
 def _qwen2(name, hidden, inter, layers, heads, kv, vocab, tie, max_pos, theta=1e6, eps=1e-6):

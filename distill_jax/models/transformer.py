@@ -21,13 +21,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
+import flax
 import numpy as np
 
+from distill_jax.models import attention
 from distill_jax.models.config import ModelConfig
+from distill_jax.models.kv_cache import KVCache
 
 Array = jax.Array
-# Finite, so a fully masked row (padding) gives a uniform softmax instead of NaN.
-_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
 
 def _dtype(name: str) -> Any:
@@ -86,87 +87,6 @@ def segment_positions(segment_ids: Array) -> Array:
     return idx - segment_start
 
 
-def attention_mask(q_segment_ids: Array, kv_segment_ids: Array, q_positions: Array,
-                   kv_positions: Array) -> Array:
-    """Causal, same-segment, non-padding mask. -> [batch, q_length, kv_length] bool."""
-    same_segment = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
-    causal = kv_positions[:, None, :] <= q_positions[:, :, None]
-    return same_segment & causal & (kv_segment_ids[:, None, :] != 0)
-
-
-def xla_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
-    """Grouped-query attention with softmax in float32.
-
-    q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim];
-    mask: [batch, q_len, kv_len]. Returns [batch, q_len, heads, head_dim].
-    """
-    batch, q_len, heads, head_dim = q.shape
-    kv_heads = k.shape[2]
-    q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
-    scores = jnp.einsum("blkgd,bskd->bkgls", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (1.0 / math.sqrt(head_dim))
-    scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgls,bskd->blkgd", probs, v)
-    return out.reshape(batch, q_len, heads, head_dim)
-
-
-def cached_xla_attention(q: Array, k_new: Array, v_new: Array, k_cache: Array, v_cache: Array,
-                         mask_cache: Array, mask_new: Array) -> Array:
-    """Attention over [cache slots ; new tokens] without concatenating them.
-
-    The cache is only read here: softmax runs jointly over both score blocks,
-    so the result equals attention over the concatenation, while the caller
-    writes the new keys/values into the cache once, outside the layer scan
-    (in place inside the decode loop) instead of copying the cache per layer.
-    q: [B, T, H, Dh]; k_new, v_new: [B, T, KVH, Dh]; k_cache, v_cache:
-    [B, KVH, S, Dh] (kv-head-major, so each head's slots are contiguous and
-    both products below are plain batched matrix products over (B, KVH));
-    mask_cache [B, T, S]; mask_new [B, T, T].
-    """
-    batch, q_len, heads, head_dim = q.shape
-    kv_heads = k_new.shape[2]
-    q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
-    scale = 1.0 / math.sqrt(head_dim)
-
-    def masked(s, mask):
-        return jnp.where(mask[:, None, None, :, :], s * scale, _MASK_VALUE)
-
-    if q_len == 1:
-        # Decoding: no query-length axis, so both products are [G, Dh] x [Dh, S]
-        # and [G, S] x [S, Dh] per (row, kv head), with no transposes around them.
-        q1 = q[:, 0]                                                       # [B, KVH, G, Dh]
-        s_cache = jnp.einsum("bkgd,bksd->bkgs", q1, k_cache,
-                             preferred_element_type=jnp.float32) * scale
-        s_cache = jnp.where(mask_cache[:, :, None, :], s_cache, _MASK_VALUE)
-        s_new = jnp.einsum("bkgd,bkd->bkg", q1, k_new[:, 0],
-                           preferred_element_type=jnp.float32)[..., None] * scale
-        s_new = jnp.where(mask_new[:, :, :, None], s_new, _MASK_VALUE)     # [B, 1, 1, 1]
-        top = jnp.maximum(s_cache.max(-1, keepdims=True), s_new)
-        p_cache, p_new = jnp.exp(s_cache - top), jnp.exp(s_new - top)
-        denom = p_cache.sum(-1, keepdims=True) + p_new
-        out = (jnp.einsum("bkgs,bksd->bkgd", (p_cache / denom).astype(v_cache.dtype), v_cache)
-               + (p_new / denom).astype(v_new.dtype) * v_new[:, 0, :, None, :])
-        return out.reshape(batch, 1, heads, head_dim)
-    s_cache = masked(jnp.einsum("blkgd,bksd->bkgls", q, k_cache,
-                                preferred_element_type=jnp.float32), mask_cache)
-    s_new = masked(jnp.einsum("blkgd,bskd->bkgls", q, k_new,
-                              preferred_element_type=jnp.float32), mask_new)
-    top = jnp.maximum(s_cache.max(-1, keepdims=True), s_new.max(-1, keepdims=True))
-    p_cache, p_new = jnp.exp(s_cache - top), jnp.exp(s_new - top)
-    denom = p_cache.sum(-1, keepdims=True) + p_new.sum(-1, keepdims=True)
-    p_cache, p_new = p_cache / denom, p_new / denom
-    out = (jnp.einsum("bkgls,bksd->blkgd", p_cache.astype(v_cache.dtype), v_cache)
-           + jnp.einsum("bkgls,bskd->blkgd", p_new.astype(v_new.dtype), v_new))
-    return out.reshape(batch, q_len, heads, head_dim)
-
-
-def jax_attention(q: Array, k: Array, v: Array, mask: Array, implementation: str | None) -> Array:
-    """`jax.nn.dot_product_attention`; implementation "cudnn" is flash attention on GPU."""
-    return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, :, :],
-                                        implementation=implementation)
-
-
 class RMSNorm(nn.Module):
     eps: float
     dtype: Any
@@ -180,6 +100,41 @@ class RMSNorm(nn.Module):
         xf = x.astype(jnp.float32)
         normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
         return scale.astype(self.dtype) * normed.astype(self.dtype)
+
+
+MODES = ("train", "prefill", "decode")
+
+
+@flax.struct.dataclass
+class AttentionInputs:
+    """Everything attention needs besides the hidden states, for one call's mode.
+
+      train    attention of the tokens over themselves through the dispatch
+               (`attention.self_attention`, kernel chosen by cfg.attention_impl);
+               no keys/values leave the layer
+      prefill  the same, and each layer's keys/values are returned for the cache
+      decode   the new tokens attend to the first `window` cache slots and to each
+               other (`attention.cached_attention`; masks over T new tokens are
+               small, so they are built once, here, not per layer)
+    """
+    segment_ids: Any                 # [B, T] of this call's tokens (0 = padding)
+    positions: Any                   # [B, T]
+    cache_mask: Any = None           # decode: [B, T, window] over the cache's slots
+    new_mask: Any = None             # decode: [B, T, T] among the new tokens
+    mode: str = flax.struct.field(pytree_node=False, default="train")
+    window: int = flax.struct.field(pytree_node=False, default=0)
+
+
+def token_matmul(x: Array, kernel: Array, **kwargs) -> Array:
+    """x [..., d] @ kernel [d, ...], computed as one [tokens, d] x [d, f] product.
+
+    XLA:CPU fuses the backward of 2-D products far better (the 3-D form cost
+    ~1.4x per SwiGLU and ~1.6x on the LM head); on TPU and GPU the reshape is
+    free. Batch is the major axis, so the flattened rows keep its sharding.
+    """
+    lead = x.shape[:-1]
+    y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel, **kwargs)
+    return y.reshape(*lead, *kernel.shape[1:])
 
 
 class Attention(nn.Module):
@@ -201,12 +156,9 @@ class Attention(nn.Module):
         return nn.with_logical_constraint(y, ("batch", "length", head_axis, "head_dim"))
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, mask, layer_cache=None):
-        """Without a cache, attends within x (mask [B, T, T]). In cache mode, mask is
-        (mask over cache slots, mask among new tokens) and the new keys/values are
-        returned for the caller to write into the cache; with `layer_cache` {k, v}
-        [batch, kv_heads, slots, head_dim] attention covers the cache too, without
-        it (prefill into an empty cache) only the new tokens."""
+    def __call__(self, x: Array, inputs: AttentionInputs, layer_cache=None):
+        """-> (output [B, T, D], this call's (k, v) [B, T, KVH, Dh] outside train
+        mode). `layer_cache` (decode): this layer's (k, v) [B, KVH, slots, Dh]."""
         cfg = self.cfg
         dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         q = self._proj("q", x, cfg.num_heads, cfg.qkv_bias)
@@ -216,27 +168,22 @@ class Attention(nn.Module):
             q = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, "head_dim", name="q_norm")(q)
             k = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, "head_dim", name="k_norm")(k)
         inv_freq = rope_inv_freq(cfg)
-        q = apply_rope(q, positions, inv_freq)
-        k = apply_rope(k, positions, inv_freq)
+        q = apply_rope(q, inputs.positions, inv_freq)
+        k = apply_rope(k, inputs.positions, inv_freq)
         q = checkpoint_name(q, "query_proj")
         k = checkpoint_name(k, "key_proj")
         v = checkpoint_name(v, "value_proj")
-        new_kv = None
-        if isinstance(mask, tuple):  # cache mode: hand back this call's keys/values
-            mask_cache, mask = mask
-            new_kv = {"k": k, "v": v}
-        if layer_cache is not None:
-            window = mask_cache.shape[-1]   # the slots this call may read (cache_window)
-            k_cache = nn.with_logical_constraint(layer_cache["k"][:, :, :window].astype(dtype),
-                                                 ("batch", "kv_heads", "length", "head_dim"))
-            v_cache = nn.with_logical_constraint(layer_cache["v"][:, :, :window].astype(dtype),
-                                                 ("batch", "kv_heads", "length", "head_dim"))
-            out = cached_xla_attention(q, k, v, k_cache, v_cache, mask_cache, mask)
-        elif cfg.attention_impl == "xla":
-            out = xla_attention(q, k, v, mask)
+        if inputs.mode == "decode":
+            # The full cache enters the layer scan; each layer cuts its window from its
+            # own slice, so XLA copies per layer only the window, not every layer's.
+            axes = ("batch", "kv_heads", "length", "head_dim")
+            k_cache, v_cache = (nn.with_logical_constraint(c[:, :, :inputs.window].astype(dtype),
+                                                           axes) for c in layer_cache)
+            out = attention.cached_attention(q, k, v, k_cache, v_cache, inputs.cache_mask,
+                                             inputs.new_mask)
         else:
-            impl = "cudnn" if cfg.attention_impl == "cudnn" else None
-            out = jax_attention(q, k, v, mask, impl)
+            out = attention.self_attention(q, k, v, inputs.segment_ids, cfg.attention_impl,
+                                           inputs.positions)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
         o_kernel = self.param("o_kernel",
                               _logical(nn.initializers.normal(cfg.initializer_range),
@@ -247,7 +194,7 @@ class Attention(nn.Module):
             o_bias = self.param("o_bias", _logical(nn.initializers.zeros, ("embed",)),
                                 (cfg.hidden_size,), pdtype)
             y = y + o_bias.astype(dtype)
-        return y, new_kv
+        return y, (None if inputs.mode == "train" else (k, v))
 
 
 class Mlp(nn.Module):
@@ -261,44 +208,36 @@ class Mlp(nn.Module):
         dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         init = nn.initializers.normal(cfg.initializer_range)
 
-        def dense(name, y, shape, axes, out_axis_size):
+        def dense(name, y, shape, axes):
             kernel = self.param(f"{name}_kernel", _logical(init, axes), shape, pdtype)
-            out = jnp.dot(y, kernel.astype(dtype))
+            out = token_matmul(y, kernel.astype(dtype))
             if cfg.mlp_bias:
                 bias = self.param(f"{name}_bias", _logical(nn.initializers.zeros, (axes[1],)),
-                                  (out_axis_size,), pdtype)
+                                  (shape[1],), pdtype)
                 out = out + bias.astype(dtype)
             return out
 
         d, f = cfg.hidden_size, cfg.intermediate_size
-        batch, length = x.shape[:2]
-        # The matmuls run on [tokens, features]: XLA:CPU fuses the SwiGLU's backward
-        # far better on 2-D arrays (the 3-D form cost ~1.4x the time per layer).
-        # batch is the major axis, so the flattened rows keep the batch sharding.
-        x2 = x.reshape(batch * length, d)
-        gate = dense("gate", x2, (d, f), ("embed", "mlp"), f)
-        up = dense("up", x2, (d, f), ("embed", "mlp"), f)
-        hidden = nn.with_logical_constraint(
-            (jax.nn.silu(gate) * up).reshape(batch, length, f), ("batch", "length", "mlp"))
-        out = dense("down", hidden.reshape(batch * length, f), (f, d), ("mlp", "embed"), d)
-        return out.reshape(batch, length, d)
+        gate = dense("gate", x, (d, f), ("embed", "mlp"))
+        up = dense("up", x, (d, f), ("embed", "mlp"))
+        hidden = nn.with_logical_constraint(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
+        return dense("down", hidden, (f, d), ("mlp", "embed"))
 
 
 class DecoderLayer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, mask, layer_cache=None):
+    def __call__(self, x: Array, inputs: AttentionInputs, layer_cache=None):
         cfg = self.cfg
         dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         h = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="input_norm")(x)
-        h, new_kv = Attention(cfg, name="attn")(h, positions, mask, layer_cache)
+        h, new_kv = Attention(cfg, name="attn")(h, inputs, layer_cache)
         x = x + h
         h = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="post_attn_norm")(x)
         x = x + Mlp(cfg, name="mlp")(h)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         return x, new_kv  # (scan carry, per-layer output: this layer's new keys/values)
-
 
 def remat_policy(name: str):
     """Named rematerialization policies (what the backward pass may keep)."""
@@ -314,134 +253,128 @@ def remat_policy(name: str):
     return policies[name]
 
 
-def init_cache(cfg: ModelConfig, batch: int, length: int, dtype: Any = None) -> dict[str, Array]:
-    """An empty KV cache for `length` slots.
-
-    k, v: [layers, batch, kv_heads, length, head_dim] (kv-head-major: a decode
-    step reads each head's slots as one contiguous block); segment_ids,
-    positions: [batch, length] describe what each slot holds (segment 0 = empty
-    or padding).
-    """
-    dtype = _dtype(dtype or cfg.dtype)
-    shape = (cfg.num_layers, batch, cfg.num_kv_heads, length, cfg.head_dim)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-            "segment_ids": jnp.zeros((batch, length), jnp.int32),
-            "positions": jnp.zeros((batch, length), jnp.int32)}
+def lm_head(params, cfg: ModelConfig) -> tuple[Array, str]:
+    """(kernel, layout) of the LM head, for losses that compute logits from
+    `Transformer.hidden_states` themselves: ("dv", lm_head [D, V]) or, with tied
+    embeddings, ("vd", the embedding table [V, D] as stored, never transposed)."""
+    if cfg.tie_word_embeddings:
+        return params["embedding"], "vd"
+    return params["lm_head"], "dv"
 
 
-CACHE_LOGICAL_AXES = {
-    "k": ("layers", "batch", "kv_heads", "length", "head_dim"),
-    "v": ("layers", "batch", "kv_heads", "length", "head_dim"),
-    "segment_ids": ("batch", "length"),
-    "positions": ("batch", "length"),
-}
+def head_logits(hidden: Array, kernel: Array, dtype: Any, layout: str = "dv") -> Array:
+    """float32 logits [..., V] of hidden states [..., D]: one [tokens, D] product (see
+    `token_matmul`) in `dtype` with float32 accumulation. layout "dv": kernel [D, V];
+    "vd": kernel [V, D] (a tied embedding table)."""
+    lead, dim = hidden.shape[:-1], hidden.shape[-1]
+    contract = 0 if layout == "dv" else 1
+    logits = jax.lax.dot_general(hidden.reshape(-1, dim).astype(dtype), kernel.astype(dtype),
+                                 (((1,), (contract,)), ((), ())),
+                                 preferred_element_type=jnp.float32)
+    return logits.reshape(*lead, -1)
 
 
 class Transformer(nn.Module):
-    """Decoder-only LM.
+    """Decoder-only LM with one entry point per mode (apply with `method=`):
 
-    `__call__(tokens, positions=None, segment_ids=None)` -> f32 logits [B, L, V].
-    With `cache` (see `init_cache`) and `cache_index` (scalar slot where these
-    tokens go, the same for every row): -> (logits, updated cache). Prefill is
-    a call at cache_index=0 with the (left-padded) prompts; each decode step is
-    a call with one token per row. `prefill=True` promises the cache is empty, so
-    attention runs over the new tokens only (no work, or constant folding, on the
-    empty slots). `last_logits_only=True` returns logits [B, 1, V] for the last
-    position only: a sampler's prefill needs nothing else, and the full
-    [B, prompt_len, vocab] float32 tensor is the largest one in the program.
-    `cache_window=W` (static) promises that slots >= W are empty: attention
-    then reads only the first W slots, so a decode loop split into segments of
-    growing W reads the filled part of the cache, not all of it, at every step.
+      __call__(tokens, positions=None, segment_ids=None)
+          training and scoring: float32 logits [B, L, V] of every position
+      hidden_states(tokens, positions=None, segment_ids=None)
+          training with a chunked loss: the final-normed hidden states [B, L, D],
+          whose logits are `head_logits(h, *lm_head(params, cfg))` in cfg.dtype
+      prefill(tokens, positions, segment_ids, cache)
+          the (left-padded) prompts into an empty `KVCache` from slot 0: returns
+          the last position's logits [B, V] (the only ones a sampler needs; the
+          full [B, prompt_len, V] float32 tensor would be the largest in the
+          program) and the filled cache
+      decode(tokens, positions, segment_ids, cache, index, window=None)
+          T new tokens per row, written at slot `index`, attending to the cache's
+          first `window` slots (static; default all) and to each other: logits
+          [B, T, V] and the updated cache. A decode loop split into segments of
+          growing window reads the filled part of the cache, not all of it.
+
+    Attention kernels are chosen in `attention.self_attention` from
+    cfg.attention_impl; the model never builds a [B, L, L] mask itself.
     """
 
     cfg: ModelConfig
 
-    @nn.compact
-    def __call__(self, tokens: Array, positions: Array | None = None,
-                 segment_ids: Array | None = None, cache: dict[str, Array] | None = None,
-                 cache_index: Array | int | None = None, prefill: bool = False,
-                 last_logits_only: bool = False, cache_window: int | None = None):
+    def setup(self):
         cfg = self.cfg
-        dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
-        tokens = jnp.asarray(tokens, jnp.int32)
-        if segment_ids is None:
-            segment_ids = jnp.ones_like(tokens)
-        segment_ids = jnp.asarray(segment_ids, jnp.int32)
-        if positions is None:
-            positions = segment_positions(segment_ids)
-        positions = jnp.asarray(positions, jnp.int32)
-        layer_cache = None
-        if cache is None:
-            mask = attention_mask(segment_ids, segment_ids, positions, positions)
-        else:
-            if cache_index is None:
-                raise ValueError("a KV cache needs cache_index (the slot of the first new token)")
-            cache_index = jnp.asarray(cache_index, jnp.int32)
-            # Slots not yet written have segment 0, so the cache mask hides them.
-            new_mask = attention_mask(segment_ids, segment_ids, positions, positions)
-            if prefill:
-                mask, layer_cache = (None, new_mask), None
-            else:
-                window = cache["segment_ids"].shape[1] if cache_window is None else cache_window
-                mask = (attention_mask(segment_ids, cache["segment_ids"][:, :window], positions,
-                                       cache["positions"][:, :window]), new_mask)
-                # The full cache goes into the layer scan; each layer cuts its window
-                # (the mask's width) from its own slice, so XLA copies per layer only
-                # the window, instead of first copying the window of every layer.
-                layer_cache = {"k": cache["k"], "v": cache["v"]}
-
-        embedding = self.param("embedding",
-                               _logical(nn.initializers.normal(cfg.initializer_range),
-                                        ("vocab", "embed")),
-                               (cfg.vocab_size, cfg.hidden_size), pdtype)
-        x = jnp.take(embedding, tokens, axis=0).astype(dtype)
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-
+        pdtype = _dtype(cfg.param_dtype)
+        init = nn.initializers.normal(cfg.initializer_range)
+        self.embedding = self.param("embedding", _logical(init, ("vocab", "embed")),
+                                    (cfg.vocab_size, cfg.hidden_size), pdtype)
         layer = DecoderLayer
         if cfg.remat_policy != "none":
             layer = nn.remat(layer, policy=remat_policy(cfg.remat_policy), prevent_cse=False)
-        stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
-                        in_axes=(nn.broadcast, nn.broadcast, 0),
-                        length=cfg.num_layers, unroll=cfg.scan_unroll,
-                        metadata_params={nn.PARTITION_NAME: "layers"})
-        x, new_kv = stack(cfg, name="layers")(x, positions, mask, layer_cache)
-        if last_logits_only:
-            x = x[:, -1:, :]
-        x = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="final_norm")(x)
+        self.layers = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
+                              in_axes=(nn.broadcast, 0), length=cfg.num_layers,
+                              unroll=cfg.scan_unroll,
+                              metadata_params={nn.PARTITION_NAME: "layers"})(cfg)
+        self.final_norm = RMSNorm(cfg.rms_norm_eps, _dtype(cfg.dtype), pdtype)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = self.param("lm_head", _logical(init, ("embed", "vocab")),
+                                      (cfg.hidden_size, cfg.vocab_size), pdtype)
 
-        # The head runs on [tokens, hidden] rows: with a 3-D einsum, XLA:CPU's backward
-        # of this (the largest) matmul was ~1.6x slower.
-        batch, length = x.shape[:2]
-        if cfg.tie_word_embeddings:
-            logits = jnp.einsum("nd,vd->nv", x.reshape(batch * length, -1),
-                                embedding.astype(dtype), preferred_element_type=jnp.float32
-                                ).reshape(batch, length, -1)
+    # ------------------------------------------------------------ entry points
+
+    def __call__(self, tokens: Array, positions: Array | None = None,
+                 segment_ids: Array | None = None) -> Array:
+        return self.logits(self.hidden_states(tokens, positions, segment_ids))
+
+    def hidden_states(self, tokens: Array, positions: Array | None = None,
+                      segment_ids: Array | None = None) -> Array:
+        segment_ids, positions = _segments_and_positions(tokens, segment_ids, positions)
+        x, _ = self._decoder(tokens, AttentionInputs(segment_ids, positions, mode="train"))
+        return self.final_norm(x)
+
+    def prefill(self, tokens: Array, positions: Array, segment_ids: Array,
+                cache: KVCache) -> tuple[Array, KVCache]:
+        segment_ids, positions = _segments_and_positions(tokens, segment_ids, positions)
+        x, (k, v) = self._decoder(tokens,
+                                  AttentionInputs(segment_ids, positions, mode="prefill"))
+        last = self.logits(self.final_norm(x[:, -1:, :]))[:, 0]
+        return last, cache.write(k, v, segment_ids, positions, 0)
+
+    def decode(self, tokens: Array, positions: Array, segment_ids: Array, cache: KVCache,
+               index, window: int | None = None) -> tuple[Array, KVCache]:
+        segment_ids, positions = _segments_and_positions(tokens, segment_ids, positions)
+        window = cache.slots if window is None else int(window)
+        # Slots not yet written have segment 0, so the cache mask hides them.
+        inputs = AttentionInputs(
+            segment_ids, positions, mode="decode", window=window,
+            cache_mask=attention.attention_mask(segment_ids, cache.segment_ids[:, :window],
+                                                positions, cache.positions[:, :window]),
+            new_mask=attention.attention_mask(segment_ids, segment_ids, positions, positions))
+        x, (k, v) = self._decoder(tokens, inputs, (cache.k, cache.v))
+        return self.logits(self.final_norm(x)), cache.write(k, v, segment_ids, positions, index)
+
+    # ------------------------------------------------------------ shared parts
+
+    def _decoder(self, tokens: Array, inputs: AttentionInputs, cache_kv=None):
+        """Embedding and the layer stack: (hidden [B, T, D], per-layer (k, v) or None)."""
+        x = jnp.take(self.embedding, tokens, axis=0).astype(_dtype(self.cfg.dtype))
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        return self.layers(x, inputs, cache_kv)
+
+    def logits(self, hidden: Array) -> Array:
+        if self.cfg.tie_word_embeddings:
+            kernel, layout = self.embedding, "vd"
         else:
-            lm_head = self.param("lm_head",
-                                 _logical(nn.initializers.normal(cfg.initializer_range),
-                                          ("embed", "vocab")),
-                                 (cfg.hidden_size, cfg.vocab_size), pdtype)
-            logits = jnp.dot(x.reshape(batch * length, -1), lm_head.astype(dtype),
-                             preferred_element_type=jnp.float32).reshape(batch, length, -1)
-        logits = nn.with_logical_constraint(logits.astype(jnp.float32),
-                                            ("batch", "length", "vocab"))
-        if cache is None:
-            return logits
-        # One write of every layer's new keys/values: in place inside a decode loop.
-        start = (0, 0, 0, cache_index, 0)
+            kernel, layout = self.lm_head, "dv"
+        logits = head_logits(hidden, kernel, _dtype(self.cfg.dtype), layout)
+        return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
-        def write(buffer, new):  # new: [layers, B, T, KVH, Dh] -> [layers, B, KVH, T, Dh]
-            new = jnp.swapaxes(new, 2, 3).astype(buffer.dtype)
-            return jax.lax.dynamic_update_slice(buffer, new, start)
 
-        return logits, {
-            "k": write(cache["k"], new_kv["k"]),
-            "v": write(cache["v"], new_kv["v"]),
-            "segment_ids": jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids,
-                                                        (0, cache_index)),
-            "positions": jax.lax.dynamic_update_slice(cache["positions"], positions,
-                                                      (0, cache_index))}
-
+def _segments_and_positions(tokens, segment_ids, positions):
+    """Defaults: one segment per row; positions restart at 0 in each segment."""
+    if segment_ids is None:
+        segment_ids = jnp.ones(jnp.shape(tokens), jnp.int32)
+    segment_ids = jnp.asarray(segment_ids, jnp.int32)
+    if positions is None:
+        positions = segment_positions(segment_ids)
+    return segment_ids, jnp.asarray(positions, jnp.int32)
 
 def _boxed_init(cfg: ModelConfig, key: Array):
     return Transformer(cfg).init(key, jnp.zeros((1, 1), jnp.int32))["params"]

@@ -39,7 +39,8 @@ import numpy as np
 from absl import logging
 
 from distill_jax import distributed, models, sharding
-from distill_jax.models.transformer import CACHE_LOGICAL_AXES, init_cache, segment_positions
+from distill_jax.models import kv_cache
+from distill_jax.models.transformer import segment_positions
 from distill_jax.sampling.logits_processing import choose_tokens
 from distill_jax.sampling.params import SamplingParams
 
@@ -136,12 +137,11 @@ class Sampler:
             return self._programs[key]
         model, cfg, pad_id, mesh = self._model, self.cfg, self.pad_id, self.mesh
 
-        def constrain(tree, axes):
+        def constrain(cache):
             if mesh is None:
-                return tree
-            return jax.tree_util.tree_map(
-                lambda x, a: nn.with_logical_constraint(x, a), tree, axes,
-                is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(s, str) for s in x))
+                return cache
+            return jax.tree_util.tree_map(nn.with_logical_constraint, cache,
+                                          kv_cache.LOGICAL_AXES)
 
         def run(params, tokens, segment_ids, row_valid, prompt_keys, seed, temperature, top_k,
                 top_p, min_p, stop_ids):
@@ -151,17 +151,13 @@ class Sampler:
             rows = num_prompts * n
             row_keys = _row_keys(seed, prompt_keys, n)
             positions = segment_positions(segment_ids)
-            cache = constrain(init_cache(cfg, num_prompts, prompt_len + max_new), CACHE_LOGICAL_AXES)
+            cache = constrain(kv_cache.KVCache.init(cfg, num_prompts, prompt_len + max_new))
             logits, cache = model.apply({"params": params}, tokens, positions, segment_ids,
-                                        cache=cache, cache_index=0, prefill=True,
-                                        last_logits_only=True)
+                                        cache, method="prefill")
             # Each prompt's cache and last logits, repeated for its n samples.
             repeat = functools.partial(jnp.repeat, repeats=n, total_repeat_length=rows)
-            cache = {"k": repeat(cache["k"], axis=1), "v": repeat(cache["v"], axis=1),
-                     "segment_ids": repeat(cache["segment_ids"], axis=0),
-                     "positions": repeat(cache["positions"], axis=0)}
-            cache = constrain(cache, CACHE_LOGICAL_AXES)
-            last_logits = repeat(logits[:, -1, :], axis=0)
+            cache = constrain(cache.repeat(n))
+            last_logits = repeat(logits, axis=0)
             next_position = repeat(jnp.sum(segment_ids > 0, axis=1), axis=0).astype(jnp.int32)
 
             def record(s, logits, step):
@@ -217,8 +213,7 @@ class Sampler:
                     logits, cache = model.apply(
                         {"params": params}, s["last_token"][:, None],
                         (next_position + step - 1)[:, None], jnp.ones((rows, 1), jnp.int32),
-                        cache=s["cache"], cache_index=prompt_len + step - 1,
-                        cache_window=prompt_len + end)
+                        s["cache"], prompt_len + step - 1, prompt_len + end, method="decode")
                     s = dict(s, cache=cache)
                     return record(s, logits[:, 0, :], step)
                 return cond, body

@@ -97,17 +97,6 @@ def test_remat_policies_give_same_gradients(policy):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
-def test_jax_attention_impl_matches_xla_einsum():
-    cfg = models.get_config("tiny-qwen3")
-    params = models.init_params(cfg, jax.random.key(2))
-    tokens = jnp.asarray(np.random.default_rng(1).integers(0, 256, size=(2, 10)), jnp.int32)
-    seg = jnp.asarray([[1] * 10, [0] * 3 + [1] * 7])
-    a = _forward(cfg, params, tokens, segment_ids=seg)
-    b = _forward(cfg.replace(attention_impl="jax"), params, tokens, segment_ids=seg)
-    real = np.asarray(seg) > 0
-    np.testing.assert_allclose(a[real], b[real], atol=1e-5)
-
-
 def test_scan_unroll_does_not_change_results():
     cfg = models.get_config("tiny-llama")
     params = models.init_params(cfg, jax.random.key(0))
@@ -201,7 +190,7 @@ def test_config_round_trips_through_hf_dict():
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2", "tiny-qwen3"])
 def test_incremental_decoding_with_cache_equals_full_forward(name):
-    from distill_jax.models.transformer import init_cache, segment_positions
+    from distill_jax.models.transformer import segment_positions
     cfg = models.get_config(name)
     params = models.init_params(cfg, jax.random.key(5))
     model = models.Transformer(cfg)
@@ -209,25 +198,23 @@ def test_incremental_decoding_with_cache_equals_full_forward(name):
     segments = jnp.asarray([[0, 0, 1, 1, 1, 1, 1], [1] * 7])      # row 0 left-padded
     full = model.apply({"params": params}, tokens, segment_ids=segments)
     positions = segment_positions(segments)
-    cache = init_cache(cfg, 2, 10)
-    pieces = []
-    for lo, hi in ((0, 4), (4, 5), (5, 7)):   # a prefill, one token, then two at once
-        logits, cache = model.apply({"params": params}, tokens[:, lo:hi],
-                                    positions=positions[:, lo:hi],
-                                    segment_ids=segments[:, lo:hi], cache=cache, cache_index=lo,
-                                    prefill=lo == 0)
+    last, cache = model.apply({"params": params}, tokens[:, :4], positions[:, :4],
+                              segments[:, :4], models.KVCache.init(cfg, 2, 10), method="prefill")
+    pieces = [last[:, None]]
+    for lo, hi in ((4, 5), (5, 7)):   # one token, then two at once
+        logits, cache = model.apply({"params": params}, tokens[:, lo:hi], positions[:, lo:hi],
+                                    segments[:, lo:hi], cache, lo, method="decode")
         pieces.append(logits)
     incremental = np.asarray(jnp.concatenate(pieces, axis=1))
-    real = np.asarray(segments) > 0
-    np.testing.assert_allclose(incremental[real], np.asarray(full)[real], atol=1e-5)
-    np.testing.assert_array_equal(np.asarray(cache["segment_ids"][:, :7]), np.asarray(segments))
+    np.testing.assert_allclose(incremental, np.asarray(full)[:, 3:], atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(cache.segment_ids[:, :7]), np.asarray(segments))
 
 
 def test_cache_window_reads_only_the_first_slots():
-    """`cache_window=W` must not touch slots >= W: with NaN planted there, a windowed
+    """`window=W` must not touch slots >= W: with NaN planted there, a windowed
     decode step gives the clean cache's logits, while the unwindowed step (which
     reads every slot, masked or not) is poisoned -- so the window is what saves it."""
-    from distill_jax.models.transformer import init_cache, segment_positions
+    from distill_jax.models.transformer import segment_positions
     cfg = models.get_config("tiny-llama")
     params = models.init_params(cfg, jax.random.key(8))
     model = models.Transformer(cfg)
@@ -235,29 +222,27 @@ def test_cache_window_reads_only_the_first_slots():
     segments = jnp.asarray([[0, 1, 1, 1, 1], [1] * 5])
     positions = segment_positions(segments)
     _, cache = model.apply({"params": params}, prompt, positions, segments,
-                           cache=init_cache(cfg, 2, 12), cache_index=0, prefill=True)
-    step = dict(tokens=jnp.asarray([[12], [13]]), positions=positions[:, -1:] + 1,
-                segment_ids=jnp.ones((2, 1), jnp.int32), cache_index=5)
-    clean, _ = model.apply({"params": params}, cache=cache, **step)
-    poisoned = dict(cache, k=cache["k"].at[:, :, :, 8:].set(jnp.nan),
-                    v=cache["v"].at[:, :, :, 8:].set(jnp.nan))
-    windowed, _ = model.apply({"params": params}, cache=poisoned, cache_window=8, **step)
-    np.testing.assert_allclose(np.asarray(windowed), np.asarray(clean), atol=1e-6)
-    unwindowed, _ = model.apply({"params": params}, cache=poisoned, **step)
-    assert np.isnan(np.asarray(unwindowed)).all()
+                           models.KVCache.init(cfg, 2, 12), method="prefill")
+    step = (jnp.asarray([[12], [13]]), positions[:, -1:] + 1, jnp.ones((2, 1), jnp.int32))
+
+    def decode(c, window=None):
+        return model.apply({"params": params}, *step, c, 5, window, method="decode")[0]
+    clean = decode(cache)
+    poisoned = cache.replace(k=cache.k.at[:, :, :, 8:].set(jnp.nan),
+                             v=cache.v.at[:, :, :, 8:].set(jnp.nan))
+    np.testing.assert_allclose(np.asarray(decode(poisoned, 8)), np.asarray(clean), atol=1e-6)
+    assert np.isnan(np.asarray(decode(poisoned))).all()
 
 
-def test_last_logits_only_equals_last_row_of_full_logits():
-    from distill_jax.models.transformer import init_cache
+def test_prefill_returns_the_last_positions_logits():
     cfg = models.get_config("tiny-llama")
     params = models.init_params(cfg, jax.random.key(6))
     tokens = jnp.asarray([[0, 4, 5, 6], [7, 8, 9, 10]])
     segments = jnp.asarray([[0, 1, 1, 1], [1, 1, 1, 1]])
     model = models.Transformer(cfg)
     full = model.apply({"params": params}, tokens, segment_ids=segments)
-    last, _ = model.apply({"params": params}, tokens, segment_ids=segments,
-                          positions=models.transformer.segment_positions(segments),
-                          cache=init_cache(cfg, 2, 6), cache_index=0, prefill=True,
-                          last_logits_only=True)
-    assert last.shape == (2, 1, cfg.vocab_size)
-    np.testing.assert_allclose(np.asarray(last[:, 0]), np.asarray(full[:, -1]), atol=1e-5)
+    last, _ = model.apply({"params": params}, tokens,
+                          models.transformer.segment_positions(segments), segments,
+                          models.KVCache.init(cfg, 2, 6), method="prefill")
+    assert last.shape == (2, cfg.vocab_size)
+    np.testing.assert_allclose(np.asarray(last), np.asarray(full[:, -1]), atol=1e-5)

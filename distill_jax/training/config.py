@@ -41,6 +41,10 @@ def base_config():
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 64          # global rows per optimizer step
     c.train.microbatches = 1         # gradient accumulation
+    # The loss runs the LM head on this many positions per row at a time (never the
+    # whole [tokens, vocab] float32 logits); 0 = all at once. Not dividing the row
+    # length is fine: the last chunk is padded.
+    c.train.loss_chunk_size = 2048
     c.train.num_epochs = 2
     c.train.num_steps = 0            # 0 = epochs x batches per epoch; > 0 cycles the data
     c.train.learning_rate = 1e-4

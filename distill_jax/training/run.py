@@ -26,6 +26,7 @@ from absl import logging
 
 from distill_jax import distributed, models, planning, sharding
 from distill_jax.chat import ChatFormat, missing_chat_markers
+from distill_jax.models import attention
 from distill_jax.config_keys import require_keys
 from distill_jax.data.sft import SFTPipeline, describe, open_source
 from distill_jax.fileio import write_json_atomic
@@ -117,6 +118,7 @@ def prepare(config) -> TrainingRun:
         kd_vocab_size = shared_kd_vocabulary(tokenizer, teacher_tokenizer, cfg, teacher_cfg)
     if kd.mode == "offline" and kc.topk < 1:
         raise ValueError("kd.mode='offline' needs kd.topk >= 1 (the stored top-k width to use)")
+    _check_context(dc.seq_len, cfg, teacher_cfg)
     mesh = sharding.make_mesh(dict(config.mesh)) if config.get("mesh") else None
     _check_memory(config)
 
@@ -137,12 +139,30 @@ def prepare(config) -> TrainingRun:
                          f"of {tc.batch_size} rows; lower train.batch_size or add data")
     tx, schedule = make_optimizer(tc, total_steps)
     trainer = Trainer(cfg, tx, schedule, mesh=mesh, microbatches=tc.microbatches, kd=kd,
-                      teacher_cfg=teacher_cfg, kd_vocab_size=kd_vocab_size)
+                      teacher_cfg=teacher_cfg, kd_vocab_size=kd_vocab_size,
+                      loss_chunk_size=tc.loss_chunk_size)
     checkpointer = Checkpointer(tc.checkpoint_dir or os.path.join(workdir, "checkpoints"),
                                 tc.checkpoint_every, tc.keep_checkpoints, tc.async_checkpointing)
     meta = {"model": models.to_hf_config(cfg), "total_steps": total_steps}
     return TrainingRun(config, workdir, tokenizer, chat_format, added, added_ids, cfg, kd,
                        teacher_cfg, mesh, pipeline, total_steps, trainer, checkpointer, meta)
+
+
+def _check_context(seq_len: int, *configs) -> None:
+    """Before any weights: each model's attention kernel runs on this backend (an
+    explicit splash off TPU or cudnn off GPU is refused, naming what `auto` would
+    pick), and rows longer than a model's max_position_embeddings are warned about."""
+    for cfg in configs:
+        if cfg is None:
+            continue
+        kernel = attention.resolve(cfg.attention_impl, seq_len)
+        logging.info("train: %s attention at %d tokens: %s (attention_impl=%s)",
+                     cfg.name or cfg.model_type, seq_len, kernel, cfg.attention_impl)
+        warning = cfg.context_warning(seq_len)
+        if warning:
+            logging.warning("train: %s", warning)
+            if distributed.is_primary():
+                print(f"train: warning: {warning}")
 
 
 def _student_tokenizer(dc) -> tuple[Tokenizer, list[str], range]:

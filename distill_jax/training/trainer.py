@@ -17,6 +17,11 @@ Soft-target KD (config `kd.mode`):
             (its params sharded by the same rules, no gradients);
   "offline" the batch carries the teacher's stored top-k logprobs.
 Loss = α·KD + (1−α)·CE, each the mean over its target tokens in the global batch.
+
+The loss never sees [tokens, vocab] logits: the models return their final hidden
+states and `chunked_loss.chunked_loss_sums` runs both LM heads and every loss
+`loss_chunk_size` positions per row at a time, skipping prompt and padding
+tokens (0 = one chunk, which is the plain full-logits computation).
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ import optax
 
 from distill_jax import models, sharding
 from distill_jax.training import losses
+from distill_jax.training.chunked_loss import chunked_loss_sums
 from distill_jax.training.kd_vocab import check_vocabularies
 
 BATCH_FIELDS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
@@ -90,12 +96,18 @@ class Trainer:
                  schedule: optax.Schedule, mesh: jax.sharding.Mesh | None = None,
                  microbatches: int = 1, kd: KDSettings = KDSettings(),
                  teacher_cfg: models.ModelConfig | None = None,
-                 kd_vocab_size: int | None = None):
+                 kd_vocab_size: int | None = None, loss_chunk_size: int = 0):
         """`kd_vocab_size` (online KD only): the leading token ids the KL is computed
         over, from `kd_vocab.shared_kd_vocabulary`; None requires both models to have
-        one vocab_size and uses all of it."""
+        one vocab_size and uses all of it. `loss_chunk_size`: positions per row of
+        one loss chunk (0: all; a size that does not divide the row is padded up)."""
+        if isinstance(loss_chunk_size, bool) or not isinstance(loss_chunk_size, int) \
+                or loss_chunk_size < 0:
+            raise ValueError(f"train.loss_chunk_size must be an int >= 0 (0 = no chunking), "
+                             f"got {loss_chunk_size!r}")
         self.cfg, self.tx, self.schedule, self.mesh = cfg, tx, schedule, mesh
         self.microbatches = microbatches
+        self.loss_chunk_size = loss_chunk_size
         self.kd = kd
         self.model = models.Transformer(cfg)
         self.teacher_cfg = teacher_cfg
@@ -154,29 +166,29 @@ class Trainer:
     # ------------------------------------------------------------ the step
 
     def _sums(self, params, mb, teacher_params):
-        logits = self.model.apply({"params": params}, mb["inputs"], positions=mb["positions"],
-                                  segment_ids=mb["segment_ids"])
+        def hidden(model, p):
+            return model.apply({"params": p}, mb["inputs"], positions=mb["positions"],
+                               segment_ids=mb["segment_ids"], method="hidden_states")
+
         mask = (mb["loss_mask"] * (mb["segment_ids"] > 0)).astype(jnp.float32)
-        ce = losses.token_cross_entropy(logits, mb["targets"])
-        hit = (jnp.argmax(logits, -1) == mb["targets"]).astype(jnp.float32)
-        sums = {"ce_sum": jnp.sum(ce * mask), "correct": jnp.sum(hit * mask)}
-        kd = self.kd
+        kernel, layout = models.lm_head(params, self.cfg)
+        kd, extra = self.kd, {}
         if kd.mode == "online":
-            teacher_logits = jax.lax.stop_gradient(self.teacher.apply(
-                {"params": teacher_params}, mb["inputs"], positions=mb["positions"],
-                segment_ids=mb["segment_ids"]))
-            # Ids past kd_vocab_size are padding (or tokens only one side has): cut them
-            # from both sides, so each softmax renormalises over the shared ids.
-            shared = self.kd_vocab_size
-            per_token = losses.kd_token_loss(logits[..., :shared], teacher_logits[..., :shared],
-                                             kd.temperature, kd.kind, kd.beta)
-            sums["kd_sum"] = jnp.sum(per_token * mask)
+            # Ids past kd_vocab_size are padding (or tokens only one side has): both
+            # sides' logits are cut to them, so each softmax renormalises over them.
+            teacher_kernel, teacher_layout = models.lm_head(teacher_params, self.teacher_cfg)
+            extra = dict(teacher_hidden=jax.lax.stop_gradient(hidden(self.teacher,
+                                                                     teacher_params)),
+                         teacher_head_kernel=teacher_kernel, teacher_head_layout=teacher_layout,
+                         teacher_compute_dtype=jnp.dtype(self.teacher_cfg.dtype),
+                         kd_vocab_size=self.kd_vocab_size)
         elif kd.mode == "offline":
-            per_token = losses.topk_kd_token_loss(logits, mb["topk_ids"], mb["topk_logprobs"],
-                                                  kd.temperature)
-            kd_mask = mask * mb["kd_mask"].astype(jnp.float32)
-            sums["kd_sum"] = jnp.sum(jnp.where(kd_mask > 0, per_token, 0.0))
-        return sums
+            extra = dict(topk_ids=mb["topk_ids"], topk_logprobs=mb["topk_logprobs"],
+                         kd_mask=mb["kd_mask"])
+        return chunked_loss_sums(hidden(self.model, params), kernel, mb["targets"], mask,
+                                 chunk_size=self.loss_chunk_size,
+                                 compute_dtype=jnp.dtype(self.cfg.dtype), head_layout=layout,
+                                 kd=None if kd.mode == "none" else kd, **extra)
 
     def _objective(self, params, mb, teacher_params, n_ce, n_kd):
         sums = self._sums(params, mb, teacher_params)

@@ -8,23 +8,49 @@
   activations  what the backward pass keeps, per layer, under the remat policy
                (`saved_per_token`, `attention_copies`), for this device's tokens
                of one microbatch
-  working      the transient peak on top: the larger of the loss's backward (the
-               float32 logits and their gradient) and one layer's backward (its
-               forward rebuilt in full, plus the attention matrices it works on)
-  teacher      online KD: the teacher's params and its float32 logits
+  working      the transient peak on top: the larger of two moments,
+                 the loss's backward: unchunked (train.loss_chunk_size=0) the
+                   float32 [tokens, vocab] logits and their gradient; chunked
+                   (loss_chunk_size positions of every row at a time), one chunk's
+                   [rows, chunk, vocab] logits and their gradient (and an online
+                   teacher's chunk logits), plus the float32 gradient of the final
+                   hidden states and their reordered copy
+                 one layer's backward: its forward rebuilt in full, plus the
+                   attention kernel's own working set (`attention_working`)
+               and, with fsdp > 1, the weights that moment gathers (one layer's, or
+               the LM head's, in the compute dtype, the next layer's prefetched)
+               and their gradient before its reduce-scatter
+  teacher      online KD: the teacher's params, its output for one microbatch
+               (float32 logits, or with a chunked loss its final hidden states),
+               and one layer's forward working set, attention included
   batch        the int32 input arrays of this device's rows
 
 and `plan_sampling` the sampler's: the teacher's params plus its KV cache
 (2 x layers x rows x cache length x kv_heads x head_dim, in the compute dtype)
 and a prefill's working set.
 
+Attention is planned for the kernel that will run (`attention_kernel`: the model's
+`attention_impl` resolved by `models.attention.resolve` for the row length and the
+backend, `backend=` or this process's; `auto` is splash on TPU, cudnn on GPU,
+blockwise on CPU above 1024 tokens). `xla` materializes [rows, heads, L, L] float32
+scores and probabilities: they are kept per layer (remat none/dots) and live in a
+layer's backward. The flash kernels (blockwise, splash, cudnn) keep no [L, L]
+matrix: their residuals are O(L) (q, k, v, the output, a float32 logsumexp per head
+and query) and their working set is a few [rows, heads, tile, tile] float32 tiles,
+plus, in the backward, float32 gradients of q (all three kernels) and of k, v and
+blocked copies of q, k, v, out, dout (blockwise, which is plain JAX).
+
 The activation and working-set terms are a model of what XLA keeps, written
 from the layer's structure (which tensors each policy saves) and checked
 against measured peaks on CPU (benchmarks/memory_plan_vs_measured.py,
-BENCHMARKS.md); they are estimates, the params/optimizer/gradient/cache terms
-are exact. `suggest_meshes` searches the (data, fsdp, tensor) factorizations of
-the device count (and, failing those, remat and microbatching) for plans that
-fit, so a refusal says what would work.
+BENCHMARKS.md: xla attention, unchunked loss, one device); they are estimates,
+the params/optimizer/gradient/cache terms are exact. The flash-kernel, chunked-loss
+and FSDP-gather terms are written from the kernels' and XLA's structure and are
+not yet measured. `suggest_training` searches the (data, fsdp, tensor)
+factorizations of the device count (and, failing those, remat and microbatching)
+for plans that fit, so a refusal says what would work; a refusal also says when
+no mesh can fit because one row's layer inputs alone exceed a device (only
+sharding the sequence, which distill_jax does not do, would fit it).
 """
 from __future__ import annotations
 
@@ -38,10 +64,18 @@ import jax
 import numpy as np
 
 from distill_jax import models, sharding
+from distill_jax.models import attention as attention_kernels
 
 GIB = 1024 ** 3
 # Headroom kept free for XLA's own scratch, fragmentation and the runtime.
 DEFAULT_HEADROOM = 0.10
+BACKENDS = ("tpu", "gpu", "cpu")
+# Kernels that never materialize [L, L]: online softmax over tiles of this edge.
+FLASH_KERNELS = ("blockwise", "splash", "cudnn")
+FLASH_TILE = {"blockwise": attention_kernels.DEFAULT_BLOCK,
+              "splash": attention_kernels.DEFAULT_BLOCK, "cudnn": 128}
+# Microbatch counts `suggest_training` tries beyond the config's.
+MICROBATCH_STEPS = (2, 4, 8, 16)
 
 
 class PlanError(ValueError):
@@ -56,6 +90,8 @@ class MemoryPlan:
     device_memory: int | None        # bytes per device (None: unknown, no verdict)
     headroom: float = DEFAULT_HEADROOM
     notes: list[str] = dataclasses.field(default_factory=list)
+    backend: str | None = None       # the platform planned for
+    attention: str | None = None     # the attention kernel planned for
 
     @property
     def total(self) -> int:
@@ -68,7 +104,9 @@ class MemoryPlan:
         return self.total <= (1.0 - self.headroom) * self.device_memory
 
     def table(self) -> str:
-        lines = [f"{self.kind} plan, mesh {self.mesh} — per device:"]
+        where = "".join(f", {k} {v}" for k, v in (("backend", self.backend),
+                                                  ("attention", self.attention)) if v)
+        lines = [f"{self.kind} plan, mesh {self.mesh}{where} — per device:"]
         for name, value in self.terms.items():
             lines.append(f"  {name:<12}{_fmt(value):>12}")
         lines.append(f"  {'total':<12}{_fmt(self.total):>12}")
@@ -82,7 +120,8 @@ class MemoryPlan:
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "mesh": self.mesh, "terms": self.terms, "total": self.total,
-                "device_memory": self.device_memory, "fits": self.fits, "notes": self.notes}
+                "device_memory": self.device_memory, "fits": self.fits, "notes": self.notes,
+                "backend": self.backend, "attention": self.attention}
 
 
 def _fmt(nbytes: float) -> str:
@@ -104,14 +143,37 @@ def _axis_size(mesh: Mapping[str, int], axes) -> int:
     return math.prod(mesh[a] for a in axes)
 
 
+def default_backend() -> str:
+    """This process's platform: "tpu", "gpu" or "cpu"."""
+    return jax.devices()[0].platform
+
+
+def attention_kernel(cfg: models.ModelConfig, seq_len: int, backend: str | None = None) -> str:
+    """The kernel `cfg.attention_impl` runs at rows of `seq_len` tokens on `backend`
+    (default: this process's), as the model resolves it; PlanError for a kernel the
+    backend cannot run."""
+    try:
+        return attention_kernels.resolve(cfg.attention_impl, seq_len,
+                                         backend or default_backend())
+    except ValueError as e:
+        raise PlanError(str(e)) from None
+
+
 @functools.lru_cache(maxsize=32)
-def _param_layout(cfg: models.ModelConfig) -> tuple[tuple[tuple[int, ...], Any], ...]:
-    """(shape, mesh PartitionSpec) of every parameter; traced once per architecture."""
+def _param_layout(cfg: models.ModelConfig) -> tuple[tuple[tuple[int, ...], Any, bool], ...]:
+    """(shape, mesh PartitionSpec, whether it is a stacked layer param) of every
+    parameter; traced once per architecture."""
     shapes = jax.tree_util.tree_leaves(models.param_shapes(cfg))
     specs = jax.tree_util.tree_leaves(models.param_logical_axes(cfg),
                                       is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-    return tuple((tuple(x.shape), sharding.logical_to_mesh_spec(spec))
+    return tuple((tuple(x.shape), sharding.logical_to_mesh_spec(spec),
+                  bool(len(spec)) and spec[0] == "layers")
                  for x, spec in zip(shapes, specs))
+
+
+def _layout(cfg: models.ModelConfig):
+    return _param_layout(cfg.replace(remat_policy="none", dtype="float32", param_dtype="float32",
+                                     attention_impl="xla"))
 
 
 def param_bytes_per_device(cfg: models.ModelConfig, mesh: Mapping[str, int],
@@ -119,10 +181,8 @@ def param_bytes_per_device(cfg: models.ModelConfig, mesh: Mapping[str, int],
     """Exact bytes of one device's parameter shards; PlanError where the mesh does
     not divide a sharded dimension."""
     itemsize = _bytes(dtype or cfg.param_dtype)
-    layout = _param_layout(cfg.replace(remat_policy="none", dtype="float32",
-                                       param_dtype="float32"))
     total = 0
-    for shape, spec in layout:
+    for shape, spec, _ in _layout(cfg):
         shard = []
         for d, axes in itertools.zip_longest(shape, spec):
             parts = _axis_size(mesh, axes)
@@ -132,6 +192,18 @@ def param_bytes_per_device(cfg: models.ModelConfig, mesh: Mapping[str, int],
             shard.append(d // parts)
         total += math.prod(shard) * itemsize
     return total
+
+
+def gathered_layer_params(cfg: models.ModelConfig, tensor: int) -> int:
+    """Parameters of one layer on a device once FSDP has gathered them (split
+    over `tensor` only): what a layer's forward or backward works with."""
+    mesh = {"data": 1, "fsdp": 1, "tensor": tensor}
+    total = 0
+    for shape, spec, stacked in _layout(cfg):
+        if stacked:
+            total += math.prod(d // _axis_size(mesh, axes)
+                               for d, axes in itertools.zip_longest(shape, spec))
+    return total // cfg.num_layers
 
 
 def saved_per_token(cfg: models.ModelConfig, policy: str, tensor: int) -> float:
@@ -150,7 +222,9 @@ def saved_per_token(cfg: models.ModelConfig, policy: str, tensor: int) -> float:
 
     (q = heads x head_dim, kv = 2 x kv_heads x head_dim, F = intermediate size.)
     The coefficients of `none` and `dots` were read off XLA's buffers on CPU and
-    agree with the measured peaks in BENCHMARKS.md.
+    agree with the measured peaks in BENCHMARKS.md. With a flash kernel the
+    attention's residuals are the same q, k, v and output, plus its logsumexp
+    (`attention_working`).
     """
     d = cfg.hidden_size
     q = cfg.num_heads * cfg.head_dim / tensor
@@ -169,24 +243,69 @@ def saved_per_token(cfg: models.ModelConfig, policy: str, tensor: int) -> float:
     raise ValueError(f"unknown remat policy {policy!r}")
 
 
-def attention_copies(cfg: models.ModelConfig, policy: str) -> tuple[int, int]:
+def attention_copies(cfg: models.ModelConfig, policy: str,
+                     kernel: str | None = None) -> tuple[int, int]:
     """(kept per layer for the backward pass, live while one layer's backward runs)
-    counts of [rows, heads, L, L] float32 attention matrices with XLA attention:
-    `none` keeps scores and probabilities, `dots` the scores (a dot's output);
-    a layer's backward holds probabilities, their gradient and the scores'
-    gradient (plus the recomputed scores when they were not kept). Flash (cudnn)
-    attention keeps none: it works in tiles."""
-    if cfg.attention_impl == "cudnn":
+    counts of [rows, heads, L, L] float32 attention matrices for `kernel` (default
+    cfg.attention_impl; resolve "auto" first with `attention_kernel`). XLA
+    attention: `none` keeps scores and probabilities, `dots` the scores (a dot's
+    output); a layer's backward holds probabilities, their gradient and the
+    scores' gradient (plus the recomputed scores when they were not kept). Flash
+    kernels (blockwise, splash, cudnn) keep none: they work in tiles
+    (`attention_working`)."""
+    kernel = kernel or cfg.attention_impl
+    if kernel in FLASH_KERNELS:
         return 0, 0
+    if kernel != "xla":
+        raise ValueError(f"attention kernel {kernel!r}: resolve attention_impl first "
+                         "(attention_kernel)")
     kept = {"none": 2, "dots": 1}.get(policy, 0)
     return kept, 3 if kept else 4
+
+
+def attention_working(cfg: models.ModelConfig, kernel: str, policy: str, rows: int,
+                      seq_len: int, tensor: int, backward: bool = True) -> tuple[int, int]:
+    """(kept per layer, live in one layer's pass) bytes of a flash kernel besides
+    the q, k, v and output `saved_per_token` counts; (0, 0) for xla (its matrices
+    are `attention_copies`).
+
+    kept: the float32 logsumexp [rows, heads, L], a residual of every flash kernel,
+    kept where the policy keeps the attention's residuals (none, dots*).
+    live: the logsumexp again, a few (4: scores, probabilities, their gradients)
+    [rows, heads, tile, tile] float32 tiles, and in the backward the float32
+    gradient of q (splash, cudnn: dq accumulates in float32); blockwise, plain
+    JAX, also holds float32 dk, dv and dout and blocked (transposed) copies of q,
+    k, v, out and the gradients: ~ tokens x (2 q + kv) x (4 + compute bytes)."""
+    if kernel not in FLASH_KERNELS:
+        return 0, 0
+    heads = math.ceil(cfg.num_heads / tensor)
+    tokens = rows * seq_len
+    lse = tokens * heads * 4
+    kept = lse if policy in ("none", "dots", "dots_with_no_batch_dims") else 0
+    tile = min(FLASH_TILE[kernel], seq_len)
+    live = lse + (4 if backward else 2) * rows * heads * tile * tile * 4
+    if backward:
+        q = heads * cfg.head_dim
+        kv = 2 * math.ceil(cfg.num_kv_heads / tensor) * cfg.head_dim
+        if kernel == "blockwise":
+            live += tokens * (2 * q + kv) * (4 + _bytes(cfg.dtype))
+        else:
+            live += tokens * q * 4
+    return kept, live
 
 
 def plan_training(cfg: models.ModelConfig, mesh: Mapping[str, int], batch_size: int,
                   seq_len: int, microbatches: int = 1, device_memory: int | None = None,
                   teacher_cfg: models.ModelConfig | None = None, topk: int = 0,
-                  headroom: float = DEFAULT_HEADROOM) -> MemoryPlan:
-    """Per-device peak of one training step (see the module docstring)."""
+                  headroom: float = DEFAULT_HEADROOM, loss_chunk_size: int = 0,
+                  backend: str | None = None) -> MemoryPlan:
+    """Per-device peak of one training step (see the module docstring).
+
+    `loss_chunk_size`: train.loss_chunk_size, positions of each row per loss chunk
+    (0: the whole microbatch's logits at once). `backend`: the platform the run
+    will use ("tpu", "gpu", "cpu"; default this process's), which picks the
+    attention kernel of attention_impl="auto"."""
+    backend = backend or default_backend()
     mesh = {a: int(mesh[a]) for a in sharding.MESH_AXES}
     batch_shards = mesh["data"] * mesh["fsdp"]
     tensor = mesh["tensor"]
@@ -196,17 +315,36 @@ def plan_training(cfg: models.ModelConfig, mesh: Mapping[str, int], batch_size: 
     rows = batch_size // microbatches // batch_shards          # per device, per microbatch
     tokens = rows * seq_len
     act = _bytes(cfg.dtype)
+    grad_bytes = _bytes(cfg.param_dtype)
     policy = cfg.remat_policy
+    kernel = attention_kernel(cfg, seq_len, backend)
     p = param_bytes_per_device(cfg, mesh)
     attention = rows * math.ceil(cfg.num_heads / tensor) * seq_len * seq_len * 4
-    kept, live = attention_copies(cfg, policy)
-    per_layer = tokens * saved_per_token(cfg, policy, tensor) * act + kept * attention
-    # The transient peak is the larger of two moments: the loss's backward (the
-    # float32 logits and their gradient) and one layer's backward (its forward
-    # rebuilt in full, plus the attention matrices it works on).
+    kept, live = attention_copies(cfg, policy, kernel)
+    flash_kept, flash_live = attention_working(cfg, kernel, policy, rows, seq_len, tensor)
+    per_layer = (tokens * saved_per_token(cfg, policy, tensor) * act + kept * attention
+                 + flash_kept)
     vocab = math.ceil(cfg.vocab_size / tensor)
-    working = max(2 * tokens * vocab * 4,
-                  tokens * saved_per_token(cfg, "none", tensor) * act + live * attention)
+    # FSDP gathers a layer's weights (the next one's prefetched) in the compute
+    # dtype, and its gradient exists whole before the reduce-scatter.
+    fsdp = mesh["fsdp"] > 1
+    layer_gather = (gathered_layer_params(cfg, tensor) * (2 * act + grad_bytes)
+                    if fsdp else 0)
+    head_gather = cfg.hidden_size * vocab * (act + grad_bytes) if fsdp else 0
+    # The loss's backward: unchunked, the float32 [tokens, vocab] logits and their
+    # gradient; chunked, one chunk's logits and gradient (and an online teacher's
+    # chunk logits), plus the float32 gradient of the hidden states and their
+    # reordered copy. A chunk of a whole row is no chunking.
+    chunk = loss_chunk_size if 0 < loss_chunk_size < seq_len else 0
+    if chunk:
+        copies = 2 + (1 if teacher_cfg is not None else 0)
+        loss = (copies * rows * chunk * vocab * 4
+                + tokens * cfg.hidden_size * (4 + act))
+    else:
+        loss = 2 * tokens * vocab * 4
+    layer = (tokens * saved_per_token(cfg, "none", tensor) * act + live * attention
+             + flash_live)
+    working = max(loss + head_gather, layer + layer_gather)
     terms = {
         "params": p,
         "optimizer": 2 * p,                                    # AdamW mu, nu
@@ -217,24 +355,45 @@ def plan_training(cfg: models.ModelConfig, mesh: Mapping[str, int], batch_size: 
     }
     notes = []
     if kept or live:
-        share = (kept * cfg.num_layers + live) * attention / max(
-            sum(terms.values()), 1)
+        share = (kept * cfg.num_layers + live) * attention / max(sum(terms.values()), 1)
         if share > 0.3:
             notes.append(f"{share:.0%} of this is [rows, heads, L, L] attention matrices: XLA "
                          f"attention materializes them; at seq_len={seq_len} use "
-                         "model.attention_impl='cudnn' (flash attention, GPU) or shorter "
-                         "sequences")
+                         "model.attention_impl='auto' (splash on TPU, cudnn on GPU, blockwise "
+                         "elsewhere) or 'blockwise': flash kernels keep no [L, L] matrix")
+    if not chunk and loss + head_gather >= layer + layer_gather:
+        share = loss / max(sum(terms.values()), 1)
+        if share > 0.3:
+            notes.append(f"{share:.0%} of this is the float32 [tokens, vocab] logits and their "
+                         "gradient: set train.loss_chunk_size (e.g. 2048 positions per row) "
+                         "to compute the loss chunk by chunk")
     if teacher_cfg is not None:
-        terms["teacher"] = int(param_bytes_per_device(teacher_cfg, mesh)
-                               + tokens * vocab * 4 + tokens * teacher_cfg.hidden_size * 4 * 4)
-        notes.append("online KD: the teacher's params and one microbatch of its logits")
-    return MemoryPlan("train", mesh, terms, device_memory, headroom, notes)
+        t_kernel = attention_kernel(teacher_cfg, seq_len, backend)
+        t_heads = math.ceil(teacher_cfg.num_heads / tensor)
+        t_attention = (2 * rows * t_heads * seq_len * seq_len * 4 if t_kernel == "xla" else
+                       attention_working(teacher_cfg, t_kernel, "full", rows, seq_len, tensor,
+                                         backward=False)[1])
+        t_out = (tokens * teacher_cfg.hidden_size * _bytes(teacher_cfg.dtype) if chunk
+                 else tokens * math.ceil(teacher_cfg.vocab_size / tensor) * 4)
+        t_gather = (2 * gathered_layer_params(teacher_cfg, tensor) * _bytes(teacher_cfg.dtype)
+                    if fsdp else 0)
+        terms["teacher"] = int(param_bytes_per_device(teacher_cfg, mesh) + t_out
+                               + tokens * teacher_cfg.hidden_size * 4 * 4 + t_attention
+                               + t_gather)
+        notes.append("online KD: the teacher's params, one microbatch of its "
+                     + ("final hidden states" if chunk else "logits")
+                     + " and one layer's forward")
+    return MemoryPlan("train", mesh, terms, device_memory, headroom, notes, backend, kernel)
 
 
 def plan_sampling(cfg: models.ModelConfig, mesh: Mapping[str, int], rows: int, prompt_len: int,
                   max_new_tokens: int, device_memory: int | None = None,
-                  headroom: float = DEFAULT_HEADROOM, top_k_out: int = 0) -> MemoryPlan:
-    """Per-device peak of one sampler program: `rows` = prompts x n, all hosts."""
+                  headroom: float = DEFAULT_HEADROOM, top_k_out: int = 0,
+                  backend: str | None = None) -> MemoryPlan:
+    """Per-device peak of one sampler program: `rows` = prompts x n, all hosts.
+    The prefill attends through the kernel attention_impl picks for `prompt_len`
+    on `backend` (default this process's); decoding reads the cache."""
+    backend = backend or default_backend()
     mesh = {a: int(mesh[a]) for a in sharding.MESH_AXES}
     batch_shards = mesh["data"] * mesh["fsdp"]
     tensor = mesh["tensor"]
@@ -245,12 +404,17 @@ def plan_sampling(cfg: models.ModelConfig, mesh: Mapping[str, int], rows: int, p
     cache = 2 * cfg.num_layers * local_rows * cache_len * kv_heads * cfg.head_dim * act
     # Prefill of one layer (its largest transient) and the per-step outputs kept.
     prefill_rows = local_rows                # prompts are prefilled once, then repeated
-    prefill = (prefill_rows * prompt_len * saved_per_token(cfg, "none", tensor) * act
-               + 2 * prefill_rows * math.ceil(cfg.num_heads / tensor) * prompt_len ** 2 * 4)
+    kernel = attention_kernel(cfg, prompt_len, backend)
+    if kernel == "xla":
+        scores = 2 * prefill_rows * math.ceil(cfg.num_heads / tensor) * prompt_len ** 2 * 4
+    else:
+        scores = attention_working(cfg, kernel, "full", prefill_rows, prompt_len, tensor,
+                                   backward=False)[1]
+    prefill = prefill_rows * prompt_len * saved_per_token(cfg, "none", tensor) * act + scores
     outputs = local_rows * max_new_tokens * (4 + 4 + 8 * top_k_out)
     terms = {"params": param_bytes_per_device(cfg, mesh), "kv_cache": int(cache),
              "working": int(prefill + local_rows * cfg.vocab_size * 4 * 3), "outputs": int(outputs)}
-    return MemoryPlan("sample", mesh, terms, device_memory, headroom)
+    return MemoryPlan("sample", mesh, terms, device_memory, headroom, [], backend, kernel)
 
 
 def mesh_shapes(num_devices: int) -> list[dict[str, int]]:
@@ -268,19 +432,22 @@ def mesh_shapes(num_devices: int) -> list[dict[str, int]]:
 
 def suggest_training(cfg: models.ModelConfig, num_devices: int, batch_size: int, seq_len: int,
                      microbatches: int, device_memory: int, teacher_cfg=None, topk: int = 0,
-                     headroom: float = DEFAULT_HEADROOM, limit: int = 3) -> list[MemoryPlan]:
+                     headroom: float = DEFAULT_HEADROOM, limit: int = 3,
+                     loss_chunk_size: int = 0, backend: str | None = None) -> list[MemoryPlan]:
     """Plans that fit on `num_devices`: first other meshes with the same remat and
     microbatches, then more remat, then more microbatches; fewest-bytes first within
     each tier. Empty when nothing fits on this many devices."""
+    backend = backend or default_backend()
     policies = [cfg.remat_policy] + [p for p in ("save_qkv_proj", "full")
                                      if p != cfg.remat_policy]
     for policy in policies:
-        for mb in sorted({microbatches, *[m for m in (2, 4, 8, 16) if m > microbatches]}):
+        for mb in sorted({microbatches, *[m for m in MICROBATCH_STEPS if m > microbatches]}):
             found = []
             for mesh in mesh_shapes(num_devices):
                 try:
                     plan = plan_training(cfg.replace(remat_policy=policy), mesh, batch_size,
-                                         seq_len, mb, device_memory, teacher_cfg, topk, headroom)
+                                         seq_len, mb, device_memory, teacher_cfg, topk, headroom,
+                                         loss_chunk_size, backend)
                 except PlanError:
                     continue
                 if plan.fits:
@@ -293,16 +460,27 @@ def suggest_training(cfg: models.ModelConfig, num_devices: int, batch_size: int,
 
 def devices_needed(cfg: models.ModelConfig, batch_size: int, seq_len: int, device_memory: int,
                    teacher_cfg=None, topk: int = 0, headroom: float = DEFAULT_HEADROOM,
-                   max_devices: int = 4096) -> tuple[int, MemoryPlan] | None:
+                   max_devices: int = 4096, loss_chunk_size: int = 0,
+                   backend: str | None = None) -> tuple[int, MemoryPlan] | None:
     """The smallest power-of-two device count (with full remat allowed) that fits."""
+    backend = backend or default_backend()
     n = 1
     while n <= max_devices:
         plans = suggest_training(cfg, n, batch_size, seq_len, 1, device_memory, teacher_cfg,
-                                 topk, headroom, limit=1)
+                                 topk, headroom, limit=1, loss_chunk_size=loss_chunk_size,
+                                 backend=backend)
         if plans:
             return n, plans[0]
         n *= 2
     return None
+
+
+def sequence_floor(cfg: models.ModelConfig, seq_len: int) -> int:
+    """Bytes per device that no mesh lowers: one row's layer inputs, which full
+    remat keeps for every layer, replicated over `tensor` (one row is the least a
+    data-parallel shard holds). Above a device's usable memory, only sharding the
+    sequence (context parallelism) would fit the run."""
+    return cfg.num_layers * seq_len * cfg.hidden_size * _bytes(cfg.dtype)
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -344,10 +522,15 @@ def resolve_mesh(mesh: Mapping[str, int], num_devices: int) -> dict[str, int]:
 
 
 def plan_from_config(config, num_devices: int, device_memory: int | None,
-                     headroom: float = DEFAULT_HEADROOM, prompt_len: int = 1024) -> MemoryPlan:
+                     headroom: float = DEFAULT_HEADROOM, prompt_len: int = 1024,
+                     backend: str | None = None) -> MemoryPlan:
     """The plan of a `distill-train` config (sections model/data/train/kd/mesh) or a
-    `distill-generate` config (teacher/sampling/mesh). Raises PlanError, with what
-    would fit, when it does not."""
+    `distill-generate` config (teacher/sampling/mesh) on `num_devices` devices of
+    `device_memory` bytes of platform `backend` (default this process's). Raises
+    PlanError, with what would fit, when it does not."""
+    backend = backend or default_backend()
+    if backend not in BACKENDS:
+        raise PlanError(f"unknown backend {backend!r}; choose from {BACKENDS}")
     mesh = resolve_mesh(dict(config.mesh), num_devices)
     if "train" in config:
         cfg = _model_from_config(config.model, config.data.tokenizer_path)
@@ -357,14 +540,27 @@ def plan_from_config(config, num_devices: int, device_memory: int | None,
                    if kc.mode == "online" else None)
         topk = kc.topk if kc.mode == "offline" else 0
         tc = config.train
-        plan = plan_training(cfg, mesh, tc.batch_size, config.data.seq_len, tc.microbatches,
-                             device_memory, teacher, topk, headroom)
+        chunk = int(tc.get("loss_chunk_size", 0) or 0)
+        seq_len = config.data.seq_len
+        plan = plan_training(cfg, mesh, tc.batch_size, seq_len, tc.microbatches,
+                             device_memory, teacher, topk, headroom, chunk, backend)
         if plan.fits is False:
+            needed = devices_needed(cfg, tc.batch_size, seq_len, device_memory, teacher, topk,
+                                    headroom, loss_chunk_size=chunk, backend=backend)
+            otherwise = ""
+            floor = sequence_floor(cfg, seq_len)
+            if needed is None and floor > (1 - headroom) * device_memory:
+                otherwise = (
+                    f"one row of {seq_len} tokens keeps {_fmt(floor)} of layer inputs per "
+                    f"device even with remat_policy=full ({cfg.num_layers} layers x "
+                    f"{seq_len} x {cfg.hidden_size} x {_bytes(cfg.dtype)} B, replicated "
+                    "over tensor): no mesh of these devices fits it without sharding the "
+                    "sequence (context parallelism, which distill_jax does not implement); "
+                    "use devices with more memory or shorten data.seq_len")
             raise PlanError(_refusal(plan, suggest_training(
-                cfg, num_devices, tc.batch_size, config.data.seq_len, tc.microbatches,
-                device_memory, teacher, topk, headroom),
-                devices_needed(cfg, tc.batch_size, config.data.seq_len, device_memory,
-                               teacher, topk, headroom)))
+                cfg, num_devices, tc.batch_size, seq_len, tc.microbatches, device_memory,
+                teacher, topk, headroom, loss_chunk_size=chunk, backend=backend),
+                needed, otherwise))
         return plan
     if "sampling" in config:
         t = config.teacher
@@ -372,10 +568,11 @@ def plan_from_config(config, num_devices: int, device_memory: int | None,
         s = config.sampling
         rows = config.max_batch * jax.process_count()
         plan = plan_sampling(cfg, mesh, rows, prompt_len, s.max_new_tokens, device_memory,
-                             headroom, s.return_top_k)
+                             headroom, s.return_top_k, backend)
         if plan.fits is False:
             fitting = [p for p in (plan_sampling(cfg, m, rows, prompt_len, s.max_new_tokens,
-                                                 device_memory, headroom, s.return_top_k)
+                                                 device_memory, headroom, s.return_top_k,
+                                                 backend)
                                    for m in mesh_shapes(num_devices)) if p.fits]
             raise PlanError(_refusal(plan, sorted(fitting, key=lambda p: p.total)[:3], None,
                                      "lower max_batch or max_new_tokens, or add devices"))

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from distill_jax import models, planning, sharding
-from distill_jax.models.transformer import init_cache
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
@@ -36,8 +35,8 @@ def test_kv_cache_bytes_equal_the_sampler_cache():
     cfg = models.get_config("tiny-llama")
     plan = planning.plan_sampling(cfg, {"data": 2, "fsdp": 1, "tensor": 1}, rows=8,
                                   prompt_len=32, max_new_tokens=96)
-    cache = init_cache(cfg, 8, 128)
-    assert plan.terms["kv_cache"] == (cache["k"].nbytes + cache["v"].nbytes) // 2
+    cache = models.KVCache.init(cfg, 8, 128)
+    assert plan.terms["kv_cache"] == (cache.k.nbytes + cache.v.nbytes) // 2
 
 
 @pytest.mark.slow
@@ -117,3 +116,100 @@ def test_plan_of_a_generate_config_reports_the_kv_cache(tmp_path):
     assert plan["terms"]["kv_cache"] == 2 * 28 * 8 * (512 + 8192) * 4 * 128 * 2
     assert cfg.num_layers == 28 and cfg.num_kv_heads == 4 and cfg.head_dim == 128
     assert plan["fits"] is True and "kv_cache" in proc.stdout
+
+
+def test_the_attention_kernel_is_planned_as_it_resolves_on_the_backend():
+    cfg = models.get_config("qwen2.5-1.5b", dtype="bfloat16", remat_policy="none",
+                            attention_impl="auto")
+    mesh = {"data": 1, "fsdp": 8, "tensor": 1}
+    kernels = {b: planning.plan_training(cfg, mesh, 64, 8192, backend=b).attention
+               for b in ("tpu", "gpu", "cpu")}
+    assert kernels == {"tpu": "splash", "gpu": "cudnn", "cpu": "blockwise"}
+    assert planning.plan_training(cfg, mesh, 64, 1024, backend="cpu").attention == "xla"
+    with pytest.raises(planning.PlanError, match="runs on TPU only"):
+        planning.plan_training(cfg.replace(attention_impl="splash"), mesh, 64, 8192,
+                               backend="gpu")
+
+
+def test_flash_kernels_keep_no_length_squared_matrices():
+    cfg = models.get_config("qwen2.5-1.5b", dtype="bfloat16", remat_policy="none")
+    mesh = {"data": 1, "fsdp": 8, "tensor": 1}
+    xla = planning.plan_training(cfg.replace(attention_impl="xla"), mesh, 64, 8192)
+    flash = planning.plan_training(cfg.replace(attention_impl="blockwise"), mesh, 64, 8192)
+    rows, heads, length = 8, cfg.num_heads, 8192
+    matrix = rows * heads * length * length * 4
+    logsumexp = rows * heads * length * 4
+    # none keeps scores and probabilities per layer under xla; a flash kernel its logsumexp.
+    assert (xla.terms["activations"] - flash.terms["activations"]
+            == cfg.num_layers * (2 * matrix - logsumexp))
+    assert any("attention_impl='auto'" in n for n in xla.notes)
+    assert not any("attention_impl" in n for n in flash.notes)
+    # And the sampler's prefill attends through the same kernels.
+    sample = {impl: planning.plan_sampling(cfg.replace(attention_impl=impl), mesh, 64, 8192,
+                                           128, backend="gpu").terms["working"]
+              for impl in ("xla", "cudnn")}
+    assert sample["xla"] - sample["cudnn"] > 2 * rows * heads * length * length * 4 * 0.99
+
+
+def test_a_chunked_loss_holds_one_chunk_of_logits():
+    cfg = models.get_config("qwen2.5-1.5b", dtype="bfloat16", remat_policy="full",
+                            attention_impl="blockwise")
+    mesh = {"data": 8, "fsdp": 1, "tensor": 1}         # no FSDP gathers: the bare terms
+    whole = planning.plan_training(cfg, mesh, 64, 8192)
+    chunked = planning.plan_training(cfg, mesh, 64, 8192, loss_chunk_size=1024)
+    rows, tokens, vocab, d = 8, 8 * 8192, cfg.vocab_size, cfg.hidden_size
+    assert whole.terms["working"] == 2 * tokens * vocab * 4       # logits + their gradient
+    assert any("loss_chunk_size" in n for n in whole.notes)
+    # Chunks are per row (rows x chunk tokens): logits and gradient of one chunk, the
+    # float32 gradient of the hidden states and their reordered copy; here one layer's
+    # backward is now the larger moment.
+    loss = 2 * rows * 1024 * vocab * 4 + tokens * d * (4 + 2)
+    assert chunked.terms["working"] >= loss
+    assert chunked.terms["working"] < whole.terms["working"] / 3
+    assert {k: v for k, v in chunked.terms.items() if k != "working"} == \
+        {k: v for k, v in whole.terms.items() if k != "working"}
+
+
+def test_an_online_teacher_keeps_hidden_states_not_logits_with_a_chunked_loss():
+    cfg = models.get_config("qwen2.5-0.5b", dtype="bfloat16", remat_policy="full",
+                            attention_impl="blockwise")
+    teacher = models.get_config("qwen2.5-1.5b", dtype="bfloat16", param_dtype="bfloat16",
+                                attention_impl="blockwise")
+    mesh = {"data": 8, "fsdp": 1, "tensor": 1}
+    whole = planning.plan_training(cfg, mesh, 64, 4096, teacher_cfg=teacher)
+    chunked = planning.plan_training(cfg, mesh, 64, 4096, teacher_cfg=teacher,
+                                     loss_chunk_size=512)
+    tokens = 8 * 4096
+    assert (whole.terms["teacher"] - chunked.terms["teacher"]
+            == tokens * (teacher.vocab_size * 4 - teacher.hidden_size * 2))
+    # An xla teacher at this length materializes its scores and probabilities.
+    xla_teacher = planning.plan_training(cfg, mesh, 64, 4096,
+                                         teacher_cfg=teacher.replace(attention_impl="xla"),
+                                         loss_chunk_size=512)
+    assert (xla_teacher.terms["teacher"] - chunked.terms["teacher"]
+            > 2 * 8 * teacher.num_heads * 4096 ** 2 * 4 * 0.95)
+
+
+def test_fsdp_gathers_one_layer_and_the_head():
+    cfg = models.get_config("tiny-llama")
+    per_layer = planning.gathered_layer_params(cfg, 1)
+    head = 2 * cfg.vocab_size * cfg.hidden_size + cfg.hidden_size   # embedding, lm_head, norm
+    assert per_layer * cfg.num_layers + head == models.count_params(cfg)
+    assert planning.gathered_layer_params(cfg, 2) < per_layer
+
+
+def test_a_sequence_no_mesh_can_hold_is_refused_as_such(tmp_path):
+    """Full remat keeps every layer's input for a row; above a device, only sharding
+    the sequence would help, and the refusal says so."""
+    cfg = models.get_config("llama-3.3-70b", dtype="bfloat16")
+    assert planning.sequence_floor(cfg, 32768) == 80 * 32768 * 8192 * 2      # 40 GiB
+    cmd = [sys.executable, "-m", "distill_jax.cli.plan",
+           f"--config={REPO}/configs/r1_distill_llama_70b.py", "--num_devices=256",
+           "--device_memory_gib=32", "--backend=tpu", "--config.model.checkpoint=",
+           "--config.model.preset=llama-3.3-70b", "--config.mesh.fsdp=32",
+           "--config.mesh.tensor=8"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 1
+    assert "attention splash" in proc.stderr
+    assert "40.00 GiB of layer inputs" in proc.stderr and "context parallelism" in proc.stderr

@@ -1,8 +1,13 @@
 """distill-plan: per-device memory of a training or generation config, before
 anything is allocated; refuses (exit status 1) what cannot fit and says what would.
 
-  distill-plan --config=configs/r1_distill_llama_8b.py --num_devices=8 --device_memory_gib=16 \\
-      --config.model.checkpoint= --config.model.preset=llama-3.1-8b
+  distill-plan --config=configs/r1_distill_llama_8b.py --num_devices=8 --device_memory_gib=95 \\
+      --backend=tpu --config.model.checkpoint= --config.model.preset=llama-3.1-8b
+
+--backend (tpu | gpu | cpu) is the platform of the run, default this machine's: it
+picks the attention kernel of attention_impl='auto' (splash on TPU, cudnn on GPU,
+blockwise on CPU above 1024 tokens), so a plan made on a laptop for a TPU slice
+needs --backend=tpu.
 """
 import json
 import sys
@@ -23,6 +28,9 @@ HEADROOM = flags.DEFINE_float("headroom", planning.DEFAULT_HEADROOM,
                               "Fraction of device memory kept free.")
 PROMPT_LEN = flags.DEFINE_integer("prompt_len", 1024,
                                   "Generation plans: the prompt-length bucket to plan for.")
+BACKEND = flags.DEFINE_enum("backend", None, list(planning.BACKENDS),
+                            "Platform of the run: it picks the kernel of attention_impl='auto'; "
+                            "default: this machine's.")
 JSON_OUT = flags.DEFINE_string("json", None, "Also write the plan here as JSON.")
 flags.mark_flags_as_required(["config"])
 
@@ -35,7 +43,7 @@ def main(argv):
               else planning.device_memory_bytes())
     try:
         plan = planning.plan_from_config(CONFIG.value, num_devices, memory, HEADROOM.value,
-                                         PROMPT_LEN.value)
+                                         PROMPT_LEN.value, BACKEND.value)
     except planning.PlanError as e:
         print(f"distill-plan: {e}", file=sys.stderr)
         sys.exit(1)

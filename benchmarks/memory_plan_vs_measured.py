@@ -12,7 +12,12 @@ set and cannot hide new allocations). XLA's own buffer assignment
 (`compiled.memory_analysis()`: arguments + outputs - aliased + temporaries) is
 reported next to it. CPU devices expose no allocator statistics, hence RSS.
 
-  python benchmarks/memory_plan_vs_measured.py [--write]
+  python benchmarks/memory_plan_vs_measured.py [--long]
+
+`--long` runs the long-row sweep instead: one row of 2k-16k tokens, `xla`
+attention (quadratic scores) against `auto` (blockwise on CPU above
+AUTO_XLA_MAX_LEN), with the chunked loss; it reports each peak, the planner's
+estimate, and how the peak grows from 4k to 8k tokens.
 """
 from __future__ import annotations
 
@@ -42,6 +47,14 @@ CASES = [
     ("wider model, full", dict(WIDE, remat_policy="full"), 4, 512, 1),
     ("wider model, dots, 2 microbatches", dict(WIDE, remat_policy="dots"), 8, 512, 2),
 ]
+# Long rows: one row per step, full remat, the loss in 1024-position chunks. xla at
+# 16k would hold ~4 [4 heads, 16k, 16k] f32 matrices (16 GiB): not run.
+LONG_MODEL = dict(hidden_size=256, intermediate_size=768, num_heads=4, num_kv_heads=2,
+                  head_dim=64, vocab_size=4096, num_layers=2, remat_policy="full",
+                  max_position_embeddings=32768)
+LONG_CASES = [(f"{impl}, {n // 1024}k", dict(LONG_MODEL, attention_impl=impl), 1, n, 1, 1024)
+              for impl in ("xla", "auto") for n in (2048, 4096, 8192, 16384)
+              if not (impl == "xla" and n > 8192)]
 MODEL = dict(model_type="llama", vocab_size=8192, hidden_size=256, intermediate_size=1024,
              num_layers=4, num_heads=8, num_kv_heads=4, head_dim=32, dtype="float32",
              param_dtype="float32", name="plan-check")
@@ -55,7 +68,8 @@ def _status(field: str) -> int:
     raise RuntimeError(field)
 
 
-def measure(overrides: dict, batch: int, seq_len: int, microbatches: int) -> dict:
+def measure(overrides: dict, batch: int, seq_len: int, microbatches: int,
+            loss_chunk_size: int = 0) -> dict:
     """Runs in a fresh process: the measured peak of one training step."""
     import gc
 
@@ -73,7 +87,8 @@ def measure(overrides: dict, batch: int, seq_len: int, microbatches: int) -> dic
                                         weight_decay=0.0, b1=0.9, b2=0.95, eps=1e-8,
                                         max_grad_norm=1.0))
     tx, schedule = make_optimizer(tc, 100)
-    trainer = Trainer(cfg, tx, schedule, microbatches=microbatches)
+    trainer = Trainer(cfg, tx, schedule, microbatches=microbatches,
+                      loss_chunk_size=loss_chunk_size)
     state = trainer.init_state(models.init_params(cfg, jax.random.key(0)))
     rng = np.random.default_rng(0)
     data = {"inputs": rng.integers(0, cfg.vocab_size, (batch, seq_len)),
@@ -100,25 +115,27 @@ def measure(overrides: dict, batch: int, seq_len: int, microbatches: int) -> dic
                        - stats.alias_size_in_bytes + stats.temp_size_in_bytes)}
 
 
-def estimate(overrides: dict, batch: int, seq_len: int, microbatches: int) -> dict:
+def estimate(overrides: dict, batch: int, seq_len: int, microbatches: int,
+             loss_chunk_size: int = 0) -> dict:
     from distill_jax import models, planning
     cfg = models.ModelConfig(**{**MODEL, **overrides})
     plan = planning.plan_training(cfg, {"data": 1, "fsdp": 1, "tensor": 1}, batch, seq_len,
-                                  microbatches)
-    return {"planned": plan.total, "terms": plan.terms}
+                                  microbatches, loss_chunk_size=loss_chunk_size, backend="cpu")
+    return {"planned": plan.total, "terms": plan.terms, "attention": plan.attention}
 
 
 def run_cases(cases=CASES) -> list[dict]:
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="",
                MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     rows = []
-    for name, overrides, batch, seq_len, mb in cases:
+    for name, overrides, batch, seq_len, mb, *chunk in cases:
+        args = [overrides, batch, seq_len, mb, *chunk]
         out = subprocess.run(
-            [sys.executable, __file__, "--measure", json.dumps([overrides, batch, seq_len, mb])],
+            [sys.executable, __file__, "--measure", json.dumps(args)],
             capture_output=True, text=True, env=env, cwd=ROOT, check=True)
         measured = json.loads(out.stdout.strip().splitlines()[-1])
         row = {"case": name, "batch": batch, "seq_len": seq_len, "microbatches": mb,
-               **measured, **estimate(overrides, batch, seq_len, mb)}
+               **measured, **estimate(*args)}
         row["planned/measured"] = row["planned"] / row["measured"]
         rows.append(row)
     return rows
@@ -135,16 +152,26 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def growth(rows: list[dict]) -> str:
+    """Peak at 8k over peak at 4k tokens per row, per attention setting."""
+    by = {(r["case"].split(",")[0], r["seq_len"]): r["measured"] for r in rows}
+    return "\n".join(f"{impl}: measured peak 8k / 4k = {by[(impl, 8192)] / by[(impl, 4096)]:.2f}"
+                     for impl in ("xla", "auto") if (impl, 8192) in by and (impl, 4096) in by)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--long", action="store_true", help="the long-row sweep")
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(*json.loads(args.measure))))
         return
-    rows = run_cases()
+    rows = run_cases(LONG_CASES if args.long else CASES)
     print(table(rows))
+    if args.long:
+        print(growth(rows))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

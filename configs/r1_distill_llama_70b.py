@@ -1,9 +1,7 @@
 """DeepSeek-R1-Distill-Llama-70B recipe: SFT of Llama-3.3-70B-Instruct on R1 traces.
 
 R1 paper: lr 2e-5 with cosine decay to a tenth, 32k context, batch 64, 2-3 epochs.
-What makes 32k fit: full remat, flash attention (attention_impl="auto": splash on
-TPU, cudnn on GPU: no [rows, heads, L, L] scores) and a chunked loss
-(train.loss_chunk_size: no [tokens, vocab] float32 logits).
+The shared recipe, and what makes 32k fit: training.config.r1_distill_config.
 
 The smallest hardware on which distill-plan says it fits, 32768 tokens x 64 rows
 (mesh = data,fsdp,tensor; microbatches; planned / usable GiB per device at the
@@ -28,26 +26,16 @@ TPU v5e and v6e: no slice fits: those 40.0 GiB of one row's layer inputs exceed 
 chip (14.4 / 28.8 GiB usable) on any mesh; only sharding the sequence (context
 parallelism) would fit it.
 
-The config's own mesh (all devices on fsdp) and microbatches are the first row's;
-for another row set --config.mesh.fsdp=F --config.mesh.tensor=T
---config.train.microbatches=M. Plan it without the checkpoint, from the preset
-of the same architecture:
+Plan a row without the checkpoint (README, "R1 at 32k"):
 
   distill-plan --config=configs/r1_distill_llama_70b.py --backend=tpu \\
       --num_devices=32 --device_memory_gib=95 \\
       --config.model.checkpoint= --config.model.preset=llama-3.3-70b
-
-GPU rows use the physical memory: run with XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 and
-train.device_memory_gib=79.6 (H100) or 140.4 (H200); JAX otherwise takes, and
-reports, 75% of a GPU.
 """
-from distill_jax.training.config import base_config
+from distill_jax.training.config import r1_distill_config
 
-# The architecture's preset: what distill-plan builds without the checkpoint.
 PRESET = "llama-3.3-70b"
-# Where the planner says this config fits (see the docstring); HARDWARE[0] is the
-# config's own mesh and microbatches. `smaller`: the next smaller option, where
-# nothing fits (any mesh, remat, up to 16 microbatches).
+# The docstring's table as data, for tests/test_r1_config_plans.py.
 HARDWARE = [
     dict(hardware='v5p-64', platform='tpu', chips=32, device_memory_gib=95,
          mesh=dict(data=1, fsdp=32, tensor=1), microbatches=2, remat_policy='full',
@@ -67,26 +55,7 @@ NEEDS_SEQUENCE_SHARDING = [
 
 
 def get_config():
-    c = base_config()
-    c.workdir = "runs/r1-distill-llama-70b"
-    c.model.checkpoint = "/ckpt/Llama-3.3-70B-Instruct"
-    c.data.tokenizer_path = "/ckpt/Llama-3.3-70B-Instruct"
-    # R1's chat format (the R1-Distill models' own): its markers <｜User｜>,
-    # <｜Assistant｜>, <｜end▁of▁sentence｜> are not tokens of the base tokenizer, so they
-    # are added as special tokens (new embedding rows at the mean of the real ones) and
-    # the export carries the extended tokenizer and this template.
-    c.data.chat_template = "deepseek-r1"
-    c.data.add_chat_tokens = True
-    c.data.seq_len = 32768
-    c.model.remat_policy = "full"
-    c.model.attention_impl = "auto"
+    c = r1_distill_config("r1-distill-llama-70b", "/ckpt/Llama-3.3-70B-Instruct",
+                          learning_rate=2e-5, microbatches=2)
     c.model.param_dtype = "bfloat16"   # 10 B/param for params + AdamW + gradients (see above)
-    c.train.batch_size = 64
-    c.train.microbatches = 2
-    c.train.loss_chunk_size = 2048     # positions of each row per loss chunk
-    c.train.num_epochs = 2
-    c.train.learning_rate = 2e-5
-    c.train.final_lr_fraction = 0.1
-    c.train.export_dir = "runs/r1-distill-llama-70b/export"
-    c.mesh.fsdp = -1
     return c

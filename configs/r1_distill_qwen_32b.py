@@ -1,9 +1,7 @@
 """DeepSeek-R1-Distill-Qwen-32B recipe: SFT of Qwen2.5-32B on R1 traces.
 
 R1 paper: lr 6e-5 with cosine decay to a tenth, 32k context, batch 64, 2-3 epochs.
-What makes 32k fit: full remat, flash attention (attention_impl="auto": splash on
-TPU, cudnn on GPU: no [rows, heads, L, L] scores) and a chunked loss
-(train.loss_chunk_size: no [tokens, vocab] float32 logits).
+The shared recipe, and what makes 32k fit: training.config.r1_distill_config.
 
 The smallest hardware on which distill-plan says it fits, 32768 tokens x 64 rows
 (mesh = data,fsdp,tensor; microbatches; planned / usable GiB per device at the
@@ -23,26 +21,16 @@ TPU v5e: no slice fits: one row's layer inputs under full remat are
 64 x 32768 x 5120 x 2 B = 20.0 GiB per chip on any mesh (14.4 usable); v6e fits
 only as a full v6e-256 pod, with little room.
 
-The config's own mesh (all devices on fsdp) and microbatches are the first row's;
-for another row set --config.mesh.fsdp=F --config.mesh.tensor=T
---config.train.microbatches=M. Plan it without the checkpoint, from the preset
-of the same architecture:
+Plan a row without the checkpoint (README, "R1 at 32k"):
 
   distill-plan --config=configs/r1_distill_qwen_32b.py --backend=tpu \\
       --num_devices=16 --device_memory_gib=95 \\
       --config.model.checkpoint= --config.model.preset=qwen2.5-32b
-
-GPU rows use the physical memory: run with XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 and
-train.device_memory_gib=79.6 (H100) or 140.4 (H200); JAX otherwise takes, and
-reports, 75% of a GPU.
 """
-from distill_jax.training.config import base_config
+from distill_jax.training.config import r1_distill_config
 
-# The architecture's preset: what distill-plan builds without the checkpoint.
 PRESET = "qwen2.5-32b"
-# Where the planner says this config fits (see the docstring); HARDWARE[0] is the
-# config's own mesh and microbatches. `smaller`: the next smaller option, where
-# nothing fits (any mesh, remat, up to 16 microbatches).
+# The docstring's table as data, for tests/test_r1_config_plans.py.
 HARDWARE = [
     dict(hardware='v5p-32', platform='tpu', chips=16, device_memory_gib=95,
          mesh=dict(data=1, fsdp=16, tensor=1), microbatches=4, remat_policy='full',
@@ -64,25 +52,6 @@ NEEDS_SEQUENCE_SHARDING = [
 
 
 def get_config():
-    c = base_config()
-    c.workdir = "runs/r1-distill-qwen-32b"
-    c.model.checkpoint = "/ckpt/Qwen2.5-32B"
-    c.data.tokenizer_path = "/ckpt/Qwen2.5-32B"
-    # R1's chat format (the R1-Distill models' own): its markers <｜User｜>,
-    # <｜Assistant｜>, <｜end▁of▁sentence｜> are not tokens of the base tokenizer, so they
-    # are added as special tokens (new embedding rows at the mean of the real ones) and
-    # the export carries the extended tokenizer and this template.
-    c.data.chat_template = "deepseek-r1"
-    c.data.add_chat_tokens = True
-    c.data.seq_len = 32768
-    c.model.remat_policy = "full"
-    c.model.attention_impl = "auto"
-    c.train.batch_size = 64
-    c.train.microbatches = 4
-    c.train.loss_chunk_size = 2048     # positions of each row per loss chunk
-    c.train.num_epochs = 2
-    c.train.learning_rate = 6e-5
-    c.train.final_lr_fraction = 0.1
-    c.train.export_dir = "runs/r1-distill-qwen-32b/export"
-    c.mesh.fsdp = -1
+    c = r1_distill_config("r1-distill-qwen-32b", "/ckpt/Qwen2.5-32B",
+                          learning_rate=6e-5, microbatches=4)
     return c

@@ -1,9 +1,7 @@
 """DeepSeek-R1-Distill-Qwen-7B recipe: SFT of Qwen2.5-Math-7B on R1 traces.
 
 R1 paper: lr 8e-5 with cosine decay to a tenth, 32k context, batch 64, 2-3 epochs.
-What makes 32k fit: full remat, flash attention (attention_impl="auto": splash on
-TPU, cudnn on GPU: no [rows, heads, L, L] scores) and a chunked loss
-(train.loss_chunk_size: no [tokens, vocab] float32 logits).
+The shared recipe, and what makes 32k fit: training.config.r1_distill_config.
 
 The smallest hardware on which distill-plan says it fits, 32768 tokens x 64 rows
 (mesh = data,fsdp,tensor; microbatches; planned / usable GiB per device at the
@@ -18,26 +16,16 @@ not fit:
 
 GPU: the planner fits it on 4 H100s (8 microbatches) or 2 H200s.
 
-The config's own mesh (all devices on fsdp) and microbatches are the first row's;
-for another row set --config.mesh.fsdp=F --config.mesh.tensor=T
---config.train.microbatches=M. Plan it without the checkpoint, from the preset
-of the same architecture:
+Plan a row without the checkpoint (README, "R1 at 32k"):
 
   distill-plan --config=configs/r1_distill_qwen_7b.py --backend=tpu \\
       --num_devices=4 --device_memory_gib=95 \\
       --config.model.checkpoint= --config.model.preset=qwen2.5-math-7b
-
-GPU rows use the physical memory: run with XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 and
-train.device_memory_gib=79.6 (H100) or 140.4 (H200); JAX otherwise takes, and
-reports, 75% of a GPU.
 """
-from distill_jax.training.config import base_config
+from distill_jax.training.config import r1_distill_config
 
-# The architecture's preset: what distill-plan builds without the checkpoint.
 PRESET = "qwen2.5-math-7b"
-# Where the planner says this config fits (see the docstring); HARDWARE[0] is the
-# config's own mesh and microbatches. `smaller`: the next smaller option, where
-# nothing fits (any mesh, remat, up to 16 microbatches).
+# The docstring's table as data, for tests/test_r1_config_plans.py.
 HARDWARE = [
     dict(hardware='v5p-8', platform='tpu', chips=4, device_memory_gib=95,
          mesh=dict(data=1, fsdp=4, tensor=1), microbatches=8, remat_policy='full',
@@ -57,28 +45,9 @@ NEEDS_SEQUENCE_SHARDING = []
 
 
 def get_config():
-    c = base_config()
-    c.workdir = "runs/r1-distill-qwen-7b"
-    c.model.checkpoint = "/ckpt/Qwen2.5-Math-7B"
-    c.data.tokenizer_path = "/ckpt/Qwen2.5-Math-7B"
-    # R1's chat format (the R1-Distill models' own): its markers <｜User｜>,
-    # <｜Assistant｜>, <｜end▁of▁sentence｜> are not tokens of the base tokenizer, so they
-    # are added as special tokens (new embedding rows at the mean of the real ones) and
-    # the export carries the extended tokenizer and this template.
-    c.data.chat_template = "deepseek-r1"
-    c.data.add_chat_tokens = True
-    c.data.seq_len = 32768
+    c = r1_distill_config("r1-distill-qwen-7b", "/ckpt/Qwen2.5-Math-7B",
+                          learning_rate=8e-5, microbatches=8)
     # The Math base's config.json says 4096 positions; R1-Distill trained it at 32k and
     # ships max_position_embeddings=131072 (same rope_theta): so does this export.
     c.model.overrides.max_position_embeddings = 131072
-    c.model.remat_policy = "full"
-    c.model.attention_impl = "auto"
-    c.train.batch_size = 64
-    c.train.microbatches = 8
-    c.train.loss_chunk_size = 2048     # positions of each row per loss chunk
-    c.train.num_epochs = 2
-    c.train.learning_rate = 8e-5
-    c.train.final_lr_fraction = 0.1
-    c.train.export_dir = "runs/r1-distill-qwen-7b/export"
-    c.mesh.fsdp = -1
     return c

@@ -246,3 +246,13 @@ def test_prefill_returns_the_last_positions_logits():
                           models.KVCache.init(cfg, 2, 6), method="prefill")
     assert last.shape == (2, cfg.vocab_size)
     np.testing.assert_allclose(np.asarray(last), np.asarray(full[:, -1]), atol=1e-5)
+
+
+def test_rows_past_max_position_embeddings_are_warned_with_the_rope_scaling():
+    cfg = models.get_config("tiny-llama")
+    assert cfg.context_warning(cfg.max_position_embeddings) is None
+    warning = cfg.context_warning(cfg.max_position_embeddings + 1)
+    assert f"max_position_embeddings={cfg.max_position_embeddings}" in warning
+    assert "RoPE scaling llama3" in warning and "model.overrides" in warning
+    plain = models.get_config("tiny-qwen2")
+    assert "no RoPE scaling" in plain.context_warning(10 ** 6)

@@ -297,3 +297,13 @@ def test_bad_arguments_are_refused(data):
         call(hidden, kernel, targets, mask, chunk_size=4, kd=KD("offline"))
     with pytest.raises(ValueError, match="targets"):
         call(hidden, kernel, targets[:, :-1], mask, chunk_size=4)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True])
+def test_trainer_refuses_a_loss_chunk_size_that_is_not_a_count(bad):
+    import optax
+    from distill_jax import models
+    from distill_jax.training.trainer import Trainer
+    with pytest.raises(ValueError, match="train.loss_chunk_size must be an int >= 0"):
+        Trainer(models.get_config("tiny-llama"), optax.sgd(0.1), optax.constant_schedule(0.1),
+                loss_chunk_size=bad)

@@ -166,3 +166,12 @@ def test_data_positions_of_a_checkpoint_resume_by_host_split():
                                          r"this run has 1"):
         _this_host_data_state(states, "examples", "/ckpt", 4)
     assert _this_host_data_state([{"pos": 3}], "examples", "/ckpt", 4) == {"pos": 3}
+
+
+def test_an_attention_kernel_this_backend_cannot_run_is_refused_before_data_loads(
+        tmp_path, tokenizer_path):
+    config = _config(tmp_path, tokenizer_path, "/nonexistent/curated.jsonl",
+                     **{"model.attention_impl": "cudnn"})
+    with pytest.raises(ValueError, match="attention_impl='cudnn' runs on GPU only; this backend "
+                                         "is 'cpu', where attention_impl='auto' picks"):
+        train(config)

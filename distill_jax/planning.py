@@ -32,7 +32,7 @@ and a prefill's working set.
 Attention is planned for the kernel that will run (`attention_kernel`: the model's
 `attention_impl` resolved by `models.attention.resolve` for the row length and the
 backend, `backend=` or this process's; `auto` is splash on TPU, cudnn on GPU,
-blockwise on CPU above 1024 tokens). `xla` materializes [rows, heads, L, L] float32
+blockwise elsewhere above `AUTO_XLA_MAX_LEN` tokens). `xla` materializes [rows, heads, L, L] float32
 scores and probabilities: they are kept per layer (remat none/dots) and live in a
 layer's backward. The flash kernels (blockwise, splash, cudnn) keep no [L, L]
 matrix: their residuals are O(L) (q, k, v, the output, a float32 logsumexp per head
@@ -73,7 +73,7 @@ BACKENDS = ("tpu", "gpu", "cpu")
 # Kernels that never materialize [L, L]: online softmax over tiles of this edge.
 FLASH_KERNELS = ("blockwise", "splash", "cudnn")
 FLASH_TILE = {"blockwise": attention_kernels.DEFAULT_BLOCK,
-              "splash": attention_kernels.DEFAULT_BLOCK, "cudnn": 128}
+              "splash": attention_kernels.SPLASH_TILE, "cudnn": 128}
 # Microbatch counts `suggest_training` tries beyond the config's.
 MICROBATCH_STEPS = (2, 4, 8, 16)
 

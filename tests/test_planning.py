@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from distill_jax import models, planning, sharding
+from distill_jax.models import attention
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
@@ -125,7 +126,8 @@ def test_the_attention_kernel_is_planned_as_it_resolves_on_the_backend():
     kernels = {b: planning.plan_training(cfg, mesh, 64, 8192, backend=b).attention
                for b in ("tpu", "gpu", "cpu")}
     assert kernels == {"tpu": "splash", "gpu": "cudnn", "cpu": "blockwise"}
-    assert planning.plan_training(cfg, mesh, 64, 1024, backend="cpu").attention == "xla"
+    short = attention.AUTO_XLA_MAX_LEN
+    assert planning.plan_training(cfg, mesh, 64, short, backend="cpu").attention == "xla"
     with pytest.raises(planning.PlanError, match="runs on TPU only"):
         planning.plan_training(cfg.replace(attention_impl="splash"), mesh, 64, 8192,
                                backend="gpu")

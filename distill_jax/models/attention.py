@@ -7,8 +7,7 @@ Masks are never passed in: each kernel builds them from `segment_ids` [B, L]
 (0 = padding, which attends to and is attended by nothing) inside its tiles, so
 no [B, L, L] array exists outside the `xla` reference.
 
-  xla        einsum scores [B, H, L, L] and a dense mask: the reference, and the
-             fastest for short rows (one big matmul per product)
+  xla        einsum scores [B, H, L, L] and a dense mask: the reference
   blockwise  pure JAX flash attention: online softmax over key/value blocks, a
              custom VJP that recomputes the blocks, O(L · block) memory, blocks
              above the causal diagonal never computed. Runs on any backend.
@@ -19,8 +18,9 @@ no [B, L, L] array exists outside the `xla` reference.
   cudnn      GPU: cuDNN flash attention (the kernel `jax.nn.dot_product_attention`
              uses), with each row's segments given as lengths and offsets (cuDNN's
              packed layout) instead of a mask.
-  auto       splash on TPU, cudnn on GPU; on CPU xla up to AUTO_XLA_MAX_LEN tokens
-             and blockwise above (measured: benchmarks/attention_kernels.py).
+  auto       splash on TPU, cudnn on GPU; elsewhere blockwise, except rows of at
+             most AUTO_XLA_MAX_LEN tokens, where xla ties with it (measured on
+             CPU: benchmarks/attention_kernels.py, BENCHMARKS.md).
 
 Causality: the non-reference kernels are causal by index within a segment. The
 model's positions restart at 0 in each segment and increase by one per token
@@ -41,11 +41,18 @@ import numpy as np
 
 Array = jax.Array
 IMPLS = ("auto", "xla", "blockwise", "splash", "cudnn")
-# Longest row for which `auto` picks `xla` on CPU (and other non-TPU/GPU backends):
-# below it one [L, L] matmul per product beats the blockwise loop; above it the
-# quadratic scores dominate time and memory. See BENCHMARKS.md, "Attention kernels".
-AUTO_XLA_MAX_LEN = 1024
-DEFAULT_BLOCK = 512
+# Longest row for which `auto` picks `xla` on CPU (and other non-TPU/GPU backends).
+# Measured (BENCHMARKS.md, "Attention kernels"; forward + backward of the op): the
+# two tie at 128 tokens (blockwise/xla 0.95), blockwise is faster from 256 (0.61x)
+# to 4096 (0.33x) except where a 512 block padded the row badly (now avoided by
+# `_block_for`), and xla's [L, L] scores cost memory quadratically. So xla stays
+# only where it ties: the reference kernel for the short rows of tests and demos.
+AUTO_XLA_MAX_LEN = 128
+# Key/value block of `blockwise`: 256 took 0.65-0.71x the step time of 512 on CPU
+# at 1k-8k tokens (BENCHMARKS.md).
+DEFAULT_BLOCK = 256
+# Tile of `splash` on TPU (MaxText's default for long rows).
+SPLASH_TILE = 512
 # Finite, so a fully masked row gives a finite softmax instead of NaN.
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 _PLATFORM_OF_IMPL = {"splash": "tpu", "cudnn": "gpu"}
@@ -78,7 +85,7 @@ def resolve(impl: str, seq_len: int, backend: str | None = None) -> str:
 # ------------------------------------------------------------------ the dispatch
 
 def self_attention(q: Array, k: Array, v: Array, segment_ids: Array, impl: str,
-                   positions: Array | None = None, block_size: int = DEFAULT_BLOCK) -> Array:
+                   positions: Array | None = None) -> Array:
     """Causal same-segment attention of a row's tokens over themselves.
 
     q: [B, L, H, Dh]; k, v: [B, L, KVH, Dh]; segment_ids [B, L] (0 = padding);
@@ -93,9 +100,9 @@ def self_attention(q: Array, k: Array, v: Array, segment_ids: Array, impl: str,
         return xla_attention(q, k, v, attention_mask(segment_ids, segment_ids,
                                                      positions, positions))
     if kernel == "blockwise":
-        return blockwise_attention(q, k, v, segment_ids, block_size)
+        return blockwise_attention(q, k, v, segment_ids)
     if kernel == "splash":
-        return splash_attention(q, k, v, segment_ids, block_size)
+        return splash_attention(q, k, v, segment_ids)
     return cudnn_attention(q, k, v, segment_ids)
 
 
@@ -192,7 +199,7 @@ def blockwise_attention(q: Array, k: Array, v: Array, segment_ids: Array,
     to a multiple of the block (the pad is segment 0, so nothing sees it)."""
     batch, length, heads, head_dim = q.shape
     kv_heads = k.shape[2]
-    block = min(block_size, length)
+    block = _block_for(length, block_size)
     padded = -(-length // block) * block
     n = padded // block
 
@@ -209,6 +216,17 @@ def blockwise_attention(q: Array, k: Array, v: Array, segment_ids: Array,
     out = _flash(qb, kb, vb, sb, 1.0 / math.sqrt(head_dim))       # [n, B, KVH, G, block, Dh]
     out = out.transpose(1, 0, 4, 2, 3, 5).reshape(batch, padded, heads, head_dim)
     return out[:, :length]
+
+
+def _block_for(length: int, block_size: int) -> int:
+    """The block for a row of `length`: `block_size`, a half or a quarter of it
+    (not under 64), whichever pads the row least (the larger on a tie); a row
+    shorter than that is one block. A 640-token row in 512-blocks padded to 1024
+    and cost 3x xla; in 128-blocks it pads to 640."""
+    if length <= block_size:
+        return length
+    candidates = [b for b in (block_size, block_size // 2, block_size // 4) if b >= 64]
+    return min(candidates or [block_size], key=lambda b: (-(-length // b) * b, -b))
 
 
 def _block_mask(seg_q: Array, seg_k: Array, i, j, block: int) -> Array:
@@ -316,11 +334,11 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 # ------------------------------------------------------------------ splash (TPU)
 
-SPLASH_BLOCK = 128   # the kernel's tile; rows are padded to a multiple of it
+SPLASH_BLOCK = 128   # the kernel's smallest tile; rows are padded to a multiple of it
 
 
 def splash_attention(q: Array, k: Array, v: Array, segment_ids: Array,
-                     block_size: int = DEFAULT_BLOCK, interpret: bool = False) -> Array:
+                     block_size: int = SPLASH_TILE, interpret: bool = False) -> Array:
     """The Pallas splash kernel (MQA form per kv head, vmapped over rows and kv
     heads), under shard_map when a mesh is current: each device runs the kernel
     on its rows and heads, so no kernel input is gathered."""

@@ -160,3 +160,11 @@ def test_model_with_blockwise_attention_equals_xla():
     np.testing.assert_allclose(float(val), float(ref), rtol=1e-6)
     for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref_grads)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_blockwise_blocks_pad_the_row_least():
+    assert attention._block_for(100, 256) == 100          # one block
+    assert attention._block_for(512, 256) == 256
+    assert attention._block_for(640, 512) == 128          # 640, not 1024
+    assert attention._block_for(300, 256) == 64           # 320, not 512 or 384
+    assert attention._block_for(1000, 256) == 256         # 1024 either way: the larger

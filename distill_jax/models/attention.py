@@ -63,23 +63,26 @@ def platform() -> str:
     return jax.devices()[0].platform
 
 
-def resolve(impl: str, seq_len: int, backend: str | None = None) -> str:
+def resolve(impl: str, seq_len: int | None, backend: str | None = None) -> str:
     """The kernel that runs for `impl` at rows of `seq_len` tokens on `backend`
     (default: this process's). Raises for a kernel the backend cannot run,
-    naming the one `auto` would pick."""
+    naming the one `auto` would pick. `seq_len=None` (length not known yet, e.g.
+    before weights load) only checks the backend and returns `impl` itself."""
     backend = backend or platform()
     if impl not in IMPLS:
         raise ValueError(f"unknown attention_impl {impl!r}; choose from {IMPLS}")
-    auto = _PLATFORM_AUTO.get(backend) or (
-        "xla" if seq_len <= AUTO_XLA_MAX_LEN else "blockwise")
-    if impl == "auto":
-        return auto
+    if backend in _PLATFORM_AUTO:
+        auto = _PLATFORM_AUTO[backend]
+    elif seq_len is None:
+        auto = f"blockwise (xla for rows of at most {AUTO_XLA_MAX_LEN} tokens)"
+    else:
+        auto = "xla" if seq_len <= AUTO_XLA_MAX_LEN else "blockwise"
     needs = _PLATFORM_OF_IMPL.get(impl)
     if needs is not None and needs != backend:
         raise ValueError(
             f"attention_impl={impl!r} runs on {needs.upper()} only; this backend is "
             f"{backend!r}, where attention_impl='auto' picks {auto!r}")
-    return impl
+    return auto if impl == "auto" and seq_len is not None else impl
 
 
 # ------------------------------------------------------------------ the dispatch

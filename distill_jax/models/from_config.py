@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from distill_jax.models import attention
 from distill_jax.models.config import ModelConfig, config_from_hf, get_config
 
 RUNTIME_FIELDS = ("dtype", "param_dtype", "remat_policy", "scan_unroll", "attention_impl")
@@ -101,6 +102,9 @@ def model_from_section(section, vocab_size: int | None = None,
     from distill_jax.models.hf_io import load_hf_checkpoint
     from distill_jax.models.transformer import init_params
     cfg = config_from_section(section, vocab_size)
+    # Before any weights: an attention kernel this backend cannot run is an error now,
+    # not at the first compile after a large checkpoint has loaded.
+    attention.resolve(cfg.attention_impl, None)
     if section.get("checkpoint"):
         # The weights depend on the architecture and param_dtype only; the other runtime
         # fields and the context limit are the section's (already in `cfg`).

@@ -168,3 +168,19 @@ def test_blockwise_blocks_pad_the_row_least():
     assert attention._block_for(640, 512) == 128          # 640, not 1024
     assert attention._block_for(300, 256) == 64           # 320, not 512 or 384
     assert attention._block_for(1000, 256) == 256         # 1024 either way: the larger
+
+
+def test_every_stage_refuses_such_a_kernel_before_weights_load(monkeypatch):
+    """model_from_section (generation, evaluation, the training teacher) checks the
+    kernel first: init or checkpoint loading is never reached."""
+    from distill_jax.models import from_config, transformer
+
+    def never(*args, **kwargs):
+        raise AssertionError("weights were built before the kernel was checked")
+    monkeypatch.setattr(transformer, "init_params", never)
+    section = models.model_section(preset="tiny-llama", attention_impl="cudnn")
+    with pytest.raises(ValueError, match=r"runs on GPU only; this backend is 'cpu', where "
+                                         r"attention_impl='auto' picks 'blockwise \(xla for "
+                                         r"rows of at most 128 tokens\)'"):
+        from_config.model_from_section(section)
+    assert attention.resolve("auto", None, "cpu") == "auto"

@@ -324,24 +324,11 @@ def _buffer_bytes(compiled) -> int:
 
 def measure_in_this_process(impl: str, length: int) -> dict:
     """Fresh-process body of a memory case: memory_plan_vs_measured.measure (two warm-up
-    steps, then the measured one) on this model, its Trainer given loss_chunk_size."""
+    steps, then the measured one) on this model, with the loss in LOSS_CHUNK chunks."""
     import memory_plan_vs_measured as mpm
 
-    import distill_jax.training.trainer as trainer_module
-
-    base = trainer_module.Trainer
-
-    class ChunkedLossTrainer(base):      # `measure` builds Trainer(cfg, tx, schedule, ...)
-        def __init__(self, *args, **kwargs):
-            kwargs.setdefault("loss_chunk_size", LOSS_CHUNK)
-            super().__init__(*args, **kwargs)
-
-    trainer_module.Trainer = ChunkedLossTrainer   # `measure` imports it when called
-    try:
-        overrides = dict(MODEL, attention_impl=impl)   # every field of mpm.MODEL replaced
-        return mpm.measure(overrides, 1, length, 1)
-    finally:
-        trainer_module.Trainer = base
+    overrides = dict(MODEL, attention_impl=impl)   # every field of mpm.MODEL replaced
+    return mpm.measure(overrides, 1, length, 1, LOSS_CHUNK)
 
 
 def _rss(pid: int) -> int:

@@ -173,6 +173,8 @@ class Attention(nn.Module):
         q = checkpoint_name(q, "query_proj")
         k = checkpoint_name(k, "key_proj")
         v = checkpoint_name(v, "value_proj")
+        if inputs.mode not in MODES:
+            raise ValueError(f"attention mode {inputs.mode!r}; expected one of {MODES}")
         if inputs.mode == "decode":
             # The full cache enters the layer scan; each layer cuts its window from its
             # own slice, so XLA copies per layer only the window, not every layer's.

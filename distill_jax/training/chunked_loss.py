@@ -72,11 +72,6 @@ from distill_jax.training import losses
 HEAD_LAYOUTS = ("dv", "vd")    # see models.transformer.lm_head
 
 
-def _head_logits(h: jax.Array, kernel: jax.Array, compute_dtype, layout: str) -> jax.Array:
-    """h [rows, chunk, D] -> f32 logits [rows, chunk, V], by the model's own head."""
-    return head_logits(h, kernel, compute_dtype, layout)
-
-
 def _chunk_sums(chunk: dict, head_kernel, teacher_head_kernel, *, mode: str, compute_dtype,
                 head_layout: str, teacher_compute_dtype, teacher_head_layout: str,
                 temperature: float, kind: str, beta: float, kd_vocab_size) -> dict:
@@ -85,7 +80,7 @@ def _chunk_sums(chunk: dict, head_kernel, teacher_head_kernel, *, mode: str, com
     valid = m > 0
     h = jnp.where(valid[..., None], chunk["hidden"], jnp.zeros((), chunk["hidden"].dtype))
     targets = jnp.where(valid, chunk["targets"], 0)
-    logits = _head_logits(h, head_kernel, compute_dtype, head_layout)
+    logits = head_logits(h, head_kernel, compute_dtype, head_layout)
     ce = losses.token_cross_entropy(logits, targets)
     hit = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
     sums = {"ce_sum": jnp.sum(jnp.where(valid, ce * m, 0.0)),
@@ -94,7 +89,7 @@ def _chunk_sums(chunk: dict, head_kernel, teacher_head_kernel, *, mode: str, com
         th = chunk["teacher_hidden"]
         th = jnp.where(valid[..., None], th, jnp.zeros((), th.dtype))
         teacher_logits = jax.lax.stop_gradient(
-            _head_logits(th, teacher_head_kernel, teacher_compute_dtype, teacher_head_layout))
+            head_logits(th, teacher_head_kernel, teacher_compute_dtype, teacher_head_layout))
         shared = kd_vocab_size
         per_token = losses.kd_token_loss(logits[..., :shared], teacher_logits[..., :shared],
                                          temperature, kind, beta)

@@ -177,8 +177,8 @@ class Trainer:
             # Ids past kd_vocab_size are padding (or tokens only one side has): both
             # sides' logits are cut to them, so each softmax renormalises over them.
             teacher_kernel, teacher_layout = models.lm_head(teacher_params, self.teacher_cfg)
-            extra = dict(teacher_hidden=jax.lax.stop_gradient(hidden(self.teacher,
-                                                                     teacher_params)),
+            # chunked_loss_sums stops the teacher's gradient (hidden states and head).
+            extra = dict(teacher_hidden=hidden(self.teacher, teacher_params),
                          teacher_head_kernel=teacher_kernel, teacher_head_layout=teacher_layout,
                          teacher_compute_dtype=jnp.dtype(self.teacher_cfg.dtype),
                          kd_vocab_size=self.kd_vocab_size)

@@ -80,9 +80,12 @@ def test_splash_in_interpret_mode_equals_xla():
 def test_splash_under_a_mesh_runs_per_shard():
     q, k, v, seg = _rows(130, heads=4, kv_heads=2, head_dim=32)
     mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 2}, jax.devices()[:4])
+    kernel = jax.jit(lambda *a: attention.splash_attention(*a, block_size=128, interpret=True))
     with sharding.mesh_context(mesh):
-        out = jax.jit(lambda *a: attention.splash_attention(*a, block_size=128,
-                                                            interpret=True))(q, k, v, seg)
+        out = kernel(q, k, v, seg)
+        # Each device ran the kernel on its own rows and heads: one shard_map, whose
+        # inputs are split over data (rows) and tensor (heads).
+        assert "shard_map" in str(jax.make_jaxpr(kernel)(q, k, v, seg))
     real = np.asarray(seg) > 0
     np.testing.assert_allclose(np.asarray(out)[real], np.asarray(_reference(q, k, v, seg))[real],
                                atol=2e-5)
@@ -107,7 +110,9 @@ def test_cudnn_packed_layout_describes_the_segments():
         expected = np.asarray(attention.attention_mask(seg[row:row + 1], seg[row:row + 1],
                                                        pos, pos))[0]
         np.testing.assert_array_equal(rebuilt, expected, err_msg=f"row {row}")
-        assert (lengths[row] < 0).sum() == length - (lengths[row] >= 0).sum()
+    # Segment slots in order, -1 after the last: the rows hold 1, 2 and 3 segments.
+    assert [int((n >= 0).sum()) for n in lengths] == [1, 2, 3]
+    assert all((n[(n >= 0).sum():] == -1).all() for n in lengths)
 
 
 def test_resolve_picks_by_backend_and_length():

@@ -51,6 +51,8 @@ AUTO_XLA_MAX_LEN = 128
 # Key/value block of `blockwise`: 256 took 0.65-0.71x the step time of 512 on CPU
 # at 1k-8k tokens (BENCHMARKS.md).
 DEFAULT_BLOCK = 256
+# Key/value block in which a decode step reads the cache (`cached_attention`).
+DECODE_BLOCK = 256
 # Tile of `splash` on TPU (MaxText's default for long rows).
 SPLASH_TILE = 512
 # Finite, so a fully masked row gives a finite softmax instead of NaN.
@@ -138,53 +140,91 @@ def xla_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
 
 # ------------------------------------------------------------------ decoding
 
-def cached_attention(q: Array, k_new: Array, v_new: Array, k_cache: Array, v_cache: Array,
-                         mask_cache: Array, mask_new: Array) -> Array:
-    """Attention over [cache slots ; new tokens] without concatenating them.
+def decode_block(slots: int) -> int:
+    """The key block `cached_attention` reads a cache of `slots` slots in:
+    DECODE_BLOCK when it divides the cache (the sampler sizes its caches so),
+    else the whole cache as one block."""
+    return DECODE_BLOCK if slots % DECODE_BLOCK == 0 else slots
 
-    The cache is only read here: softmax runs jointly over both score blocks,
-    so the result equals attention over the concatenation, while the caller
-    writes the new keys/values into the cache once, outside the layer scan
-    (in place inside the decode loop) instead of copying the cache per layer.
+
+def cached_attention(q: Array, k_new: Array, v_new: Array, k_cache: Array, v_cache: Array,
+                     cache_segment_ids: Array, cache_positions: Array, segment_ids: Array,
+                     positions: Array, read_len=None) -> Array:
+    """Attention of T new tokens over [cache slots ; the new tokens themselves].
+
+    The cache is only read here (the caller writes the new keys/values once,
+    outside the layer scan, in place inside a decode loop). It is read in blocks
+    of `decode_block(slots)` slots with an online softmax, and only the first
+    ceil(read_len / block) blocks (`read_len` traced: the filled length of the
+    longest row, so one compiled step serves every fill level, and a step costs
+    what the rows hold, not the cache's capacity).
+
+    Why blocks, and the new tokens first: the result of a row is bitwise the same
+    whatever `read_len` is (as long as it covers the row's filled slots) and
+    whatever the other rows hold. After the new tokens' block the running max is a
+    real score, so a block whose slots are all masked adds exp(MASK_VALUE - max) =
+    0 to the sum and 0 x v to the output and rescales by exp(0) = 1: nothing
+    changes, not even a rounding. A sampler can then batch rows of any lengths, in
+    any slot, and get the numbers each row would get alone.
+
     q: [B, T, H, Dh]; k_new, v_new: [B, T, KVH, Dh]; k_cache, v_cache:
-    [B, KVH, S, Dh] (kv-head-major, so each head's slots are contiguous and
-    both products below are plain batched matrix products over (B, KVH));
-    mask_cache [B, T, S]; mask_new [B, T, T].
+    [B, KVH, S, Dh] (kv-head-major: each head's slots are contiguous);
+    cache_segment_ids, cache_positions: [B, S] (segment 0 = empty, never read);
+    segment_ids, positions: [B, T] of the new tokens. Slots must hold finite values
+    (stale ones are fine: the mask hides them).
     """
     batch, q_len, heads, head_dim = q.shape
-    kv_heads = k_new.shape[2]
-    q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
+    kv_heads, slots = k_cache.shape[1], k_cache.shape[2]
+    groups = heads // kv_heads
+    block = decode_block(slots)
     scale = 1.0 / math.sqrt(head_dim)
+    # Queries as [B, KVH, G*T, Dh] (row g*T + t): every product below is a plain
+    # batched matrix product over (B, KVH), with no transposes when T == 1.
+    qg = q.reshape(batch, q_len, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
+    qg = qg.reshape(batch, kv_heads, groups * q_len, head_dim)
 
-    def masked(s, mask):
-        return jnp.where(mask[:, None, None, :, :], s * scale, MASK_VALUE)
+    def per_query(mask):   # [B, T, K] -> [B, 1, G*T, K], matching qg's rows
+        mask = jnp.broadcast_to(mask[:, None], (batch, groups, q_len, mask.shape[-1]))
+        return mask.reshape(batch, 1, groups * q_len, mask.shape[-1])
 
-    if q_len == 1:
-        # Decoding: no query-length axis, so both products are [G, Dh] x [Dh, S]
-        # and [G, S] x [S, Dh] per (row, kv head), with no transposes around them.
-        q1 = q[:, 0]                                                       # [B, KVH, G, Dh]
-        s_cache = jnp.einsum("bkgd,bksd->bkgs", q1, k_cache,
-                             preferred_element_type=jnp.float32) * scale
-        s_cache = jnp.where(mask_cache[:, :, None, :], s_cache, MASK_VALUE)
-        s_new = jnp.einsum("bkgd,bkd->bkg", q1, k_new[:, 0],
-                           preferred_element_type=jnp.float32)[..., None] * scale
-        s_new = jnp.where(mask_new[:, :, :, None], s_new, MASK_VALUE)     # [B, 1, 1, 1]
-        top = jnp.maximum(s_cache.max(-1, keepdims=True), s_new)
-        p_cache, p_new = jnp.exp(s_cache - top), jnp.exp(s_new - top)
-        denom = p_cache.sum(-1, keepdims=True) + p_new
-        out = (jnp.einsum("bkgs,bksd->bkgd", (p_cache / denom).astype(v_cache.dtype), v_cache)
-               + (p_new / denom).astype(v_new.dtype) * v_new[:, 0, :, None, :])
-        return out.reshape(batch, 1, heads, head_dim)
-    s_cache = masked(jnp.einsum("blkgd,bksd->bkgls", q, k_cache,
-                                preferred_element_type=jnp.float32), mask_cache)
-    s_new = masked(jnp.einsum("blkgd,bskd->bkgls", q, k_new,
-                              preferred_element_type=jnp.float32), mask_new)
-    top = jnp.maximum(s_cache.max(-1, keepdims=True), s_new.max(-1, keepdims=True))
-    p_cache, p_new = jnp.exp(s_cache - top), jnp.exp(s_new - top)
-    denom = p_cache.sum(-1, keepdims=True) + p_new.sum(-1, keepdims=True)
-    p_cache, p_new = p_cache / denom, p_new / denom
-    out = (jnp.einsum("bkgls,bksd->blkgd", p_cache.astype(v_cache.dtype), v_cache)
-           + jnp.einsum("bkgls,bskd->blkgd", p_new.astype(v_new.dtype), v_new))
+    # The new tokens: [B, KVH, G*T, T] scores; each row sees itself, so max is real.
+    k_t, v_t = k_new.transpose(0, 2, 1, 3), v_new.transpose(0, 2, 1, 3)   # [B, KVH, T, Dh]
+    s = jnp.einsum("bkqd,bksd->bkqs", qg, k_t, preferred_element_type=jnp.float32) * scale
+    mask = per_query(attention_mask(segment_ids, segment_ids, positions, positions))
+    s = jnp.where(mask, s, MASK_VALUE)
+    top = s.max(-1, keepdims=True)
+    p = jnp.exp(s - top)
+    total = p.sum(-1, keepdims=True)
+    acc = jnp.einsum("bkqs,bksd->bkqd", p.astype(v_t.dtype), v_t,
+                     preferred_element_type=jnp.float32)
+
+    def read_block(i, carry):
+        top, total, acc = carry
+        start = i * block
+        k_b = jax.lax.dynamic_slice_in_dim(k_cache, start, block, axis=2)
+        v_b = jax.lax.dynamic_slice_in_dim(v_cache, start, block, axis=2)
+        seg_b = jax.lax.dynamic_slice_in_dim(cache_segment_ids, start, block, axis=1)
+        pos_b = jax.lax.dynamic_slice_in_dim(cache_positions, start, block, axis=1)
+        s = jnp.einsum("bkqd,bksd->bkqs", qg, k_b.astype(qg.dtype),
+                       preferred_element_type=jnp.float32) * scale
+        s = jnp.where(per_query(attention_mask(segment_ids, seg_b, positions, pos_b)), s,
+                      MASK_VALUE)
+        new_top = jnp.maximum(top, s.max(-1, keepdims=True))
+        rescale = jnp.exp(top - new_top)
+        p = jnp.exp(s - new_top)
+        total = total * rescale + p.sum(-1, keepdims=True)
+        acc = acc * rescale + jnp.einsum("bkqs,bksd->bkqd", p.astype(v_b.dtype),
+                                         v_b.astype(v_t.dtype),
+                                         preferred_element_type=jnp.float32)
+        return new_top, total, acc
+
+    num_blocks = slots // block
+    if read_len is not None:
+        num_blocks = jnp.clip((jnp.asarray(read_len, jnp.int32) + block - 1) // block,
+                              0, num_blocks)
+    top, total, acc = jax.lax.fori_loop(0, num_blocks, read_block, (top, total, acc))
+    out = (acc / total).astype(q.dtype)                                  # [B, KVH, G*T, Dh]
+    out = out.reshape(batch, kv_heads, groups, q_len, head_dim).transpose(0, 3, 1, 2, 4)
     return out.reshape(batch, q_len, heads, head_dim)
 
 

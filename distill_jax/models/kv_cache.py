@@ -6,10 +6,11 @@
                every attention mask hides)
   positions    [batch, slots]: the RoPE position of the token in each slot
 
-The model reads it (`window`) and hands back the new keys/values of a call;
-`write` stores them at one slot index for every row, in place inside a decode
-loop. A sampler repeats a prefilled cache for n samples (`repeat`) and places it
-on a mesh by `LOGICAL_AXES`.
+The model reads it (block by block, up to a traced length) and hands back the
+new keys/values of a call; `write` stores them at one slot index for every row
+or at each row's own index, in place inside a decode loop. The sampling engine
+copies prefilled prompts into free rows (`insert`, n rows per prompt) and
+places the cache on a mesh by `LOGICAL_AXES`.
 """
 from __future__ import annotations
 
@@ -51,9 +52,14 @@ class KVCache:
 
     def write(self, new_k: Array, new_v: Array, segment_ids: Array, positions: Array,
               index) -> "KVCache":
-        """Stores a call's keys/values at slots index .. index + T - 1 of every row.
-        new_k, new_v: [layers, batch, T, kv_heads, head_dim] (the layer scan's output)."""
+        """Stores a call's keys/values at slots index .. index + T - 1.
+        new_k, new_v: [layers, batch, T, kv_heads, head_dim] (the layer scan's output).
+        `index`: one slot for every row (a static batch), or one per row [batch]
+        (an engine whose rows sit at different fill levels); a row whose index is
+        past the cache (an idle slot) writes nothing."""
         index = jnp.asarray(index, jnp.int32)
+        if index.ndim == 1:
+            return self._write_rows(new_k, new_v, segment_ids, positions, index)
         start = (0, 0, 0, index, 0)
 
         def put(buffer, new):   # -> [layers, batch, kv_heads, T, head_dim]
@@ -65,6 +71,56 @@ class KVCache:
                                                                 (0, index)),
                        positions=jax.lax.dynamic_update_slice(self.positions, positions,
                                                               (0, index)))
+
+    def _write_rows(self, new_k, new_v, segment_ids, positions, index) -> "KVCache":
+        # A scatter of T slots per row, dropped past the end (in place in a loop).
+        batch, steps = segment_ids.shape
+        rows = jnp.arange(batch)[:, None]
+        slot = index[:, None] + jnp.arange(steps)[None, :]                # [B, T]
+
+        def put(buffer, new):   # buffer[:, rows, :, slot] is [B, T, layers, kv_heads, Dh]
+            return buffer.at[:, rows, :, slot].set(
+                jnp.transpose(new, (1, 2, 0, 3, 4)).astype(buffer.dtype), mode="drop")
+
+        return KVCache(k=put(self.k, new_k), v=put(self.v, new_v),
+                       segment_ids=self.segment_ids.at[rows, slot].set(segment_ids, mode="drop"),
+                       positions=self.positions.at[rows, slot].set(positions, mode="drop"))
+
+    def insert(self, prefilled: "KVCache", source, slot) -> "KVCache":
+        """Row `source[r]` of a prefilled cache (its first `prefilled.slots` slots)
+        copied into row `slot[r]` of this one, whose later slots are emptied
+        (segment 0; their stale keys/values stay, hidden by the mask). Entries with
+        slot >= this cache's rows are padding, and must come last. n samples of one
+        prompt are n entries with the same source.
+
+        One row at a time (a loop over the real entries): in place, with no
+        [layers, R, kv_heads, length, head_dim] gather of the copies, so the number
+        of entries is free to be the slot count whatever arrived."""
+        length = prefilled.slots
+        if length > self.slots:
+            raise ValueError(f"a prefilled cache of {length} slots does not fit rows of "
+                             f"{self.slots}")
+        rows = self.segment_ids.shape[0]
+        source, slot = jnp.asarray(source, jnp.int32), jnp.asarray(slot, jnp.int32)
+
+        def copy_row(r, cache):
+            src, dst = source[r], slot[r]
+
+            def put(buffer, new):   # [layers, 1, kv_heads, length, head_dim] at row dst
+                row = jax.lax.dynamic_slice_in_dim(new, src, 1, axis=1)
+                return jax.lax.dynamic_update_slice(buffer, row.astype(buffer.dtype),
+                                                    (0, dst, 0, 0, 0))
+
+            def reset(buffer, new):  # the whole row: the prompt's, then empty
+                row = jnp.zeros((1, self.slots), buffer.dtype).at[:, :length].set(
+                    jax.lax.dynamic_slice_in_dim(new, src, 1, axis=0))
+                return jax.lax.dynamic_update_slice(buffer, row, (dst, 0))
+
+            return KVCache(k=put(cache.k, prefilled.k), v=put(cache.v, prefilled.v),
+                           segment_ids=reset(cache.segment_ids, prefilled.segment_ids),
+                           positions=reset(cache.positions, prefilled.positions))
+
+        return jax.lax.fori_loop(0, jnp.sum(slot < rows), copy_row, self)
 
 
 # Logical axis names of each field, for `nn.with_logical_constraint` / shardings.

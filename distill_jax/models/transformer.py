@@ -113,16 +113,17 @@ class AttentionInputs:
                (`attention.self_attention`, kernel chosen by cfg.attention_impl);
                no keys/values leave the layer
       prefill  the same, and each layer's keys/values are returned for the cache
-      decode   the new tokens attend to the first `window` cache slots and to each
-               other (`attention.cached_attention`; masks over T new tokens are
-               small, so they are built once, here, not per layer)
+      decode   the new tokens attend to the cache's filled slots and to each other
+               (`attention.cached_attention`, which reads the cache in blocks up
+               to `read_len`, a traced length, and builds each block's mask from
+               the cache's segment ids and positions)
     """
     segment_ids: Any                 # [B, T] of this call's tokens (0 = padding)
     positions: Any                   # [B, T]
-    cache_mask: Any = None           # decode: [B, T, window] over the cache's slots
-    new_mask: Any = None             # decode: [B, T, T] among the new tokens
+    cache_segment_ids: Any = None    # decode: [B, slots] of the cache
+    cache_positions: Any = None      # decode: [B, slots]
+    read_len: Any = None             # decode: slots at or past it are never read
     mode: str = flax.struct.field(pytree_node=False, default="train")
-    window: int = flax.struct.field(pytree_node=False, default=0)
 
 
 def token_matmul(x: Array, kernel: Array, **kwargs) -> Array:
@@ -176,13 +177,11 @@ class Attention(nn.Module):
         if inputs.mode not in MODES:
             raise ValueError(f"attention mode {inputs.mode!r}; expected one of {MODES}")
         if inputs.mode == "decode":
-            # The full cache enters the layer scan; each layer cuts its window from its
-            # own slice, so XLA copies per layer only the window, not every layer's.
-            axes = ("batch", "kv_heads", "length", "head_dim")
-            k_cache, v_cache = (nn.with_logical_constraint(c[:, :, :inputs.window].astype(dtype),
-                                                           axes) for c in layer_cache)
-            out = attention.cached_attention(q, k, v, k_cache, v_cache, inputs.cache_mask,
-                                             inputs.new_mask)
+            # The full cache enters the layer scan; each layer reads its own slice
+            # block by block, up to read_len.
+            out = attention.cached_attention(q, k, v, *layer_cache, inputs.cache_segment_ids,
+                                             inputs.cache_positions, inputs.segment_ids,
+                                             inputs.positions, inputs.read_len)
         else:
             out = attention.self_attention(q, k, v, inputs.segment_ids, cfg.attention_impl,
                                            inputs.positions)
@@ -289,11 +288,13 @@ class Transformer(nn.Module):
           the last position's logits [B, V] (the only ones a sampler needs; the
           full [B, prompt_len, V] float32 tensor would be the largest in the
           program) and the filled cache
-      decode(tokens, positions, segment_ids, cache, index, window=None)
-          T new tokens per row, written at slot `index`, attending to the cache's
-          first `window` slots (static; default all) and to each other: logits
-          [B, T, V] and the updated cache. A decode loop split into segments of
-          growing window reads the filled part of the cache, not all of it.
+      decode(tokens, positions, segment_ids, cache, index, read_len=None)
+          T new tokens per row, written at slot `index` (one for all rows, or one
+          per row [B]: rows of a continuous-batching engine sit at different
+          fill levels), attending to the cache's slots before `read_len` (traced;
+          default all) and to each other: logits [B, T, V] and the updated cache.
+          A row's numbers do not depend on `read_len` past its filled slots, nor
+          on the other rows (see `attention.cached_attention`).
 
     Attention kernels are chosen in `attention.self_attention` from
     cfg.attention_impl; the model never builds a [B, L, L] mask itself.
@@ -340,15 +341,11 @@ class Transformer(nn.Module):
         return last, cache.write(k, v, segment_ids, positions, 0)
 
     def decode(self, tokens: Array, positions: Array, segment_ids: Array, cache: KVCache,
-               index, window: int | None = None) -> tuple[Array, KVCache]:
+               index, read_len=None) -> tuple[Array, KVCache]:
         segment_ids, positions = _segments_and_positions(tokens, segment_ids, positions)
-        window = cache.slots if window is None else int(window)
         # Slots not yet written have segment 0, so the cache mask hides them.
-        inputs = AttentionInputs(
-            segment_ids, positions, mode="decode", window=window,
-            cache_mask=attention.attention_mask(segment_ids, cache.segment_ids[:, :window],
-                                                positions, cache.positions[:, :window]),
-            new_mask=attention.attention_mask(segment_ids, segment_ids, positions, positions))
+        inputs = AttentionInputs(segment_ids, positions, cache.segment_ids, cache.positions,
+                                 read_len, mode="decode")
         x, (k, v) = self._decoder(tokens, inputs, (cache.k, cache.v))
         return self.logits(self.final_norm(x)), cache.write(k, v, segment_ids, positions, index)
 

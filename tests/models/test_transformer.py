@@ -210,10 +210,13 @@ def test_incremental_decoding_with_cache_equals_full_forward(name):
     np.testing.assert_array_equal(np.asarray(cache.segment_ids[:, :7]), np.asarray(segments))
 
 
-def test_cache_window_reads_only_the_first_slots():
-    """`window=W` must not touch slots >= W: with NaN planted there, a windowed
-    decode step gives the clean cache's logits, while the unwindowed step (which
-    reads every slot, masked or not) is poisoned -- so the window is what saves it."""
+def test_decode_reads_the_cache_in_blocks_up_to_read_len_and_nothing_after():
+    """A 512-slot cache is read in two blocks of DECODE_BLOCK. With read_len inside the
+    first block, NaN planted in the second changes nothing (it is never read), and the
+    logits are bitwise those of reading both blocks of a clean cache: a block whose
+    slots are all masked adds exactly nothing, so a step's numbers do not depend on
+    how far the engine reads. Without read_len every block is read and NaN poisons."""
+    from distill_jax.models import attention
     from distill_jax.models.transformer import segment_positions
     cfg = models.get_config("tiny-llama")
     params = models.init_params(cfg, jax.random.key(8))
@@ -221,17 +224,37 @@ def test_cache_window_reads_only_the_first_slots():
     prompt = jnp.asarray([[0, 3, 4, 5, 6], [7, 8, 9, 10, 11]])
     segments = jnp.asarray([[0, 1, 1, 1, 1], [1] * 5])
     positions = segment_positions(segments)
+    slots = 2 * attention.DECODE_BLOCK
     _, cache = model.apply({"params": params}, prompt, positions, segments,
-                           models.KVCache.init(cfg, 2, 12), method="prefill")
+                           models.KVCache.init(cfg, 2, slots), method="prefill")
     step = (jnp.asarray([[12], [13]]), positions[:, -1:] + 1, jnp.ones((2, 1), jnp.int32))
+    decode = jax.jit(lambda c, read_len: model.apply({"params": params}, *step, c, 5, read_len,
+                                                     method="decode")[0])
+    clean_all = decode(cache, slots)
+    clean_first = decode(cache, 6)
+    np.testing.assert_array_equal(np.asarray(clean_first), np.asarray(clean_all))
+    half = attention.DECODE_BLOCK
+    poisoned = cache.replace(k=cache.k.at[:, :, :, half:].set(jnp.nan),
+                             v=cache.v.at[:, :, :, half:].set(jnp.nan))
+    np.testing.assert_array_equal(np.asarray(decode(poisoned, 6)), np.asarray(clean_all))
+    assert np.isnan(np.asarray(decode(poisoned, slots))).all()
 
-    def decode(c, window=None):
-        return model.apply({"params": params}, *step, c, 5, window, method="decode")[0]
-    clean = decode(cache)
-    poisoned = cache.replace(k=cache.k.at[:, :, :, 8:].set(jnp.nan),
-                             v=cache.v.at[:, :, :, 8:].set(jnp.nan))
-    np.testing.assert_allclose(np.asarray(decode(poisoned, 8)), np.asarray(clean), atol=1e-6)
-    assert np.isnan(np.asarray(decode(poisoned))).all()
+
+def test_per_row_cache_index_writes_each_row_at_its_own_fill():
+    """A continuous-batching step: rows at different fill levels write at their own
+    index; an index past the cache (an idle slot) writes nothing."""
+    cfg = models.get_config("tiny-llama")
+    cache = models.KVCache.init(cfg, 3, 8)
+    new = jnp.ones((cfg.num_layers, 3, 1, cfg.num_kv_heads, cfg.head_dim))
+    out = cache.write(new, 2 * new, jnp.ones((3, 1), jnp.int32),
+                      jnp.asarray([[4], [6], [9]]), jnp.asarray([2, 5, 8]))
+    filled = np.asarray(out.segment_ids)
+    assert filled.tolist() == [[0, 0, 1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1, 0, 0], [0] * 8]
+    assert np.asarray(out.positions)[1, 5] == 6
+    k = np.asarray(out.k)
+    assert (k[:, 0, :, 2] == 1).all() and (k[:, 1, :, 5] == 1).all()
+    assert k.sum() == 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim
+    assert (np.asarray(out.v)[:, 1, :, 5] == 2).all()
 
 
 def test_prefill_returns_the_last_positions_logits():

@@ -43,13 +43,6 @@ class KVCache:
     def slots(self) -> int:
         return self.segment_ids.shape[1]
 
-    def repeat(self, n: int) -> "KVCache":
-        """Each row repeated n times in place (row i -> rows i*n .. i*n + n - 1)."""
-        rows = self.segment_ids.shape[0] * n
-        rep = lambda x, axis: jnp.repeat(x, n, axis=axis, total_repeat_length=rows)  # noqa: E731
-        return KVCache(k=rep(self.k, 1), v=rep(self.v, 1),
-                       segment_ids=rep(self.segment_ids, 0), positions=rep(self.positions, 0))
-
     def write(self, new_k: Array, new_v: Array, segment_ids: Array, positions: Array,
               index) -> "KVCache":
         """Stores a call's keys/values at slots index .. index + T - 1.

@@ -1,64 +1,78 @@
-"""The teacher's engine: prefill + `lax.while_loop` decode over a KV cache.
+"""The teacher's engine: `num_slots` decode rows resident on the device, refilled
+as samples finish (continuous batching).
 
-One compiled program per (batch bucket, prompt-length bucket, n, max_new_tokens,
-return_top_k): prompts are sorted by length, grouped, left-padded to a length
-bucket, and the group padded to a batch bucket, so a long run compiles a small,
-known number of programs (each new one is logged).
+  Sampler(cfg, params, mesh=None, num_slots=64, scheduler="continuous")
+      .generate(prompt_token_ids, SamplingParams | [SamplingParams per prompt])
 
-Inside a program: the prompts are prefilled in one forward pass into a cache of
-`length_bucket + max_new_tokens` slots; each prompt's cache rows are repeated
-for its n samples (one prefill per prompt, not per sample); then a while loop
-samples a token per row, writes it into the cache, and stops as soon as every
-row has hit a stop token or the length limit. The cache is a loop-carried
-pytree, updated in place by XLA. The loop is split into a few segments
-(`decode_segments`), each reading only the cache slots that can be filled by
-then, so a step's cost follows the generated length rather than the maximum.
+A generate call turns its prompts into samples (n per prompt), and loops:
+  1. the scheduler (`scheduler.py`) assigns waiting samples to free slots;
+  2. their prompts are prefilled in batches of one length bucket (a prompt's n
+     samples share one prefill) and copied into their slots, each sample drawing
+     its first token (`engine.prefill_insert`);
+  3. `engine.decode_steps` runs up to `steps_per_call` steps of every slot,
+     stopping early when slots free up while samples wait;
+  4. the tokens drawn come back to the host, finished samples leave their slots.
 
-Randomness: row (prompt key i, sample j) draws step t from
-fold_in(fold_in(fold_in(key(seed), i), j), t) — nothing about the batch enters.
+Programs: decode_steps is compiled once per (slot count, slot length, stop-id
+width, top-k width), and prefill_insert once per prompt-length bucket on top: a
+prefill always takes `prefill_batch` prompts and an insert lists one entry per
+slot (padding past the arrivals). So a run compiles a small known number of
+programs however the slots turn over (each new one is logged); settings, n and
+seeds are traced per slot and never recompile.
+
+Slot length: the cache of one slot holds its prompt's length bucket plus its
+max_new_tokens; by default the smallest multiple of the decode block
+(`attention.DECODE_BLOCK`) that holds every request of the call, or fixed with
+`slot_len`. A decode step reads each slot's cache only up to the longest active
+slot's fill, so a short tail costs what it holds, not the capacity.
+
+Randomness: sample j of a prompt with key k draws step t from
+fold_in(fold_in(fold_in(key(seed), k), j), t). Together with the engine's
+row-independent numerics, a sample is the same bits whatever slot, slot count,
+arrival order, host count or scheduler produced it.
 
 Several hosts (a mesh over every process's devices, see `distill_jax.distributed`):
 each process calls `generate` with its own prompts, at the same time; the calls
-are collective. The hosts agree on the number of programs and on each one's
-bucket shapes (a host with fewer prompts pads with empty rows), each host's rows
-enter the program as its part of the global batch, and each gets its own rows
-back. Because of the seeding above, a sample is the same whichever host, batch
-or program produced it.
+are collective. The slots are split over the hosts (each host fills only its
+own), every round the hosts agree on the prefill shapes (a host with nothing to
+insert joins with padding rows), and each gets its own samples back.
 """
 from __future__ import annotations
 
 import bisect
+import collections
 import dataclasses
 import functools
+import time
 from typing import Sequence
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from distill_jax import distributed, models, sharding
-from distill_jax.models import kv_cache
-from distill_jax.models.transformer import segment_positions
-from distill_jax.sampling.logits_processing import choose_tokens
+from distill_jax.models import attention
+from distill_jax.sampling import engine
+from distill_jax.sampling.outputs import SampleOutput, apply_stop_strings
 from distill_jax.sampling.params import SamplingParams
+from distill_jax.sampling.scheduler import POLICIES, SlotScheduler
+
+# XLA compilations per function name, from JAX's own compile events (what a test
+# or a run summary counts, rather than trusting a Python-side cache of programs).
+COMPILES: collections.Counter = collections.Counter()
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, duration, fun_name="?", **kw: COMPILES.update([fun_name])
+    if event == "/jax/core/compile/backend_compile_duration" else None)
+ENGINE_FUNCTIONS = ("jit(init_decode_state)", "jit(prefill_insert)", "jit(decode_steps)")
+
+
+def engine_compiles() -> int:
+    """XLA compilations of the engine's functions so far in this process."""
+    return sum(COMPILES[name] for name in ENGINE_FUNCTIONS)
 
 DEFAULT_LENGTH_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
-DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
-
-@dataclasses.dataclass
-class SampleOutput:
-    """One sample: generated ids (including the stop token, if any), the raw model
-    log-probability of each, and why it ended ("stop" | "length")."""
-
-    token_ids: list[int]
-    logprobs: list[float]
-    finish_reason: str
-    top_k_ids: list[list[int]] | None = None
-    top_k_logprobs: list[list[float]] | None = None
-    text: str | None = None
+__all__ = ["DEFAULT_LENGTH_BUCKETS", "SampleOutput", "Sampler", "bucket"]
 
 
 def bucket(value: int, buckets: Sequence[int], what: str) -> int:
@@ -69,313 +83,294 @@ def bucket(value: int, buckets: Sequence[int], what: str) -> int:
     return buckets[i]
 
 
-def decode_segments(max_new_tokens: int, segments: int = 8, granule: int = 64) -> list[int]:
-    """Where the decode loop's segments end (in steps), the last at max_new_tokens.
-
-    Each segment is its own `while_loop` whose steps read a static cache window
-    (prompt + segment end) instead of all prompt + max_new_tokens slots, so time
-    per step follows the filled length, not the final one. At most `segments`
-    segments (each a compiled loop body), each a multiple of `granule` steps;
-    runs of up to `granule` new tokens have one.
-    """
-    size = max(granule, -(-max_new_tokens // (segments * granule)) * granule)
-    return list(range(size, max_new_tokens, size)) + [max_new_tokens]
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def _row_keys(seed, prompt_keys, n: int):
-    """[prompts * n] keys: fold_in(fold_in(key(seed), prompt key), sample index)."""
-    base = jax.random.key(seed)
-    per_prompt = jax.vmap(lambda k: jax.random.fold_in(base, k))(prompt_keys)
-    per_row = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(
-        jnp.arange(n, dtype=jnp.uint32)))(per_prompt)
-    return per_row.reshape(-1)
+@dataclasses.dataclass
+class _Sample:
+    """Sample `index` of request `request`, collected as it is drawn."""
+
+    request: int
+    index: int
+    token_ids: list = dataclasses.field(default_factory=list)
+    logprobs: list = dataclasses.field(default_factory=list)
+    top_ids: list = dataclasses.field(default_factory=list)
+    top_logprobs: list = dataclasses.field(default_factory=list)
 
 
 class Sampler:
     """`Sampler(cfg, params, mesh=None).generate(prompt_token_ids, SamplingParams(...))`.
 
-    With a mesh, params are placed by their logical axes (fsdp/tensor) and rows
-    over (data, fsdp); batch buckets are rounded up to multiples of the
-    data-parallel size on this host. `max_batch` caps this host's rows per
-    program (prompts x n).
+    With a mesh, params are placed by their logical axes (fsdp/tensor) and slots
+    over (data, fsdp); `num_slots` (all hosts together) must be a multiple of that
+    data-parallel size. `stats` describes the last generate call.
     """
 
     def __init__(self, cfg: models.ModelConfig, params, mesh: jax.sharding.Mesh | None = None,
-                 tokenizer=None, length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
-                 batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS, max_batch: int = 64,
-                 pad_id: int = 0):
-        self.cfg = cfg
-        self.mesh = mesh
-        self.tokenizer = tokenizer
-        self.pad_id = pad_id
+                 tokenizer=None, num_slots: int = 64, scheduler: str = "continuous",
+                 length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS, slot_len: int = 0,
+                 prefill_batch: int = 0, steps_per_call: int = engine.DECODE_STEPS,
+                 min_free: int = 1, pad_id: int = 0):
+        if scheduler not in POLICIES:
+            raise ValueError(f"scheduler {scheduler!r}; choose from {POLICIES}")
+        self.cfg, self.mesh, self.tokenizer, self.pad_id = cfg, mesh, tokenizer, pad_id
+        self.scheduler, self.steps_per_call, self.min_free = scheduler, steps_per_call, min_free
         self.length_buckets = tuple(sorted(length_buckets))
         self.process_count = 1 if mesh is None else jax.process_count()
         data_parallel = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
         if data_parallel % self.process_count:
             raise ValueError(
-                f"mesh {dict(mesh.shape)} splits the batch {data_parallel} ways, which does not "
+                f"mesh {dict(mesh.shape)} splits the slots {data_parallel} ways, which does not "
                 f"divide over {self.process_count} hosts; each host feeds its own prompts, so "
                 "data x fsdp must be a multiple of the host count (keep `tensor` within a host)")
+        if num_slots < 1 or num_slots % data_parallel:
+            raise ValueError(
+                f"num_slots={num_slots} must be a positive multiple of the data-parallel size "
+                f"{data_parallel} (mesh data x fsdp = {dict(mesh.shape) if mesh else {}})")
+        if slot_len and slot_len % attention.DECODE_BLOCK:
+            raise ValueError(f"slot_len={slot_len} must be a multiple of the decode block "
+                             f"{attention.DECODE_BLOCK}")
+        self.num_slots, self.slot_len = num_slots, slot_len
+        self.local_slots = num_slots // self.process_count
         local_parallel = data_parallel // self.process_count
-        self.batch_buckets = tuple(sorted({-(-b // local_parallel) * local_parallel
-                                           for b in batch_buckets}))
-        self.max_batch = max_batch
-        self.compiled: set[tuple] = set()
+        # Prompts per prefill call on this host: one shape, so a prompt's prefill has
+        # the same bits whichever prompts share it (default one per data shard).
+        self.prefill_batch = prefill_batch or local_parallel
+        if self.prefill_batch % local_parallel:
+            raise ValueError(f"prefill_batch={prefill_batch} must be a multiple of this "
+                             f"host's data-parallel shards ({local_parallel})")
         self._model = models.Transformer(cfg)
         if mesh is not None:
-            self._param_shardings = sharding.logical_to_shardings(
+            param_shardings = sharding.logical_to_shardings(
                 models.param_logical_axes(cfg), mesh, shapes=params)
-            params = jax.tree_util.tree_map(jax.device_put, params, self._param_shardings)
+            params = jax.tree_util.tree_map(jax.device_put, params, param_shardings)
         self.params = params
         self._programs: dict[tuple, object] = {}
+        self.stats: dict = {}
 
-    # ----------------------------------------------------------------- program
-    def _program(self, n: int, max_new: int, top_k_out: int):
-        key = (n, max_new, top_k_out)
-        if key in self._programs:
-            return self._programs[key]
-        model, cfg, pad_id, mesh = self._model, self.cfg, self.pad_id, self.mesh
+    # ---------------------------------------------------------------- programs
+    def _program(self, kind: str, *shape):
+        """The jitted engine function for one shape key (logged when new)."""
+        key = (kind, *shape)
+        if key not in self._programs:
+            logging.info("sampler: new program %d: %s %s", len(self._programs) + 1, kind, shape)
+            if kind == "init":
+                slot_len, stops = shape
+                def init_decode_state():
+                    return engine.DecodeState.init(self.cfg, self.num_slots, slot_len, stops)
+                program = jax.jit(init_decode_state)
+            elif kind == "insert":
+                program = jax.jit(functools.partial(engine.prefill_insert, self._model,
+                                                    top_k_out=shape[-1]), donate_argnums=(1,))
+            else:
+                program = jax.jit(functools.partial(
+                    engine.decode_steps, self._model, num_steps=self.steps_per_call,
+                    top_k_out=shape[-1], pad_id=self.pad_id), donate_argnums=(1,))
+            self._programs[key] = program
+        return self._programs[key]
 
-        def constrain(cache):
-            if mesh is None:
-                return cache
-            return jax.tree_util.tree_map(nn.with_logical_constraint, cache,
-                                          kv_cache.LOGICAL_AXES)
+    def _global(self, tree):
+        """Host-local numpy rows -> arrays over the whole mesh (each host's rows its
+        part of the batch); unchanged without a mesh."""
+        if self.mesh is None:
+            return tree
+        return jax.tree_util.tree_map(lambda a: jax.make_array_from_process_local_data(
+            sharding.batch_sharding(self.mesh, a.ndim), a), tree)
 
-        def run(params, tokens, segment_ids, row_valid, prompt_keys, seed, temperature, top_k,
-                top_p, min_p, stop_ids):
-            # tokens, segment_ids: [prompts, prompt_len]; prompt_keys: [prompts];
-            # row_valid: [prompts * n].
-            num_prompts, prompt_len = tokens.shape
-            rows = num_prompts * n
-            row_keys = _row_keys(seed, prompt_keys, n)
-            positions = segment_positions(segment_ids)
-            cache = constrain(kv_cache.KVCache.init(cfg, num_prompts, prompt_len + max_new))
-            logits, cache = model.apply({"params": params}, tokens, positions, segment_ids,
-                                        cache, method="prefill")
-            # Each prompt's cache and last logits, repeated for its n samples.
-            repeat = functools.partial(jnp.repeat, repeats=n, total_repeat_length=rows)
-            cache = constrain(cache.repeat(n))
-            last_logits = repeat(logits, axis=0)
-            next_position = repeat(jnp.sum(segment_ids > 0, axis=1), axis=0).astype(jnp.int32)
+    def _local(self, tree):
+        """The inverse: this host's rows of batch-sharded outputs, as numpy."""
+        if self.process_count > 1:
+            from jax.experimental import multihost_utils
+            tree = multihost_utils.global_array_to_host_local_array(
+                tree, self.mesh, jax.sharding.PartitionSpec(sharding.BATCH_AXES))
+        return jax.device_get(tree)
 
-            def record(s, logits, step):
-                """Chooses step `step`'s token per row from `logits` and books it."""
-                step_keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, step)
-                token = choose_tokens(step_keys, logits, temperature, top_k, top_p, min_p)
-                log_probs = jax.nn.log_softmax(logits, axis=-1)
-                active = ~s["done"]
-                token = jnp.where(active, token, pad_id)
-                s = dict(s)
-                s["tokens"] = s["tokens"].at[:, step].set(token)
-                s["logprobs"] = s["logprobs"].at[:, step].set(
-                    jnp.where(active, jnp.take_along_axis(log_probs, token[:, None], -1)[:, 0], 0.0))
-                if top_k_out:
-                    top_lp, top_ids = jax.lax.top_k(log_probs, top_k_out)
-                    s["top_ids"] = s["top_ids"].at[:, step].set(top_ids)
-                    s["top_logprobs"] = s["top_logprobs"].at[:, step].set(top_lp)
-                s["length"] = s["length"] + active.astype(jnp.int32)
-                hit_stop = active & jnp.any(token[:, None] == stop_ids[None, :], axis=-1)
-                s["stopped"] = s["stopped"] | hit_stop
-                s["done"] = s["done"] | hit_stop
-                s["last_token"] = token
-                s["step"] = step + 1
-                return s
+    def _host_rows(self, count: int) -> np.ndarray:
+        """Global indices of this host's rows of a batch-sharded axis of `count` rows
+        (in the order its local data fills them)."""
+        if self.process_count == 1:
+            return np.arange(count)
+        mapping = sharding.batch_sharding(self.mesh, 1).devices_indices_map((count,))
+        rows = sorted({i for device, (index,) in mapping.items()
+                       if device.process_index == jax.process_index()
+                       for i in range(*index.indices(count))})
+        return np.asarray(rows)
 
-            state = {
-                "step": jnp.int32(0),
-                "cache": cache,
-                "done": ~row_valid,
-                "length": jnp.zeros((rows,), jnp.int32),
-                "stopped": jnp.zeros((rows,), bool),
-                "last_token": jnp.zeros((rows,), jnp.int32),
-                "tokens": jnp.full((rows, max_new), pad_id, jnp.int32),
-                "logprobs": jnp.zeros((rows, max_new), jnp.float32),
-            }
-            if top_k_out:
-                state["top_ids"] = jnp.zeros((rows, max_new, top_k_out), jnp.int32)
-                state["top_logprobs"] = jnp.zeros((rows, max_new, top_k_out), jnp.float32)
-            # The first token comes from the prefill's logits; each loop iteration then
-            # runs one forward for the previous token and samples the next, so no
-            # forward pass is wasted after the last token.
-            state = record(state, last_logits, jnp.int32(0))
-
-            def segment(end):
-                """The loop over steps < end. Step t writes slot prompt_len + t - 1 and
-                reads the slots before it, so the cache window prompt_len + end covers
-                every read of the segment."""
-                def cond(s):
-                    return (s["step"] < end) & ~jnp.all(s["done"])
-
-                def body(s):
-                    step = s["step"]
-                    logits, cache = model.apply(
-                        {"params": params}, s["last_token"][:, None],
-                        (next_position + step - 1)[:, None], jnp.ones((rows, 1), jnp.int32),
-                        s["cache"], prompt_len + step - 1, prompt_len + end, method="decode")
-                    s = dict(s, cache=cache)
-                    return record(s, logits[:, 0, :], step)
-                return cond, body
-
-            final = state
-            for end in decode_segments(max_new):
-                final = jax.lax.while_loop(*segment(end), final)
-            out = {k: final[k] for k in ("tokens", "logprobs", "length", "stopped")}
-            if top_k_out:
-                out["top_ids"], out["top_logprobs"] = final["top_ids"], final["top_logprobs"]
-            return out
-
-        if mesh is None:
-            program = jax.jit(run)
-        else:
-            rows = sharding.batch_sharding(mesh, 1)
-            mat = sharding.batch_sharding(mesh, 2)
-            replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-            outputs = {"tokens": mat, "logprobs": mat, "length": rows, "stopped": rows}
-            if top_k_out:
-                outputs["top_ids"] = outputs["top_logprobs"] = sharding.batch_sharding(mesh, 3)
-            program = jax.jit(run, in_shardings=(self._param_shardings, mat, mat, rows, rows,
-                                                 replicated, replicated, replicated, replicated,
-                                                 replicated, replicated),
-                              out_shardings=outputs)
-        self._programs[key] = program
-        return program
-
-    # ----------------------------------------------------------------- generate
-    def generate(self, prompt_token_ids: Sequence[Sequence[int]], params: SamplingParams,
+    # ---------------------------------------------------------------- generate
+    def generate(self, prompt_token_ids: Sequence[Sequence[int]],
+                 params: SamplingParams | Sequence[SamplingParams],
                  prompt_keys: Sequence[int] | None = None) -> list[list[SampleOutput]]:
-        """outs[i][j] is sample j of prompt i. `prompt_keys[i]` (default i) seeds prompt
-        i's samples: give each prompt a stable id to make results independent of how
+        """outs[i][j] is sample j of prompt i. `params`: one SamplingParams for all
+        prompts or one per prompt. `prompt_keys[i]` (default i) seeds prompt i's
+        samples: give each prompt a stable id to make results independent of how
         prompts are grouped into calls."""
         prompts = [list(map(int, p)) for p in prompt_token_ids]
+        per_prompt = ([params] * len(prompts) if isinstance(params, SamplingParams)
+                      else list(params))
+        if len(per_prompt) != len(prompts):
+            raise ValueError(f"{len(per_prompt)} SamplingParams for {len(prompts)} prompts; "
+                             "give one for all or one per prompt")
         keys = list(range(len(prompts))) if prompt_keys is None else [int(k) for k in prompt_keys]
         if len(keys) != len(prompts):
             raise ValueError(f"{len(keys)} prompt_keys for {len(prompts)} prompts")
-        limit = min(self.length_buckets[-1], self.cfg.max_position_embeddings - params.max_new_tokens)
-        for i, p in enumerate(prompts):
+        buckets = self._check(prompts, per_prompt)
+        # One slot length, stop-id width and top-k width for the call, on every host.
+        slot_len = self.slot_len or _round_up(
+            max((b + p.max_new_tokens for b, p in zip(buckets, per_prompt)), default=1),
+            attention.DECODE_BLOCK)
+        stops = 1 << max(0, max((len(p.stop_token_ids) for p in per_prompt), default=1) - 1
+                         ).bit_length()
+        top_k_out = max((p.return_top_k for p in per_prompt), default=0)
+        if self.process_count > 1:
+            slot_len, stops, top_k_out = distributed.agree_max(slot_len, stops, top_k_out)
+
+        work = [_Sample(i, j) for i in range(len(prompts)) for j in range(per_prompt[i].n)]
+        host_slots = self._host_rows(self.num_slots)
+        scheduler = SlotScheduler(range(len(host_slots)), self.scheduler, work)
+        results: list[list[SampleOutput | None]] = [[None] * p.n for p in per_prompt]
+        stats = collections.Counter()
+        start, compiles = time.perf_counter(), engine_compiles()
+        state = self._program("init", slot_len, stops)()
+
+        def finish(local_slot: int, stopped: bool):
+            s = scheduler.release(local_slot)
+            p = per_prompt[s.request]
+            out = SampleOutput(s.token_ids, s.logprobs, "stop" if stopped else "length")
+            if p.return_top_k:
+                out.top_k_ids = [ids[:p.return_top_k] for ids in s.top_ids]
+                out.top_k_logprobs = [lps[:p.return_top_k] for lps in s.top_logprobs]
+            results[s.request][s.index] = apply_stop_strings(out, p.stop_strings, self.tokenizer)
+
+        def collect(sample: _Sample, emitted, r: int):
+            count = int(emitted.emitted[r].sum())
+            sample.token_ids += emitted.tokens[r, :count].tolist()
+            sample.logprobs += emitted.logprobs[r, :count].tolist()
+            if top_k_out:
+                sample.top_ids += emitted.top_ids[r, :count].tolist()
+                sample.top_logprobs += emitted.top_logprobs[r, :count].tolist()
+            return count
+
+        with sharding.mesh_context(self.mesh):
+            while True:
+                calls = self._insert_calls(scheduler.admit(), buckets)
+                # Calls per length bucket this round: every host runs the same
+                # programs, so the hosts take the most of each (padding the rest).
+                wanted = [scheduler.busy] + [sum(length == b for length, _ in calls)
+                                             for b in self.length_buckets]
+                if self.process_count > 1:
+                    wanted = distributed.agree_max(*wanted)
+                busy = bool(wanted[0])
+                for length, num_calls in zip(self.length_buckets, wanted[1:]):
+                    mine = [rows for b, rows in calls if b == length]
+                    for k in range(num_calls):
+                        rows = mine[k] if k < len(mine) else []
+                        batch = self._insert_batch(rows, prompts, per_prompt, keys, length,
+                                                   host_slots, stops)
+                        program = self._program("insert", slot_len, stops, length, top_k_out)
+                        state, first = program(self.params, state, self._global(batch))
+                        first = self._local(first)
+                        for local_slot, s in rows:
+                            collect(s, first, local_slot)
+                        stats["prefill_calls"] += 1
+                        stats["prefilled_prompts"] += len({s.request for _, s in rows})
+                if not busy:
+                    break
+                refill = np.full((self.local_slots,), scheduler.wants_refill)
+                program = self._program("decode", slot_len, stops, top_k_out)
+                state, emitted, steps = program(self.params, state, self._global(refill),
+                                                np.int32(self.min_free))
+                emitted, active, stopped = self._local((emitted, state.active, state.stopped))
+                steps = int(steps)
+                stats["decode_calls"] += 1
+                stats["decode_steps"] += steps
+                for local_slot, s in list(scheduler.running.items()):
+                    stats["decode_tokens"] += collect(s, emitted, local_slot)
+                    if not active[local_slot]:
+                        finish(local_slot, bool(stopped[local_slot]))
+        elapsed = time.perf_counter() - start
+        slot_steps = stats["decode_steps"] * self.local_slots
+        self.stats = dict(stats, seconds=elapsed, num_slots=self.num_slots, slot_len=slot_len,
+                          scheduler=self.scheduler, programs=len(self._programs),
+                          compiles=engine_compiles() - compiles,
+                          utilization=stats["decode_tokens"] / slot_steps if slot_steps else 0.0)
+        return results  # type: ignore[return-value]
+
+    def _check(self, prompts, per_prompt) -> list[int]:
+        """Refuses bad requests before any work; -> each prompt's length bucket."""
+        buckets = []
+        for i, (p, sp) in enumerate(zip(prompts, per_prompt)):
             if not p:
                 raise ValueError(f"prompt {i} is empty")
-            if len(p) > limit:
-                raise ValueError(
-                    f"prompt {i} has {len(p)} tokens; with max_new_tokens="
-                    f"{params.max_new_tokens} at most {limit} fit (largest length bucket "
-                    f"{self.length_buckets[-1]}, max_position_embeddings "
-                    f"{self.cfg.max_position_embeddings})")
             bad = [t for t in p if not 0 <= t < self.cfg.vocab_size]
             if bad:
                 raise ValueError(f"prompt {i} has token ids outside [0, {self.cfg.vocab_size}): "
                                  f"{bad[:5]}")
-        bad_stops = [t for t in params.stop_token_ids if not 0 <= t < self.cfg.vocab_size]
-        if bad_stops:
-            raise ValueError(f"stop_token_ids {bad_stops} are not in the vocabulary "
-                             f"[0, {self.cfg.vocab_size})")
-        if params.n > self.max_batch:
-            raise ValueError(f"n={params.n} exceeds max_batch={self.max_batch}")
+            bad_stops = [t for t in sp.stop_token_ids if not 0 <= t < self.cfg.vocab_size]
+            if bad_stops:
+                raise ValueError(f"prompt {i}: stop_token_ids {bad_stops} are not in the "
+                                 f"vocabulary [0, {self.cfg.vocab_size})")
+            limit = self.cfg.max_position_embeddings - sp.max_new_tokens
+            if len(p) > min(self.length_buckets[-1], limit):
+                raise ValueError(
+                    f"prompt {i} has {len(p)} tokens; with max_new_tokens={sp.max_new_tokens} "
+                    f"at most {min(self.length_buckets[-1], limit)} fit (largest length bucket "
+                    f"{self.length_buckets[-1]}, max_position_embeddings "
+                    f"{self.cfg.max_position_embeddings})")
+            length = bucket(len(p), self.length_buckets, "prompt length")
+            if self.slot_len and length + sp.max_new_tokens > self.slot_len:
+                raise ValueError(
+                    f"prompt {i} has {len(p)} tokens (length bucket {length}); with "
+                    f"max_new_tokens={sp.max_new_tokens} it needs {length + sp.max_new_tokens} "
+                    f"cache slots, more than slot_len={self.slot_len}")
+            buckets.append(length)
+        return buckets
 
-        results: list[list[SampleOutput] | None] = [None] * len(prompts)
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        per_call = max(1, self.max_batch // params.n)
-        groups = [order[start:start + per_call] for start in range(0, len(order), per_call)]
-        num_groups = len(groups)
-        if self.process_count > 1:   # every host runs the same number of programs
-            (num_groups,) = distributed.agree_max(num_groups)
-        for g in range(num_groups):
-            group = groups[g] if g < len(groups) else []
-            outs = self._generate_group([prompts[i] for i in group], [keys[i] for i in group],
-                                        params)
-            for i, samples in zip(group, outs):
-                results[i] = samples
-        return results  # type: ignore[return-value]
+    def _insert_calls(self, admitted, buckets) -> list[tuple[int, list]]:
+        """Admitted (slot, sample) pairs -> prefill_insert calls (length bucket, rows):
+        per length bucket, the prompts in first-come order, `prefill_batch` per call,
+        each prompt's admitted samples in the call that prefills it."""
+        by_prompt: dict[int, list] = collections.defaultdict(list)
+        for local_slot, s in admitted:
+            by_prompt[s.request].append((local_slot, s))
+        by_bucket: dict[int, list] = collections.defaultdict(list)
+        for request in by_prompt:
+            by_bucket[buckets[request]].append(request)
+        calls = []
+        for length in sorted(by_bucket):
+            requests = by_bucket[length]
+            for lo in range(0, len(requests), self.prefill_batch):
+                calls.append((length, [pair for r in requests[lo:lo + self.prefill_batch]
+                                       for pair in by_prompt[r]]))
+        return calls
 
-    def _generate_group(self, prompts, keys, params: SamplingParams):
-        n = params.n
-        batch = bucket(len(prompts), self.batch_buckets, "batch size")
-        length = bucket(max((len(p) for p in prompts), default=1), self.length_buckets,
-                         "prompt length")
-        if self.process_count > 1:   # one program shape on every host
-            batch, length = distributed.agree_max(batch, length)
-        tokens = np.full((batch, length), self.pad_id, np.int32)
-        segment_ids = np.zeros((batch, length), np.int32)
-        for row, p in enumerate(prompts):
-            tokens[row, length - len(p):] = p
-            segment_ids[row, length - len(p):] = 1
-        row_valid = np.repeat(np.arange(batch) < len(prompts), n)
-        # Row keys are derived inside the program: key(seed) -> prompt key -> sample j.
-        prompt_keys = np.asarray([k & 0x7FFFFFFF for k in keys] + [0] * (batch - len(prompts)),
-                                 np.uint32)
-        stop_ids = np.asarray(params.stop_token_ids or (-1,), np.int32)
-        signature = (batch, length, n, params.max_new_tokens, params.return_top_k,
-                     len(stop_ids))
-        if signature not in self.compiled:
-            self.compiled.add(signature)
-            logging.info("sampler: compiling program %d: prompts=%d prompt_len=%d n=%d "
-                         "max_new_tokens=%d return_top_k=%d", len(self.compiled), batch, length,
-                         n, params.max_new_tokens, params.return_top_k)
-        program = self._program(n, params.max_new_tokens, params.return_top_k)
-        rows = [tokens, segment_ids, row_valid, prompt_keys]
-        if self.mesh is not None:   # this host's rows become its part of the global batch
-            rows = [jax.make_array_from_process_local_data(
-                sharding.batch_sharding(self.mesh, a.ndim), a) for a in rows]
-        args = (self.params, *rows, np.uint32(params.seed), np.float32(params.temperature),
-                np.int32(params.top_k), np.float32(params.top_p), np.float32(params.min_p),
-                stop_ids)
-        with sharding.mesh_context(self.mesh):
-            out = program(*args)
-        if self.process_count > 1:   # back to this host's rows
-            from jax.experimental import multihost_utils
-            out = multihost_utils.global_array_to_host_local_array(
-                out, self.mesh, jax.sharding.PartitionSpec(sharding.BATCH_AXES))
-        out = jax.device_get(out)
-
-        samples: list[list[SampleOutput]] = []
-        for i in range(len(prompts)):
-            row_samples = []
-            for j in range(n):
-                r = i * n + j
-                count = int(out["length"][r])
-                sample = SampleOutput(
-                    token_ids=out["tokens"][r, :count].tolist(),
-                    logprobs=out["logprobs"][r, :count].tolist(),
-                    finish_reason="stop" if out["stopped"][r] else "length")
-                if params.return_top_k:
-                    sample.top_k_ids = out["top_ids"][r, :count].tolist()
-                    sample.top_k_logprobs = out["top_logprobs"][r, :count].tolist()
-                row_samples.append(self._apply_stop_strings(sample, params))
-            samples.append(row_samples)
-        return samples
-
-    def _apply_stop_strings(self, sample: SampleOutput, params: SamplingParams) -> SampleOutput:
-        """Decodes text (with a tokenizer) and cuts at the first stop string, keeping it.
-
-        Stop strings are matched on the host after decoding, so they shorten the
-        output but do not end device-side generation early.
-        """
-        if self.tokenizer is None:
-            if params.stop_strings:
-                raise ValueError("stop_strings need a Sampler with a tokenizer")
-            return sample
-        sample.text = self.tokenizer.decode(sample.token_ids)
-        if not params.stop_strings:
-            return sample
-        hits = [sample.text.find(s) for s in params.stop_strings]
-        if not any(h >= 0 for h in hits):
-            return sample
-        # Smallest token prefix whose text contains a stop string (monotone: bisect).
-        def contains(count):
-            text = self.tokenizer.decode(sample.token_ids[:count])
-            return any(s in text for s in params.stop_strings)
-        lo, hi = 1, len(sample.token_ids)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if contains(mid):
-                hi = mid
-            else:
-                lo = mid + 1
-        text = self.tokenizer.decode(sample.token_ids[:lo])
-        ends = [text.find(s) + len(s) for s in params.stop_strings if s in text]
-        return dataclasses.replace(
-            sample, token_ids=sample.token_ids[:lo], logprobs=sample.logprobs[:lo],
-            top_k_ids=None if sample.top_k_ids is None else sample.top_k_ids[:lo],
-            top_k_logprobs=None if sample.top_k_logprobs is None else sample.top_k_logprobs[:lo],
-            finish_reason="stop", text=text[:min(ends)])
+    def _insert_batch(self, rows, prompts, per_prompt, keys, length: int,
+                      host_slots: np.ndarray, stops: int) -> engine.InsertBatch:
+        """This host's part of one prefill_insert call: its prompts left-padded to
+        `length` in `prefill_batch` rows, its samples in one entry per local slot
+        (the real ones first, then padding)."""
+        sample_rows = self.local_slots   # integer indices only: one shape for any arrival
+        order = list(dict.fromkeys(s.request for _, s in rows))   # prompts, first-come order
+        tokens = np.full((self.prefill_batch, length), self.pad_id, np.int32)
+        segment_ids = np.zeros((self.prefill_batch, length), np.int32)
+        for r, i in enumerate(order):
+            tokens[r, length - len(prompts[i]):] = prompts[i]
+            segment_ids[r, length - len(prompts[i]):] = 1
+        global_prompt_rows = self._host_rows(self.prefill_batch * self.process_count)
+        where = {i: r for r, i in enumerate(order)}
+        source = np.zeros(sample_rows, np.int32)
+        slot = np.full(sample_rows, self.num_slots, np.int32)       # padding: dropped
+        seed = np.zeros(sample_rows, np.uint32)
+        prompt_key = np.zeros(sample_rows, np.uint32)
+        sample_index = np.zeros(sample_rows, np.uint32)
+        row_params = [SamplingParams()] * sample_rows
+        for r, (local_slot, s) in enumerate(rows):
+            source[r] = global_prompt_rows[where[s.request]]
+            slot[r] = host_slots[local_slot]
+            p = per_prompt[s.request]
+            seed[r], prompt_key[r], sample_index[r] = p.seed, keys[s.request] & 0x7FFFFFFF, s.index
+            row_params[r] = p
+        return engine.InsertBatch(tokens=tokens, segment_ids=segment_ids, source=source,
+                                  slot=slot, seed=seed, prompt_key=prompt_key,
+                                  sample_index=sample_index,
+                                  settings=engine.SlotSettings.from_params(row_params, stops))

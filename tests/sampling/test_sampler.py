@@ -55,28 +55,18 @@ def test_kv_cache_decoding_equals_full_recompute():
         assert out[0].token_ids == recompute_greedy(cfg, params, prompt, 24)
 
 
-def test_decode_segments_cover_the_run_in_few_growing_windows():
-    from distill_jax.sampling.sampler import decode_segments
-    assert decode_segments(1) == [1]
-    assert decode_segments(64) == [64]
-    assert decode_segments(256) == [64, 128, 192, 256]
-    for max_new in (65, 150, 1000, 1024, 5000, 32768):
-        ends = decode_segments(max_new)
-        assert ends[-1] == max_new and len(ends) <= 8
-        assert all(b > a for a, b in zip(ends, ends[1:]))
-        assert all(e % 64 == 0 for e in ends[:-1])
-
-
-def test_multi_segment_decoding_equals_full_recompute():
-    """150 new tokens run as three loop segments (windows prompt+64, +128, +150);
-    every token still equals the no-cache recompute."""
+def test_decoding_past_one_cache_block_equals_full_recompute():
+    """270 new tokens: slots of 512 cache positions read in two blocks of 256 once the
+    fill passes the first; every token still equals the no-cache recompute."""
     cfg = models.get_config("tiny-llama")
     params = models.init_params(cfg, jax.random.key(9))
-    outs = sampling.Sampler(cfg, params).generate(
-        PROMPTS[:2], sampling.SamplingParams(temperature=0.0, max_new_tokens=150))
+    sampler = sampling.Sampler(cfg, params, num_slots=2)
+    outs = sampler.generate(PROMPTS[:2], sampling.SamplingParams(temperature=0.0,
+                                                                 max_new_tokens=270))
+    assert sampler.stats["slot_len"] == 512
     for prompt, out in zip(PROMPTS[:2], outs):
-        assert len(out[0].token_ids) == 150
-        assert out[0].token_ids == recompute_greedy(cfg, params, prompt, 150)
+        assert len(out[0].token_ids) == 270
+        assert out[0].token_ids == recompute_greedy(cfg, params, prompt, 270)
 
 
 def test_logprobs_are_the_raw_model_distribution():
@@ -143,19 +133,18 @@ def test_greedy_rows_ignore_filters():
     np.testing.assert_array_equal(sampling.choose_tokens(keys, logits, 0.0, 1, 0.1, 0.5), [1, 0])
 
 
-def test_samples_reproducible_across_batch_sizes_and_buckets():
+def test_samples_reproducible_across_slot_counts_order_and_buckets():
     cfg = models.get_config("tiny-llama")
     params = models.init_params(cfg, jax.random.key(0))
     sp = sampling.SamplingParams(n=3, temperature=1.0, top_p=0.95, max_new_tokens=12, seed=7)
-    all_at_once = sampling.Sampler(cfg, params, max_batch=64).generate(
+    all_at_once = sampling.Sampler(cfg, params, num_slots=16).generate(
         PROMPTS, sp, prompt_keys=[100, 101, 102])
-    one_by_one = sampling.Sampler(cfg, params, max_batch=3, length_buckets=(16, 64),
-                                  batch_buckets=(1, 4)).generate(
+    few_slots = sampling.Sampler(cfg, params, num_slots=2, length_buckets=(16, 64)).generate(
         PROMPTS, sp, prompt_keys=[100, 101, 102])
     reordered = sampling.Sampler(cfg, params).generate(
         [PROMPTS[2], PROMPTS[0]], sp, prompt_keys=[102, 100])
     for i in range(3):
-        assert [s.token_ids for s in all_at_once[i]] == [s.token_ids for s in one_by_one[i]]
+        assert [s.token_ids for s in all_at_once[i]] == [s.token_ids for s in few_slots[i]]
     assert [s.token_ids for s in reordered[0]] == [s.token_ids for s in all_at_once[2]]
     assert [s.token_ids for s in reordered[1]] == [s.token_ids for s in all_at_once[0]]
     # The n samples of a prompt differ from each other, and another seed changes them.
@@ -164,20 +153,6 @@ def test_samples_reproducible_across_batch_sizes_and_buckets():
         PROMPTS[:1], sampling.SamplingParams(n=3, temperature=1.0, top_p=0.95, max_new_tokens=12,
                                              seed=8), prompt_keys=[100])
     assert [s.token_ids for s in other[0]] != [s.token_ids for s in all_at_once[0]]
-
-
-def test_bounded_compilation():
-    cfg = models.get_config("tiny-llama")
-    params = models.init_params(cfg, jax.random.key(0))
-    sampler = sampling.Sampler(cfg, params, length_buckets=(8, 16), batch_buckets=(2, 4),
-                               max_batch=4)
-    sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=4)
-    rng = np.random.default_rng(0)
-    prompts = [rng.integers(3, 200, size=rng.integers(1, 16)).tolist() for _ in range(30)]
-    sampler.generate(prompts, sp)
-    sampler.generate(prompts[:5], sp)
-    assert len(sampler.compiled) <= 4  # (#length buckets x #batch buckets)
-    assert {s[:2] for s in sampler.compiled} <= {(2, 8), (2, 16), (4, 8), (4, 16)}
 
 
 def test_stop_tokens_end_samples():
@@ -219,14 +194,14 @@ def test_stop_strings_cut_text(tmp_path):
 def test_bad_prompts_are_refused_before_work():
     cfg = models.get_config("tiny-llama")
     params = models.init_params(cfg, jax.random.key(0))
-    sampler = sampling.Sampler(cfg, params, length_buckets=(8, 16))
+    sampler = sampling.Sampler(cfg, params, length_buckets=(8, 16), num_slots=4)
     with pytest.raises(ValueError, match="prompt 1 has 17 tokens; with max_new_tokens=4 at most 16"):
         sampler.generate([[1], [1] * 17], sampling.SamplingParams(max_new_tokens=4))
     with pytest.raises(ValueError, match=r"prompt 0 has token ids outside \[0, 256\): \[300\]"):
         sampler.generate([[1, 300]], sampling.SamplingParams(max_new_tokens=4))
     with pytest.raises(ValueError, match="prompt 0 is empty"):
         sampler.generate([[]], sampling.SamplingParams(max_new_tokens=4))
-    with pytest.raises(ValueError, match=r"stop_token_ids \[999\] are not in the vocabulary"):
+    with pytest.raises(ValueError, match=r"prompt 0: stop_token_ids \[999\] are not in the vocab"):
         sampler.generate([[1]], sampling.SamplingParams(max_new_tokens=4, stop_token_ids=(2, 999)))
     with pytest.raises(ValueError, match="top_p must be in"):
         sampling.SamplingParams(top_p=0.0)

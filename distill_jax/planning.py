@@ -25,9 +25,13 @@
                and one layer's forward working set, attention included
   batch        the int32 input arrays of this device's rows
 
-and `plan_sampling` the sampler's: the teacher's params plus its KV cache
-(2 x layers x rows x cache length x kv_heads x head_dim, in the compute dtype)
-and a prefill's working set.
+and `plan_sampling` the continuous-batching sampler's: the teacher's params, the
+KV cache of its resident decode slots (2 x layers x slots x (prompt bucket +
+max_new_tokens) x kv_heads x head_dim, in the compute dtype), an insert's prefill
+(one layer's working set and the prefill's own cache), one decode call's outputs
+and a step's logits. `slots_that_fit` is the largest slot count that fits a
+device, and `resolve_num_slots` the generate stage's count (sampling config
+num_slots, 0 = the planner's).
 
 Attention is planned for the kernel that will run (`attention_kernel`: the model's
 `attention_impl` resolved by `models.attention.resolve` for the row length and the
@@ -65,6 +69,7 @@ import numpy as np
 
 from distill_jax import models, sharding
 from distill_jax.models import attention as attention_kernels
+from distill_jax.sampling import engine
 
 GIB = 1024 ** 3
 # Headroom kept free for XLA's own scratch, fragmentation and the runtime.
@@ -76,6 +81,10 @@ FLASH_TILE = {"blockwise": attention_kernels.DEFAULT_BLOCK,
               "splash": attention_kernels.SPLASH_TILE, "cudnn": 128}
 # Microbatch counts `suggest_training` tries beyond the config's.
 MICROBATCH_STEPS = (2, 4, 8, 16)
+# num_slots=0 where the device reports no memory (CPU): this many, rounded to the multiple.
+DEFAULT_NUM_SLOTS = 64
+# The most slots `slots_that_fit` returns.
+MAX_SLOTS = 4096
 
 
 class PlanError(ValueError):
@@ -92,6 +101,7 @@ class MemoryPlan:
     notes: list[str] = dataclasses.field(default_factory=list)
     backend: str | None = None       # the platform planned for
     attention: str | None = None     # the attention kernel planned for
+    slots: int | None = None         # sample plans: the decode slots, all hosts
 
     @property
     def total(self) -> int:
@@ -121,7 +131,7 @@ class MemoryPlan:
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "mesh": self.mesh, "terms": self.terms, "total": self.total,
                 "device_memory": self.device_memory, "fits": self.fits, "notes": self.notes,
-                "backend": self.backend, "attention": self.attention}
+                "backend": self.backend, "attention": self.attention, "slots": self.slots}
 
 
 def _fmt(nbytes: float) -> str:
@@ -386,35 +396,229 @@ def plan_training(cfg: models.ModelConfig, mesh: Mapping[str, int], batch_size: 
     return MemoryPlan("train", mesh, terms, device_memory, headroom, notes, backend, kernel)
 
 
-def plan_sampling(cfg: models.ModelConfig, mesh: Mapping[str, int], rows: int, prompt_len: int,
+def plan_sampling(cfg: models.ModelConfig, mesh: Mapping[str, int], slots: int, prompt_len: int,
                   max_new_tokens: int, device_memory: int | None = None,
                   headroom: float = DEFAULT_HEADROOM, top_k_out: int = 0,
-                  backend: str | None = None) -> MemoryPlan:
-    """Per-device peak of one sampler program: `rows` = prompts x n, all hosts.
-    The prefill attends through the kernel attention_impl picks for `prompt_len`
-    on `backend` (default this process's); decoding reads the cache."""
+                  backend: str | None = None, prefill_rows: int | None = None) -> MemoryPlan:
+    """Per-device peak of the continuous-batching sampler: `slots` decode rows (all
+    hosts) resident on the device, each with a KV cache of `prompt_len` (the
+    prompt-length bucket) + `max_new_tokens` positions, sharded over data x fsdp
+    (slots) and tensor (kv heads). Terms:
+
+      params    the teacher's parameter shards (exact)
+      kv_cache  the slots' cache, k and v: 2 x layers x local slots x slot_len x
+                local kv_heads x head_dim, in the compute dtype (exact)
+      prefill   an insert's transient: one layer's forward working set over
+                `prefill_rows` prompts (default one per data-parallel shard, the
+                engine's `prefill_batch`) through the kernel attention_impl
+                picks for `prompt_len` on `backend` (default this process's), plus
+                the prefill's own cache (2 x layers x local prefill rows x prompt_len
+                x local kv_heads x head_dim) before it is copied into the slots
+                (the slot cache is assumed updated in place, i.e. donated)
+      outputs   one decode call's results: engine.DECODE_STEPS steps x local slots of a
+                token id (int32) and its logprob (float32), and with `top_k_out` > 0
+                its top-k ids (int32) and logprobs (float32)
+      logits    a step's float32 [local slots, vocab] logits and two copies of the
+                same shape (log-softmax, the filtered sampling distribution)
+
+    prefill and logits belong to different programs and are summed all the same:
+    an upper bound by at most the smaller of the two. PlanError when `slots` is
+    not a multiple of the data-parallel size (data x fsdp): the engine shards slots
+    evenly."""
     backend = backend or default_backend()
     mesh = {a: int(mesh[a]) for a in sharding.MESH_AXES}
     batch_shards = mesh["data"] * mesh["fsdp"]
     tensor = mesh["tensor"]
-    local_rows = math.ceil(rows / batch_shards)
-    cache_len = prompt_len + max_new_tokens
+    if slots <= 0 or slots % batch_shards:
+        raise PlanError(f"num_slots={slots} is not a positive multiple of the data-parallel "
+                        f"size {batch_shards} (data {mesh['data']} x fsdp {mesh['fsdp']})")
+    prefill_rows = batch_shards if prefill_rows is None else int(prefill_rows)
+    local_slots = slots // batch_shards
+    local_prefill = math.ceil(prefill_rows / batch_shards)
+    # The engine rounds a slot up to whole blocks of its decode attention.
+    slot_len = -(-(prompt_len + max_new_tokens) // attention_kernels.DECODE_BLOCK) * \
+        attention_kernels.DECODE_BLOCK
     act = _bytes(cfg.dtype)
     kv_heads = math.ceil(cfg.num_kv_heads / tensor)
-    cache = 2 * cfg.num_layers * local_rows * cache_len * kv_heads * cfg.head_dim * act
-    # Prefill of one layer (its largest transient) and the per-step outputs kept.
-    prefill_rows = local_rows                # prompts are prefilled once, then repeated
+    per_position = 2 * cfg.num_layers * kv_heads * cfg.head_dim * act      # k and v, all layers
+    cache = local_slots * slot_len * per_position
     kernel = attention_kernel(cfg, prompt_len, backend)
     if kernel == "xla":
-        scores = 2 * prefill_rows * math.ceil(cfg.num_heads / tensor) * prompt_len ** 2 * 4
+        scores = 2 * local_prefill * math.ceil(cfg.num_heads / tensor) * prompt_len ** 2 * 4
     else:
-        scores = attention_working(cfg, kernel, "full", prefill_rows, prompt_len, tensor,
+        scores = attention_working(cfg, kernel, "full", local_prefill, prompt_len, tensor,
                                    backward=False)[1]
-    prefill = prefill_rows * prompt_len * saved_per_token(cfg, "none", tensor) * act + scores
-    outputs = local_rows * max_new_tokens * (4 + 4 + 8 * top_k_out)
+    layer = local_prefill * prompt_len * saved_per_token(cfg, "none", tensor) * act + scores
+    prefill = layer + local_prefill * prompt_len * per_position
+    outputs = local_slots * engine.DECODE_STEPS * (4 + 4 + 8 * top_k_out)
     terms = {"params": param_bytes_per_device(cfg, mesh), "kv_cache": int(cache),
-             "working": int(prefill + local_rows * cfg.vocab_size * 4 * 3), "outputs": int(outputs)}
-    return MemoryPlan("sample", mesh, terms, device_memory, headroom, [], backend, kernel)
+             "prefill": int(prefill), "outputs": int(outputs),
+             "logits": int(local_slots * cfg.vocab_size * 4 * 3)}
+    notes = [f"{slots} slots ({local_slots} per device) of {slot_len} positions "
+             f"(prompt bucket {prompt_len} + {max_new_tokens} new tokens); prefill of up to "
+             f"{prefill_rows} prompts"]
+    return MemoryPlan("sample", mesh, terms, device_memory, headroom, notes, backend, kernel,
+                      slots)
+
+
+def slot_multiple(mesh: Mapping[str, int], multiple: int = 1) -> int:
+    """The step slot counts come in: the least common multiple of `multiple` (e.g. the
+    host count) and the data-parallel size data x fsdp."""
+    return math.lcm(int(multiple), int(mesh["data"]) * int(mesh["fsdp"]))
+
+
+def slots_that_fit(cfg: models.ModelConfig, mesh: Mapping[str, int], prompt_len: int,
+                   max_new_tokens: int, device_memory: int,
+                   headroom: float = DEFAULT_HEADROOM, top_k_out: int = 0,
+                   backend: str | None = None, multiple: int = 1) -> int:
+    """The largest slot count, a multiple of `multiple` and of data x fsdp, whose
+    `plan_sampling` fits `device_memory` (doubling, then bisection: the plan grows
+    with the slots); 0 when not even one such group fits; at most MAX_SLOTS (or one
+    group, where a group is larger)."""
+    if device_memory is None:
+        raise PlanError("slots_that_fit needs the device memory")
+    backend = backend or default_backend()
+    step = slot_multiple(mesh, multiple)
+    top = max(1, MAX_SLOTS // step)                 # in groups
+
+    def fits(groups: int) -> bool:
+        return bool(plan_sampling(cfg, mesh, groups * step, prompt_len, max_new_tokens,
+                                  device_memory, headroom, top_k_out, backend).fits)
+
+    if not fits(1):
+        return 0
+    good, bad = 1, None
+    while bad is None:
+        nxt = min(good * 2, top)
+        if nxt == good:
+            return good * step
+        if fits(nxt):
+            good = nxt
+        else:
+            bad = nxt
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if fits(mid):
+            good = mid
+        else:
+            bad = mid
+    return good * step
+
+
+def _config_mesh(config, num_devices: int) -> dict[str, int]:
+    """The config's mesh on `num_devices`; an absent one (None) puts every device on
+    data, as sharding.make_mesh does."""
+    mesh = config.get("mesh") if hasattr(config, "get") else None
+    return resolve_mesh(dict(mesh) if mesh is not None else {"data": -1}, num_devices)
+
+
+def _choose_slots(cfg: models.ModelConfig, mesh: Mapping[str, int], config, prompt_len: int,
+                  device_memory: int | None, headroom: float, backend: str,
+                  num_hosts: int) -> tuple[int, str]:
+    """(slots, the rule that chose them) for a generate config; see resolve_num_slots.
+    0 slots when num_slots=0 and not even one group fits (the caller refuses)."""
+    s = config.sampling
+    shards = mesh["data"] * mesh["fsdp"]
+    step = slot_multiple(mesh, num_hosts)
+    given = int(config.get("num_slots", 0) or 0)
+    if given < 0:
+        raise PlanError(f"num_slots={given}: give a positive slot count, or 0 for the "
+                        "planner's")
+    if given:
+        if given % shards or given % num_hosts:
+            raise PlanError(
+                f"num_slots={given} is not a multiple of the data-parallel size {shards} "
+                f"(mesh data {mesh['data']} x fsdp {mesh['fsdp']})"
+                + (f" and of the {num_hosts} hosts" if num_hosts > 1 else "")
+                + f": use a multiple of {step}, e.g. {max(step, given // step * step)}, "
+                "or 0 for the planner's count")
+        return given, f"num_slots={given}, as configured"
+    if device_memory is None:
+        slots = max(step, DEFAULT_NUM_SLOTS // step * step)
+        return slots, (f"num_slots=0 and the device reports no memory: the default "
+                       f"{DEFAULT_NUM_SLOTS}" + (f", rounded to a multiple of {step}"
+                                                 if slots != DEFAULT_NUM_SLOTS else ""))
+    slots = slots_that_fit(cfg, mesh, prompt_len, s.max_new_tokens, device_memory, headroom,
+                           s.return_top_k, backend, num_hosts)
+    return slots, (f"num_slots=0: the most that fit ({slots}, a multiple of {step}) in "
+                   f"{_fmt(device_memory)} per device with {headroom:.0%} headroom at "
+                   f"prompt_len {prompt_len} + max_new_tokens {s.max_new_tokens}"
+                   + (f", capped at {MAX_SLOTS}" if slots >= MAX_SLOTS else ""))
+
+
+def _no_slot_fits(cfg: models.ModelConfig, mesh: Mapping[str, int], num_devices: int,
+                  prompt_len: int, max_new_tokens: int, device_memory: int, headroom: float,
+                  top_k_out: int, backend: str, num_hosts: int) -> PlanError:
+    """The refusal when not even one group of slots fits: the smallest group's plan,
+    other meshes' counts that fit, and the max_new_tokens that would fit here."""
+    step = slot_multiple(mesh, num_hosts)
+    plan = plan_sampling(cfg, mesh, step, prompt_len, max_new_tokens, device_memory,
+                         headroom, top_k_out, backend)
+    alternatives = []
+    for m in mesh_shapes(num_devices):
+        if m == mesh:
+            continue
+        try:
+            n = slots_that_fit(cfg, m, prompt_len, max_new_tokens, device_memory, headroom,
+                               top_k_out, backend, num_hosts)
+        except PlanError:
+            continue
+        if n:
+            alt = plan_sampling(cfg, m, n, prompt_len, max_new_tokens, device_memory, headroom,
+                                top_k_out, backend)
+            alt.notes = [f"num_slots={n}"]
+            alternatives.append(alt)
+    alternatives.sort(key=lambda p: -p.slots)
+
+    def fits(tokens: int) -> bool:
+        return bool(plan_sampling(cfg, mesh, step, prompt_len, tokens, device_memory, headroom,
+                                  top_k_out, backend).fits)
+
+    if fits(1):
+        good, bad = 1, max_new_tokens
+        while bad - good > 1:
+            mid = (good + bad) // 2
+            good, bad = (mid, bad) if fits(mid) else (good, mid)
+        otherwise = (f"on this mesh {step} slots fit with max_new_tokens <= {good} (or a "
+                     "shorter prompt_len); else add devices")
+    else:
+        otherwise = (f"on this mesh the params alone take {_fmt(plan.terms['params'])} per "
+                     "device: shard them (mesh fsdp or tensor) or add devices")
+    lines = [f"not even {step} slots (the data-parallel size"
+             + (f" and the {num_hosts} hosts" if num_hosts > 1 else "")
+             + ") fit: num_slots=0 finds no slot count", _refusal(plan, alternatives[:3], None,
+                                                                  otherwise)]
+    return PlanError("\n".join(lines))
+
+
+def resolve_num_slots(config, prompt_len: int, num_devices: int | None = None,
+                      device_memory: int | None = None, backend: str | None = None,
+                      num_hosts: int = 1) -> tuple[int, str]:
+    """The generate stage's slot count and the rule that chose it (for the log).
+
+    `config.num_slots` > 0 is used as given, refused (PlanError, a ValueError) when it
+    is not a multiple of the data-parallel size (data x fsdp of the config's mesh on
+    `num_devices`, default jax.device_count()) or of `num_hosts`. 0 is the planner's
+    count: `slots_that_fit` for the teacher, `prompt_len` (the prompt-length bucket)
+    and sampling.max_new_tokens in `device_memory` (default what the device reports,
+    `device_memory_bytes()`), PlanError saying what would fit when not even one group
+    fits; where the device reports no memory (CPU), DEFAULT_NUM_SLOTS rounded down to
+    a multiple of the data-parallel size and the host count (at least one)."""
+    backend = backend or default_backend()
+    num_devices = num_devices or jax.device_count()
+    if device_memory is None:
+        device_memory = device_memory_bytes()
+    mesh = _config_mesh(config, num_devices)
+    cfg = None
+    if not int(config.get("num_slots", 0) or 0) and device_memory is not None:
+        cfg = _model_from_config(config.teacher, config.tokenizer.path)
+    slots, rule = _choose_slots(cfg, mesh, config, prompt_len, device_memory, DEFAULT_HEADROOM,
+                                backend, num_hosts)
+    if not slots:
+        s = config.sampling
+        raise _no_slot_fits(cfg, mesh, num_devices, prompt_len, s.max_new_tokens, device_memory,
+                            DEFAULT_HEADROOM, s.return_top_k, backend, num_hosts)
+    return slots, rule
 
 
 def mesh_shapes(num_devices: int) -> list[dict[str, int]]:
@@ -527,11 +731,16 @@ def plan_from_config(config, num_devices: int, device_memory: int | None,
     """The plan of a `distill-train` config (sections model/data/train/kd/mesh) or a
     `distill-generate` config (teacher/sampling/mesh) on `num_devices` devices of
     `device_memory` bytes of platform `backend` (default this process's). Raises
-    PlanError, with what would fit, when it does not."""
+    PlanError, with what would fit, when it does not.
+
+    A generate plan is of the sampler's slots (`plan_sampling`) at `prompt_len`, the
+    prompt-length bucket: config.num_slots, or with num_slots=0 the planner's count
+    (`resolve_num_slots`'s rules: the most that fit `device_memory`, or
+    DEFAULT_NUM_SLOTS where it is unknown); the plan's first note says which."""
     backend = backend or default_backend()
     if backend not in BACKENDS:
         raise PlanError(f"unknown backend {backend!r}; choose from {BACKENDS}")
-    mesh = resolve_mesh(dict(config.mesh), num_devices)
+    mesh = _config_mesh(config, num_devices)
     if "train" in config:
         cfg = _model_from_config(config.model, config.data.tokenizer_path)
         kc = config.kd
@@ -566,16 +775,33 @@ def plan_from_config(config, num_devices: int, device_memory: int | None,
         t = config.teacher
         cfg = _model_from_config(t, config.tokenizer.path)
         s = config.sampling
-        rows = config.max_batch * jax.process_count()
-        plan = plan_sampling(cfg, mesh, rows, prompt_len, s.max_new_tokens, device_memory,
+        num_hosts = jax.process_count()
+        slots, rule = _choose_slots(cfg, mesh, config, prompt_len, device_memory, headroom,
+                                    backend, num_hosts)
+        if not slots:
+            raise _no_slot_fits(cfg, mesh, num_devices, prompt_len, s.max_new_tokens,
+                                device_memory, headroom, s.return_top_k, backend, num_hosts)
+        plan = plan_sampling(cfg, mesh, slots, prompt_len, s.max_new_tokens, device_memory,
                              headroom, s.return_top_k, backend)
+        plan.notes.insert(0, rule)
         if plan.fits is False:
-            fitting = [p for p in (plan_sampling(cfg, m, rows, prompt_len, s.max_new_tokens,
-                                                 device_memory, headroom, s.return_top_k,
-                                                 backend)
-                                   for m in mesh_shapes(num_devices)) if p.fits]
+            fitting = []
+            for m in mesh_shapes(num_devices):
+                try:
+                    p = plan_sampling(cfg, m, slots, prompt_len, s.max_new_tokens,
+                                      device_memory, headroom, s.return_top_k, backend)
+                except PlanError:            # slots not a multiple of this mesh's data x fsdp
+                    continue
+                if p.fits:
+                    p.notes = []
+                    fitting.append(p)
+            here = slots_that_fit(cfg, mesh, prompt_len, s.max_new_tokens, device_memory,
+                                  headroom, s.return_top_k, backend, num_hosts)
+            hint = "lower num_slots or max_new_tokens, or add devices"
+            if here:
+                hint += f" (num_slots={here} fits on this mesh; num_slots=0 picks it)"
             raise PlanError(_refusal(plan, sorted(fitting, key=lambda p: p.total)[:3], None,
-                                     "lower max_batch or max_new_tokens, or add devices"))
+                                     hint))
         return plan
     raise PlanError("not a distill-train or distill-generate config (no train or sampling "
                     "section)")
@@ -592,8 +818,9 @@ def _refusal(plan: MemoryPlan, alternatives: list[MemoryPlan],
                          + (f" ({'; '.join(alt.notes)})" if alt.notes else ""))
     else:
         lines.append(f"no mesh of {math.prod(plan.mesh.values())} devices of "
-                     f"{_fmt(plan.device_memory)} fits it (with any remat policy and up to "
-                     "16 microbatches)")
+                     f"{_fmt(plan.device_memory)} fits it"
+                     + (" (with any remat policy and up to 16 microbatches)"
+                        if plan.kind == "train" else ""))
         if needed is not None:
             n, p = needed
             lines.append(f"it fits on {n} such devices: mesh {p.mesh}, {_fmt(p.total)} per "

@@ -10,6 +10,7 @@ import pytest
 
 from distill_jax import models, planning, sharding
 from distill_jax.models import attention
+from distill_jax.sampling import engine
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
@@ -32,12 +33,116 @@ def test_a_mesh_that_does_not_divide_the_params_is_refused():
         planning.param_bytes_per_device(cfg, {"data": 1, "fsdp": 2, "tensor": 4})
 
 
-def test_kv_cache_bytes_equal_the_sampler_cache():
-    cfg = models.get_config("tiny-llama")
-    plan = planning.plan_sampling(cfg, {"data": 2, "fsdp": 1, "tensor": 1}, rows=8,
-                                  prompt_len=32, max_new_tokens=96)
-    cache = models.KVCache.init(cfg, 8, 128)
-    assert plan.terms["kv_cache"] == (cache.k.nbytes + cache.v.nbytes) // 2
+def test_sampler_terms_equal_the_hand_arithmetic():
+    """Slots [slots, kv_heads, slot_len, head_dim] per layer, k and v, sharded over
+    data x fsdp (slots) and tensor (kv heads); a prefill's own cache; K steps of outputs."""
+    cfg = models.get_config("tiny-llama", dtype="bfloat16")      # 2 layers, 2 kv heads x 16
+    mesh = {"data": 2, "fsdp": 2, "tensor": 2}
+    plan = planning.plan_sampling(cfg, mesh, slots=8, prompt_len=32, max_new_tokens=96,
+                                  top_k_out=5, backend="cpu")
+    # 8 slots over data x fsdp = 4: 2 per device; 1 kv head per device; 32 + 96 positions,
+    # rounded up to whole decode blocks (the engine's slot length).
+    slot_len = attention.DECODE_BLOCK
+    assert plan.terms["kv_cache"] == 2 * 2 * 2 * slot_len * 1 * 16 * 2
+    assert plan.terms["outputs"] == 2 * engine.DECODE_STEPS * (4 + 4 + 5 * (4 + 4))
+    assert plan.terms["logits"] == 2 * cfg.vocab_size * 4 * 3
+    assert plan.slots == 8 and plan.as_dict()["slots"] == 8
+    assert f"8 slots (2 per device) of {slot_len} positions" in plan.table()
+    # The prefill's own cache: prefill_rows prompts x prompt_len, sharded like the slots;
+    # by default one prompt per data-parallel shard (the engine's prefill_batch).
+    more = planning.plan_sampling(cfg, mesh, slots=8, prompt_len=32, max_new_tokens=96,
+                                  top_k_out=5, backend="cpu", prefill_rows=8)
+    one_row = planning.plan_sampling(cfg, mesh, slots=8, prompt_len=32, max_new_tokens=96,
+                                     top_k_out=5, backend="cpu", prefill_rows=1)
+    cache_row = 2 * 2 * 32 * 1 * 16 * 2
+    layer_row = 32 * planning.saved_per_token(cfg, "none", 2) * 2
+    # 8 prompts are 2 per device, 4 one, and 1 rounds up to one: one row more is its
+    # layer working set (+ xla scores and probabilities, 2 heads per device) and cache.
+    assert more.terms["prefill"] - plan.terms["prefill"] == pytest.approx(
+        cache_row + layer_row + 2 * 2 * 32 ** 2 * 4, abs=1)
+    assert one_row.terms == plan.terms
+    assert {k: v for k, v in more.terms.items() if k != "prefill"} == \
+        {k: v for k, v in plan.terms.items() if k != "prefill"}
+    with pytest.raises(planning.PlanError, match="num_slots=6 .* data-parallel size 4"):
+        planning.plan_sampling(cfg, mesh, slots=6, prompt_len=32, max_new_tokens=96)
+
+
+@pytest.mark.parametrize("mesh,multiple", [({"data": 1, "fsdp": 1, "tensor": 1}, 1),
+                                           ({"data": 2, "fsdp": 2, "tensor": 1}, 3),
+                                           ({"data": 4, "fsdp": 1, "tensor": 2}, 2)])
+def test_slots_that_fit_is_the_largest_multiple_that_fits(mesh, multiple):
+    cfg = models.get_config("qwen2.5-0.5b", dtype="bfloat16", param_dtype="bfloat16")
+    memory = 4 * planning.GIB
+    step = planning.slot_multiple(mesh, multiple)
+    assert step == int(np.lcm(multiple, mesh["data"] * mesh["fsdp"]))
+    n = planning.slots_that_fit(cfg, mesh, 1024, 2048, memory, top_k_out=4, backend="tpu",
+                                multiple=multiple)
+    assert 0 < n < planning.MAX_SLOTS and n % step == 0
+
+    def plan(slots):
+        return planning.plan_sampling(cfg, mesh, slots, 1024, 2048, memory, top_k_out=4,
+                                      backend="tpu")
+    assert plan(n).fits and plan(n + step).fits is False
+
+
+def test_slots_that_fit_is_zero_when_one_group_does_not_and_capped_when_all_do():
+    cfg = models.get_config("qwen2.5-0.5b", dtype="bfloat16", param_dtype="bfloat16")
+    mesh = {"data": 8, "fsdp": 1, "tensor": 1}
+    assert planning.slots_that_fit(cfg, mesh, 1024, 2048, planning.GIB, backend="tpu") == 0
+    tiny = models.get_config("tiny-llama")
+    assert planning.slots_that_fit(tiny, {"data": 3, "fsdp": 1, "tensor": 1}, 16, 16,
+                                   100 * planning.GIB, backend="cpu") == 4095   # 4096 // 3 x 3
+
+
+def _generate_config(num_slots=0, mesh=None, max_new_tokens=2048):
+    from distill_jax.sampling.config import default_config
+    c = default_config()
+    c.teacher.checkpoint, c.teacher.preset, c.tokenizer.path = "", "qwen2.5-0.5b", ""
+    c.sampling.max_new_tokens, c.sampling.return_top_k = max_new_tokens, 4
+    c.num_slots = num_slots
+    if mesh is not None:
+        c.mesh = mesh
+    return c
+
+
+def test_resolve_num_slots_rules():
+    assert _generate_config().num_slots == 0              # the default is the planner's count
+    # Given: used as is, when a multiple of data x fsdp (8 here) and of the hosts.
+    assert planning.resolve_num_slots(_generate_config(48), 1024, num_devices=8,
+                                      num_hosts=2) == (48, "num_slots=48, as configured")
+    # 0 with known memory: the most that fit, for the teacher and this prompt bucket.
+    memory = 4 * planning.GIB
+    slots, rule = planning.resolve_num_slots(_generate_config(), 1024, num_devices=8,
+                                             device_memory=memory, backend="tpu", num_hosts=2)
+    cfg = models.config_from_section(_generate_config().teacher)
+    mesh = {"data": 8, "fsdp": 1, "tensor": 1}
+    assert slots == planning.slots_that_fit(cfg, mesh, 1024, 2048, memory, top_k_out=4,
+                                            backend="tpu", multiple=2) > 0
+    assert rule.startswith("num_slots=0: the most that fit") and f"({slots}," in rule
+    # 0 where the device reports no memory (CPU): 64, rounded down to the multiple.
+    assert planning.device_memory_bytes() is None
+    assert planning.resolve_num_slots(_generate_config(), 1024, num_devices=8)[0] == 64
+    slots, rule = planning.resolve_num_slots(_generate_config(), 1024, num_devices=8,
+                                             num_hosts=3)
+    assert slots == 48 and "no memory" in rule and "multiple of 24" in rule
+    assert planning.resolve_num_slots(
+        _generate_config(mesh={"data": 1, "fsdp": 1, "tensor": 2}), 1024, num_devices=2,
+        device_memory=None)[0] == planning.DEFAULT_NUM_SLOTS
+    assert planning.resolve_num_slots(_generate_config(mesh=None), 1024, num_devices=5)[0] == 60
+
+
+def test_resolve_num_slots_refuses_a_bad_multiple_and_a_device_nothing_fits():
+    with pytest.raises(ValueError, match=r"num_slots=12 is not a multiple of the "
+                                         r"data-parallel size 8 \(mesh data 4 x fsdp 2\)"):
+        planning.resolve_num_slots(_generate_config(12, {"data": 4, "fsdp": 2, "tensor": 1}),
+                                   1024, num_devices=8)
+    with pytest.raises(ValueError, match=r"num_slots=16 .* data-parallel size 8 .* 3 hosts"):
+        planning.resolve_num_slots(_generate_config(16), 1024, num_devices=8, num_hosts=3)
+    # Not even 8 slots of 0.5b fit 1 GiB with every device on data; sharding the params does.
+    with pytest.raises(planning.PlanError, match="not even 8 slots") as e:
+        planning.resolve_num_slots(_generate_config(), 1024, num_devices=8,
+                                   device_memory=planning.GIB, backend="tpu")
+    assert "these fit" in str(e.value) and "num_slots=" in str(e.value)
 
 
 @pytest.mark.slow
@@ -105,7 +210,7 @@ def test_plan_of_a_generate_config_reports_the_kv_cache(tmp_path):
     cmd = [sys.executable, "-m", "distill_jax.cli.plan", f"--config={REPO}/configs/generate_gsm8k.py",
            "--num_devices=8", "--device_memory_gib=16", "--config.teacher.checkpoint=",
            "--config.teacher.preset=qwen2.5-7b", "--config.tokenizer.path=",
-           "--config.sampling.max_new_tokens=8192", "--config.max_batch=64", "--prompt_len=512",
+           "--config.sampling.max_new_tokens=8192", "--config.num_slots=64", "--prompt_len=512",
            "--config.mesh.data=1", "--config.mesh.fsdp=-1", f"--json={tmp_path / 'plan.json'}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
@@ -113,10 +218,32 @@ def test_plan_of_a_generate_config_reports_the_kv_cache(tmp_path):
     import json
     plan = json.loads((tmp_path / "plan.json").read_text())
     cfg = models.get_config("qwen2.5-7b")
-    # 64 rows over 8 devices, 8704 slots each, 28 layers x 4 kv heads x 128, bf16, k and v.
+    # 64 slots over 8 devices, 8704 positions each, 28 layers x 4 kv heads x 128, bf16,
+    # k and v.
     assert plan["terms"]["kv_cache"] == 2 * 28 * 8 * (512 + 8192) * 4 * 128 * 2
     assert cfg.num_layers == 28 and cfg.num_kv_heads == 4 and cfg.head_dim == 128
-    assert plan["fits"] is True and "kv_cache" in proc.stdout
+    assert plan["fits"] is True and "kv_cache" in proc.stdout and plan["slots"] == 64
+    assert "note: num_slots=64, as configured" in proc.stdout
+
+
+def test_plan_of_a_generate_config_with_num_slots_0_states_the_fitting_count(tmp_path):
+    cmd = [sys.executable, "-m", "distill_jax.cli.plan",
+           f"--config={REPO}/configs/generate_gsm8k.py",
+           "--num_devices=8", "--device_memory_gib=16", "--config.teacher.checkpoint=",
+           "--config.teacher.preset=qwen2.5-7b", "--config.tokenizer.path=",
+           "--config.sampling.max_new_tokens=8192", "--prompt_len=512", "--backend=gpu",
+           "--config.mesh.data=1", "--config.mesh.fsdp=-1", f"--json={tmp_path / 'plan.json'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    cfg = models.get_config("qwen2.5-7b", dtype="bfloat16", param_dtype="bfloat16")
+    mesh = {"data": 1, "fsdp": 8, "tensor": 1}
+    expected = planning.slots_that_fit(cfg, mesh, 512, 8192, 16 * planning.GIB, backend="gpu")
+    assert plan["slots"] == expected > 0 and plan["fits"] is True
+    assert f"note: num_slots=0: the most that fit ({expected}, a multiple of 8)" in proc.stdout
+    assert f"{expected} slots ({expected // 8} per device)" in proc.stdout
 
 
 def test_the_attention_kernel_is_planned_as_it_resolves_on_the_backend():
@@ -148,7 +275,7 @@ def test_flash_kernels_keep_no_length_squared_matrices():
     assert not any("attention_impl" in n for n in flash.notes)
     # And the sampler's prefill attends through the same kernels.
     sample = {impl: planning.plan_sampling(cfg.replace(attention_impl=impl), mesh, 64, 8192,
-                                           128, backend="gpu").terms["working"]
+                                           128, backend="gpu", prefill_rows=64).terms["prefill"]
               for impl in ("xla", "cudnn")}
     assert sample["xla"] - sample["cudnn"] > 2 * rows * heads * length * length * 4 * 0.99
 

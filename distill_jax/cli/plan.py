@@ -8,6 +8,14 @@ anything is allocated; refuses (exit status 1) what cannot fit and says what wou
 picks the attention kernel of attention_impl='auto' (splash on TPU, cudnn on GPU,
 blockwise on CPU above 1024 tokens), so a plan made on a laptop for a TPU slice
 needs --backend=tpu.
+
+A generate config is planned for the sampler's decode slots at --prompt_len (the
+prompt-length bucket) + sampling.max_new_tokens: config.num_slots, or with
+num_slots=0 the most that fit the device memory (64 where none is known); the
+table's first note names the slot count and the rule that chose it.
+
+  distill-plan --config=configs/generate_gsm8k.py --num_devices=8 --device_memory_gib=16 \\
+      --config.teacher.checkpoint= --config.teacher.preset=qwen2.5-7b --prompt_len=512
 """
 import json
 import sys

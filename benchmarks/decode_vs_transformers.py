@@ -59,7 +59,7 @@ def main():
     prompts = np.random.default_rng(0).integers(
         3, cfg.vocab_size, (args.batch, args.prompt_length)).tolist()
     sampler = sampling.Sampler(cfg, params, length_buckets=(args.prompt_length,),
-                               batch_buckets=(args.batch,), max_batch=8 * args.batch)
+                               num_slots=args.batch)
     print(f"model {cfg.name}: {n_params:.1f}M params; batch {args.batch}, prompt "
           f"{args.prompt_length}, greedy, float32")
     rows = []

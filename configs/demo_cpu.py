@@ -36,12 +36,12 @@ def get_config():
 
     c.generate = ml_collections.ConfigDict(dict(
         n=4, temperature=1.0, top_p=1.0, max_new_tokens=96, return_top_k=8,
-        prompts_per_shard=100, max_batch=64))
+        prompts_per_shard=100, num_slots=64))
     c.filter = ml_collections.ConfigDict(dict(num_workers=2, max_per_prompt=4,
                                               min_overlap_fraction=0.8))
     c.kd = ml_collections.ConfigDict(dict(alpha=0.5, temperature=1.0))
     c.evaluate = ml_collections.ConfigDict(dict(
-        k=2, temperature=0.6, top_p=0.95, max_new_tokens=96, max_batch=64))
+        k=2, temperature=0.6, top_p=0.95, max_new_tokens=96, num_slots=64))
 
     # quick=True: the variant the tests run; these values replace the ones above.
     c.quick_settings = ml_collections.ConfigDict({

@@ -81,7 +81,7 @@ def _generate_overrides(root, sp, shared_data, out):
             "tokenizer.path": sp, "teacher.checkpoint": root / "teacher",
             "teacher.dtype": "float32", "teacher.param_dtype": "float32",
             "sampling.n": 2, "sampling.temperature": 1.0, "sampling.max_new_tokens": 16,
-            "sampling.return_top_k": 2, "max_batch": 4,
+            "sampling.return_top_k": 2, "num_slots": 8,
             "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 1}
 
 
@@ -97,7 +97,7 @@ def _evaluate_overrides(shared_data, student, out):
             "model.param_dtype": "float32",
             "benchmarks.gsm8k.path": shared_data / "gsm8k_test.jsonl",
             "benchmarks.gsm8k.limit": 5, "benchmarks.gsm8k.k": 2, "sampling.max_new_tokens": 12,
-            "output_dir": out, "max_batch": 4, "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 1}
+            "output_dir": out, "num_slots": 8, "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 1}
 
 
 def _files(path):

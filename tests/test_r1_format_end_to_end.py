@@ -61,7 +61,7 @@ def run(tmp_path_factory):
     g.teacher.checkpoint = str(teacher)
     g.teacher.dtype = g.teacher.param_dtype = "float32"
     g.sampling.n, g.sampling.max_new_tokens, g.sampling.temperature = 2, 8, 1.0
-    g.max_batch, g.mesh = 8, None
+    g.num_slots, g.mesh = 8, None
     generate_traces(g)
 
     f = filter_default.get_config()

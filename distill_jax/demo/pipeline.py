@@ -161,7 +161,7 @@ def _generate(config, out, teacher, tokenizer, prompts_path) -> str:
     g.prompts.format = "jsonl"
     g.prompts.limit = 0
     g.prompts_per_shard = config.generate.prompts_per_shard
-    g.max_batch = config.generate.max_batch
+    g.num_slots = config.generate.num_slots
     g.tokenizer.path = tokenizer
     g.tokenizer.chat_template = "chatml"
     g.teacher.checkpoint = teacher
@@ -222,7 +222,7 @@ def _evaluate(config, name, checkpoint, tokenizer_path, prompts_path, out) -> di
     fmt = ChatFormat.create(tokenizer, "chatml")
     cfg, params = models.model_from_section(
         models.model_section(checkpoint=checkpoint, dtype="float32", param_dtype="float32"))
-    sampler = Sampler(cfg, params, tokenizer=tokenizer, max_batch=config.evaluate.max_batch,
+    sampler = Sampler(cfg, params, tokenizer=tokenizer, num_slots=config.evaluate.num_slots,
                       pad_id=tokenizer.pad_id or 0)
     prompts = load_prompts(prompts_path, "jsonl")
     ec = config.evaluate

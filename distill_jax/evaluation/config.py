@@ -40,9 +40,9 @@ def benchmarks(**sections) -> ml_collections.ConfigDict:
 def default_config():
     c = ml_collections.ConfigDict()
     c.output_dir = "artifacts/eval/r1"
-    c.max_batch = 64
+    c.num_slots = 64        # the sampling engine's decode slots, all hosts together
     c.math_timeout_s = 5.0
-    c.resume_chunk = 0      # problems per resumable chunk; 0 = max(1, max_batch // k)
+    c.resume_chunk = 0      # problems per resumable chunk; 0 = max(1, num_slots // k)
 
     # name -> benchmark(...); evaluated, and tabled, in this order (the R1 paper's), in one
     # process with one model load. Build your own with `benchmarks(...)` to keep the order.

@@ -173,7 +173,7 @@ def evaluate(config) -> dict[str, Any]:
     if distributed.is_primary():
         _record_settings(config.output_dir, settings)
     cfg, params = models.model_from_section(config.model, tokenizer.vocab_size, mesh)
-    sampler = Sampler(cfg, params, mesh=mesh, tokenizer=tokenizer, max_batch=config.max_batch,
+    sampler = Sampler(cfg, params, mesh=mesh, tokenizer=tokenizer, num_slots=config.num_slots,
                       pad_id=tokenizer.pad_id or 0)
     total = sum(len(p) for p in problems.values())
     progress = Progress(total, "problems", "evaluate", enabled=distributed.is_primary(),
@@ -187,8 +187,8 @@ def evaluate(config) -> dict[str, Any]:
             n=b.k, temperature=config.sampling.temperature, top_p=config.sampling.top_p,
             max_new_tokens=b.max_new_tokens or config.sampling.max_new_tokens,
             seed=config.sampling.seed, stop_token_ids=fmt.stop_token_ids())
-        # A chunk fills every host's batch (its problems are split over the hosts).
-        chunk = config.resume_chunk or max(1, config.max_batch // b.k) * jax.process_count()
+        # A chunk fills every slot once (its problems are split over the hosts).
+        chunk = config.resume_chunk or max(1, config.num_slots // b.k)
         results = _run_benchmark(os.path.join(config.output_dir, name), problems[name], chunk,
                                  lambda ps: sample_and_score(sampler, fmt, ps, params_b,
                                                              b.suffix, verifier), progress)

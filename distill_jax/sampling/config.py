@@ -9,7 +9,14 @@ def default_config():
     c.output_dir = "artifacts/traces/gsm8k"
     c.prompts_per_shard = 64
     c.max_shards = 0                  # > 0: stop after this many shards (rerun resumes)
-    c.max_batch = 64                  # rows (prompts x n) per compiled program
+    # Decode slots (rows resident on the device, all hosts; a multiple of the mesh's
+    # data x fsdp and of the host count). 0 = the planner's slot count: what fits in
+    # device memory (planning.resolve_num_slots); 64 where the device reports no
+    # memory, e.g. CPU.
+    c.num_slots = 0
+    # continuous: a finished sample's slot is refilled at once; static: the slots are
+    # refilled together when all have finished (the old engine; for comparison).
+    c.scheduler = "continuous"
 
     c.prompts = ml_collections.ConfigDict()
     c.prompts.path = "../shared/data/gsm8k_train.jsonl"

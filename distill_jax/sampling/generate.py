@@ -14,13 +14,22 @@ On several hosts (one mesh over all of them), shard k belongs to host
 k mod num_hosts: each host generates and writes only its shards, so hosts never
 write the same file, and each resumes its own. All hosts run the sampler's
 programs together (a round = one shard per host, empty on hosts with nothing
-left), and the files are exactly those a single host would write: every
-program of a run uses the same prompt-length bucket (the longest prompt's), so
-which shards share a program cannot change a bit of the numerics (a softmax over
-a differently padded length rounds differently; the price is padding short
-prompts to that bucket in prefill and cache). Process 0 writes the summary and
-prints; the output directory is meant to be shared (NFS,
-a mounted bucket); on host-local disks each host holds its own shards.
+left), and the files are exactly those a single host would write with the same
+slots per device: a sample's numbers depend only on its own prompt (padded to
+its own length bucket, prefilled in a batch of fixed shape), key and settings,
+never on which shards or slots it shared the device with (see
+`sampling/engine.py`). Process 0 writes the summary and prints; the output
+directory is meant to be shared (NFS, a mounted bucket); on host-local disks
+each host holds its own shards.
+
+The engine's slot count is `num_slots`, or with 0 the planner's: as many slots
+of (longest prompt bucket + max_new_tokens) cache positions as fit in device
+memory next to the teacher (`planning.resolve_num_slots`; 64 on CPU, which
+reports no memory). What XLA:CPU cannot promise: a different number of slots
+per device changes the shapes of the decode step's matrix products, and XLA's
+CPU kernels round rows of a [2..32, 512] product differently from a [1, 512]
+or [64+, 512] one, so a resumed run that changes `num_slots` or the device count
+may differ in the last bit of a logprob (tokens practically never).
 """
 from __future__ import annotations
 
@@ -36,14 +45,15 @@ from typing import Any
 import jax
 from absl import logging
 
-from distill_jax import distributed, models, sharding
+from distill_jax import distributed, models, planning, sharding
 from distill_jax.chat import ChatFormat
 from distill_jax.config_keys import require_keys
 from distill_jax.data.prompts import Prompt, load_prompts_from_config
 from distill_jax.fileio import write_json_atomic, write_text_atomic
 from distill_jax.progress import Progress
 from distill_jax.sampling.params import SamplingParams
-from distill_jax.sampling.sampler import DEFAULT_LENGTH_BUCKETS, Sampler, bucket
+from distill_jax.models import attention
+from distill_jax.sampling.sampler import DEFAULT_LENGTH_BUCKETS, Sampler, bucket, engine_compiles
 from distill_jax.tokenizer import load_tokenizer
 
 MANIFEST = "manifest.json"
@@ -158,18 +168,22 @@ def generate_traces(config) -> dict[str, Any]:
                  "%d to do this run", len(prompts), num_shards, host, num_hosts, len(mine),
                  len(mine) - len(remaining), len(todo))
 
-    run_tokens, run_start = 0, time.monotonic()
+    run_tokens, run_start, compiles = 0, time.monotonic(), engine_compiles()
+    engine_totals = collections.Counter()
     if rounds:
         mesh = sharding.make_mesh(dict(config.mesh)) if config.get("mesh") else None
-        # One prompt-length bucket for the whole run (the longest prompt's): a shard's
-        # programs then have the same shape whichever shards share them, on one host
-        # or several, so its records are the same bits either way.
         longest_bucket = bucket(len(prompt_ids[longest]), DEFAULT_LENGTH_BUCKETS,
                                  "prompt length")
+        num_slots, rule = planning.resolve_num_slots(config, longest_bucket,
+                                                     num_hosts=num_hosts)
+        logging.info("generate: %d slots (%s)", num_slots, rule)
+        # One slot length for the run (every shard's programs the same shapes).
+        slot_len = -(-(longest_bucket + params.max_new_tokens) // attention.DECODE_BLOCK) * \
+            attention.DECODE_BLOCK
         _, teacher_params = models.model_from_section(config.teacher, tokenizer.vocab_size, mesh)
         sampler = Sampler(cfg, teacher_params, mesh=mesh, tokenizer=tokenizer,
-                          max_batch=config.max_batch, pad_id=tokenizer.pad_id or 0,
-                          length_buckets=(longest_bucket,))
+                          num_slots=num_slots, slot_len=slot_len, scheduler=config.scheduler,
+                          pad_id=tokenizer.pad_id or 0)
         progress = Progress(sum(len(prompts[k * per_shard:(k + 1) * per_shard]) for k in todo),
                             "prompts", "generate" if num_hosts == 1 else f"generate host 0/{num_hosts}",
                             enabled=distributed.is_primary())
@@ -181,6 +195,7 @@ def generate_traces(config) -> dict[str, Any]:
             lo, hi = k * per_shard, min((k + 1) * per_shard, len(prompts))
             outs = sampler.generate(prompt_ids[lo:hi], params,
                                     prompt_keys=[prompt_key(p.id) for p in prompts[lo:hi]])
+            engine_totals.update({k: sampler.stats[k] for k in ("decode_steps", "decode_tokens")})
             lines = []
             for p, ids, samples in zip(prompts[lo:hi], prompt_ids[lo:hi], outs):
                 for j, s in enumerate(samples):
@@ -204,8 +219,11 @@ def generate_traces(config) -> dict[str, Any]:
     summary.update(run_new_tokens=run_tokens, run_seconds=round(elapsed, 3),
                    run_tokens_per_s=round(run_tokens / elapsed, 1) if elapsed > 0 else None,
                    shards_written_this_run=shards_written, teacher_id=teacher_id,
-                   compiled_programs=0 if not rounds else len(sampler.compiled),
-                   num_hosts=num_hosts)
+                   compiled_programs=engine_compiles() - compiles, num_hosts=num_hosts,
+                   num_slots=0 if not rounds else sampler.num_slots,
+                   slot_utilization=round(engine_totals["decode_tokens"] / (
+                       engine_totals["decode_steps"] * sampler.local_slots), 4)
+                   if engine_totals["decode_steps"] else None)
     if not distributed.is_primary():
         return summary
     write_json_atomic(os.path.join(out_dir, SUMMARY), summary)

@@ -42,7 +42,7 @@ def _config(student, shared_data, out, names=("gsm8k", "math500", "aime24"), **o
     c.model.checkpoint, c.tokenizer.path = str(ckpt), sp
     c.model.dtype = c.model.param_dtype = "float32"
     c.sampling.max_new_tokens, c.sampling.temperature = 8, 1.0
-    c.output_dir, c.max_batch, c.mesh = str(out), 4, None
+    c.output_dir, c.num_slots, c.mesh = str(out), 4, None
     return apply_overrides(c, overrides)
 
 
@@ -85,7 +85,7 @@ def test_the_numbers_equal_separate_single_benchmark_runs(together, student, sha
 def test_the_numbers_do_not_depend_on_batch_chunks_or_mesh(together, student, shared_data,
                                                           tmp_path):
     out, report = together
-    other = evaluate(_config(student, shared_data, tmp_path, names=("gsm8k",), max_batch=2,
+    other = evaluate(_config(student, shared_data, tmp_path, names=("gsm8k",), num_slots=2,
                              resume_chunk=1, mesh={"data": 2, "fsdp": 1, "tensor": 4}))
     assert _texts(tmp_path, "gsm8k") == _texts(out, "gsm8k")
     assert other["benchmarks"]["gsm8k"] == report["benchmarks"]["gsm8k"]
@@ -115,7 +115,7 @@ def test_a_killed_run_resumes_to_the_same_table(together, student, shared_data, 
            f"--config.benchmarks.gsm8k.path={shared_data / 'gsm8k_test.jsonl'}",
            "--config.benchmarks.gsm8k.limit=3", "--config.benchmarks.gsm8k.k=2",
            "--config.sampling.max_new_tokens=8", "--config.sampling.temperature=1.0",
-           "--config.resume_chunk=1", f"--config.output_dir={tmp_path}", "--config.max_batch=4",
+           "--config.resume_chunk=1", f"--config.output_dir={tmp_path}", "--config.num_slots=4",
            "--config.model.dtype=float32", "--config.model.param_dtype=float32"]
     partial = tmp_path / "gsm8k" / "partial.jsonl"
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -51,7 +51,8 @@ AUTO_XLA_MAX_LEN = 128
 # Key/value block of `blockwise`: 256 took 0.65-0.71x the step time of 512 on CPU
 # at 1k-8k tokens (BENCHMARKS.md).
 DEFAULT_BLOCK = 256
-# Key/value block in which a decode step reads the cache (`cached_attention`).
+# Slots per block of a decode step's cache read (`cached_attention`); windows and
+# the sampler's slot lengths are whole blocks.
 DECODE_BLOCK = 256
 # Tile of `splash` on TPU (MaxText's default for long rows).
 SPLASH_TILE = 512
@@ -149,23 +150,22 @@ def decode_block(slots: int) -> int:
 
 def cached_attention(q: Array, k_new: Array, v_new: Array, k_cache: Array, v_cache: Array,
                      cache_segment_ids: Array, cache_positions: Array, segment_ids: Array,
-                     positions: Array, read_len=None) -> Array:
-    """Attention of T new tokens over [cache slots ; the new tokens themselves].
+                     positions: Array) -> Array:
+    """Attention of T new tokens over [the given cache slots ; the new tokens].
 
     The cache is only read here (the caller writes the new keys/values once,
-    outside the layer scan, in place inside a decode loop). It is read in blocks
-    of `decode_block(slots)` slots with an online softmax, and only the first
-    ceil(read_len / block) blocks (`read_len` traced: the filled length of the
-    longest row, so one compiled step serves every fill level, and a step costs
-    what the rows hold, not the cache's capacity).
+    outside the layer scan, in place inside a decode loop) and only the slots it
+    is given: a decode step passes a window, the filled part of the cache rounded
+    up to whole blocks, so a step costs what the rows hold, not the capacity.
 
-    Why blocks, and the new tokens first: the result of a row is bitwise the same
-    whatever `read_len` is (as long as it covers the row's filled slots) and
-    whatever the other rows hold. After the new tokens' block the running max is a
-    real score, so a block whose slots are all masked adds exp(MASK_VALUE - max) =
-    0 to the sum and 0 x v to the output and rescales by exp(0) = 1: nothing
-    changes, not even a rounding. A sampler can then batch rows of any lengths, in
-    any slot, and get the numbers each row would get alone.
+    Why blocks: a row's result is bitwise the same whatever the window (as long as
+    it covers the row's filled slots) and whatever the other rows hold. The new
+    tokens come first, then each block of `decode_block` slots in order, with an
+    online softmax, every block the same ops on the same shapes. After the new
+    tokens the running max is a real score, so a block whose slots are all masked
+    adds exp(MASK_VALUE - max) = 0 to the sum and 0 x v to the output and rescales
+    by exp(0) = 1: nothing changes, not even a rounding. A sampler can then batch rows of any lengths, in any slot, under any
+    window, and get the numbers each row would get alone.
 
     q: [B, T, H, Dh]; k_new, v_new: [B, T, KVH, Dh]; k_cache, v_cache:
     [B, KVH, S, Dh] (kv-head-major: each head's slots are contiguous);
@@ -177,9 +177,10 @@ def cached_attention(q: Array, k_new: Array, v_new: Array, k_cache: Array, v_cac
     kv_heads, slots = k_cache.shape[1], k_cache.shape[2]
     groups = heads // kv_heads
     block = decode_block(slots)
+    blocks = slots // block
     scale = 1.0 / math.sqrt(head_dim)
-    # Queries as [B, KVH, G*T, Dh] (row g*T + t): every product below is a plain
-    # batched matrix product over (B, KVH), with no transposes when T == 1.
+    # Queries as [B, KVH, G*T, Dh] (row g*T + t): the products below are plain
+    # batched matrix products over (B, KVH), with no transposes when T == 1.
     qg = q.reshape(batch, q_len, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
     qg = qg.reshape(batch, kv_heads, groups * q_len, head_dim)
 
@@ -187,43 +188,37 @@ def cached_attention(q: Array, k_new: Array, v_new: Array, k_cache: Array, v_cac
         mask = jnp.broadcast_to(mask[:, None], (batch, groups, q_len, mask.shape[-1]))
         return mask.reshape(batch, 1, groups * q_len, mask.shape[-1])
 
-    # The new tokens: [B, KVH, G*T, T] scores; each row sees itself, so max is real.
+    def scores(k, mask):
+        s = jnp.einsum("bkqd,bksd->bkqs", qg, k.astype(qg.dtype),
+                       preferred_element_type=jnp.float32) * scale
+        return jnp.where(per_query(mask), s, MASK_VALUE)
+
+    # The new tokens first: [B, KVH, G*T, T]; each row sees itself, so the running
+    # max is a real score from here on.
     k_t, v_t = k_new.transpose(0, 2, 1, 3), v_new.transpose(0, 2, 1, 3)   # [B, KVH, T, Dh]
-    s = jnp.einsum("bkqd,bksd->bkqs", qg, k_t, preferred_element_type=jnp.float32) * scale
-    mask = per_query(attention_mask(segment_ids, segment_ids, positions, positions))
-    s = jnp.where(mask, s, MASK_VALUE)
+    s = scores(k_t, attention_mask(segment_ids, segment_ids, positions, positions))
     top = s.max(-1, keepdims=True)
     p = jnp.exp(s - top)
     total = p.sum(-1, keepdims=True)
     acc = jnp.einsum("bkqs,bksd->bkqd", p.astype(v_t.dtype), v_t,
                      preferred_element_type=jnp.float32)
-
-    def read_block(i, carry):
-        top, total, acc = carry
-        start = i * block
-        k_b = jax.lax.dynamic_slice_in_dim(k_cache, start, block, axis=2)
-        v_b = jax.lax.dynamic_slice_in_dim(v_cache, start, block, axis=2)
-        seg_b = jax.lax.dynamic_slice_in_dim(cache_segment_ids, start, block, axis=1)
-        pos_b = jax.lax.dynamic_slice_in_dim(cache_positions, start, block, axis=1)
-        s = jnp.einsum("bkqd,bksd->bkqs", qg, k_b.astype(qg.dtype),
-                       preferred_element_type=jnp.float32) * scale
-        s = jnp.where(per_query(attention_mask(segment_ids, seg_b, positions, pos_b)), s,
-                      MASK_VALUE)
+    # Then each block, in order, with an online softmax. The loop is unrolled (the
+    # window is static), so every block is the same ops on the same shapes: XLA:CPU
+    # reduces and multiplies a [.., n, block] array differently for different n, and
+    # a `while` loop over blocks costs more than the blocks on CPU.
+    for i in range(blocks):
+        cut = slice(i * block, (i + 1) * block)
+        s = scores(k_cache[:, :, cut], attention_mask(
+            segment_ids, cache_segment_ids[:, cut], positions, cache_positions[:, cut]))
         new_top = jnp.maximum(top, s.max(-1, keepdims=True))
         rescale = jnp.exp(top - new_top)
         p = jnp.exp(s - new_top)
         total = total * rescale + p.sum(-1, keepdims=True)
-        acc = acc * rescale + jnp.einsum("bkqs,bksd->bkqd", p.astype(v_b.dtype),
-                                         v_b.astype(v_t.dtype),
+        acc = acc * rescale + jnp.einsum("bkqs,bksd->bkqd", p.astype(v_t.dtype),
+                                         v_cache[:, :, cut].astype(v_t.dtype),
                                          preferred_element_type=jnp.float32)
-        return new_top, total, acc
-
-    num_blocks = slots // block
-    if read_len is not None:
-        num_blocks = jnp.clip((jnp.asarray(read_len, jnp.int32) + block - 1) // block,
-                              0, num_blocks)
-    top, total, acc = jax.lax.fori_loop(0, num_blocks, read_block, (top, total, acc))
-    out = (acc / total).astype(q.dtype)                                  # [B, KVH, G*T, Dh]
+        top = new_top
+    out = (acc / total).astype(q.dtype)                                   # [B, KVH, Q, Dh]
     out = out.reshape(batch, kv_heads, groups, q_len, head_dim).transpose(0, 3, 1, 2, 4)
     return out.reshape(batch, q_len, heads, head_dim)
 

@@ -83,8 +83,9 @@ class KVCache:
         """Row `source[r]` of a prefilled cache (its first `prefilled.slots` slots)
         copied into row `slot[r]` of this one, whose later slots are emptied
         (segment 0; their stale keys/values stay, hidden by the mask). Entries with
-        slot >= this cache's rows are padding, and must come last. n samples of one
-        prompt are n entries with the same source.
+        slot >= this cache's rows are padding, anywhere in the list (each host of a
+        pod pads its own part). n samples of one prompt are n entries with the same
+        source.
 
         One row at a time (a loop over the real entries): in place, with no
         [layers, R, kv_heads, length, head_dim] gather of the copies, so the number
@@ -94,7 +95,10 @@ class KVCache:
             raise ValueError(f"a prefilled cache of {length} slots does not fit rows of "
                              f"{self.slots}")
         rows = self.segment_ids.shape[0]
-        source, slot = jnp.asarray(source, jnp.int32), jnp.asarray(slot, jnp.int32)
+        # The real entries first (padding sorts last), so the loop stops at their count.
+        order = jnp.argsort(jnp.asarray(slot, jnp.int32), stable=True)
+        source = jnp.asarray(source, jnp.int32)[order]
+        slot = jnp.asarray(slot, jnp.int32)[order]
 
         def copy_row(r, cache):
             src, dst = source[r], slot[r]

@@ -113,17 +113,16 @@ class AttentionInputs:
                (`attention.self_attention`, kernel chosen by cfg.attention_impl);
                no keys/values leave the layer
       prefill  the same, and each layer's keys/values are returned for the cache
-      decode   the new tokens attend to the cache's filled slots and to each other
-               (`attention.cached_attention`, which reads the cache in blocks up
-               to `read_len`, a traced length, and builds each block's mask from
-               the cache's segment ids and positions)
+      decode   the new tokens attend to the cache's first `window` slots and to
+               each other (`attention.cached_attention`, which builds each block's
+               mask from the cache's segment ids and positions)
     """
     segment_ids: Any                 # [B, T] of this call's tokens (0 = padding)
     positions: Any                   # [B, T]
-    cache_segment_ids: Any = None    # decode: [B, slots] of the cache
-    cache_positions: Any = None      # decode: [B, slots]
-    read_len: Any = None             # decode: slots at or past it are never read
+    cache_segment_ids: Any = None    # decode: [B, window] of the cache
+    cache_positions: Any = None      # decode: [B, window]
     mode: str = flax.struct.field(pytree_node=False, default="train")
+    window: int = flax.struct.field(pytree_node=False, default=0)
 
 
 def token_matmul(x: Array, kernel: Array, **kwargs) -> Array:
@@ -177,11 +176,12 @@ class Attention(nn.Module):
         if inputs.mode not in MODES:
             raise ValueError(f"attention mode {inputs.mode!r}; expected one of {MODES}")
         if inputs.mode == "decode":
-            # The full cache enters the layer scan; each layer reads its own slice
-            # block by block, up to read_len.
-            out = attention.cached_attention(q, k, v, *layer_cache, inputs.cache_segment_ids,
+            # The full cache enters the layer scan; each layer cuts its window from its
+            # own slice, so XLA copies per layer only the window, not every layer's.
+            k_cache, v_cache = (c[:, :, :inputs.window] for c in layer_cache)
+            out = attention.cached_attention(q, k, v, k_cache, v_cache, inputs.cache_segment_ids,
                                              inputs.cache_positions, inputs.segment_ids,
-                                             inputs.positions, inputs.read_len)
+                                             inputs.positions)
         else:
             out = attention.self_attention(q, k, v, inputs.segment_ids, cfg.attention_impl,
                                            inputs.positions)
@@ -288,13 +288,13 @@ class Transformer(nn.Module):
           the last position's logits [B, V] (the only ones a sampler needs; the
           full [B, prompt_len, V] float32 tensor would be the largest in the
           program) and the filled cache
-      decode(tokens, positions, segment_ids, cache, index, read_len=None)
+      decode(tokens, positions, segment_ids, cache, index, window=None)
           T new tokens per row, written at slot `index` (one for all rows, or one
           per row [B]: rows of a continuous-batching engine sit at different
-          fill levels), attending to the cache's slots before `read_len` (traced;
-          default all) and to each other: logits [B, T, V] and the updated cache.
-          A row's numbers do not depend on `read_len` past its filled slots, nor
-          on the other rows (see `attention.cached_attention`).
+          fill levels), attending to the cache's first `window` slots (static,
+          whole decode blocks; default all) and to each other: logits [B, T, V]
+          and the updated cache. A row's numbers do not depend on the window past
+          its filled slots, nor on the other rows (`attention.cached_attention`).
 
     Attention kernels are chosen in `attention.self_attention` from
     cfg.attention_impl; the model never builds a [B, L, L] mask itself.
@@ -341,11 +341,12 @@ class Transformer(nn.Module):
         return last, cache.write(k, v, segment_ids, positions, 0)
 
     def decode(self, tokens: Array, positions: Array, segment_ids: Array, cache: KVCache,
-               index, read_len=None) -> tuple[Array, KVCache]:
+               index, window: int | None = None) -> tuple[Array, KVCache]:
         segment_ids, positions = _segments_and_positions(tokens, segment_ids, positions)
+        window = cache.slots if window is None else int(window)
         # Slots not yet written have segment 0, so the cache mask hides them.
-        inputs = AttentionInputs(segment_ids, positions, cache.segment_ids, cache.positions,
-                                 read_len, mode="decode")
+        inputs = AttentionInputs(segment_ids, positions, cache.segment_ids[:, :window],
+                                 cache.positions[:, :window], mode="decode", window=window)
         x, (k, v) = self._decoder(tokens, inputs, (cache.k, cache.v))
         return self.logits(self.final_norm(x)), cache.write(k, v, segment_ids, positions, index)
 

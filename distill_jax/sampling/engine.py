@@ -222,32 +222,36 @@ def prefill_insert(model, params, state: DecodeState, batch: InsertBatch, top_k_
 
 
 def decode_steps(model, params, state: DecodeState, refill: Array, min_free: Array,
-                 num_steps: int, top_k_out: int, pad_id: int = 0
+                 num_steps: int, top_k_out: int, window: int | None = None, pad_id: int = 0
                  ) -> tuple[DecodeState, Emitted, Array]:
     """Up to `num_steps` decode steps of every active slot -> (state, Emitted [S,
-    num_steps], steps run). Stops early when no slot is active, or when at least
-    `min_free` slots with `refill` set (the host has work for them) are free.
+    num_steps], steps run). Stops early when no slot is active, when at least
+    `min_free` slots with `refill` set (the host has work for them) are free, or
+    before a step whose reads would pass the cache `window`.
 
     A step feeds each active slot's last token at its own position and cache index,
-    reads the cache up to the longest active slot's fill, and draws the next token;
-    idle slots compute too (the shapes are fixed) but write and emit nothing.
+    reads the first `window` cache slots (static: whole blocks covering the longest
+    active slot's fill through the call, chosen by the host; default all), and
+    draws the next token; idle slots compute too (the shapes are fixed) but write
+    and emit nothing.
     """
+    window = state.cache.slots if window is None else window
     slot_len = state.cache.slots
     out = Emitted.zeros(state.num_slots, num_steps, top_k_out)
 
     def keep_going(carry):
         step, s, _ = carry
         free_to_refill = jnp.sum(refill & ~s.active)
-        return (step < num_steps) & jnp.any(s.active) & (free_to_refill < min_free)
+        fits = jnp.all(~s.active | (s.index <= window))     # a step reads slots < index
+        return (step < num_steps) & jnp.any(s.active) & (free_to_refill < min_free) & fits
 
     def one_step(carry):
         step, s, out = carry
         active = s.active
         index = jnp.where(active, s.index, slot_len)       # idle slots write nothing
-        read_len = jnp.max(jnp.where(active, s.index, 0))
         logits, cache = model.apply(
             {"params": params}, s.token[:, None], s.position[:, None],
-            active.astype(jnp.int32)[:, None], s.cache, index, read_len, method="decode")
+            active.astype(jnp.int32)[:, None], s.cache, index, window, method="decode")
         token, logprob, top_ids, top_logprobs, hit_stop = draw(
             logits[:, 0], s.keys, s.generated, s.settings, top_k_out)
         generated = s.generated + active

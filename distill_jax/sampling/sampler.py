@@ -55,7 +55,7 @@ from distill_jax.models import attention
 from distill_jax.sampling import engine
 from distill_jax.sampling.outputs import SampleOutput, apply_stop_strings
 from distill_jax.sampling.params import SamplingParams
-from distill_jax.sampling.scheduler import POLICIES, SlotScheduler
+from distill_jax.sampling.scheduler import ORDERS, POLICIES, SlotScheduler
 
 # XLA compilations per function name, from JAX's own compile events (what a test
 # or a run summary counts, rather than trusting a Python-side cache of programs).
@@ -110,10 +110,13 @@ class Sampler:
     def __init__(self, cfg: models.ModelConfig, params, mesh: jax.sharding.Mesh | None = None,
                  tokenizer=None, num_slots: int = 64, scheduler: str = "continuous",
                  length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS, slot_len: int = 0,
-                 prefill_batch: int = 0, steps_per_call: int = engine.DECODE_STEPS,
-                 min_free: int = 1, pad_id: int = 0):
+                 order: str = "longest_first", prefill_batch: int = 0,
+                 steps_per_call: int = engine.DECODE_STEPS, min_free: int = 1, pad_id: int = 0):
         if scheduler not in POLICIES:
             raise ValueError(f"scheduler {scheduler!r}; choose from {POLICIES}")
+        if order not in ORDERS:
+            raise ValueError(f"order {order!r}; choose from {ORDERS}")
+        self.order = order
         self.cfg, self.mesh, self.tokenizer, self.pad_id = cfg, mesh, tokenizer, pad_id
         self.scheduler, self.steps_per_call, self.min_free = scheduler, steps_per_call, min_free
         self.length_buckets = tuple(sorted(length_buckets))
@@ -164,9 +167,11 @@ class Sampler:
                 program = jax.jit(functools.partial(engine.prefill_insert, self._model,
                                                     top_k_out=shape[-1]), donate_argnums=(1,))
             else:
+                window, top_k_out = shape[-2:]
                 program = jax.jit(functools.partial(
                     engine.decode_steps, self._model, num_steps=self.steps_per_call,
-                    top_k_out=shape[-1], pad_id=self.pad_id), donate_argnums=(1,))
+                    top_k_out=top_k_out, window=window, pad_id=self.pad_id),
+                    donate_argnums=(1,))
             self._programs[key] = program
         return self._programs[key]
 
@@ -226,6 +231,8 @@ class Sampler:
             slot_len, stops, top_k_out = distributed.agree_max(slot_len, stops, top_k_out)
 
         work = [_Sample(i, j) for i in range(len(prompts)) for j in range(per_prompt[i].n)]
+        if self.order == "longest_first":   # stable: equal caps stay in arrival order
+            work.sort(key=lambda s: -per_prompt[s.request].max_new_tokens)
         host_slots = self._host_rows(self.num_slots)
         scheduler = SlotScheduler(range(len(host_slots)), self.scheduler, work)
         results: list[list[SampleOutput | None]] = [[None] * p.n for p in per_prompt]
@@ -254,14 +261,17 @@ class Sampler:
         with sharding.mesh_context(self.mesh):
             while True:
                 calls = self._insert_calls(scheduler.admit(), buckets)
-                # Calls per length bucket this round: every host runs the same
-                # programs, so the hosts take the most of each (padding the rest).
-                wanted = [scheduler.busy] + [sum(length == b for length, _ in calls)
-                                             for b in self.length_buckets]
+                # Calls per length bucket this round and the cache window the decode
+                # call needs: every host runs the same programs, so the hosts take
+                # the most of each (padding the rest).
+                fill = max((buckets[s.request] + max(len(s.token_ids), 1) - 1
+                            for s in scheduler.running.values()), default=0)
+                wanted = [scheduler.busy, fill] + [sum(length == b for length, _ in calls)
+                                                   for b in self.length_buckets]
                 if self.process_count > 1:
                     wanted = distributed.agree_max(*wanted)
-                busy = bool(wanted[0])
-                for length, num_calls in zip(self.length_buckets, wanted[1:]):
+                busy, window = bool(wanted[0]), self._window(wanted[1], slot_len)
+                for length, num_calls in zip(self.length_buckets, wanted[2:]):
                     mine = [rows for b, rows in calls if b == length]
                     for k in range(num_calls):
                         rows = mine[k] if k < len(mine) else []
@@ -277,7 +287,7 @@ class Sampler:
                 if not busy:
                     break
                 refill = np.full((self.local_slots,), scheduler.wants_refill)
-                program = self._program("decode", slot_len, stops, top_k_out)
+                program = self._program("decode", slot_len, stops, window, top_k_out)
                 state, emitted, steps = program(self.params, state, self._global(refill),
                                                 np.int32(self.min_free))
                 emitted, active, stopped = self._local((emitted, state.active, state.stopped))
@@ -295,6 +305,14 @@ class Sampler:
                           compiles=engine_compiles() - compiles,
                           utilization=stats["decode_tokens"] / slot_steps if slot_steps else 0.0)
         return results  # type: ignore[return-value]
+
+    def _window(self, fill: int, slot_len: int) -> int:
+        """The cache slots a decode call reads: the largest fill (next write index) of
+        a slot plus the call's steps, in whole blocks, their count rounded up to a
+        power of two (a few programs per slot length), at most the slot length."""
+        block = attention.DECODE_BLOCK
+        blocks = -(-(fill + self.steps_per_call) // block)
+        return min(slot_len, block * (1 << (blocks - 1).bit_length()))
 
     def _check(self, prompts, per_prompt) -> list[int]:
         """Refuses bad requests before any work; -> each prompt's length bucket."""

@@ -7,8 +7,8 @@
               have finished: a group decodes until its longest sample ends (the
               sampler before continuous batching, kept for comparison and tests)
 
-Samples are admitted in arrival order (prompt order, then sample index). The
-scheduler never touches arrays; it hands the driver (`sampler.py`) slot
+Samples are admitted in the order the driver lists them: arrival order, or
+longest cap first (`ORDERS`). The scheduler never touches arrays; it hands the driver (`sampler.py`) slot
 assignments and takes finished slots back.
 """
 from __future__ import annotations
@@ -18,6 +18,13 @@ import collections
 from typing import Any, Iterable, Sequence
 
 POLICIES = ("continuous", "static")
+# Admission orders: "arrival" (prompt order, then sample index) or "longest_first"
+# (by max_new_tokens, longest first; ties in arrival order). A sample's bits never
+# depend on the order (see engine.py), only the time the run takes: a long sample
+# admitted last runs alone at the end while the other slots idle, so starting the
+# longest caps first keeps the slots full (longest-processing-time-first, the
+# classic makespan heuristic). With one cap for every request the two agree.
+ORDERS = ("arrival", "longest_first")
 
 
 class SlotScheduler:

@@ -210,12 +210,12 @@ def test_incremental_decoding_with_cache_equals_full_forward(name):
     np.testing.assert_array_equal(np.asarray(cache.segment_ids[:, :7]), np.asarray(segments))
 
 
-def test_decode_reads_the_cache_in_blocks_up_to_read_len_and_nothing_after():
-    """A 512-slot cache is read in two blocks of DECODE_BLOCK. With read_len inside the
-    first block, NaN planted in the second changes nothing (it is never read), and the
-    logits are bitwise those of reading both blocks of a clean cache: a block whose
-    slots are all masked adds exactly nothing, so a step's numbers do not depend on
-    how far the engine reads. Without read_len every block is read and NaN poisons."""
+def test_decode_reads_only_its_window_and_the_window_changes_no_bit():
+    """A 512-slot cache is two blocks of DECODE_BLOCK. A window of one block never
+    touches the second (NaN planted there changes nothing), and its logits are
+    bitwise those of reading both blocks of the clean cache: a block whose slots
+    are all masked adds exactly nothing, so a step's numbers do not depend on how
+    far the engine reads. Reading everything, the NaN poisons."""
     from distill_jax.models import attention
     from distill_jax.models.transformer import segment_positions
     cfg = models.get_config("tiny-llama")
@@ -224,20 +224,19 @@ def test_decode_reads_the_cache_in_blocks_up_to_read_len_and_nothing_after():
     prompt = jnp.asarray([[0, 3, 4, 5, 6], [7, 8, 9, 10, 11]])
     segments = jnp.asarray([[0, 1, 1, 1, 1], [1] * 5])
     positions = segment_positions(segments)
-    slots = 2 * attention.DECODE_BLOCK
+    block = attention.DECODE_BLOCK
     _, cache = model.apply({"params": params}, prompt, positions, segments,
-                           models.KVCache.init(cfg, 2, slots), method="prefill")
+                           models.KVCache.init(cfg, 2, 2 * block), method="prefill")
     step = (jnp.asarray([[12], [13]]), positions[:, -1:] + 1, jnp.ones((2, 1), jnp.int32))
-    decode = jax.jit(lambda c, read_len: model.apply({"params": params}, *step, c, 5, read_len,
-                                                     method="decode")[0])
-    clean_all = decode(cache, slots)
-    clean_first = decode(cache, 6)
-    np.testing.assert_array_equal(np.asarray(clean_first), np.asarray(clean_all))
-    half = attention.DECODE_BLOCK
-    poisoned = cache.replace(k=cache.k.at[:, :, :, half:].set(jnp.nan),
-                             v=cache.v.at[:, :, :, half:].set(jnp.nan))
-    np.testing.assert_array_equal(np.asarray(decode(poisoned, 6)), np.asarray(clean_all))
-    assert np.isnan(np.asarray(decode(poisoned, slots))).all()
+
+    def decode(c, window=None):
+        return model.apply({"params": params}, *step, c, 5, window, method="decode")[0]
+    clean_all = decode(cache)
+    np.testing.assert_array_equal(np.asarray(decode(cache, block)), np.asarray(clean_all))
+    poisoned = cache.replace(k=cache.k.at[:, :, :, block:].set(jnp.nan),
+                             v=cache.v.at[:, :, :, block:].set(jnp.nan))
+    np.testing.assert_array_equal(np.asarray(decode(poisoned, block)), np.asarray(clean_all))
+    assert np.isnan(np.asarray(decode(poisoned))).all()
 
 
 def test_per_row_cache_index_writes_each_row_at_its_own_fill():
@@ -255,6 +254,28 @@ def test_per_row_cache_index_writes_each_row_at_its_own_fill():
     assert (k[:, 0, :, 2] == 1).all() and (k[:, 1, :, 5] == 1).all()
     assert k.sum() == 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim
     assert (np.asarray(out.v)[:, 1, :, 5] == 2).all()
+
+
+def test_insert_copies_prefilled_rows_into_slots_with_padding_anywhere():
+    """Each host of a pod pads its own part of the insert list, so padding entries
+    (slot >= rows) sit between real ones; every real entry is still copied, the
+    rest of its row emptied, and nothing else touched."""
+    cfg = models.get_config("tiny-llama")
+    shape = (cfg.num_layers, 2, cfg.num_kv_heads, 3, cfg.head_dim)
+    prefilled = models.KVCache(k=jnp.stack([jnp.full(shape[:1] + shape[2:], 1.0),
+                                            jnp.full(shape[:1] + shape[2:], 2.0)], axis=1),
+                               v=jnp.zeros(shape), segment_ids=jnp.ones((2, 3), jnp.int32),
+                               positions=jnp.tile(jnp.arange(3), (2, 1)))
+    cache = models.KVCache.init(cfg, 4, 8)
+    cache = cache.replace(segment_ids=cache.segment_ids.at[:, 5].set(7))   # stale entries
+    out = cache.insert(prefilled, source=jnp.asarray([1, 0, 0, 1]),
+                       slot=jnp.asarray([3, 4, 4, 0]))          # 4 = padding, in the middle
+    k = np.asarray(out.k)
+    assert (k[:, 3, :, :3] == 2).all() and (k[:, 0, :, :3] == 2).all()
+    assert (k[:, 1:3] == 0).all() and (k[:, :, :, 3:] == 0).all()
+    seg = np.asarray(out.segment_ids)
+    assert seg.tolist() == [[1, 1, 1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 7, 0, 0],
+                            [0, 0, 0, 0, 0, 7, 0, 0], [1, 1, 1, 0, 0, 0, 0, 0]]
 
 
 def test_prefill_returns_the_last_positions_logits():

@@ -1,5 +1,6 @@
 """The continuous-batching engine: same bits whatever the schedule, slots refilled,
 bounded compilation, its device functions callable alone. Pure JAX: no torch."""
+import dataclasses
 import functools
 
 import jax
@@ -21,7 +22,8 @@ def params():
 
 def _mixed_requests():
     """Prompts of two length buckets, with per-request settings: greedy and sampled
-    rows, n from 1 to 3, lengths 1..40, stop ids on some, top-k logprobs out."""
+    rows, n from 1 to 3, lengths 1..40 and one of 280, stop ids on some, top-k
+    logprobs out."""
     rng = np.random.default_rng(0)
     prompts = [rng.integers(3, CFG.vocab_size, size=int(n)).tolist()
                for n in rng.integers(1, 30, size=9)]
@@ -30,6 +32,9 @@ def _mixed_requests():
     per_prompt = [sampling.SamplingParams(
         n=1 + i % 3, max_new_tokens=int(rng.integers(1, 41)), seed=11 + i, return_top_k=3,
         stop_token_ids=(5, 6) if i % 4 == 3 else (), **kinds[i % 4]) for i in range(len(prompts))]
+    # One long sample: slots of two cache blocks, read through windows of one block or
+    # two depending on what else is running, a different mix under each schedule.
+    per_prompt[1] = dataclasses.replace(per_prompt[1], max_new_tokens=280)
     return prompts, per_prompt
 
 
@@ -48,6 +53,7 @@ def test_static_and_continuous_give_the_same_bits_with_per_request_settings(para
         runs[scheduler] = (sampler.generate(prompts, per_prompt, prompt_keys=keys),
                            dict(sampler.stats))
     (static, static_stats), (continuous, continuous_stats) = runs["static"], runs["continuous"]
+    assert continuous_stats["slot_len"] == 512
     assert _flat(static) == _flat(continuous)          # tokens, logprobs, top-k: exact
     assert continuous_stats["decode_steps"] < static_stats["decode_steps"]
     for i, (samples, p) in enumerate(zip(continuous, per_prompt)):
@@ -67,25 +73,29 @@ def test_static_and_continuous_give_the_same_bits_with_per_request_settings(para
 def test_continuous_refills_slots_while_static_waits_for_the_longest(params):
     """Known lengths (no stop ids): 12 requests on 4 slots, two of 40 tokens among
     3-token ones. Static decodes each group of 4 until its longest ends; continuous
-    keeps the other slots busy, so it needs about total / slots steps plus the tail."""
+    keeps the other slots busy, so it needs about total / slots steps plus the tail;
+    admitting the longest caps first removes the tail."""
     lengths = [40, 3, 3, 3, 3, 3, 3, 40, 3, 3, 3, 3]
     prompts = [[7 + i, 8, 9] for i in range(len(lengths))]
     per_prompt = [sampling.SamplingParams(temperature=0.0, max_new_tokens=m) for m in lengths]
-    steps = {}
-    for scheduler in ("static", "continuous"):
-        sampler = sampling.Sampler(CFG, params, num_slots=4, scheduler=scheduler)
+    steps, utilization = {}, {}
+    for scheduler, order in (("static", "arrival"), ("continuous", "arrival"),
+                             ("continuous", "longest_first")):
+        sampler = sampling.Sampler(CFG, params, num_slots=4, scheduler=scheduler, order=order)
         outs = sampler.generate(prompts, per_prompt)
         assert [len(o[0].token_ids) for o in outs] == lengths
-        steps[scheduler] = sampler.stats["decode_steps"]
-        utilization = sampler.stats["utilization"]
+        steps[scheduler, order] = sampler.stats["decode_steps"]
+        utilization[scheduler, order] = sampler.stats["utilization"]
     # The first token comes from the prefill, so a sample takes m - 1 decode steps.
     groups = [lengths[g:g + 4] for g in range(0, len(lengths), 4)]
-    assert steps["static"] == sum(max(g) - 1 for g in groups) == 80
+    assert steps["static", "arrival"] == sum(max(g) - 1 for g in groups) == 80
     # The second 40 starts once the 3-token samples ahead of it leave (step ~8).
     total = sum(m - 1 for m in lengths)
-    assert steps["continuous"] <= 50 < steps["static"]
-    assert total / 4 <= steps["continuous"]
-    assert utilization == pytest.approx(total / (4 * steps["continuous"]))
+    assert total / 4 <= steps["continuous", "arrival"] <= 50 < steps["static", "arrival"]
+    assert utilization["continuous", "arrival"] == pytest.approx(
+        total / (4 * steps["continuous", "arrival"]))
+    # Both 40s from the start, the 3s through the other two slots: the longest bounds it.
+    assert steps["continuous", "longest_first"] == max(lengths) - 1
 
 
 def test_compilations_are_bounded_and_settings_never_recompile(params):

@@ -129,16 +129,17 @@ class Emitted:
     tokens: Any             # int32
     logprobs: Any           # float32: the model's raw log-probability of the token
     emitted: Any            # bool: the slot drew at this step
-    top_ids: Any            # int32 [rows, steps, top_k_out]
-    top_logprobs: Any       # float32 [rows, steps, top_k_out]
+    top_ids: Any            # int32 [rows, steps, top_k_out]; None when top_k_out = 0
+    top_logprobs: Any       # float32 [rows, steps, top_k_out]; None when top_k_out = 0
 
     @classmethod
     def zeros(cls, rows: int, steps: int, top_k_out: int) -> "Emitted":
+        top = (lambda dtype: jnp.zeros((rows, steps, top_k_out), dtype)) if top_k_out else (
+            lambda dtype: None)
         return cls(tokens=jnp.zeros((rows, steps), jnp.int32),
                    logprobs=jnp.zeros((rows, steps), jnp.float32),
-                   emitted=jnp.zeros((rows, steps), bool),
-                   top_ids=jnp.zeros((rows, steps, top_k_out), jnp.int32),
-                   top_logprobs=jnp.zeros((rows, steps, top_k_out), jnp.float32))
+                   emitted=jnp.zeros((rows, steps), bool), top_ids=top(jnp.int32),
+                   top_logprobs=top(jnp.float32))
 
 
 _ROW, _ROW_MATRIX = ("batch",), ("batch", None)
@@ -153,8 +154,11 @@ EMITTED_AXES = Emitted(_ROW_MATRIX, _ROW_MATRIX, _ROW_MATRIX, ("batch", None, No
 
 
 def constrain(tree, axes):
-    """Logical sharding constraints on a state or Emitted (no-op without a mesh)."""
-    return jax.tree_util.tree_map(nn.with_logical_constraint, tree, axes)
+    """Logical sharding constraints on a state or Emitted (no-op without a mesh;
+    absent fields, None, stay None)."""
+    return jax.tree_util.tree_map(
+        lambda x, a: x if x is None else nn.with_logical_constraint(x, a), tree, axes,
+        is_leaf=lambda x: x is None)
 
 
 def sample_keys(seed: Array, prompt_key: Array, sample_index: Array) -> Array:
@@ -172,11 +176,9 @@ def draw(logits: Array, keys: Array, step: Array, settings: SlotSettings, top_k_
                           settings.top_p, settings.min_p)
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     logprob = jnp.take_along_axis(log_probs, token[:, None], -1)[:, 0]
+    top_logprobs = top_ids = None
     if top_k_out:
         top_logprobs, top_ids = jax.lax.top_k(log_probs, top_k_out)
-    else:
-        top_logprobs = jnp.zeros((token.shape[0], 0), jnp.float32)
-        top_ids = jnp.zeros((token.shape[0], 0), jnp.int32)
     hit_stop = jnp.any(token[:, None] == settings.stop_ids, axis=-1)
     return token, logprob, top_ids, top_logprobs, hit_stop
 
@@ -216,8 +218,9 @@ def prefill_insert(model, params, state: DecodeState, batch: InsertBatch, top_k_
         generated=jnp.where(new, 1, state.generated),
         active=jnp.where(new, ~hit_stop & (settings.max_new_tokens > 1), state.active),
         stopped=jnp.where(new, hit_stop, state.stopped))
+    steps_axis = lambda x: None if x is None else x[:, None]  # noqa: E731
     first = Emitted(tokens=token[:, None], logprobs=logprob[:, None], emitted=new[:, None],
-                    top_ids=top_ids[:, None], top_logprobs=top_logprobs[:, None])
+                    top_ids=steps_axis(top_ids), top_logprobs=steps_axis(top_logprobs))
     return constrain(state, STATE_AXES), constrain(first, EMITTED_AXES)
 
 
@@ -263,9 +266,10 @@ def decode_steps(model, params, state: DecodeState, refill: Array, min_free: Arr
         out = out.replace(
             tokens=out.tokens.at[:, step].set(jnp.where(active, token, pad_id)),
             logprobs=out.logprobs.at[:, step].set(jnp.where(active, logprob, 0.0)),
-            emitted=out.emitted.at[:, step].set(active),
-            top_ids=out.top_ids.at[:, step].set(top_ids),
-            top_logprobs=out.top_logprobs.at[:, step].set(top_logprobs))
+            emitted=out.emitted.at[:, step].set(active))
+        if top_k_out:
+            out = out.replace(top_ids=out.top_ids.at[:, step].set(top_ids),
+                              top_logprobs=out.top_logprobs.at[:, step].set(top_logprobs))
         return step + 1, s, out
 
     state = constrain(state, STATE_AXES)

@@ -115,7 +115,7 @@ def test_a_killed_run_resumes_to_the_same_table(together, student, shared_data, 
            f"--config.benchmarks.gsm8k.path={shared_data / 'gsm8k_test.jsonl'}",
            "--config.benchmarks.gsm8k.limit=3", "--config.benchmarks.gsm8k.k=2",
            "--config.sampling.max_new_tokens=8", "--config.sampling.temperature=1.0",
-           "--config.resume_chunk=1", f"--config.output_dir={tmp_path}", "--config.num_slots=4",
+           "--config.resume_chunk=1", f"--config.output_dir={tmp_path}", "--config.num_slots=8",
            "--config.model.dtype=float32", "--config.model.param_dtype=float32"]
     partial = tmp_path / "gsm8k" / "partial.jsonl"
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -167,3 +167,17 @@ def test_bad_requests_are_refused_before_work(params):
     with pytest.raises(ValueError, match="2 SamplingParams for 3 prompts"):
         sampler.generate([[1], [2], [3]], [sp, sp])
     assert sampler.stats == {}     # nothing ran
+
+
+def test_pure_jax_sampler_tests_do_not_import_torch():
+    import subprocess
+    import sys
+    modules = ["tests.sampling.test_engine", "tests.sampling.test_sampler",
+               "tests.sampling.test_logits_processing", "distill_jax.sampling"]
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in modules)
+            + "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    root = __file__.rsplit("/tests/", 1)[0]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                            text=True, env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"},
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -168,12 +168,15 @@ def sample_keys(seed: Array, prompt_key: Array, sample_index: Array) -> Array:
     return jax.vmap(one)(seed, prompt_key, sample_index)
 
 
-def draw(logits: Array, keys: Array, step: Array, settings: SlotSettings, top_k_out: int):
+def draw(logits: Array, keys: Array, step: Array, settings: SlotSettings, top_k_out: int,
+         live: Array):
     """Each row's token at its own step: (token, its raw logprob, top-k ids and
-    logprobs [R, top_k_out], hit a stop id)."""
+    logprobs [R, top_k_out] or None, hit a stop id). Rows not `live` (idle slots,
+    slots not being filled) draw greedily: their draw is discarded, and their
+    settings must not make the batch filter or sort."""
     step_keys = jax.vmap(jax.random.fold_in)(jax.random.wrap_key_data(keys), step)
-    token = choose_tokens(step_keys, logits, settings.temperature, settings.top_k,
-                          settings.top_p, settings.min_p)
+    token = choose_tokens(step_keys, logits, jnp.where(live, settings.temperature, 0.0),
+                          settings.top_k, settings.top_p, settings.min_p)
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     logprob = jnp.take_along_axis(log_probs, token[:, None], -1)[:, 0]
     top_logprobs = top_ids = None
@@ -209,7 +212,7 @@ def prefill_insert(model, params, state: DecodeState, batch: InsertBatch, top_k_
     slot_logits = put(jnp.zeros((state.num_slots, logits.shape[-1]), jnp.float32),
                       logits[batch.source])
     token, logprob, top_ids, top_logprobs, hit_stop = draw(
-        slot_logits, keys, jnp.zeros((state.num_slots,), jnp.int32), settings, top_k_out)
+        slot_logits, keys, jnp.zeros((state.num_slots,), jnp.int32), settings, top_k_out, new)
     state = state.replace(
         cache=state.cache.insert(prefilled, batch.source, batch.slot),
         settings=settings, keys=keys, token=jnp.where(new, token, state.token),
@@ -256,7 +259,7 @@ def decode_steps(model, params, state: DecodeState, refill: Array, min_free: Arr
             {"params": params}, s.token[:, None], s.position[:, None],
             active.astype(jnp.int32)[:, None], s.cache, index, window, method="decode")
         token, logprob, top_ids, top_logprobs, hit_stop = draw(
-            logits[:, 0], s.keys, s.generated, s.settings, top_k_out)
+            logits[:, 0], s.keys, s.generated, s.settings, top_k_out, active)
         generated = s.generated + active
         finished = hit_stop | (generated >= s.settings.max_new_tokens)
         moved = active.astype(jnp.int32)

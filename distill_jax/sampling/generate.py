@@ -10,11 +10,14 @@ A `manifest.json` pins what the shards were made with (teacher, sampling,
 prompts, template); rerunning into the same directory with different settings is
 an error rather than a silent mix.
 
+Every shard a host has to do goes into one engine call, so the slots stay full
+across shard boundaries (refilled from the next shard's prompts, not drained at
+each shard's end); a shard is written as soon as all its prompts are done.
+
 On several hosts (one mesh over all of them), shard k belongs to host
 k mod num_hosts: each host generates and writes only its shards, so hosts never
 write the same file, and each resumes its own. All hosts run the sampler's
-programs together (a round = one shard per host, empty on hosts with nothing
-left), and the files are exactly those a single host would write with the same
+programs together (a host with nothing left joins with padding), and the files are exactly those a single host would write with the same
 slots per device: a sample's numbers depend only on its own prompt (padded to
 its own length bucket, prefilled in a batch of fixed shape), key and settings,
 never on which shards or slots it shared the device with (see
@@ -169,13 +172,24 @@ def generate_traces(config) -> dict[str, Any]:
                  len(mine) - len(remaining), len(todo))
 
     run_tokens, run_start, compiles = 0, time.monotonic(), engine_compiles()
-    engine_totals = collections.Counter()
-    if rounds:
+    stats: dict = {}
+    num_slots = 0
+    if rounds:      # some host has work: every host joins the one collective call
         mesh = sharding.make_mesh(dict(config.mesh)) if config.get("mesh") else None
+        # Every shard this host does in one engine call, so the slots stay full across
+        # shard boundaries; a shard is written as soon as its prompts are all done.
+        mine_now = [i for k in todo for i in range(k * per_shard,
+                                                   min((k + 1) * per_shard, len(prompts)))]
         longest_bucket = bucket(len(prompt_ids[longest]), DEFAULT_LENGTH_BUCKETS,
                                  "prompt length")
         num_slots, rule = planning.resolve_num_slots(config, longest_bucket,
                                                      num_hosts=num_hosts)
+        if not config.num_slots:   # no more slots than this run has samples
+            (most,) = distributed.agree_max(len(mine_now) * params.n)
+            data_parallel = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+            cap = -(-most * num_hosts // data_parallel) * data_parallel
+            if cap < num_slots:
+                num_slots, rule = cap, f"{rule}; capped at the run's {most} samples per host"
         logging.info("generate: %d slots (%s)", num_slots, rule)
         # One slot length for the run (every shard's programs the same shapes).
         slot_len = -(-(longest_bucket + params.max_new_tokens) // attention.DECODE_BLOCK) * \
@@ -184,33 +198,38 @@ def generate_traces(config) -> dict[str, Any]:
         sampler = Sampler(cfg, teacher_params, mesh=mesh, tokenizer=tokenizer,
                           num_slots=num_slots, slot_len=slot_len, scheduler=config.scheduler,
                           pad_id=tokenizer.pad_id or 0)
-        progress = Progress(sum(len(prompts[k * per_shard:(k + 1) * per_shard]) for k in todo),
-                            "prompts", "generate" if num_hosts == 1 else f"generate host 0/{num_hosts}",
+        progress = Progress(len(mine_now), "prompts",
+                            "generate" if num_hosts == 1 else f"generate host 0/{num_hosts}",
                             enabled=distributed.is_primary())
-        for r in range(rounds):
-            if r >= len(todo):       # nothing left here: join the other hosts' programs
-                sampler.generate([], params, prompt_keys=[])
+        left = {k: min((k + 1) * per_shard, len(prompts)) - k * per_shard for k in todo}
+        done: dict[int, list] = {}
+        for pos, samples in sampler.generate_stream(
+                [prompt_ids[i] for i in mine_now], params,
+                prompt_keys=[prompt_key(prompts[i].id) for i in mine_now]):
+            i = mine_now[pos]
+            done[i] = samples
+            k = i // per_shard
+            left[k] -= 1
+            if left[k]:
                 continue
-            k = todo[r]
             lo, hi = k * per_shard, min((k + 1) * per_shard, len(prompts))
-            outs = sampler.generate(prompt_ids[lo:hi], params,
-                                    prompt_keys=[prompt_key(p.id) for p in prompts[lo:hi]])
-            engine_totals.update({k: sampler.stats[k] for k in ("decode_steps", "decode_tokens")})
             lines = []
-            for p, ids, samples in zip(prompts[lo:hi], prompt_ids[lo:hi], outs):
-                for j, s in enumerate(samples):
-                    record = _record(p, ids, j, s, params, teacher_id, tokenizer)
-                    record["user_message"] = p.user_message(pc.get("suffix"))
+            for i in range(lo, hi):
+                for j, s in enumerate(done[i]):
+                    record = _record(prompts[i], prompt_ids[i], j, s, params, teacher_id,
+                                     tokenizer)
+                    record["user_message"] = prompts[i].user_message(pc.get("suffix"))
                     # What the prompt already holds of the assistant turn (SFT puts it
                     # back in front of the text): the format's, not the config's, since
                     # the template may have opened the reasoning itself.
                     record["assistant_prefix"] = fmt.opener
                     lines.append(json.dumps(record, ensure_ascii=False))
-            n_tokens = sum(len(s.token_ids) for samples in outs for s in samples)
+            n_tokens = sum(len(s.token_ids) for i in range(lo, hi) for s in done.pop(i))
             run_tokens += n_tokens
             write_text_atomic(os.path.join(out_dir, shard_name(k, num_shards)),
                               "\n".join(lines) + "\n")
             progress.update(hi - lo, tokens=n_tokens)
+        stats = sampler.stats
     elapsed = time.monotonic() - run_start
     (run_tokens, shards_written) = (sum(x) for x in zip(*distributed.gather_json(
         [run_tokens, len(todo)])))
@@ -220,10 +239,9 @@ def generate_traces(config) -> dict[str, Any]:
                    run_tokens_per_s=round(run_tokens / elapsed, 1) if elapsed > 0 else None,
                    shards_written_this_run=shards_written, teacher_id=teacher_id,
                    compiled_programs=engine_compiles() - compiles, num_hosts=num_hosts,
-                   num_slots=0 if not rounds else sampler.num_slots,
-                   slot_utilization=round(engine_totals["decode_tokens"] / (
-                       engine_totals["decode_steps"] * sampler.local_slots), 4)
-                   if engine_totals["decode_steps"] else None)
+                   num_slots=num_slots,
+                   slot_utilization=round(stats["utilization"], 4) if stats.get(
+                       "decode_steps") else None)
     if not distributed.is_primary():
         return summary
     write_json_atomic(os.path.join(out_dir, SUMMARY), summary)

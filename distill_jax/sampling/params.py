@@ -46,6 +46,7 @@ class SamplingParams:
             (0 <= self.min_p < 1, f"min_p must be in [0, 1), got {self.min_p}"),
             (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
             (self.return_top_k >= 0, f"return_top_k must be >= 0, got {self.return_top_k}"),
+            (0 <= self.seed < 2 ** 32, f"seed must be in [0, 2**32), got {self.seed}"),
             (all(s for s in self.stop_strings), "stop_strings must be non-empty strings"),
         ]
         for ok, message in checks:

@@ -44,7 +44,7 @@ import collections
 import dataclasses
 import functools
 import time
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import jax
 import numpy as np
@@ -116,8 +116,11 @@ class Sampler:
             raise ValueError(f"scheduler {scheduler!r}; choose from {POLICIES}")
         if order not in ORDERS:
             raise ValueError(f"order {order!r}; choose from {ORDERS}")
-        self.order = order
+        if steps_per_call < 1 or min_free < 1:
+            raise ValueError(f"steps_per_call={steps_per_call} and min_free={min_free} must be "
+                             ">= 1")
         self.cfg, self.mesh, self.tokenizer, self.pad_id = cfg, mesh, tokenizer, pad_id
+        self.order = order
         self.scheduler, self.steps_per_call, self.min_free = scheduler, steps_per_call, min_free
         self.length_buckets = tuple(sorted(length_buckets))
         self.process_count = 1 if mesh is None else jax.process_count()
@@ -175,6 +178,13 @@ class Sampler:
             self._programs[key] = program
         return self._programs[key]
 
+    def _call(self, program, *args):
+        """Runs an engine program under the mesh and its logical rules (entered per
+        call: `generate_stream` yields between calls, and its caller's code must not
+        run inside this sampler's mesh)."""
+        with sharding.mesh_context(self.mesh):
+            return program(*args)
+
     def _global(self, tree):
         """Host-local numpy rows -> arrays over the whole mesh (each host's rows its
         part of the batch); unchanged without a mesh."""
@@ -210,16 +220,22 @@ class Sampler:
         prompts or one per prompt. `prompt_keys[i]` (default i) seeds prompt i's
         samples: give each prompt a stable id to make results independent of how
         prompts are grouped into calls."""
-        prompts = [list(map(int, p)) for p in prompt_token_ids]
-        per_prompt = ([params] * len(prompts) if isinstance(params, SamplingParams)
-                      else list(params))
-        if len(per_prompt) != len(prompts):
-            raise ValueError(f"{len(per_prompt)} SamplingParams for {len(prompts)} prompts; "
-                             "give one for all or one per prompt")
-        keys = list(range(len(prompts))) if prompt_keys is None else [int(k) for k in prompt_keys]
-        if len(keys) != len(prompts):
-            raise ValueError(f"{len(keys)} prompt_keys for {len(prompts)} prompts")
-        buckets = self._check(prompts, per_prompt)
+        results: list = [None] * len(prompt_token_ids)
+        for i, samples in self.generate_stream(prompt_token_ids, params, prompt_keys):
+            results[i] = samples
+        return results
+
+    def generate_stream(self, prompt_token_ids: Sequence[Sequence[int]],
+                        params: SamplingParams | Sequence[SamplingParams],
+                        prompt_keys: Sequence[int] | None = None
+                        ) -> Iterator[tuple[int, list[SampleOutput]]]:
+        """`generate`, yielding (prompt index, its samples) as soon as a prompt's n
+        samples have all finished, so a caller can write results while the slots keep
+        working on the rest (the generate stage writes each shard when its prompts are
+        done). Every request is checked before any work; on several hosts a refusal
+        on one stops them all."""
+        prompts, per_prompt, keys, buckets = self._requests(prompt_token_ids, params,
+                                                            prompt_keys)
         # One slot length, stop-id width and top-k width for the call, on every host.
         slot_len = self.slot_len or _round_up(
             max((b + p.max_new_tokens for b, p in zip(buckets, per_prompt)), default=1),
@@ -236,9 +252,11 @@ class Sampler:
         host_slots = self._host_rows(self.num_slots)
         scheduler = SlotScheduler(range(len(host_slots)), self.scheduler, work)
         results: list[list[SampleOutput | None]] = [[None] * p.n for p in per_prompt]
+        remaining = [p.n for p in per_prompt]
+        completed: list[int] = []
         stats = collections.Counter()
         start, compiles = time.perf_counter(), engine_compiles()
-        state = self._program("init", slot_len, stops)()
+        state = self._call(self._program("init", slot_len, stops))
 
         def finish(local_slot: int, stopped: bool):
             s = scheduler.release(local_slot)
@@ -248,6 +266,9 @@ class Sampler:
                 out.top_k_ids = [ids[:p.return_top_k] for ids in s.top_ids]
                 out.top_k_logprobs = [lps[:p.return_top_k] for lps in s.top_logprobs]
             results[s.request][s.index] = apply_stop_strings(out, p.stop_strings, self.tokenizer)
+            remaining[s.request] -= 1
+            if not remaining[s.request]:
+                completed.append(s.request)
 
         def collect(sample: _Sample, emitted, r: int):
             count = int(emitted.emitted[r].sum())
@@ -258,61 +279,100 @@ class Sampler:
                 sample.top_logprobs += emitted.top_logprobs[r, :count].tolist()
             return count
 
-        with sharding.mesh_context(self.mesh):
-            while True:
-                calls = self._insert_calls(scheduler.admit(), buckets)
-                # Calls per length bucket this round and the cache window the decode
-                # call needs: every host runs the same programs, so the hosts take
-                # the most of each (padding the rest).
-                fill = max((buckets[s.request] + max(len(s.token_ids), 1) - 1
-                            for s in scheduler.running.values()), default=0)
-                wanted = [scheduler.busy, fill] + [sum(length == b for length, _ in calls)
-                                                   for b in self.length_buckets]
-                if self.process_count > 1:
-                    wanted = distributed.agree_max(*wanted)
-                busy, window = bool(wanted[0]), self._window(wanted[1], slot_len)
-                for length, num_calls in zip(self.length_buckets, wanted[2:]):
-                    mine = [rows for b, rows in calls if b == length]
-                    for k in range(num_calls):
-                        rows = mine[k] if k < len(mine) else []
-                        batch = self._insert_batch(rows, prompts, per_prompt, keys, length,
-                                                   host_slots, stops)
-                        program = self._program("insert", slot_len, stops, length, top_k_out)
-                        state, first = program(self.params, state, self._global(batch))
-                        first = self._local(first)
-                        for local_slot, s in rows:
-                            collect(s, first, local_slot)
-                        stats["prefill_calls"] += 1
-                        stats["prefilled_prompts"] += len({s.request for _, s in rows})
-                if not busy:
-                    break
-                refill = np.full((self.local_slots,), scheduler.wants_refill)
-                program = self._program("decode", slot_len, stops, window, top_k_out)
-                state, emitted, steps = program(self.params, state, self._global(refill),
-                                                np.int32(self.min_free))
-                emitted, active, stopped = self._local((emitted, state.active, state.stopped))
-                steps = int(steps)
-                stats["decode_calls"] += 1
-                stats["decode_steps"] += steps
-                for local_slot, s in list(scheduler.running.items()):
-                    stats["decode_tokens"] += collect(s, emitted, local_slot)
-                    if not active[local_slot]:
-                        finish(local_slot, bool(stopped[local_slot]))
+        while True:
+            calls = self._insert_calls(scheduler.admit(), buckets)
+            # Calls per length bucket this round and the cache window the decode
+            # call needs: every host runs the same programs, so the hosts take
+            # the most of each (padding the rest).
+            fill = max((buckets[s.request] + max(len(s.token_ids), 1) - 1
+                        for s in scheduler.running.values()), default=0)
+            wanted = [scheduler.busy, fill] + [sum(length == b for length, _ in calls)
+                                               for b in self.length_buckets]
+            if self.process_count > 1:
+                wanted = distributed.agree_max(*wanted)
+            busy, window = bool(wanted[0]), self._window(wanted[1], slot_len)
+            for length, num_calls in zip(self.length_buckets, wanted[2:]):
+                mine = [rows for b, rows in calls if b == length]
+                for k in range(num_calls):
+                    rows = mine[k] if k < len(mine) else []
+                    batch = self._insert_batch(rows, prompts, per_prompt, keys, length,
+                                               host_slots, stops)
+                    program = self._program("insert", slot_len, stops, length, top_k_out)
+                    state, first = self._call(program, self.params, state, self._global(batch))
+                    first = self._local(first)
+                    for local_slot, s in rows:
+                        collect(s, first, local_slot)
+                        p = per_prompt[s.request]    # done at its first token
+                        if p.max_new_tokens == 1 or s.token_ids[0] in p.stop_token_ids:
+                            finish(local_slot, s.token_ids[0] in p.stop_token_ids)
+                    stats["prefill_calls"] += 1
+                    stats["prefilled_prompts"] += len({s.request for _, s in rows})
+            if not busy:
+                break
+
+            refill = np.full((self.local_slots,), scheduler.wants_refill)
+            program = self._program("decode", slot_len, stops, window, top_k_out)
+            state, emitted, steps = self._call(program, self.params, state,
+                                               self._global(refill), np.int32(self.min_free))
+            emitted, active, stopped = self._local((emitted, state.active, state.stopped))
+            steps = int(steps)
+            stats["decode_calls"] += 1
+            stats["decode_steps"] += steps
+            for local_slot, s in list(scheduler.running.items()):
+                stats["decode_tokens"] += collect(s, emitted, local_slot)
+                if not active[local_slot]:
+                    finish(local_slot, bool(stopped[local_slot]))
+            for i in completed:
+                yield i, results[i]
+            completed.clear()
+        for i in completed:           # finished at their first token in the last round
+            yield i, results[i]
         elapsed = time.perf_counter() - start
         slot_steps = stats["decode_steps"] * self.local_slots
         self.stats = dict(stats, seconds=elapsed, num_slots=self.num_slots, slot_len=slot_len,
                           scheduler=self.scheduler, programs=len(self._programs),
                           compiles=engine_compiles() - compiles,
                           utilization=stats["decode_tokens"] / slot_steps if slot_steps else 0.0)
-        return results  # type: ignore[return-value]
+
+    def _requests(self, prompt_token_ids, params, prompt_keys):
+        """(prompts, SamplingParams per prompt, keys, length buckets), every request
+        checked before any work. On several hosts the hosts agree first, so a host
+        refusing its requests does not leave the others waiting in a collective."""
+        error = None
+        try:
+            prompts = [list(map(int, p)) for p in prompt_token_ids]
+            per_prompt = ([params] * len(prompts) if isinstance(params, SamplingParams)
+                          else list(params))
+            if len(per_prompt) != len(prompts):
+                raise ValueError(f"{len(per_prompt)} SamplingParams for {len(prompts)} "
+                                 "prompts; give one for all or one per prompt")
+            keys = (list(range(len(prompts))) if prompt_keys is None
+                    else [int(k) for k in prompt_keys])
+            if len(keys) != len(prompts):
+                raise ValueError(f"{len(keys)} prompt_keys for {len(prompts)} prompts")
+            buckets = self._check(prompts, per_prompt)
+        except ValueError as e:
+            error = e
+        if self.process_count > 1:
+            (failed,) = distributed.agree_max(int(error is not None))
+            if failed and error is None:
+                raise ValueError("another host refused its requests (its error names them); "
+                                 "nothing was generated")
+        if error is not None:
+            raise error
+        return prompts, per_prompt, keys, buckets
 
     def _window(self, fill: int, slot_len: int) -> int:
         """The cache slots a decode call reads: the largest fill (next write index) of
-        a slot plus the call's steps, in whole blocks, their count rounded up to a
-        power of two (a few programs per slot length), at most the slot length."""
+        a slot plus the call's steps, in whole blocks, their count rounded up to the
+        next of 1, 2, 3, 4, 6, 8, 12, ... (powers of two and 1.5 times them: at most
+        1.5x the slots needed, and 2 log2 programs per slot length), at most the
+        slot length."""
         block = attention.DECODE_BLOCK
-        blocks = -(-(fill + self.steps_per_call) // block)
-        return min(slot_len, block * (1 << (blocks - 1).bit_length()))
+        blocks = max(1, -(-(fill + self.steps_per_call - 1) // block))  # last step reads < it
+        power = 1 << (blocks - 1).bit_length()             # the power of two >= blocks
+        blocks = power * 3 // 4 if power * 3 // 4 >= blocks else power
+        return min(slot_len, block * blocks)
 
     def _check(self, prompts, per_prompt) -> list[int]:
         """Refuses bad requests before any work; -> each prompt's length bucket."""
@@ -324,6 +384,9 @@ class Sampler:
             if bad:
                 raise ValueError(f"prompt {i} has token ids outside [0, {self.cfg.vocab_size}): "
                                  f"{bad[:5]}")
+            if sp.return_top_k > self.cfg.vocab_size:
+                raise ValueError(f"prompt {i}: return_top_k={sp.return_top_k} exceeds the "
+                                 f"vocabulary ({self.cfg.vocab_size})")
             bad_stops = [t for t in sp.stop_token_ids if not 0 <= t < self.cfg.vocab_size]
             if bad_stops:
                 raise ValueError(f"prompt {i}: stop_token_ids {bad_stops} are not in the "

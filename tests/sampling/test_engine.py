@@ -98,6 +98,23 @@ def test_continuous_refills_slots_while_static_waits_for_the_longest(params):
     assert steps["continuous", "longest_first"] == max(lengths) - 1
 
 
+def test_generate_stream_yields_each_prompt_when_its_samples_are_done(params):
+    """Short prompts come back while long ones still decode; every prompt once, with
+    all its samples, equal to `generate`'s; a sample done at its first token (cap 1)
+    frees its slot at once."""
+    caps = [30, 1, 2, 30, 3]
+    prompts = [[9 + i, 4, 5] for i in range(len(caps))]
+    per_prompt = [sampling.SamplingParams(n=2, temperature=0.0, max_new_tokens=m) for m in caps]
+    sampler = sampling.Sampler(CFG, params, num_slots=4, order="arrival")
+    streamed = list(sampler.generate_stream(prompts, per_prompt))
+    order = [i for i, _ in streamed]
+    assert sorted(order) == list(range(len(caps)))
+    assert order.index(1) < order.index(0) and order.index(2) < order.index(3)
+    whole = sampler.generate(prompts, per_prompt)
+    assert [_flat([samples]) for _, samples in sorted(streamed)] == [_flat([w]) for w in whole]
+    assert [[len(s.token_ids) for s in w] for w in whole] == [[m, m] for m in caps]
+
+
 def test_compilations_are_bounded_and_settings_never_recompile(params):
     """Counted from XLA's compile events: one state init, one decode program and one
     prefill_insert per length bucket; new settings (n and seeds too) compile nothing."""

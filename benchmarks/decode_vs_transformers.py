@@ -110,8 +110,11 @@ def main():
 
     if "prefill" in parts:  # one greedy new token, n=1 vs n=8 samples per prompt
         prefill = {}
+        # Slots for all 8 x batch samples at once, as the static sampler had rows.
+        wide = sampling.Sampler(cfg, params, length_buckets=(args.prompt_length,),
+                                num_slots=8 * args.batch)
         for n in (1, 8):
-            _, secs = _ours(sampler, prompts, sampling.SamplingParams(n=n, temperature=0.0,
+            _, secs = _ours(wide, prompts, sampling.SamplingParams(n=n, temperature=0.0,
                                                                       max_new_tokens=1),
                             repeats=3)
             prefill[n] = secs

@@ -206,44 +206,42 @@ def test_planner_numbers_are_deterministic_for_presets():
     assert np.isclose(p.total, sum(p.terms.values()))
 
 
-def test_plan_of_a_generate_config_reports_the_kv_cache(tmp_path):
-    cmd = [sys.executable, "-m", "distill_jax.cli.plan", f"--config={REPO}/configs/generate_gsm8k.py",
+def _plan_7b_generate(tmp_path, *flags):
+    """distill-plan on the generate config with a Qwen2.5-7B teacher preset, 8 devices
+    of 16 GiB, 512-token prompts + 8192 new: (its stdout, the plan JSON)."""
+    import json
+    cmd = [sys.executable, "-m", "distill_jax.cli.plan",
+           f"--config={REPO}/configs/generate_gsm8k.py",
            "--num_devices=8", "--device_memory_gib=16", "--config.teacher.checkpoint=",
            "--config.teacher.preset=qwen2.5-7b", "--config.tokenizer.path=",
-           "--config.sampling.max_new_tokens=8192", "--config.num_slots=64", "--prompt_len=512",
-           "--config.mesh.data=1", "--config.mesh.fsdp=-1", f"--json={tmp_path / 'plan.json'}"]
+           "--config.sampling.max_new_tokens=8192", "--prompt_len=512",
+           "--config.mesh.data=1", "--config.mesh.fsdp=-1", f"--json={tmp_path / 'plan.json'}",
+           *flags]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    import json
-    plan = json.loads((tmp_path / "plan.json").read_text())
+    return proc.stdout, json.loads((tmp_path / "plan.json").read_text())
+
+
+def test_plan_of_a_generate_config_reports_the_kv_cache(tmp_path):
+    stdout, plan = _plan_7b_generate(tmp_path, "--config.num_slots=64")
     cfg = models.get_config("qwen2.5-7b")
     # 64 slots over 8 devices, 8704 positions each, 28 layers x 4 kv heads x 128, bf16,
     # k and v.
     assert plan["terms"]["kv_cache"] == 2 * 28 * 8 * (512 + 8192) * 4 * 128 * 2
     assert cfg.num_layers == 28 and cfg.num_kv_heads == 4 and cfg.head_dim == 128
-    assert plan["fits"] is True and "kv_cache" in proc.stdout and plan["slots"] == 64
-    assert "note: num_slots=64, as configured" in proc.stdout
+    assert plan["fits"] is True and "kv_cache" in stdout and plan["slots"] == 64
+    assert "note: num_slots=64, as configured" in stdout
 
 
 def test_plan_of_a_generate_config_with_num_slots_0_states_the_fitting_count(tmp_path):
-    cmd = [sys.executable, "-m", "distill_jax.cli.plan",
-           f"--config={REPO}/configs/generate_gsm8k.py",
-           "--num_devices=8", "--device_memory_gib=16", "--config.teacher.checkpoint=",
-           "--config.teacher.preset=qwen2.5-7b", "--config.tokenizer.path=",
-           "--config.sampling.max_new_tokens=8192", "--prompt_len=512", "--backend=gpu",
-           "--config.mesh.data=1", "--config.mesh.fsdp=-1", f"--json={tmp_path / 'plan.json'}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    import json
-    plan = json.loads((tmp_path / "plan.json").read_text())
+    stdout, plan = _plan_7b_generate(tmp_path, "--backend=gpu")
     cfg = models.get_config("qwen2.5-7b", dtype="bfloat16", param_dtype="bfloat16")
     mesh = {"data": 1, "fsdp": 8, "tensor": 1}
     expected = planning.slots_that_fit(cfg, mesh, 512, 8192, 16 * planning.GIB, backend="gpu")
     assert plan["slots"] == expected > 0 and plan["fits"] is True
-    assert f"note: num_slots=0: the most that fit ({expected}, a multiple of 8)" in proc.stdout
-    assert f"{expected} slots ({expected // 8} per device)" in proc.stdout
+    assert f"note: num_slots=0: the most that fit ({expected}, a multiple of 8)" in stdout
+    assert f"{expected} slots ({expected // 8} per device)" in stdout
 
 
 def test_the_attention_kernel_is_planned_as_it_resolves_on_the_backend():

@@ -23,8 +23,10 @@ the step reads (`attention.cached_attention`). So the slot, the slot count, the
 arrival order, the host and the scheduler never enter its numbers.
 
 Settings are per slot and traced (SlotSettings): changing them never recompiles.
-The programs are keyed by shapes only: decode by (slots, slot length, stop-id
-width, top-k width); prefill_insert by those and (prompts, prompt bucket, rows).
+The programs are keyed by shapes only: decode_steps by (slots, slot length,
+stop-id width, top-k width, cache window); prefill_insert by (slots, slot
+length, stop-id width, top-k width, prompt bucket), its prompt batch and its
+rows (one per slot) being fixed by the sampler.
 """
 from __future__ import annotations
 

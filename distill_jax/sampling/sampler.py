@@ -66,6 +66,22 @@ jax.monitoring.register_event_duration_secs_listener(
 ENGINE_FUNCTIONS = ("jit(init_decode_state)", "jit(prefill_insert)", "jit(decode_steps)")
 
 
+def init_decode_state(cfg, num_slots: int, slot_len: int, stops: int) -> engine.DecodeState:
+    return engine.DecodeState.init(cfg, num_slots, slot_len, stops)
+
+
+# The engine's programs, shared by every Sampler of the process: jit keys them by the
+# model (its config), the static settings and the input shapes and shardings, so a
+# second Sampler of the same teacher (an evaluation per benchmark, a test) compiles
+# nothing new. Both state-changing programs donate the state.
+_INIT = jax.jit(init_decode_state, static_argnums=(0, 1, 2, 3))
+_INSERT = jax.jit(engine.prefill_insert, static_argnums=(0,), static_argnames=("top_k_out",),
+                  donate_argnums=(2,))
+_DECODE = jax.jit(engine.decode_steps, static_argnums=(0,),
+                  static_argnames=("num_steps", "top_k_out", "window", "pad_id"),
+                  donate_argnums=(2,))
+
+
 def engine_compiles() -> int:
     """XLA compilations of the engine's functions so far in this process."""
     return sum(COMPILES[name] for name in ENGINE_FUNCTIONS)
@@ -157,24 +173,20 @@ class Sampler:
 
     # ---------------------------------------------------------------- programs
     def _program(self, kind: str, *shape):
-        """The jitted engine function for one shape key (logged when new)."""
+        """The engine program for one shape key (logged when new to this sampler)."""
         key = (kind, *shape)
         if key not in self._programs:
             logging.info("sampler: new program %d: %s %s", len(self._programs) + 1, kind, shape)
             if kind == "init":
                 slot_len, stops = shape
-                def init_decode_state():
-                    return engine.DecodeState.init(self.cfg, self.num_slots, slot_len, stops)
-                program = jax.jit(init_decode_state)
+                program = functools.partial(_INIT, self.cfg, self.num_slots, slot_len, stops)
             elif kind == "insert":
-                program = jax.jit(functools.partial(engine.prefill_insert, self._model,
-                                                    top_k_out=shape[-1]), donate_argnums=(1,))
+                program = functools.partial(_INSERT, self._model, top_k_out=shape[-1])
             else:
                 window, top_k_out = shape[-2:]
-                program = jax.jit(functools.partial(
-                    engine.decode_steps, self._model, num_steps=self.steps_per_call,
-                    top_k_out=top_k_out, window=window, pad_id=self.pad_id),
-                    donate_argnums=(1,))
+                program = functools.partial(_DECODE, self._model, num_steps=self.steps_per_call,
+                                            top_k_out=top_k_out, window=window,
+                                            pad_id=self.pad_id)
             self._programs[key] = program
         return self._programs[key]
 

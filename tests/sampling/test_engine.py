@@ -116,20 +116,24 @@ def test_generate_stream_yields_each_prompt_when_its_samples_are_done(params):
 
 
 def test_compilations_are_bounded_and_settings_never_recompile(params):
-    """Counted from XLA's compile events: one state init, one decode program and one
-    prefill_insert per length bucket; new settings (n and seeds too) compile nothing."""
+    """Counted from XLA's compile events: at most one state init, one decode program
+    and one prefill_insert per length bucket (fewer when an earlier test of the
+    process compiled the same shapes: the programs are shared); new settings (n and
+    seeds too) compile nothing, and neither does a second sampler of the teacher."""
     sampler = sampling.Sampler(CFG, params, num_slots=4, length_buckets=(8, 16), slot_len=256)
     rng = np.random.default_rng(1)
     prompts = [rng.integers(3, 200, size=int(rng.integers(1, 16))).tolist() for _ in range(30)]
     before = engine_compiles()
     sampler.generate(prompts, sampling.SamplingParams(n=2, temperature=1.0, max_new_tokens=4))
     first = engine_compiles() - before
-    assert first == 2 + 2
-    assert sampler.stats["compiles"] == first
+    assert first <= 2 + 2 and sampler.stats["compiles"] == first
+    assert len(sampler._programs) == 2 + 2
     others = [sampling.SamplingParams(n=1 + i % 3, temperature=0.3 * (i % 4), top_p=0.5,
                                       top_k=i % 5, min_p=0.05 * (i % 2), max_new_tokens=2 + i % 9,
                                       seed=i, stop_token_ids=(4,)) for i in range(len(prompts))]
     sampler.generate(prompts, others)
+    again = sampling.Sampler(CFG, params, num_slots=4, length_buckets=(8, 16), slot_len=256)
+    again.generate(prompts[:3], others[:3])
     assert engine_compiles() - before == first
 
 

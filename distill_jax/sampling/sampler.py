@@ -14,22 +14,26 @@ A generate call turns its prompts into samples (n per prompt), and loops:
   4. the tokens drawn come back to the host, finished samples leave their slots.
 
 Programs: decode_steps is compiled once per (slot count, slot length, stop-id
-width, top-k width), and prefill_insert once per prompt-length bucket on top: a
-prefill always takes `prefill_batch` prompts and an insert lists one entry per
-slot (padding past the arrivals). So a run compiles a small known number of
-programs however the slots turn over (each new one is logged); settings, n and
-seeds are traced per slot and never recompile.
+width, top-k width, cache window), and prefill_insert once per prompt-length
+bucket on top: a prefill always takes `prefill_batch` prompts and an insert
+lists one entry per slot (padding past the arrivals). So a run compiles a small
+known number of programs however the slots turn over (each new one is logged),
+shared by every Sampler of the process; settings, n and seeds are traced per
+slot and never recompile.
 
 Slot length: the cache of one slot holds its prompt's length bucket plus its
 max_new_tokens; by default the smallest multiple of the decode block
 (`attention.DECODE_BLOCK`) that holds every request of the call, or fixed with
-`slot_len`. A decode step reads each slot's cache only up to the longest active
-slot's fill, so a short tail costs what it holds, not the capacity.
+`slot_len`. A decode call reads the cache through a window of whole blocks that
+covers the longest active slot's fill through the call, so a short tail costs
+what it holds, not the capacity.
 
 Randomness: sample j of a prompt with key k draws step t from
 fold_in(fold_in(fold_in(key(seed), k), j), t). Together with the engine's
-row-independent numerics, a sample is the same bits whatever slot, slot count,
-arrival order, host count or scheduler produced it.
+row-independent numerics, a sample is the same bits whatever slot, arrival
+order, window, host count or scheduler produced it, given the same slots (and
+prefill_batch) per device: XLA:CPU rounds the rows of a matrix product
+differently for different row counts (see sampling/generate.py).
 
 Several hosts (a mesh over every process's devices, see `distill_jax.distributed`):
 each process calls `generate` with its own prompts, at the same time; the calls

@@ -164,8 +164,9 @@ def cached_attention(q: Array, k_new: Array, v_new: Array, k_cache: Array, v_cac
     online softmax, every block the same ops on the same shapes. After the new
     tokens the running max is a real score, so a block whose slots are all masked
     adds exp(MASK_VALUE - max) = 0 to the sum and 0 x v to the output and rescales
-    by exp(0) = 1: nothing changes, not even a rounding. A sampler can then batch rows of any lengths, in any slot, under any
-    window, and get the numbers each row would get alone.
+    by exp(0) = 1: nothing changes, not even a rounding. A sampler can then batch
+    rows of any lengths, in any slot, under any window, and get the numbers each
+    row would get alone.
 
     q: [B, T, H, Dh]; k_new, v_new: [B, T, KVH, Dh]; k_cache, v_cache:
     [B, KVH, S, Dh] (kv-head-major: each head's slots are contiguous);

@@ -17,13 +17,13 @@ each shard's end); a shard is written as soon as all its prompts are done.
 On several hosts (one mesh over all of them), shard k belongs to host
 k mod num_hosts: each host generates and writes only its shards, so hosts never
 write the same file, and each resumes its own. All hosts run the sampler's
-programs together (a host with nothing left joins with padding), and the files are exactly those a single host would write with the same
-slots per device: a sample's numbers depend only on its own prompt (padded to
-its own length bucket, prefilled in a batch of fixed shape), key and settings,
-never on which shards or slots it shared the device with (see
-`sampling/engine.py`). Process 0 writes the summary and prints; the output
-directory is meant to be shared (NFS, a mounted bucket); on host-local disks
-each host holds its own shards.
+programs together (a host with nothing left joins with padding), and the files
+are exactly those a single host would write with the same slots per device: a
+sample's numbers depend only on its own prompt (padded to its own length
+bucket, prefilled in a batch of fixed shape), key and settings, never on which
+shards or slots it shared the device with (see `sampling/engine.py`). Process 0
+writes the summary and prints; the output directory is meant to be shared (NFS,
+a mounted bucket); on host-local disks each host holds its own shards.
 
 The engine's slot count is `num_slots`, or with 0 the planner's: as many slots
 of (longest prompt bucket + max_new_tokens) cache positions as fit in device

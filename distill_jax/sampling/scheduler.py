@@ -8,8 +8,8 @@
               sampler before continuous batching, kept for comparison and tests)
 
 Samples are admitted in the order the driver lists them: arrival order, or
-longest cap first (`ORDERS`). The scheduler never touches arrays; it hands the driver (`sampler.py`) slot
-assignments and takes finished slots back.
+longest cap first (`ORDERS`). The scheduler never touches arrays; it hands the
+driver (`sampler.py`) slot assignments and takes finished slots back.
 """
 from __future__ import annotations
 

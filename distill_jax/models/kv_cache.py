@@ -6,8 +6,8 @@
                every attention mask hides)
   positions    [batch, slots]: the RoPE position of the token in each slot
 
-The model reads it (block by block, up to a traced length) and hands back the
-new keys/values of a call; `write` stores them at one slot index for every row
+The model reads it (block by block, through a static window of its first
+slots) and hands back the new keys/values of a call; `write` stores them at one slot index for every row
 or at each row's own index, in place inside a decode loop. The sampling engine
 copies prefilled prompts into free rows (`insert`, n rows per prompt) and
 places the cache on a mesh by `LOGICAL_AXES`.

@@ -27,6 +27,7 @@ setup(
         "math-verify>=0.9",     # the second opinion on answers our LaTeX reader cannot parse
         "tensorflow-datasets>=4.9.6",   # the curated dataset (array_record; no TensorFlow)
         "array-record>=0.5",
+        "pyarrow>=14",          # Parquet trace files (distill_jax/data/traces.py)
         "importlib_resources",  # tfds resolves a builder's code path with it (via etils)
         "grain>=0.2.10",        # the training input pipeline (checkpointable iterators)
         "tensorboardX>=2.6",    # TensorBoard event files without TensorFlow

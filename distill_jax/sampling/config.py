@@ -17,6 +17,11 @@ def default_config():
     # continuous: a finished sample's slot is refilled at once; static: the slots are
     # refilled together when all have finished (the old engine; for comparison).
     c.scheduler = "continuous"
+    # With sampling.return_top_k: "npy" writes each shard's top-k to binary sidecars
+    # (<shard>.topk_ids.npy int32, <shard>.topk_logprobs.npy; records carry a "top_k"
+    # ref, see data/topk_store.py); "json" inlines them as lists (~3x larger, slow).
+    c.top_k_format = "npy"
+    c.top_k_dtype = "float16"         # float16 | bfloat16 | float32 (logprobs in the sidecar)
 
     c.prompts = ml_collections.ConfigDict()
     c.prompts.path = "../shared/data/gsm8k_train.jsonl"

@@ -14,6 +14,12 @@ Every shard a host has to do goes into one engine call, so the slots stay full
 across shard boundaries (refilled from the next shard's prompts, not drained at
 each shard's end); a shard is written as soon as all its prompts are done.
 
+With `return_top_k`, the teacher's top-k logprobs of a shard go to a binary
+sidecar beside it (`<shard>.topk_ids.npy` / `.topk_logprobs.npy`, see
+`data/topk_store.py`; `top_k_format="json"` keeps the old inline lists), committed
+before the shard itself: a shard counts as done when its JSONL exists, so a kill
+between the two only means the shard (and its sidecar) is written again.
+
 On several hosts (one mesh over all of them), shard k belongs to host
 k mod num_hosts: each host generates and writes only its shards, so hosts never
 write the same file, and each resumes its own. All hosts run the sampler's
@@ -52,6 +58,7 @@ from distill_jax import distributed, models, planning, sharding
 from distill_jax.chat import ChatFormat
 from distill_jax.config_keys import require_keys
 from distill_jax.data.prompts import Prompt, load_prompts_from_config
+from distill_jax.data.topk_store import STORED_DTYPES, TopKWriter
 from distill_jax.fileio import write_json_atomic, write_text_atomic
 from distill_jax.progress import Progress
 from distill_jax.sampling.params import SamplingParams
@@ -70,6 +77,11 @@ def prompt_key(prompt_id: str) -> int:
 
 def shard_name(index: int, count: int) -> str:
     return f"shard-{index:05d}-of-{count:05d}.jsonl"
+
+
+def shard_stem(index: int, count: int) -> str:
+    """The shard's name without ".jsonl": its top-k sidecar's stem."""
+    return shard_name(index, count)[:-len(".jsonl")]
 
 
 def sampling_params_from_config(c) -> SamplingParams:
@@ -120,6 +132,11 @@ def generate_traces(config) -> dict[str, Any]:
     """Runs the stage; returns the summary (also written to output_dir/summary.json)."""
     from distill_jax.sampling.config import default_config
     require_keys(config, default_config(), "distill-generate")
+    if config.top_k_format not in ("npy", "json"):
+        raise ValueError(f"top_k_format must be 'npy' or 'json', got {config.top_k_format!r}")
+    if config.top_k_dtype not in STORED_DTYPES:
+        raise ValueError(f"top_k_dtype must be one of {', '.join(STORED_DTYPES)}, got "
+                         f"{config.top_k_dtype!r}")
     out_dir = config.output_dir
     pc = config.prompts
     prompts = load_prompts_from_config(pc)
@@ -155,10 +172,12 @@ def generate_traces(config) -> dict[str, Any]:
 
     host, num_hosts = jax.process_index(), jax.process_count()
     mine = [k for k in range(num_shards) if k % num_hosts == host]
-    # Temp files are shards a killed run did not finish; they are redone (each
-    # host cleans up only its own shards: another host may be writing right now).
+    sidecar = bool(params.return_top_k) and config.top_k_format == "npy"
+    # Temp files (of shards or their top-k sidecars) are what a killed run did not
+    # finish; they are redone (each host cleans up only its own shards: another host
+    # may be writing right now).
     for name in os.listdir(out_dir):
-        if name.startswith("shard-") and ".jsonl.tmp." in name and int(name[6:11]) in mine:
+        if name.startswith("shard-") and ".tmp." in name and int(name[6:11]) in mine:
             logging.info("generate: removing unfinished %s", name)
             os.remove(os.path.join(out_dir, name))
     remaining = [k for k in mine
@@ -214,10 +233,12 @@ def generate_traces(config) -> dict[str, Any]:
                 continue
             lo, hi = k * per_shard, min((k + 1) * per_shard, len(prompts))
             lines = []
+            writer = TopKWriter(out_dir, shard_stem(k, num_shards), params.return_top_k,
+                                config.top_k_dtype) if sidecar else None
             for i in range(lo, hi):
                 for j, s in enumerate(done[i]):
                     record = _record(prompts[i], prompt_ids[i], j, s, params, teacher_id,
-                                     tokenizer)
+                                     tokenizer, writer)
                     record["user_message"] = prompts[i].user_message(pc.get("suffix"))
                     # What the prompt already holds of the assistant turn (SFT puts it
                     # back in front of the text): the format's, not the config's, since
@@ -226,6 +247,8 @@ def generate_traces(config) -> dict[str, Any]:
                     lines.append(json.dumps(record, ensure_ascii=False))
             n_tokens = sum(len(s.token_ids) for i in range(lo, hi) for s in done.pop(i))
             run_tokens += n_tokens
+            if writer is not None:     # the sidecar first: a shard never lacks its sidecar
+                writer.commit()
             write_text_atomic(os.path.join(out_dir, shard_name(k, num_shards)),
                               "\n".join(lines) + "\n")
             progress.update(hi - lo, tokens=n_tokens)
@@ -252,7 +275,8 @@ def generate_traces(config) -> dict[str, Any]:
     return summary
 
 
-def _record(p: Prompt, prompt_ids, j, s, params: SamplingParams, teacher_id, tokenizer):
+def _record(p: Prompt, prompt_ids, j, s, params: SamplingParams, teacher_id, tokenizer,
+            topk_writer: TopKWriter | None = None):
     record = {
         "prompt_id": p.id, "source": p.source, "kind": p.kind, "problem": p.problem,
         "reference": p.reference, "prompt": tokenizer.decode(prompt_ids),
@@ -263,7 +287,9 @@ def _record(p: Prompt, prompt_ids, j, s, params: SamplingParams, teacher_id, tok
                      "top_k": params.top_k, "min_p": params.min_p,
                      "max_new_tokens": params.max_new_tokens, "seed": params.seed},
     }
-    if params.return_top_k:
+    if params.return_top_k and topk_writer is not None:
+        record["top_k"] = topk_writer.add(s.top_k_ids, s.top_k_logprobs)
+    elif params.return_top_k:
         record["top_k_ids"] = s.top_k_ids
         record["top_k_logprobs"] = [[round(x, 6) for x in row] for row in s.top_k_logprobs]
     return record

@@ -9,7 +9,8 @@ import pytest
 
 from configs import generate_gsm8k
 from distill_jax.data.prompts import load_prompts
-from distill_jax.sampling.generate import generate_traces, shard_name
+from distill_jax.data.topk_store import TopKReader, topk_arrays
+from distill_jax.sampling.generate import generate_traces, shard_name, shard_stem
 from distill_jax.tokenizer import load_tokenizer
 from tests.overrides import apply_overrides
 from tests.tiny_models import arithmetic_tokenizer, tiny_checkpoint
@@ -43,8 +44,14 @@ def _config(teacher, shared_data, out_dir, **overrides):
 
 
 def _shards(path):
+    """Every shard and top-k sidecar file: name -> bytes."""
     return {name: (path / name).read_bytes() for name in sorted(os.listdir(path))
             if name.startswith("shard-")}
+
+
+def _records(path):
+    return [json.loads(line) for name in sorted(os.listdir(path))
+            if name.startswith("shard-") and name.endswith(".jsonl") for line in open(path / name)]
 
 
 def test_interrupt_and_resume_is_byte_identical(teacher, shared_data, tmp_path):
@@ -55,12 +62,20 @@ def test_interrupt_and_resume_is_byte_identical(teacher, shared_data, tmp_path):
     part = tmp_path / "part"
     first = generate_traces(_config(teacher, shared_data, part, max_shards=1))
     assert first["complete_shards"] == 1
-    # A crash mid-shard leaves only a temp file behind, never a partial shard.
+    # A crash mid-shard leaves only temp files behind, never a partial shard.
     (part / (shard_name(1, 4) + ".tmp.12345")).write_text('{"partial": tru')
+    (part / (shard_stem(1, 4) + ".topk_ids.npy.tmp.12345")).write_bytes(b"\x93NUM")
+    # A crash between a shard's sidecar (committed first) and its JSONL: the shard
+    # is not done, so it is redone and its sidecar rewritten.
+    for suffix in (".topk_ids.npy", ".topk_logprobs.npy"):
+        (part / (shard_stem(2, 4) + suffix)).write_bytes(b"stale")
     second = generate_traces(_config(teacher, shared_data, part, max_shards=2))
     assert second["complete_shards"] == 3 and second["shards_written_this_run"] == 2
+    assert not [name for name in os.listdir(part) if ".tmp." in name]
     generate_traces(_config(teacher, shared_data, part))
-    assert _shards(part) == _shards(tmp_path / "full")
+    full_files = _shards(tmp_path / "full")
+    assert sum(name.endswith(".npy") for name in full_files) == 8    # 4 shards x 2 sidecars
+    assert _shards(part) == full_files
     # Nothing left to do: a rerun writes nothing.
     again = generate_traces(_config(teacher, shared_data, part))
     assert again["shards_written_this_run"] == 0 and again["samples"] == 20
@@ -82,20 +97,22 @@ def test_shards_do_not_depend_on_the_scheduler_and_barely_on_the_slot_count(
         assert summary["num_slots"] == int(name.split("-")[1])
         assert 0 < summary["slot_utilization"] <= 1
     assert runs["static-8"] == runs["continuous-8"]
-    a, b = ([json.loads(line) for shard in run.values() for line in shard.splitlines()]
-            for run in (runs["continuous-8"], runs["continuous-16"]))
+    a, b = (_records(tmp_path / name) for name in ("continuous-8", "continuous-16"))
+    reader = TopKReader()
     for x, y in zip(a, b, strict=True):
-        for key in ("prompt_id", "sample_index", "token_ids", "text", "finish_reason",
-                    "top_k_ids"):
+        for key in ("prompt_id", "sample_index", "token_ids", "text", "finish_reason", "top_k"):
             assert x[key] == y[key]
         np.testing.assert_allclose(x["logprobs"], y["logprobs"], atol=2e-6)
-        np.testing.assert_allclose(x["top_k_logprobs"], y["top_k_logprobs"], atol=2e-6)
+        (x_ids, x_lp), (y_ids, y_lp) = (topk_arrays(r, str(tmp_path / name), reader) for r, name
+                                        in ((x, "continuous-8"), (y, "continuous-16")))
+        np.testing.assert_array_equal(x_ids, y_ids)
+        # float16 in the sidecar: a last-bit change may round to the neighbouring float16.
+        np.testing.assert_allclose(x_lp, y_lp, rtol=2 ** -10, atol=2e-6)
 
 
 def test_records_carry_what_later_stages_need(teacher, shared_data, tmp_path):
     generate_traces(_config(teacher, shared_data, tmp_path))
-    records = [json.loads(line) for name in sorted(os.listdir(tmp_path))
-               if name.startswith("shard-") for line in open(tmp_path / name)]
+    records = _records(tmp_path)
     prompts = load_prompts(str(shared_data / "gsm8k_test.jsonl"), "gsm8k", limit=10)
     assert [r["prompt_id"] for r in records[::2]] == [p.id for p in prompts]
     assert [r["sample_index"] for r in records[:4]] == [0, 1, 0, 1]
@@ -106,11 +123,39 @@ def test_records_carry_what_later_stages_need(teacher, shared_data, tmp_path):
         assert r["prompt"].endswith("<|im_start|>assistant\n<think>\n")
         assert "Please reason step by step" in r["prompt"]
         assert r["text"] == tok.decode(r["token_ids"])
-        assert len(r["logprobs"]) == len(r["token_ids"]) == len(r["top_k_ids"]) == r["num_tokens"]
+        assert len(r["logprobs"]) == len(r["token_ids"]) == r["num_tokens"]
         assert r["finish_reason"] in ("stop", "length")
         assert r["teacher_id"] == "ckpt" and r["sampling"]["temperature"] == 1.0
     # Samples of one prompt differ (n=2 at temperature 1).
     assert records[0]["token_ids"] != records[1]["token_ids"]
+
+
+def test_top_k_goes_to_sidecars_or_inline_json(teacher, shared_data, tmp_path):
+    """Default: each shard's top-k in binary sidecars, records carry refs to their rows;
+    top_k_format="json" writes the old inline lists. Both read back alike."""
+    generate_traces(_config(teacher, shared_data, tmp_path / "npy"))
+    generate_traces(_config(teacher, shared_data, tmp_path / "json", top_k_format="json"))
+    npy, inline = _records(tmp_path / "npy"), _records(tmp_path / "json")
+    assert sorted(os.listdir(tmp_path / "npy")) == sorted(
+        ["manifest.json", "summary.json"] + [shard_stem(k, 4) + suffix for k in range(4)
+                                             for suffix in (".jsonl", ".topk_ids.npy",
+                                                            ".topk_logprobs.npy")])
+    assert not [name for name in os.listdir(tmp_path / "json") if name.endswith(".npy")]
+    rows = {}
+    reader = TopKReader()
+    for r, q in zip(npy, inline, strict=True):
+        assert "top_k_ids" not in r and "top_k_logprobs" not in r and "top_k" not in q
+        stem = shard_stem((int(r["prompt_id"].split("-")[-1])) // 3, 4)
+        assert r["top_k"] == {"file": stem, "row": rows.get(stem, 0), "rows": r["num_tokens"],
+                              "k": 2, "dtype": "float16"}
+        rows[stem] = rows.get(stem, 0) + r["num_tokens"]
+        ids, lp = topk_arrays(r, str(tmp_path / "npy"), reader)
+        assert ids.shape == lp.shape == (r["num_tokens"], 2)
+        assert ids.tolist() == q["top_k_ids"]
+        np.testing.assert_allclose(lp, q["top_k_logprobs"], rtol=2 ** -11, atol=1e-6)
+        assert (lp[:, 0] >= lp[:, 1]).all()      # best first
+    for stem, n in rows.items():     # a shard's sidecar holds exactly its records' rows
+        assert np.load(tmp_path / "npy" / (stem + ".topk_ids.npy")).shape == (n, 2)
 
 
 def test_changed_settings_refuse_to_mix(teacher, shared_data, tmp_path):
@@ -201,14 +246,14 @@ def test_generated_shards_go_through_distill_filter(teacher, shared_data, tmp_pa
     out = tmp_path / "curated"
     cmd = [sys.executable, "-m", "distill_jax.cli.filter",
            f"--config={REPO}/configs/filter_default.py",
-           f"--config.input_dir={tmp_path / 'traces'}", f"--config.output_dir={out}",
+           f"--config.input.path={tmp_path / 'traces'}", f"--config.output_dir={out}",
            f"--config.decontamination.data_dir={shared_data}", "--config.num_workers=1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     assert len(report["input"].pop("files")) == 4
     assert report["input"] == {"lines": 20, "samples": 20, "prompts": 10, "malformed_lines": 0,
-                               "malformed": []}
+                               "malformed": [], "format": "distill", "units": 4}
     # The prompts are GSM8K *test* problems: decontamination removes them all.
     assert report["stages"][0] == {"name": "decontaminate", "in": 20, "out": 0,
                                    "rejected": {"contaminated_gsm8k_test": 20}}
@@ -226,5 +271,4 @@ def test_generated_shards_go_through_distill_filter(teacher, shared_data, tmp_pa
     truncated = report["stages"][0]
     assert truncated["name"] == "truncated" and truncated["in"] == 20
     assert truncated["rejected"].get("truncated", 0) == sum(
-        1 for name in os.listdir(tmp_path / "traces") if name.startswith("shard-")
-        for line in open(tmp_path / "traces" / name) if json.loads(line)["finish_reason"] == "length")
+        1 for r in _records(tmp_path / "traces") if r["finish_reason"] == "length")

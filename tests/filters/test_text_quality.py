@@ -2,6 +2,8 @@
 import json
 import math
 import os
+import random
+import unicodedata
 
 import pytest
 
@@ -278,3 +280,54 @@ def test_pass_at_k_matches_the_closed_form():
         pass_at_k(3, 4, 1)
     with pytest.raises(ValueError):
         pass_at_k(3, 1, 4)
+
+
+def _words_per_character(text):
+    """The specification of text_quality._words: one character at a time (the module
+    skips ahead with regexes; the words must be the same)."""
+    tq = text_quality
+    t = tq._MATH_OR_CODE.sub(lambda m: " " * len(m.group()), text)
+    out, i, n = [], 0, len(t)
+    while i < n:
+        sc = tq._script(t[i]) if t[i].isalpha() else "COMMON"
+        if sc in tq._NEUTRAL_SCRIPTS:
+            i += 1
+            continue
+        j = i + 1
+        while j < n:
+            c = t[j]
+            if c.isalpha() and tq._script(c) == sc or unicodedata.category(c).startswith("M"):
+                j += 1
+            elif (c in "-'’" and sc not in tq._UNSPACED_SCRIPTS and j + 1 < n
+                  and t[j + 1].isalpha() and tq._script(t[j + 1]) == sc):
+                j += 1
+            else:
+                break
+        word = t[i:j]
+        letters = sum(ch.isalpha() for ch in word)
+        neutral = False
+        if sc not in tq._UNSPACED_SCRIPTS:
+            before, after = t[i - 1] if i else " ", t[j] if j < n else " "
+            glued = (before.isdigit() or before == "_"
+                     or before == "." and i > 1 and (t[i - 2].isalnum() or t[i - 2] == "_")
+                     or after.isdigit() or after in "_([" or after == "." and j + 1 < n
+                     and (t[j + 1].isalnum() or t[j + 1] == "_"))
+            cased = [ch for ch in word if ch.isalpha() and ch.lower() != ch.upper()]
+            acronym = len(cased) >= 2 and all(ch.isupper() for ch in cased)
+            camel = any(a.islower() and b.isupper() for a, b in zip(word, word[1:]))
+            neutral = (letters < 2 or glued or acronym or camel
+                       or word.casefold() in tq._MATH_WORDS)
+        out.append(tq._Word(i, j, word, sc, letters, neutral))
+        i = j
+    return out
+
+
+def test_word_scan_equals_the_per_character_specification():
+    pieces = list("abcXYZ-'’ _.([0123 \n") + list("éüÀ") + ["\u0301", "\u0308"] + \
+        list("可以计算") + list("Пётрабв") + list("αβπ𝑥ℝ²½") + [
+            "$x$", "`c`", "\\frac", "<think>", "sin", "AM-GM", "maxSum", "x1", "dp_i",
+            "nums.sort", "len(", "don't", "Cauchy-Schwarz", "café"]
+    rng = random.Random(0)
+    for _ in range(3000):
+        t = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
+        assert text_quality._words(t) == _words_per_character(t), repr(t)

@@ -93,7 +93,7 @@ def test_a_training_config_missing_a_declared_key_is_refused_by_name(tmp_path, k
 @pytest.mark.parametrize("key", ["pass_at_k", "dedup.shingle_size", "filters.correctness.math_timeout_s"])
 def test_a_filter_config_missing_a_declared_key_is_refused_by_name(tmp_path, key):
     config = filter_defaults()
-    config.input_dir, config.output_dir = str(tmp_path), str(tmp_path / "out")
+    config.input.path, config.output_dir = str(tmp_path), str(tmp_path / "out")
     with pytest.raises(KeyError, match=key.replace(".", r"\.")):
         filter_traces(_without(config, key))
 

@@ -139,7 +139,7 @@ def test_two_hosts_equal_one_host_generate_filter_train_resume_evaluate(setup, s
 
     # ---- distill-filter: host CPU work, done once by process 0 while the other waits.
     filt = _launch("filter", "filter_default.py", {
-        "input_dir": two / "traces", "output_dir": two / "curated",
+        "input.path": two / "traces", "output_dir": two / "curated",
         "decontamination.data_dir": shared_data, "num_workers": 1}, 2, 2)
     report = json.loads((two / "curated" / "report.json").read_text())
     assert report["input"]["samples"] == 2 * NUM_PROMPTS

@@ -65,7 +65,7 @@ def run(tmp_path_factory):
     generate_traces(g)
 
     f = filter_default.get_config()
-    f.input_dir, f.output_dir = g.output_dir, str(root / "curated")
+    f.input.path, f.output_dir = g.output_dir, str(root / "curated")
     f.filters.order = ("length",)                   # a random teacher: keep everything
     f.filters.length.min_tokens = 1
     f.num_workers = 1

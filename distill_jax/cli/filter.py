@@ -1,7 +1,7 @@
 """distill-filter: teacher trace shards -> verified, filtered, deduplicated dataset.
 
   distill-filter --config=configs/filter_default.py \\
-      --config.input_dir=artifacts/traces/gsm8k --config.output_dir=artifacts/curated/gsm8k
+      --config.input.path=artifacts/traces/gsm8k --config.output_dir=artifacts/curated/gsm8k
 """
 from distill_jax.cli.common import run_stage
 

@@ -179,7 +179,7 @@ def _filter(config, out, traces, test_prompts) -> str:
     if _done(os.path.join(d, "report.json")):
         return d
     f = filter_defaults()
-    f.input_dir = traces
+    f.input.path = traces
     f.output_dir = d
     f.num_workers = config.filter.num_workers
     f.max_per_prompt = config.filter.max_per_prompt

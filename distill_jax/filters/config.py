@@ -1,11 +1,22 @@
 """Defaults of `distill-filter` (configs/filter_default.py uses them as they are)."""
 import ml_collections
 
+from distill_jax.filters.judge import judge_config
+
 
 def default_config():
     c = ml_collections.ConfigDict()
-    c.input_dir = "artifacts/traces/gsm8k"   # distill-generate's output directory
-    c.input_pattern = "*.jsonl"
+    # The traces: a file, a directory (files matching `pattern` in it), a glob, or a
+    # comma-separated list of these; JSONL, JSON or Parquet (data/traces.py).
+    c.input = ml_collections.ConfigDict()
+    c.input.path = "artifacts/traces/gsm8k"  # distill-generate's output directory
+    c.input.pattern = "*.jsonl"
+    # auto | distill (our shards) | openr1 | sharegpt | messages | vllm
+    c.input.format = "auto"
+    c.input.fields = ml_collections.ConfigDict()   # logical name -> column, e.g. problem: question
+    c.input.kind = "math"                    # math | code | choice, when rows do not say
+    c.input.source = ""                      # "" = the rows' own, else the format's name
+    c.input.unit_mb = 64.0                   # resume granularity: JSONL byte ranges of this size
     c.output_dir = "artifacts/curated/gsm8k"
     c.num_workers = 0                        # processes; 0 = one per CPU core
     c.max_per_prompt = 4                     # kept samples per prompt after dedup (0 = all)
@@ -31,7 +42,11 @@ def default_config():
     c.filters.correctness = ml_collections.ConfigDict(
         {"math_timeout_s": 5.0, "math_second_opinion": True, "code_io_compare": "tokens",
          "code_io_case_time_s": 2.0, "code_wall_time_s": 10.0, "code_cpu_time_s": 10.0,
-         "code_memory_mb": 1024})
+         "code_memory_mb": 1024,
+         # A sample whose record has no reference answer at all (public trace sets
+         # without gold): "drop" rejects it as `unverifiable`, "keep" lets it pass (it
+         # still counts as not correct in the teacher's pass@k).
+         "unverifiable": "drop"})
 
     c.decontamination = ml_collections.ConfigDict()
     c.decontamination.eval_sets = ("gsm8k_test", "math500", "aime24", "humaneval")
@@ -40,5 +55,13 @@ def default_config():
     c.decontamination.fields = ("problem",)  # add "response" to check the traces too
     c.decontamination.min_overlap_fraction = 0.0   # 0 = any shared n-gram (see decontaminate.py)
 
-    c.dedup = ml_collections.ConfigDict({"shingle_size": 5, "near_duplicate_threshold": 0.9})
+    # Exact and near-duplicate responses (Jaccard of word shingles >= the threshold,
+    # by MinHash/LSH: filters/dedup.py) against every sample kept before, across the
+    # whole dataset ("dataset") or within each prompt only ("prompt").
+    c.dedup = ml_collections.ConfigDict({"scope": "dataset", "shingle_size": 5,
+                                         "near_duplicate_threshold": 0.9, "num_perm": 128,
+                                         "bands": 16})
+
+    # Optional LLM judge for the samples the rules call wrong (filters/judge.py).
+    c.judge = judge_config()
     return c

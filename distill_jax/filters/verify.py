@@ -50,7 +50,10 @@ class Correctness:
         return self.verify(s)[0]
 
     def verify(self, s: Sample) -> tuple[Verdict, str | None]:
-        """(verdict, the final answer or program that was checked)."""
+        """(verdict, the final answer or program that was checked). A record with no
+        reference at all is `unverifiable` (the stage decides whether that passes)."""
+        if not s.reference:
+            return reject(self.name, "unverifiable", "the record has no reference answer"), None
         if s.kind == "code":
             return self._verify_code(s)
         if s.kind == "choice":

@@ -73,7 +73,7 @@ def shards(tmp_path, shared_data):
 
 def _config(shards, out, workers=1, data_dir=""):
     c = filter_default.get_config()
-    c.input_dir = str(shards)
+    c.input.path = str(shards)
     c.output_dir = str(out)
     c.num_workers = workers
     c.max_per_prompt = 2
@@ -116,7 +116,9 @@ def test_filter_end_to_end(shards, tmp_path, shared_data):
     assert [m["where"] for m in report["input"]["malformed"]] == [f"{shard1}:4", f"{shard1}:5"]
     assert "missing field 'text'" in report["input"]["malformed"][1]["error"]
 
-    per_prompt = {p["prompt_id"]: p for p in report["per_prompt"]}
+    rows = [json.loads(line) for line in open(out / report["per_prompt_file"])]
+    per_prompt = {p["prompt_id"]: p for p in rows}
+    assert list(per_prompt) == ["apples", "leak", "nogold", "add"]
     # Correct whatever the other filters say: all apples samples but the wrong and the
     # truncated one; leak's answer 7 is not its gold 18; nogold has no gold.
     assert per_prompt["apples"] == {"prompt_id": "apples", "source": "synthetic", "samples": 11,
@@ -170,7 +172,8 @@ def test_rerun_is_skipped_and_parallel_matches(shards, tmp_path, shared_data, ca
     c2 = _config(shards, out2, workers=2, data_dir=shared_data)
     rejection.filter_traces(c2)
     assert (out1 / "curated.jsonl").read_text() == (out2 / "curated.jsonl").read_text()
-    assert not [p for p in os.listdir(tmp_path) if ".staging-" in p or ".old-" in p]
+    assert not [p for p in os.listdir(tmp_path)
+                if ".staging-" in p or ".old-" in p or ".work-" in p]
 
 
 def test_bad_config_and_missing_input_fail_before_work(tmp_path, shared_data):

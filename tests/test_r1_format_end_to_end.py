@@ -15,7 +15,8 @@ import pytest
 from configs import (evaluate_gsm8k, filter_default, generate_gsm8k, kd_soft_target,
                      r1_distill_qwen_1p5b)
 from distill_jax import models
-from distill_jax.data.sft import encode_example, open_source
+from distill_jax.data.sft import encode_example
+from distill_jax.data.sources import open_source
 from distill_jax.demo import arithmetic
 from distill_jax.evaluation.runner import evaluate
 from distill_jax.filters.rejection import filter_traces

@@ -17,6 +17,7 @@ def base_config():
 
     c.data = ml_collections.ConfigDict()
     c.data.path = "artifacts/curated/gsm8k/tfds"   # tfds data dir of distill-filter, or .jsonl
+    #                                               (unused when data.sources is set)
     c.data.tokenizer_path = ""
     c.data.chat_template = ""        # "" = the tokenizer's own; or chatml/qwen2.5/llama3/deepseek-r1
     c.data.system_prompt = ""
@@ -30,6 +31,19 @@ def base_config():
     c.data.num_packing_bins = 16
     c.data.overlong = "drop"         # drop | truncate (counted either way)
     c.data.host_split = "rows"       # several hosts: rows (same run on any host count) | examples
+    # A weighted mixture instead of data.path: a list (stored as a tuple) of dicts, each
+    #   {"path": ..., "weight": 3.0, "name": "math", "chat_template": "", "system_prompt": "",
+    #    "seq_len": 0}
+    # path (.jsonl or a tfds data dir) is required; weight (default 1) is the source's share of
+    # the *target tokens*; name (default: from the path) names its tokens/<name> metric;
+    # chat_template / system_prompt ("" = the data.* ones) render its examples; seq_len
+    # (0 = data.seq_len, at most data.seq_len) is its longest example (longer ones follow
+    # data.overlong). Empty: data.path alone. On the command line, a tuple literal:
+    #   --config.data.sources="({'path': 'a.jsonl', 'weight': 3}, {'path': 'b.jsonl'})"
+    c.data.sources = ()
+    # Per-example lengths (and the JSONL line index), computed once and reused by
+    # later runs and resumes; "" = workdir/data_cache.
+    c.data.cache_dir = ""
 
     # The student: checkpoint or preset, overrides, init_seed, and every ModelConfig
     # field no checkpoint fixes (dtype, param_dtype, remat_policy, scan_unroll,

@@ -28,7 +28,8 @@ from distill_jax import distributed, models, planning, sharding
 from distill_jax.chat import ChatFormat, missing_chat_markers
 from distill_jax.models import attention
 from distill_jax.config_keys import require_keys
-from distill_jax.data.sft import SFTPipeline, describe, open_source
+from distill_jax.data.sft import MixtureSource, SFTPipeline, describe, describe_sources
+from distill_jax.data.sources import SourceConfig, open_source, parse_sources, source_name
 from distill_jax.fileio import write_json_atomic
 from distill_jax.progress import Progress
 from distill_jax.tokenizer import Tokenizer, load_tokenizer
@@ -82,6 +83,7 @@ def train(config, hooks: Sequence[StepHook] = ()) -> dict[str, Any]:
     state, steps, last_loss = fit(run, state, data_iter, start, teacher_params, hooks)
     summary = {"steps": steps, "total_steps": run.total_steps, "final_loss": last_loss,
                "data": dataclasses.asdict(run.pipeline.stats), "model": run.cfg.name,
+               "data_sources": [dataclasses.asdict(s) for s in run.pipeline.source_stats],
                "params": models.count_params(run.cfg), "kd": dataclasses.asdict(run.kd),
                "added_tokens": run.added_tokens,
                "kd_vocab_size": run.trainer.kd_vocab_size if run.kd.mode == "online" else None}
@@ -100,13 +102,15 @@ def prepare(config) -> TrainingRun:
     """Reads and checks everything cheap first: tokenizer, chat format, model and
     teacher configs, vocabularies, memory plan, data. Loads no parameters."""
     require_keys(config, base_config(), "distill-train")
+    dc, tc, kc = config.data, config.train, config.kd
+    # The mixture's entries are checked (weights, names, lengths, paths) before anything.
+    sources = parse_sources(list(dc.sources), dc.seq_len) if dc.sources else []
     workdir = os.path.abspath(config.workdir)
     os.makedirs(workdir, exist_ok=True)
-    dc, tc, kc = config.data, config.train, config.kd
     if not dc.tokenizer_path:
         raise ValueError("config.data.tokenizer_path is empty: set it to the student's "
                          "tokenizer (.model file or a directory with tokenizer.json)")
-    tokenizer, added, added_ids = _student_tokenizer(dc)
+    tokenizer, added, added_ids = _student_tokenizer(dc, sources)
     chat_format = ChatFormat.create(tokenizer, dc.chat_template or None,
                                     dc.system_prompt or None)
     cfg = _student_config(config.model, tokenizer, added)
@@ -122,21 +126,28 @@ def prepare(config) -> TrainingRun:
     mesh = sharding.make_mesh(dict(config.mesh)) if config.get("mesh") else None
     _check_memory(config)
 
+    cache_dir = dc.cache_dir or os.path.join(workdir, "data_cache")
     pipeline = SFTPipeline(
-        open_source(dc.path), tokenizer, seq_len=dc.seq_len, batch_size=tc.batch_size,
+        _mixture(dc, sources, tokenizer, chat_format, cache_dir), tokenizer,
+        seq_len=dc.seq_len, batch_size=tc.batch_size,
         # A fixed step count cycles through the data for as long as it takes.
         num_epochs=None if tc.num_steps else tc.num_epochs, seed=config.seed,
         packing=dc.packing, overlong=dc.overlong, chat_format=chat_format,
         topk=kc.topk if kd.mode == "offline" else 0, num_packing_bins=dc.num_packing_bins,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        host_split=dc.host_split)
+        host_split=dc.host_split, cache_dir=cache_dir, progress=distributed.is_primary())
+    data_name = dc.path if not sources else f"mixture of {len(sources)} sources"
     if distributed.is_primary():
-        print(f"train: data {dc.path}: {describe(pipeline.stats, dc.seq_len, dc.overlong)}")
+        print(f"train: data {data_name}: {describe(pipeline.stats, dc.seq_len, dc.overlong)}")
+        if sources:
+            for line in describe_sources(pipeline):
+                print(f"train:   {line}")
     # With host_split="examples" hosts may count different batch totals: the shortest wins.
+    # (From the length cache: no tokenising.)
     total_steps = tc.num_steps or min(distributed.gather_json(pipeline.count_batches()))
     if total_steps < 1:
-        raise ValueError(f"{dc.path}: {pipeline.stats.kept} usable examples make no full batch "
-                         f"of {tc.batch_size} rows; lower train.batch_size or add data")
+        raise ValueError(f"{data_name}: {pipeline.stats.kept} usable examples make no full "
+                         f"batch of {tc.batch_size} rows; lower train.batch_size or add data")
     tx, schedule = make_optimizer(tc, total_steps)
     trainer = Trainer(cfg, tx, schedule, mesh=mesh, microbatches=tc.microbatches, kd=kd,
                       teacher_cfg=teacher_cfg, kd_vocab_size=kd_vocab_size,
@@ -165,15 +176,43 @@ def _check_context(seq_len: int, *configs) -> None:
                 print(f"train: warning: {warning}")
 
 
-def _student_tokenizer(dc) -> tuple[Tokenizer, list[str], range]:
-    """The student's tokenizer, extended by the template's missing chat markers when
-    `data.add_chat_tokens` asks for it (otherwise ChatFormat refuses them); the
-    markers; and the ids appended for them. A backend may give a marker the id of
-    an existing vocabulary entry instead, so the new ids are those past the base
-    vocabulary, not one per marker."""
+def _mixture(dc, sources: list[SourceConfig], tokenizer: Tokenizer, chat_format: ChatFormat,
+             cache_dir: str) -> list[MixtureSource]:
+    """The pipeline's sources: data.path alone (weight 1), or data.sources, each opened
+    (a JSONL through its cached line index) and with its own chat format when it sets
+    a template or system prompt."""
+    host = jax.process_index()
+    if not sources:
+        return [MixtureSource(open_source(dc.path, cache_dir, host), name=source_name(dc.path),
+                              path=dc.path)]
+    out = []
+    for s in sources:
+        fmt = chat_format
+        if s.chat_template or s.system_prompt:
+            fmt = ChatFormat.create(tokenizer, s.chat_template or dc.chat_template or None,
+                                    s.system_prompt or dc.system_prompt or None)
+        out.append(MixtureSource(open_source(s.path, cache_dir, host), name=s.name,
+                                 weight=s.weight, chat_format=fmt, seq_len=s.seq_len,
+                                 path=s.path))
+    return out
+
+
+def _student_tokenizer(dc, sources: Sequence[SourceConfig] = ()
+                       ) -> tuple[Tokenizer, list[str], range]:
+    """The student's tokenizer, extended by the templates' missing chat markers (the
+    data-level template's and every source's) when `data.add_chat_tokens` asks for
+    it (otherwise ChatFormat refuses them); the markers; and the ids appended for
+    them. A backend may give a marker the id of an existing vocabulary entry
+    instead, so the new ids are those past the base vocabulary, not one per marker."""
     tokenizer = load_tokenizer(dc.tokenizer_path)
-    missing = missing_chat_markers(tokenizer, dc.chat_template or None,
-                                   dc.system_prompt or None) if dc.add_chat_tokens else []
+    missing = []
+    if dc.add_chat_tokens:
+        formats = [(dc.chat_template, dc.system_prompt)] + [
+            (s.chat_template or dc.chat_template, s.system_prompt or dc.system_prompt)
+            for s in sources]
+        for template, system in formats:
+            missing += [m for m in missing_chat_markers(tokenizer, template or None,
+                                                        system or None) if m not in missing]
     if not missing:
         return tokenizer, [], range(0)
     logging.info("train: adding chat markers %s to tokenizer %s", missing, tokenizer.name)
@@ -213,7 +252,7 @@ def _teacher_tokenizer(section, student_tokenizer_path: str) -> Tokenizer:
 
 def resume_or_init(run: TrainingRun) -> tuple[TrainState, Any, int]:
     """(state, data iterator, step): from the latest checkpoint, or fresh."""
-    data_iter = iter(run.pipeline.dataset())
+    data_iter = run.pipeline.iterator()
     ckpt = run.checkpointer
     start = ckpt.latest_step()
     if start is not None:
@@ -269,7 +308,7 @@ def fit(run: TrainingRun, state: TrainState, data_iter, start: int, teacher_para
             batch = _next_batch(data_iter, step, run.total_steps)
             last_loss = _finite_loss(metrics, step, ckpt)
             tokens = float(metrics["tokens"])
-            logger.log(step, metrics, tokens)
+            logger.log(step, metrics, tokens, data_state.get("target_tokens"))
             if ckpt.should_save(step):
                 ckpt.save(step, state, distributed.gather_json(data_state), run.meta)
             progress.update(1, status={"loss": last_loss}, tokens=tokens)
@@ -300,6 +339,11 @@ class _StepLogger:
     def __init__(self, run: TrainingRun, start: int):
         tc, dc = run.config.train, run.config.data
         self.every, self.total = tc.log_every, run.total_steps
+        # With data.sources, cumulative target tokens per source (`tokens/<name>`). They
+        # travel in the data iterator's checkpointed state, so a resumed run continues
+        # them; with host_split="examples" each host counts its own rows, summed here.
+        self.per_source = bool(dc.sources)
+        self.sum_hosts = dc.host_split == "examples" and jax.process_count() > 1
         self.writer = MetricsWriter(run.workdir, resume_step=start, tensorboard=tc.tensorboard)
         self.flops_per_token = model_flops_per_token(run.cfg, dc.seq_len) + (
             model_flops_per_token(run.teacher_cfg, dc.seq_len, training=False)
@@ -307,12 +351,18 @@ class _StepLogger:
         self.peak = peak_tflops_per_device(tc.peak_tflops)
         self.window_start, self.window_tokens = time.monotonic(), 0.0
 
-    def log(self, step: int, metrics, tokens: float) -> None:
+    def log(self, step: int, metrics, tokens: float,
+            source_tokens: dict[str, int] | None = None) -> None:
         self.window_tokens += tokens
         if step % self.every and step != self.total:
             return
         elapsed = time.monotonic() - self.window_start
         row = {k: float(v) for k, v in metrics.items()}
+        if self.per_source and source_tokens is not None:
+            if self.sum_hosts:     # a collective: every host logs at the same steps
+                per_host = distributed.gather_json(source_tokens)
+                source_tokens = {n: sum(h.get(n, 0) for h in per_host) for n in source_tokens}
+            row.update({f"tokens/{n}": float(v) for n, v in source_tokens.items()})
         row["tokens_per_s"] = self.window_tokens / elapsed if elapsed > 0 else 0.0
         if self.peak:
             row["mfu"] = (row["tokens_per_s"] * self.flops_per_token

@@ -175,3 +175,39 @@ def test_an_attention_kernel_this_backend_cannot_run_is_refused_before_data_load
     with pytest.raises(ValueError, match="attention_impl='cudnn' runs on GPU only; this backend "
                                          "is 'cpu', where attention_impl='auto' picks"):
         train(config)
+
+
+def test_a_mixture_run_logs_target_tokens_per_source_across_a_resume(tmp_path, tokenizer_path):
+    """data.sources: two sources (one with its own system prompt and length cap); the
+    metrics rows carry cumulative tokens/<name>, which continue through a resume and
+    add up to the trainer's own target-token counts."""
+    write_traces(tmp_path / "math.jsonl", 8)
+    write_traces(tmp_path / "other.jsonl", 8, seed=1)
+    c = _config(tmp_path, tokenizer_path, "/unused.jsonl", **{
+        "train.num_steps": 4, "train.checkpoint_every": 2, "train.tensorboard": False,
+        "train.batch_size": 2})
+    c.mesh = None
+    c.data.sources = [{"path": str(tmp_path / "math.jsonl"), "weight": 3.0},
+                      {"path": str(tmp_path / "other.jsonl"), "weight": 1.0, "name": "general",
+                       "system_prompt": "Answer.", "seq_len": 200}]
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_2(step, ckpt):
+        if step == 2:
+            raise Stop
+    with pytest.raises(Stop):
+        train(c, hooks=[stop_after_2])
+    summary = train(c)
+    assert [s["name"] for s in summary["data_sources"]] == ["math", "general"]
+    assert any(n.startswith("lengths-general-") for n in os.listdir(tmp_path / "run" / "data_cache"))
+    with open(os.path.join(c.workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    prev = {"math": 0.0, "general": 0.0}
+    for r in rows:
+        assert sum(r[f"tokens/{n}"] - prev[n] for n in prev) == r["target_tokens"]
+        assert all(r[f"tokens/{n}"] >= prev[n] for n in prev)
+        prev = {n: r[f"tokens/{n}"] for n in prev}
+    assert prev["math"] > 0 and prev["general"] > 0

@@ -1,5 +1,6 @@
 """The SFT input pipeline: completion masks per template, packing, overlong examples,
 host sharding and resumable iterator state."""
+import json
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +8,8 @@ import pytest
 
 from distill_jax import models
 from distill_jax.chat import ChatFormat, missing_chat_markers
-from distill_jax.data.sft import JsonlSource, SFTPipeline, encode_example
+from distill_jax.data.sft import SFTPipeline, encode_example
+from distill_jax.data.sources import JsonlSource
 from distill_jax.tokenizer import BUILTIN_CHAT_TEMPLATES
 from distill_jax.training import losses
 from tests.training.conftest import write_traces
@@ -116,9 +118,18 @@ def test_empty_and_malformed_datasets_fail_clearly(tokenizer, tmp_path):
     with pytest.raises(ValueError, match="empty"):
         SFTPipeline(JsonlSource(str(tmp_path / "empty.jsonl")), tokenizer, seq_len=64,
                     batch_size=1)
-    (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: missing field 'response'"):
-        JsonlSource(str(tmp_path / "bad.jsonl"))
+    # Lines are parsed when read (the source holds no records): the first run's length
+    # pass reads them all, so a bad line stops the pipeline's construction, by file:line.
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "response": "b"}\n\n{"prompt": "a"}\n'
+                                        '{"prompt": \n')
+    source = JsonlSource(str(tmp_path / "bad.jsonl"))
+    assert len(source) == 3 and source[0]["response"] == "b"
+    with pytest.raises(ValueError, match=r"bad.jsonl:3: missing field 'response'"):
+        source[1]
+    with pytest.raises(ValueError, match=r"bad.jsonl:4: malformed JSON"):
+        source[2]
+    with pytest.raises(ValueError, match=r"bad.jsonl:3: missing field 'response'"):
+        SFTPipeline(source, tokenizer, seq_len=64, batch_size=1)
 
 
 def test_iterator_state_resumes_exactly_and_hosts_split_the_data(tokenizer, tmp_path):
@@ -181,3 +192,25 @@ def test_offline_kd_rows_line_up_with_teacher_tokens(tokenizer, tmp_path):
     assert not kd[:int(np.argmax(ex["loss_mask"]))].any()      # nothing on the prompt
     with pytest.raises(ValueError, match="top-3 logprobs, the config asks for top-5"):
         encode_example(JsonlSource(str(tmp_path / "t.jsonl"))[0], fmt, topk=5)
+
+
+def test_offline_kd_reads_a_binary_sidecar_like_inline_lists(tokenizer, tmp_path):
+    """A curated JSONL whose records point at a top-k sidecar (data/topk_store.py, what
+    distill-filter writes under topk/) encodes to the same examples as inline lists."""
+    from distill_jax.data.topk_store import TopKWriter
+    rows = write_traces(tmp_path / "inline.jsonl", 3, tokenizer=tokenizer, topk=3)
+    (tmp_path / "curated" / "topk").mkdir(parents=True)
+    writer = TopKWriter(str(tmp_path / "curated" / "topk"), "00000", k=3, dtype="float32")
+    with open(tmp_path / "curated" / "curated.jsonl", "w") as f:
+        for r in rows:
+            ref = writer.add(np.asarray(r.pop("top_k_ids")), np.asarray(r.pop("top_k_logprobs")))
+            f.write(json.dumps(dict(r, top_k=dict(ref, file="topk/00000"))) + "\n")
+    writer.commit()
+    fmt = ChatFormat.create(tokenizer)
+    inline = JsonlSource(str(tmp_path / "inline.jsonl"))
+    sidecar = JsonlSource(str(tmp_path / "curated" / "curated.jsonl"))
+    for k in range(3):
+        a, b = encode_example(inline[k], fmt, topk=2), encode_example(sidecar[k], fmt, topk=2)
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])

@@ -73,8 +73,22 @@ def _config(traces: str, out: str, workers: int, scope: str):
     return c
 
 
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+PEAK_BEFORE_OUTPUT = [0.0]    # peak RSS before the outputs (and the tfds dataset) are built
+
+
 def run_new(traces, out, workers, scope) -> None:
     from distill_jax.filters import rejection
+    assemble = rejection._WorkDir.assemble
+
+    def measured(self, *args):
+        PEAK_BEFORE_OUTPUT[0] = _peak_rss_mb()
+        return assemble(self, *args)
+
+    rejection._WorkDir.assemble = measured
     rejection.filter_traces(_config(traces, out, workers, scope))
 
 
@@ -96,6 +110,7 @@ def run_old(traces, out, workers, scope) -> None:
     samples, malformed = old.read_samples(paths)
     results = old._evaluate_all(samples, stage, workers)
     report, kept, rejected = old._select(samples, results, stage, malformed)
+    PEAK_BEFORE_OUTPUT[0] = _peak_rss_mb()
     old._write_outputs(os.path.abspath(out), report, kept, rejected, malformed)
 
 
@@ -106,8 +121,8 @@ def child(args) -> None:
     elapsed = time.perf_counter() - start
     kept = sum(1 for _ in open(os.path.join(args.out, "curated.jsonl")))
     print(json.dumps({
-        "seconds": elapsed, "kept": kept,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "seconds": elapsed, "kept": kept, "peak_rss_mb": _peak_rss_mb(),
+        "peak_before_output_mb": PEAK_BEFORE_OUTPUT[0],
         "workers_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 
 
@@ -152,8 +167,8 @@ def main() -> None:
             old = arm("old", traces, os.path.join(tmp, f"old-{n}"), args.workers)
             row = {"traces": kind, "samples": n, "input_mb": size / 2**20, "new": new, "old": old}
             if (kind, n) == runs[0][:2]:
-                same = arm("new", traces, os.path.join(tmp, "new-prompt-scope"), args.workers,
-                           scope="prompt")
+                arm("new", traces, os.path.join(tmp, "new-prompt-scope"), args.workers,
+                    scope="prompt")
                 row["same_kept_as_old"] = kept_ids(os.path.join(tmp, "new-prompt-scope")) == \
                     kept_ids(os.path.join(tmp, f"old-{n}"))
             rows.append(row)
@@ -162,14 +177,17 @@ def main() -> None:
                 subprocess.run(["rm", "-rf", d])
     print(f"\n{args.workers} worker processes, {os.cpu_count()} cores\n")
     print("| traces | samples | input MB | streamed samples/s | in-memory samples/s | ratio | "
-          "streamed peak RSS MB (workers) | in-memory peak RSS MB (workers) | kept |")
+          "streamed peak RSS MB: filtering / with outputs (workers) | in-memory peak RSS MB: "
+          "filtering / with outputs (workers) | kept |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         n, new, old = r["samples"], r["new"], r["old"]
         print(f"| {r['traces']} | {n} | {r['input_mb']:.0f} | {n / new['seconds']:.0f} | "
               f"{n / old['seconds']:.0f} | {old['seconds'] / new['seconds']:.2f}x | "
-              f"{new['peak_rss_mb']:.0f} ({new['workers_peak_rss_mb']:.0f}) | "
-              f"{old['peak_rss_mb']:.0f} ({old['workers_peak_rss_mb']:.0f}) | "
+              f"{new['peak_before_output_mb']:.0f} / {new['peak_rss_mb']:.0f} "
+              f"({new['workers_peak_rss_mb']:.0f}) | "
+              f"{old['peak_before_output_mb']:.0f} / {old['peak_rss_mb']:.0f} "
+              f"({old['workers_peak_rss_mb']:.0f}) | "
               f"{new['kept']} / {old['kept']} |")
     for r in rows:
         if "same_kept_as_old" in r:

@@ -119,43 +119,72 @@ class DedupKeys:
 
 class _MultiMap:
     """int64 key -> int32 values, append-only and compact: sorted numpy arrays plus
-    a small dict of recent entries, merged in when it grows."""
+    a small dict of recent entries (a value, or a list when a key repeats), merged
+    in by insertion (O(size) per merge, no re-sort) when it grows."""
 
     MERGE_AT = 1 << 16
 
     def __init__(self):
         self.keys = np.empty((0,), np.int64)
         self.values = np.empty((0,), np.int32)
-        self.recent: dict[int, list[int]] = {}
+        self.recent: dict[int, int | list[int]] = {}
         self.recent_count = 0
 
-    def get(self, key: int) -> list[int]:
-        lo = np.searchsorted(self.keys, key, side="left")
-        hi = np.searchsorted(self.keys, key, side="right")
-        found = [int(v) for v in self.values[lo:hi]]
-        return found + self.recent.get(key, [])
+    def get_many(self, keys: np.ndarray) -> list[int]:
+        """The values of every key of `keys` (int64 [n]), with repeats."""
+        found: list[int] = []
+        if len(self.keys):
+            lo = np.searchsorted(self.keys, keys, side="left")
+            hit = self.keys[np.minimum(lo, len(self.keys) - 1)] == keys
+            for k in np.flatnonzero(hit):             # usually none
+                a = int(lo[k])
+                b = int(np.searchsorted(self.keys, keys[k], side="right"))
+                found += self.values[a:b].tolist()
+        if self.recent:
+            for key in self.recent.keys() & set(keys.tolist()):
+                v = self.recent[key]
+                found += v if isinstance(v, list) else [v]
+        return found
 
-    def add(self, key: int, value: int) -> None:
-        self.recent.setdefault(key, []).append(value)
-        self.recent_count += 1
+    def get(self, key: int) -> list[int]:
+        return self.get_many(np.asarray([key], np.int64))
+
+    def add_many(self, keys: np.ndarray, value: int) -> None:
+        recent = self.recent
+        for key in keys.tolist():
+            prev = recent.get(key)
+            if prev is None:
+                recent[key] = value
+            elif isinstance(prev, list):
+                prev.append(value)
+            else:
+                recent[key] = [prev, value]
+        self.recent_count += len(keys)
         if self.recent_count >= self.MERGE_AT:
             self.merge()
+
+    def add(self, key: int, value: int) -> None:
+        self.add_many(np.asarray([key], np.int64), value)
 
     def merge(self) -> None:
         if not self.recent:
             return
-        ks = np.fromiter((k for k, vs in self.recent.items() for _ in vs), np.int64,
-                         self.recent_count)
-        vs = np.fromiter((v for vals in self.recent.values() for v in vals), np.int32,
-                         self.recent_count)
-        keys = np.concatenate([self.keys, ks])
-        order = np.argsort(keys, kind="stable")
-        self.keys, self.values = keys[order], np.concatenate([self.values, vs])[order]
+        ks = np.fromiter((k for k, vs in self.recent.items()
+                          for _ in (vs if isinstance(vs, list) else (vs,))),
+                         np.int64, self.recent_count)
+        vs = np.fromiter((v for vs in self.recent.values()
+                          for v in (vs if isinstance(vs, list) else (vs,))),
+                         np.int32, self.recent_count)
+        order = np.argsort(ks, kind="stable")
+        ks, vs = ks[order], vs[order]
+        # After the equal keys already there: a key's values stay in insertion order.
+        at = np.searchsorted(self.keys, ks, side="right")
+        self.keys, self.values = np.insert(self.keys, at, ks), np.insert(self.values, at, vs)
         self.recent, self.recent_count = {}, 0
 
     @property
     def nbytes(self) -> int:
-        return self.keys.nbytes + self.values.nbytes + 120 * self.recent_count
+        return self.keys.nbytes + self.values.nbytes + 100 * self.recent_count
 
 
 class SeenIndex:
@@ -175,13 +204,13 @@ class SeenIndex:
         sample, else None."""
         if self.exact.get(keys.exact):
             return "duplicate", 1.0
-        best = 0.0
-        for band in keys.bands:
-            for other in self.bands.get(int(band)):
-                best = max(best, float(np.mean(self.signatures[other] == keys.signature)))
-                if best >= self.threshold:
-                    return "near_duplicate", best
-        return None
+        candidates = self.bands.get_many(keys.bands)
+        if not candidates:
+            return None
+        others = np.unique(np.asarray(candidates, np.int64))
+        similarity = (self.signatures[others] == keys.signature[None, :]).mean(axis=1)
+        best = float(similarity.max())
+        return ("near_duplicate", best) if best >= self.threshold else None
 
     def add(self, keys: DedupKeys) -> None:
         k = self.count
@@ -189,8 +218,7 @@ class SeenIndex:
             self.signatures = np.concatenate([self.signatures, np.empty_like(self.signatures)])
         self.signatures[k] = keys.signature
         self.exact.add(keys.exact, k)
-        for band in keys.bands:
-            self.bands.add(int(band), k)
+        self.bands.add_many(keys.bands, k)
         self.count += 1
 
     @property

@@ -24,8 +24,9 @@
    `per_prompt.jsonl` (one row per prompt) and `audit/<filter>-<reason>.jsonl`
    (every rejected sample).
 
-Memory is bounded: a work unit's records (by default <= 64 MB of JSONL) are in
-memory at a time, never the dataset; what grows with the dataset is the dedup
+Memory is bounded: two work units' records (by default <= 64 MB of JSONL each:
+the one being decided and the next, in the workers) are in memory at a time,
+never the dataset; what grows with the dataset is the dedup
 index (~460 bytes per kept sample, dedup.py) and 12 bytes per prompt (kept
 counts, so `max_per_prompt` holds even when a prompt's samples are not
 adjacent). Samples of one prompt are expected to be adjacent (our shards and
@@ -53,7 +54,7 @@ import multiprocessing
 import os
 import re
 import shutil
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from absl import logging
@@ -186,9 +187,11 @@ def _evaluate_chunk(chunk: list[tuple[dict, str]]) -> list[dict[str, Any]]:
 
 
 class _Evaluator:
-    """The filter chain over a list of samples, in worker processes (started once
+    """The filter chain over a unit's samples, in worker processes (started once
     per run, `spawn`: the caller may hold JAX/threads, which fork would copy into
-    a bad state), or in this process for one worker or a unit of one chunk."""
+    a bad state), or in this process for one worker or a unit of one chunk.
+    `submit` returns at once with the work queued, so the next unit is evaluated
+    while this process decides the current one."""
 
     def __init__(self, stage: dict[str, Any], num_workers: int):
         self.stage = stage
@@ -196,21 +199,23 @@ class _Evaluator:
         self.pool = None
         self.local: FilterChain | None = None
 
-    def __call__(self, samples: list[Sample]) -> list[dict[str, Any]]:
+    def submit(self, samples: list[Sample]) -> Callable[[], list[dict[str, Any]]]:
         if self.workers <= 1 or len(samples) <= CHUNK:
             self.local = self.local or FilterChain(self.stage)
-            return [self.local.evaluate(s) for s in samples]
+            results = [self.local.evaluate(s) for s in samples]
+            return lambda: results
         if self.pool is None:
             self.pool = concurrent.futures.ProcessPoolExecutor(
                 self.workers, mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_worker, initargs=(self.stage,))
-        chunks = [[(s.record, s.where) for s in samples[k:k + CHUNK]]
-                  for k in range(0, len(samples), CHUNK)]
-        return [r for out in self.pool.map(_evaluate_chunk, chunks) for r in out]
+        futures = [self.pool.submit(_evaluate_chunk, [(s.record, s.where)
+                                                      for s in samples[k:k + CHUNK]])
+                   for k in range(0, len(samples), CHUNK)]
+        return lambda: [r for f in futures for r in f.result()]
 
     def close(self) -> None:
         if self.pool is not None:
-            self.pool.shutdown()
+            self.pool.shutdown(cancel_futures=True)
 
 
 # ---------------------------------------------------------------- configuration
@@ -303,14 +308,25 @@ def _filter_traces(config) -> dict[str, Any]:
     judge = _LazyJudge(config, out_dir) if judge_section["enabled"] else None
     evaluate = _Evaluator(stage, config.num_workers)
     progress = Progress(len(traces.units) - start, "units", "filter")
+
+    def read_and_submit(i: int):
+        if i >= len(traces.units):
+            return None
+        samples, malformed = _read_unit(traces.units[i])
+        return samples, malformed, evaluate.submit(samples)
+
     try:
+        pending = read_and_submit(start)
         for i in range(start, len(traces.units)):
-            unit = traces.units[i]
-            samples, malformed = _read_unit(unit)
-            results = evaluate(samples)
+            # The next unit is read and queued while the workers still evaluate this
+            # one, and evaluated while this process decides this one: two units in
+            # memory at most.
+            samples, malformed, results = pending
+            pending = read_and_submit(i + 1)
+            results = results()
             if judge is not None:
                 judge.apply(samples, results)
-            _select_unit(work, i, unit, samples, results, malformed, selection)
+            _select_unit(work, i, traces.units[i], samples, results, malformed, selection)
             progress.update(1, samples=len(samples))
     finally:
         evaluate.close()

@@ -7,7 +7,7 @@ import pytest
 
 from configs import filter_default
 from distill_jax.filters import rejection
-from tests.data.test_traces import (MOT_ROWS, OPENR1_ROWS, SGLANG_ROWS, STRATOS_ROWS, VLLM_ROWS,
+from tests.data.test_traces import (MOT_ROWS, SGLANG_ROWS, STRATOS_ROWS, VLLM_ROWS,
                                     _distill_rows, _openr1_parquet, _write_jsonl)
 
 

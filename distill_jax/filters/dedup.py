@@ -117,7 +117,7 @@ class DedupKeys:
     signature: np.ndarray      # uint16 [num_perm]
 
 
-class _MultiMap:
+class MultiMap:
     """int64 key -> int32 values, append-only and compact: sorted numpy arrays plus
     a small dict of recent entries (a value, or a list when a key repeats), merged
     in by insertion (O(size) per merge, no re-sort) when it grows."""
@@ -194,8 +194,8 @@ class SeenIndex:
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"dedup.near_duplicate_threshold must be in (0, 1], got {threshold}")
         self.hasher, self.threshold = hasher, threshold
-        self.exact = _MultiMap()
-        self.bands = _MultiMap()
+        self.exact = MultiMap()
+        self.bands = MultiMap()
         self.signatures = np.empty((1024, hasher.num_perm), np.uint16)
         self.count = 0
 

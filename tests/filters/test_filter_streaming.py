@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import filter_default
-from distill_jax.filters import dedup, rejection
+from distill_jax.filters import dedup, rejection, stage_files
 from tests.filters.test_judge import ScriptedSampler, chat_format, tokenizer_path  # noqa: F401
 
 WORDS = ("apples pears count add total basket market carry seven three four we then so "
@@ -119,7 +119,7 @@ def test_killed_run_resumes_to_identical_output(traces, tmp_path, monkeypatch, w
     reference = tmp_path / "reference"
     rejection.filter_traces(_config(traces, reference, unit_mb=0.002))
     out = tmp_path / "out"
-    real_commit = rejection._WorkDir.commit_unit
+    real_commit = stage_files.WorkDir.commit_unit
     calls = []
 
     def dying_commit(self, i, *args):
@@ -128,10 +128,10 @@ def test_killed_run_resumes_to_identical_output(traces, tmp_path, monkeypatch, w
             raise Killed
         if where == "mid_commit" and i == 3:
             # The unit's files are written but its marker is not.
-            monkeypatch.setattr(rejection, "write_json_atomic", _raise_killed)
+            monkeypatch.setattr(stage_files, "write_json_atomic", _raise_killed)
         return real_commit(self, i, *args)
 
-    monkeypatch.setattr(rejection._WorkDir, "commit_unit", dying_commit)
+    monkeypatch.setattr(stage_files.WorkDir, "commit_unit", dying_commit)
     with pytest.raises(Killed):
         rejection.filter_traces(_config(traces, out, unit_mb=0.002))
     monkeypatch.undo()

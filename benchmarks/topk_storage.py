@@ -12,6 +12,10 @@ token's logprob -Exp(mean 0.3), each next one lower by Exp(mean 1.2), clipped at
     JSONL shard (read, json.loads, np.asarray) vs the same shard with refs +
     sidecar (read, json.loads, `topk_arrays` through one `TopKReader`); both
     files hot in the page cache, timed alternately (`interleaved`, median);
+  - read speed in the training pipeline: `encode_example` for offline KD (top-k
+    width k) of every record of a curated JSONL read through `JsonlSource`, with
+    inline lists vs sidecar refs (the demo's SentencePiece tokenizer renders the
+    prompt; the response is the teacher's own ids);
   - the float16 / bfloat16 round-trip error of logprobs in [-30, 0] and [-1, 0]
     (a grid of 10^6 values), and of the synthetic ones.
 --write appends the table rows to BENCHMARKS.md.
@@ -53,7 +57,8 @@ def json_topk(ids: np.ndarray, logprobs: np.ndarray) -> dict:
 def base_record(i: int, ids: np.ndarray, rng) -> dict:
     n = len(ids)
     return {"prompt_id": f"synthetic-{i}", "sample_index": 0, "num_tokens": n,
-            "token_ids": ids[:, 0].tolist(),
+            "prompt": f"What is {i} + {i}?", "response": "<think>\n...",
+            "assistant_prefix": "", "token_ids": ids[:, 0].tolist(),
             "logprobs": [round(x, 6) for x in (-rng.exponential(0.3, n)).tolist()]}
 
 
@@ -109,6 +114,7 @@ def main():
         for (a_ids, a_lp), (b_ids, b_lp) in zip(read_json(), read_sidecar(), strict=True):
             assert (a_ids == b_ids).all() and np.abs(a_lp - b_lp).max() <= 2 ** -7
         secs = interleaved({"json": read_json, "sidecar": read_sidecar}, args.rounds, warmups=1)
+        pipeline_secs = _pipeline_read(tmp, json_path, sidecar_path, args)
 
     grid = np.linspace(-30, 0, 1_000_001, dtype=np.float32)
     synthetic = np.concatenate([lp.reshape(-1) for _, lp in data])
@@ -136,6 +142,14 @@ def main():
         print(f"| {name} | {secs[name]:.3f} | {total_tokens / secs[name]:,.0f} |")
     ratio = secs["json"] / secs["sidecar"]
     print(f"\nsidecar reads {ratio:.1f}x faster (both parse each record's JSON line)\n")
+    print(f"| offline-KD examples (top-{args.k}) from a curated JSONL, `encode_example` | "
+          "seconds | tokens / s |")
+    print("|---|---|---|")
+    for name in ("json", "sidecar"):
+        print(f"| {name} | {pipeline_secs[name]:.3f} | "
+              f"{total_tokens / pipeline_secs[name]:,.0f} |")
+    print(f"\nin the training pipeline the sidecar is "
+          f"{pipeline_secs['json'] / pipeline_secs['sidecar']:.1f}x faster\n")
     print("| logprob dtype | max abs error in [-30, 0] | in [-1, 0] | synthetic logprobs |")
     print("|---|---|---|---|")
     for dtype, (g, top, s) in errors.items():
@@ -146,6 +160,29 @@ def main():
                     f"{per_token['sidecar int32 + float16']:.1f} B/token",
                     f"{json_bpt / per_token['sidecar int32 + float16']:.2f}x smaller",
                     f"read {ratio:.1f}x faster", f"float16 max err {errors['float16'][0]:.1e}"])
+
+
+def _pipeline_read(tmp: str, json_path: str, sidecar_path: str, args) -> dict:
+    """Seconds to encode every record for offline KD, from each JSONL (median)."""
+    import pathlib
+    from distill_jax.chat import ChatFormat
+    from distill_jax.data.sft import encode_example
+    from distill_jax.data.sources import JsonlSource
+    from distill_jax.data.topk_store import TopKReader
+    from distill_jax.tokenizer import load_tokenizer
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from tests.tiny_models import arithmetic_tokenizer
+    fmt = ChatFormat.create(load_tokenizer(arithmetic_tokenizer(pathlib.Path(tmp))))
+
+    def encode_all(path):
+        source, reader = JsonlSource(path), TopKReader()
+        return lambda: [encode_example(source[k], fmt, args.k, reader)
+                        for k in range(len(source))]
+
+    steps = {"json": encode_all(json_path), "sidecar": encode_all(sidecar_path)}
+    a, b = steps["json"](), steps["sidecar"]()
+    assert all((x["topk_ids"] == y["topk_ids"]).all() for x, y in zip(a, b, strict=True))
+    return interleaved(steps, args.rounds, warmups=1)
 
 
 if __name__ == "__main__":

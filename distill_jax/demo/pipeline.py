@@ -200,7 +200,7 @@ def _unfiltered(out, traces) -> str:
         return path
     rows = []
     for name in sorted(os.listdir(traces)):
-        if not name.startswith("shard-"):
+        if not (name.startswith("shard-") and name.endswith(".jsonl")):   # not top-k sidecars
             continue
         with open(os.path.join(traces, name)) as f:
             for line in f:

@@ -87,8 +87,7 @@ class WorkDir:
                 audit_files[name] = sum(1 for _ in f)
         report["audit_files"] = audit_files
         report["per_prompt_file"] = PER_PROMPT
-        if os.path.isdir(os.path.join(self.path, TOPK_DIR)):
-            os.replace(os.path.join(self.path, TOPK_DIR), os.path.join(staging, TOPK_DIR))
+        _link_tree(os.path.join(self.path, TOPK_DIR), os.path.join(staging, TOPK_DIR))
         report["output"]["tfds"] = None          # tfds cannot hold an empty split
         if report["output"]["samples"]:
             build_curated_dataset(os.path.join(staging, CURATED), os.path.join(staging, "tfds"))
@@ -114,6 +113,20 @@ def _write_json_lines_by_name(directory: str, groups: dict[str, list[str]]) -> N
     os.makedirs(directory)
     for name, lines in groups.items():
         _write_lines(os.path.join(directory, name), lines)
+
+
+def _link_tree(source: str, target: str) -> None:
+    """The top-k sidecars into the staging directory as hard links (no copy of what
+    may be hundreds of GB), or copies across filesystems. Linked, not moved: a run
+    killed before the swap still finds them in the work directory when it resumes."""
+    if not os.path.isdir(source):
+        return
+    os.makedirs(target)
+    for name in sorted(os.listdir(source)):
+        try:
+            os.link(os.path.join(source, name), os.path.join(target, name))
+        except OSError:
+            shutil.copy2(os.path.join(source, name), os.path.join(target, name))
 
 
 def _concat(paths: list[str], target: str) -> None:

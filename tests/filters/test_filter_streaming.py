@@ -241,3 +241,31 @@ def test_judge_recovers_what_the_rules_reject(tmp_path, monkeypatch, chat_format
     c.force = True                     # the same output again: the judge cache beside it answers
     report = rejection.filter_traces(c)
     assert report["judge"]["cached"] == 2 and sampler.prompts == 2
+
+
+def test_a_run_killed_while_assembling_keeps_the_top_k(traces, tmp_path, monkeypatch):
+    """Killed after the units are committed, during the output's assembly: the
+    resumed run still has every kept sample's top-k sidecar rows."""
+    from distill_jax.data import topk_store
+    for shard in sorted(traces.iterdir()):
+        rows = [json.loads(line) for line in open(shard)]
+        for r in rows:
+            r["top_k_ids"], r["top_k_logprobs"] = [[1, 2]] * 3, [[-0.5, -1.5]] * 3
+        shard.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    import distill_jax.data.curated_tfds as curated_tfds
+
+    def dying_build(*args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(curated_tfds, "build_curated_dataset", dying_build)
+    with pytest.raises(Killed):
+        rejection.filter_traces(_config(traces, tmp_path / "out"))
+    monkeypatch.undo()
+    rejection.filter_traces(_config(traces, tmp_path / "out"))
+    out = tmp_path / "out"
+    reader = topk_store.TopKReader()
+    kept = [json.loads(x) for x in open(out / "curated.jsonl")]
+    assert kept and all(r["top_k"]["file"].startswith("topk/") for r in kept)
+    for r in kept:
+        ids, logprobs = topk_store.topk_arrays(r, str(out), reader)
+        assert ids.tolist() == [[1, 2]] * 3 and logprobs.tolist() == [[-0.5, -1.5]] * 3

@@ -13,7 +13,9 @@ def default_config():
     c.input.pattern = "*.jsonl"
     # auto | distill (our shards) | openr1 | sharegpt | messages | vllm
     c.input.format = "auto"
-    c.input.fields = ml_collections.ConfigDict()   # logical name -> column, e.g. problem: question
+    # Logical name -> column, e.g. {"problem": "question"}; on the command line as one
+    # dict: --config.input.fields="{'problem': 'question'}" (keys cannot be added one by one).
+    c.input.fields = ml_collections.ConfigDict()
     c.input.kind = "math"                    # math | code | choice, when rows do not say
     c.input.source = ""                      # "" = the rows' own, else the format's name
     c.input.unit_mb = 64.0                   # resume granularity: JSONL byte ranges of this size

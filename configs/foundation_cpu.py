@@ -18,7 +18,7 @@ def get_config():
     config.model.preset = "tiny-qwen2"           # vocab_size is taken from the tokenizer
     config.model.dtype = "float32"
 
-    config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "expert": 1, "tensor": 1})
 
     config.decode = ml_collections.ConfigDict()
     config.decode.max_new_tokens = 32

@@ -316,7 +316,7 @@ def plan_training(cfg: models.ModelConfig, mesh: Mapping[str, int], batch_size: 
     will use ("tpu", "gpu", "cpu"; default this process's), which picks the
     attention kernel of attention_impl="auto"."""
     backend = backend or default_backend()
-    mesh = {a: int(mesh[a]) for a in sharding.MESH_AXES}
+    mesh = {a: int(mesh.get(a, 1)) for a in sharding.MESH_AXES}
     batch_shards = mesh["data"] * mesh["fsdp"]
     tensor = mesh["tensor"]
     if batch_size % (microbatches * batch_shards):
@@ -426,7 +426,7 @@ def plan_sampling(cfg: models.ModelConfig, mesh: Mapping[str, int], slots: int, 
     not a multiple of the data-parallel size (data x fsdp): the engine shards slots
     evenly."""
     backend = backend or default_backend()
-    mesh = {a: int(mesh[a]) for a in sharding.MESH_AXES}
+    mesh = {a: int(mesh.get(a, 1)) for a in sharding.MESH_AXES}
     batch_shards = mesh["data"] * mesh["fsdp"]
     tensor = mesh["tensor"]
     if slots <= 0 or slots % batch_shards:

@@ -2,7 +2,10 @@
 
 A run's parallelism is the mesh shape in its config — `data` (pure data
 parallel), `fsdp` (data parallel with params, grads and optimizer state
-sharded), `tensor` (Megatron-style tensor parallel over heads / mlp / vocab).
+sharded), `expert` (expert parallel: an MoE layer's experts split over it; the
+rest of the model treats it as one more data-parallel axis, as MaxText does),
+`tensor` (Megatron-style tensor parallel over heads / mlp / vocab). Every axis
+is 1 unless the config says otherwise, so a dense model never sees `expert`.
 Model code names logical axes only; `LOGICAL_RULES` is the one place that maps
 them onto mesh axes.
 
@@ -22,8 +25,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
+# Device order: tensor innermost (the most traffic), then expert (an all-gather and
+# a reduce-scatter per MoE layer), then fsdp and data.
+MESH_AXES = ("data", "fsdp", "expert", "tensor")
+BATCH_AXES = ("data", "fsdp", "expert")
 
 LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", BATCH_AXES),
@@ -33,6 +38,7 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("mlp", "tensor"),
+    ("expert", "expert"),
     ("embed", "fsdp"),
     ("head_dim", None),
 )
@@ -40,14 +46,16 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
 
 def make_mesh(shape: Mapping[str, int] | Sequence[int] | None = None,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A ("data", "fsdp", "tensor") mesh. One size may be -1: it takes what is left.
+    """A ("data", "fsdp", "expert", "tensor") mesh. One size may be -1: it takes
+    what is left.
 
-    `shape` is a mapping (e.g. an ml_collections ConfigDict with data/fsdp/tensor)
-    or a 3-sequence; the default puts every device on `data`.
+    `shape` is a mapping (e.g. an ml_collections ConfigDict with data/fsdp/tensor
+    and optionally expert; absent axes are 1), a 3-sequence (data, fsdp, tensor)
+    or a 4-sequence in MESH_AXES order; the default puts every device on `data`.
     """
     devices = list(devices if devices is not None else jax.devices())
     if shape is None:
-        sizes = [-1, 1, 1]
+        sizes = [-1, 1, 1, 1]
     elif isinstance(shape, Mapping) or hasattr(shape, "get"):
         unknown = set(dict(shape).keys()) - set(MESH_AXES)
         if unknown:
@@ -55,8 +63,11 @@ def make_mesh(shape: Mapping[str, int] | Sequence[int] | None = None,
         sizes = [int(shape.get(axis, 1)) for axis in MESH_AXES]
     else:
         sizes = [int(s) for s in shape]
-        if len(sizes) != 3:
-            raise ValueError(f"mesh shape {tuple(sizes)} must have 3 entries {MESH_AXES}")
+        if len(sizes) == 3:
+            sizes = [sizes[0], sizes[1], 1, sizes[2]]
+        elif len(sizes) != 4:
+            raise ValueError(f"mesh shape {tuple(sizes)} must have 3 entries (data, fsdp, "
+                             f"tensor) or 4 {MESH_AXES}")
     n = len(devices)
     if sizes.count(-1) > 1:
         raise ValueError(f"mesh shape {tuple(sizes)}: at most one axis may be -1")
@@ -124,6 +135,11 @@ def shard_params(params, logical_axes, mesh: Mesh, rules=None):
     return jax.tree_util.tree_map(jax.device_put, params, shardings)
 
 
+def data_parallel_size(mesh: Mesh | None) -> int:
+    """How many ways a batch splits: the product of the BATCH_AXES sizes (1 without a mesh)."""
+    return 1 if mesh is None else math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     """Batch dimension over (data, fsdp), everything else replicated."""
     return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
@@ -138,7 +154,7 @@ def shard_batch(batch, mesh: Mesh):
     def put(x):
         x = np.asarray(x)
         sharding = batch_sharding(mesh, x.ndim)
-        local_parts = math.prod(mesh.shape[a] for a in BATCH_AXES) // jax.process_count()
+        local_parts = data_parallel_size(mesh) // jax.process_count()
         if x.shape[0] % max(local_parts, 1):
             raise ValueError(
                 f"local batch of {x.shape[0]} rows does not divide over the {local_parts} "

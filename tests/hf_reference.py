@@ -25,6 +25,27 @@ TINY_HF_CONFIGS = {
         num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-6,
         max_position_embeddings=512, tie_word_embeddings=False, rope_theta=1e6,
         bos_token_id=1, eos_token_id=2),
+    # Qwen3-MoE: 8 experts, top-2 renormalised, q/k norms, GQA.
+    "qwen3_moe": lambda: transformers.Qwen3MoeConfig(
+        vocab_size=256, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        num_experts=8, num_experts_per_tok=2, norm_topk_prob=True, rms_norm_eps=1e-6,
+        max_position_embeddings=512, tie_word_embeddings=False, rope_theta=1e6,
+        bos_token_id=1, eos_token_id=2),
+    # DeepSeek-V3: MLA (q and kv ranks, decoupled RoPE key, v head dim != q/k), YaRN x4
+    # with both mscales (prompts run past the original 32 positions), a first dense
+    # layer, 8 routed experts in 4 groups (top-3 from the best 2 groups), one shared.
+    "deepseek_v3": lambda: transformers.DeepseekV3Config(
+        vocab_size=256, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4,
+        n_routed_experts=8, num_experts_per_tok=3, n_group=4, topk_group=2,
+        first_k_dense_replace=1, n_shared_experts=1, routed_scaling_factor=2.5,
+        q_lora_rank=48, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8,
+        v_head_dim=12, max_position_embeddings=128, rms_norm_eps=1e-6,
+        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
+                      "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 0.8,
+                      "rope_theta": 10000.0},
+        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2),
 }
 
 
@@ -40,6 +61,9 @@ def make_hf_model(kind: str, seed: int = 0):
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
             elif name.endswith("bias"):
                 p.copy_(0.1 * torch.randn_like(p))
+        for name, b in model.named_buffers():   # DeepSeek's router correction bias
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.05 * torch.randn_like(b))
     return model.eval().float()
 
 

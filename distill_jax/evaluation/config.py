@@ -65,5 +65,5 @@ def default_config():
     c.sampling.max_new_tokens = R1_MAX_NEW_TOKENS
     c.sampling.seed = 0
 
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "expert": 1, "tensor": 1})
     return c

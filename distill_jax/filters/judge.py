@@ -458,7 +458,7 @@ def judge_config():
     c.seed = 0
     c.reasons = JUDGE_REASONS  # the correctness reasons put to the judge
     c.cache_path = ""          # "" = <output_dir>.judge_cache.jsonl (default_cache_path)
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "expert": 1, "tensor": 1})
     return c
 
 

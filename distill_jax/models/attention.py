@@ -95,6 +95,7 @@ def self_attention(q: Array, k: Array, v: Array, segment_ids: Array, impl: str,
     """Causal same-segment attention of a row's tokens over themselves.
 
     q: [B, L, H, Dh]; k, v: [B, L, KVH, Dh]; segment_ids [B, L] (0 = padding);
+    (latent attention pads its values to Dh and pre-scales q, see mla.py);
     positions [B, L] (the `xla` reference's causal order; default the index).
     `impl` is resolved here (see `resolve`). Returns [B, L, H, Dh] in q's dtype.
     """
@@ -168,8 +169,9 @@ def cached_attention(q: Array, k_new: Array, v_new: Array, k_cache: Array, v_cac
     rows of any lengths, in any slot, under any window, and get the numbers each
     row would get alone.
 
-    q: [B, T, H, Dh]; k_new, v_new: [B, T, KVH, Dh]; k_cache, v_cache:
-    [B, KVH, S, Dh] (kv-head-major: each head's slots are contiguous);
+    q: [B, T, H, Dh]; k_new: [B, T, KVH, Dh]; v_new: [B, T, KVH, Dv]; k_cache:
+    [B, KVH, S, Dh], v_cache: [B, KVH, S, Dv] (kv-head-major: each head's slots are
+    contiguous; Dv may differ from Dh, as in latent attention's absorbed decode);
     cache_segment_ids, cache_positions: [B, S] (segment 0 = empty, never read);
     segment_ids, positions: [B, T] of the new tokens. Slots must hold finite values
     (stale ones are fine: the mask hides them).
@@ -219,9 +221,10 @@ def cached_attention(q: Array, k_new: Array, v_new: Array, k_cache: Array, v_cac
                                          v_cache[:, :, cut].astype(v_t.dtype),
                                          preferred_element_type=jnp.float32)
         top = new_top
-    out = (acc / total).astype(q.dtype)                                   # [B, KVH, Q, Dh]
-    out = out.reshape(batch, kv_heads, groups, q_len, head_dim).transpose(0, 3, 1, 2, 4)
-    return out.reshape(batch, q_len, heads, head_dim)
+    out = (acc / total).astype(q.dtype)                                   # [B, KVH, Q, Dv]
+    v_dim = v_new.shape[-1]
+    out = out.reshape(batch, kv_heads, groups, q_len, v_dim).transpose(0, 3, 1, 2, 4)
+    return out.reshape(batch, q_len, heads, v_dim)
 
 
 # ------------------------------------------------------------------ blockwise

@@ -1,7 +1,10 @@
 """The decoder's KV cache: one small struct that owns its layout and its updates.
 
   k, v         [layers, batch, kv_heads, slots, head_dim] — kv-head-major, so a
-               decode step reads each head's slots as one contiguous block
+               decode step reads each head's slots as one contiguous block. A
+               latent-attention model (cfg.mla) caches one latent "head" instead:
+               k [layers, batch, 1, slots, kv_lora_rank + rope], v empty (its
+               values are the first kv_lora_rank of k; see models/mla.py)
   segment_ids  [batch, slots]: what each slot holds (0 = empty or padding, which
                every attention mask hides)
   positions    [batch, slots]: the RoPE position of the token in each slot
@@ -10,7 +13,7 @@ The model reads it (block by block, through a static window of its first
 slots) and hands back the new keys/values of a call; `write` stores them at one slot index for every row
 or at each row's own index, in place inside a decode loop. The sampling engine
 copies prefilled prompts into free rows (`insert`, n rows per prompt) and
-places the cache on a mesh by `LOGICAL_AXES`.
+places the cache on a mesh by `logical_axes(cfg)`.
 """
 from __future__ import annotations
 
@@ -34,8 +37,9 @@ class KVCache:
     def init(cls, cfg, batch: int, slots: int, dtype: Any = None) -> "KVCache":
         """An empty cache of `slots` slots per row, in `dtype` (default the compute dtype)."""
         dtype = jnp.dtype(dtype or cfg.dtype)
-        shape = (cfg.num_layers, batch, cfg.num_kv_heads, slots, cfg.head_dim)
-        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+        heads, k_dim, v_dim = cache_head_shape(cfg)
+        return cls(k=jnp.zeros((cfg.num_layers, batch, heads, slots, k_dim), dtype),
+                   v=jnp.zeros((cfg.num_layers, batch, heads, slots, v_dim), dtype),
                    segment_ids=jnp.zeros((batch, slots), jnp.int32),
                    positions=jnp.zeros((batch, slots), jnp.int32))
 
@@ -120,7 +124,29 @@ class KVCache:
         return jax.lax.fori_loop(0, jnp.sum(slot < rows), copy_row, self)
 
 
+def cache_head_shape(cfg) -> tuple[int, int, int]:
+    """(kv heads, key dim, value dim) per slot and layer."""
+    if cfg.mla is not None:   # the latent and the RoPE key; values read from the latent
+        return 1, cfg.mla.latent_dim, 0
+    return cfg.num_kv_heads, cfg.head_dim, cfg.head_dim
+
+
+def bytes_per_token(cfg, dtype: Any = None) -> int:
+    """Cache bytes one token takes over all layers (k and v)."""
+    _, k_dim, v_dim = cache_head_shape(cfg)
+    heads = cache_head_shape(cfg)[0]
+    return cfg.num_layers * heads * (k_dim + v_dim) * jnp.dtype(dtype or cfg.dtype).itemsize
+
+
 # Logical axis names of each field, for `nn.with_logical_constraint` / shardings.
 LOGICAL_AXES = KVCache(k=("layers", "batch", "kv_heads", "length", "head_dim"),
                        v=("layers", "batch", "kv_heads", "length", "head_dim"),
                        segment_ids=("batch", "length"), positions=("batch", "length"))
+# A latent cache has one head that every query head reads: replicated over "tensor".
+_LATENT_AXES = KVCache(k=("layers", "batch", None, "length", None),
+                       v=("layers", "batch", None, "length", None),
+                       segment_ids=("batch", "length"), positions=("batch", "length"))
+
+
+def logical_axes(cfg) -> KVCache:
+    return _LATENT_AXES if cfg.mla is not None else LOGICAL_AXES

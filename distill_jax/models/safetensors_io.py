@@ -1,8 +1,10 @@
 """A small reader/writer for the safetensors format, built on numpy memmaps.
 
-Why not the `safetensors` package: its numpy backend cannot return bfloat16,
-and going through torch would materialize a full copy. Here each tensor is a
-read-only memmap view, so a loader can read just the slice a device needs.
+Why not the `safetensors` package: its numpy backend cannot return bfloat16
+(nor FP8: F8_E4M3, F8_E5M2 and the F8_E8M0 scale format are read here as their
+`ml_dtypes` types), and going through torch would materialize a full copy.
+Here each tensor is a read-only memmap view, so a loader can read just the
+slice a device needs.
 Every structural problem (short file, bad header, offsets past the end) raises
 a `CheckpointError` naming the file and tensor.
 """
@@ -24,7 +26,11 @@ _DTYPES = {
     "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
     "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8),
     "BOOL": np.dtype(np.bool_),
+    # FP8 (DeepSeek-V3/R1 ship their Linear weights as F8_E4M3 plus block scales).
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn), "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+    "F8_E8M0": np.dtype(ml_dtypes.float8_e8m0fnu),
 }
+FP8_DTYPES = frozenset({np.dtype(ml_dtypes.float8_e4m3fn), np.dtype(ml_dtypes.float8_e5m2)})
 _NAMES = {v: k for k, v in _DTYPES.items()}
 _MAX_HEADER_BYTES = 100 * 2**20
 

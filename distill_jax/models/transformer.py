@@ -1,10 +1,15 @@
-"""One Flax linen decoder for Llama 2/3/3.1, Qwen2/2.5 and Qwen3.
+"""One Flax linen decoder for Llama 2/3/3.1, Qwen2/2.5, Qwen3, Qwen3-MoE and
+DeepSeek-V3/R1.
 
 The family differs only in switches on `ModelConfig`: q/k/v (and o) biases,
-q/k RMSNorm, RoPE scaling, tied embeddings. Layers are stacked with `nn.scan`
-so compile time does not grow with depth; every parameter [L, ...] carries the
-logical axis "layers" first. Parameters and key activations are annotated with
-logical axis names that `distill_jax.sharding` maps onto the mesh.
+q/k RMSNorm, RoPE scaling, tied embeddings; a layer's attention is grouped-query
+(`Attention`, here) or latent (`mla.LatentAttention`, cfg.mla), its feed-forward
+a SwiGLU (`layers.Mlp`) or a mixture of experts (`moe.MoeBlock`, cfg.moe). Layers
+are stacked with `nn.scan` so compile time does not grow with depth, one stack per
+kind of layer (`ModelConfig.layer_stacks`: DeepSeek's first dense layers are their
+own stack); every parameter [L, ...] carries the logical axis "layers" first.
+Parameters and key activations are annotated with logical axis names that
+`distill_jax.sharding` maps onto the mesh.
 
 Conventions:
 - `segment_ids` [batch, length]: tokens attend only to earlier tokens of the
@@ -14,127 +19,26 @@ Conventions:
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
-import flax
 import numpy as np
 
 from distill_jax.models import attention
 from distill_jax.models.config import ModelConfig
 from distill_jax.models.kv_cache import KVCache
+from distill_jax.models.layers import (MODES, AttentionInputs, Mlp, RMSNorm, dtype as _dtype,
+                                       logical as _logical, segment_positions)
+from distill_jax.models.mla import LatentAttention
+from distill_jax.models.moe import MoeBlock
+from distill_jax.models.rope import apply_rope, rope_attention_factor, rope_inv_freq
 
 Array = jax.Array
-
-
-def _dtype(name: str) -> Any:
-    return jnp.dtype(name)
-
-
-def _logical(init, names):
-    return nn.with_logical_partitioning(init, names)
-
-
-def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
-    """Inverse frequencies [head_dim // 2] in float32, with the config's scaling."""
-    dim = cfg.head_dim
-    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
-    inv_freq = (1.0 / (np.float32(cfg.rope_theta) ** exponents)).astype(np.float32)
-    scaling = cfg.rope_scaling
-    if scaling is None:
-        return inv_freq
-    if scaling.kind == "linear":
-        return (inv_freq / np.float32(scaling.factor)).astype(np.float32)
-    if scaling.kind == "llama3":
-        # Llama 3.1: keep high frequencies, divide low ones by `factor`, and
-        # interpolate smoothly in between (by wavelength against the original context).
-        old_context = scaling.original_max_position_embeddings
-        low_freq_wavelen = old_context / scaling.low_freq_factor
-        high_freq_wavelen = old_context / scaling.high_freq_factor
-        wavelen = 2 * math.pi / inv_freq
-        scaled = np.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor, inv_freq)
-        smooth = (old_context / wavelen - scaling.low_freq_factor) / (
-            scaling.high_freq_factor - scaling.low_freq_factor)
-        smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
-        medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
-        return np.where(medium, smoothed, scaled).astype(np.float32)
-    raise ValueError(f"unsupported rope scaling kind {scaling.kind!r}")
-
-
-def apply_rope(x: Array, positions: Array, inv_freq: np.ndarray) -> Array:
-    """Rotary embedding, rotate-half convention. x: [batch, length, heads, head_dim]."""
-    freqs = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)  # [B, L, Dh/2]
-    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]             # [B, L, 1, Dh]
-    cos, sin = jnp.cos(emb), jnp.sin(emb)
-    xf = x.astype(jnp.float32)
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
-    return (xf * cos + rotated * sin).astype(x.dtype)
-
-
-def segment_positions(segment_ids: Array) -> Array:
-    """Index of each token within its segment. [batch, length] -> [batch, length]."""
-    length = segment_ids.shape[-1]
-    idx = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), segment_ids.shape)
-    starts = jnp.concatenate(
-        [jnp.ones_like(segment_ids[:, :1], dtype=bool), segment_ids[:, 1:] != segment_ids[:, :-1]],
-        axis=1)
-    segment_start = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
-    return idx - segment_start
-
-
-class RMSNorm(nn.Module):
-    eps: float
-    dtype: Any
-    param_dtype: Any
-    axis_name: str = "embed"
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        scale = self.param("scale", _logical(nn.initializers.ones, (self.axis_name,)),
-                           (x.shape[-1],), self.param_dtype)
-        xf = x.astype(jnp.float32)
-        normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        return scale.astype(self.dtype) * normed.astype(self.dtype)
-
-
-MODES = ("train", "prefill", "decode")
-
-
-@flax.struct.dataclass
-class AttentionInputs:
-    """Everything attention needs besides the hidden states, for one call's mode.
-
-      train    attention of the tokens over themselves through the dispatch
-               (`attention.self_attention`, kernel chosen by cfg.attention_impl);
-               no keys/values leave the layer
-      prefill  the same, and each layer's keys/values are returned for the cache
-      decode   the new tokens attend to the cache's first `window` slots and to
-               each other (`attention.cached_attention`, which builds each block's
-               mask from the cache's segment ids and positions)
-    """
-    segment_ids: Any                 # [B, T] of this call's tokens (0 = padding)
-    positions: Any                   # [B, T]
-    cache_segment_ids: Any = None    # decode: [B, window] of the cache
-    cache_positions: Any = None      # decode: [B, window]
-    mode: str = flax.struct.field(pytree_node=False, default="train")
-    window: int = flax.struct.field(pytree_node=False, default=0)
-
-
-def token_matmul(x: Array, kernel: Array, **kwargs) -> Array:
-    """x [..., d] @ kernel [d, ...], computed as one [tokens, d] x [d, f] product.
-
-    XLA:CPU fuses the backward of 2-D products far better (the 3-D form cost
-    ~1.4x per SwiGLU and ~1.6x on the LM head); on TPU and GPU the reshape is
-    free. Batch is the major axis, so the flattened rows keep its sharding.
-    """
-    lead = x.shape[:-1]
-    y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel, **kwargs)
-    return y.reshape(*lead, *kernel.shape[1:])
+__all__ = ["Attention", "AttentionInputs", "DecoderLayer", "MODES", "Transformer",
+           "segment_positions"]
 
 
 class Attention(nn.Module):
@@ -167,9 +71,9 @@ class Attention(nn.Module):
         if cfg.qk_norm:
             q = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, "head_dim", name="q_norm")(q)
             k = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, "head_dim", name="k_norm")(k)
-        inv_freq = rope_inv_freq(cfg)
-        q = apply_rope(q, inputs.positions, inv_freq)
-        k = apply_rope(k, inputs.positions, inv_freq)
+        inv_freq, factor = rope_inv_freq(cfg), rope_attention_factor(cfg)
+        q = apply_rope(q, inputs.positions, inv_freq, factor)
+        k = apply_rope(k, inputs.positions, inv_freq, factor)
         q = checkpoint_name(q, "query_proj")
         k = checkpoint_name(k, "key_proj")
         v = checkpoint_name(v, "value_proj")
@@ -198,47 +102,30 @@ class Attention(nn.Module):
         return y, (None if inputs.mode == "train" else (k, v))
 
 
-class Mlp(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
-
-    cfg: ModelConfig
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        cfg = self.cfg
-        dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
-        init = nn.initializers.normal(cfg.initializer_range)
-
-        def dense(name, y, shape, axes):
-            kernel = self.param(f"{name}_kernel", _logical(init, axes), shape, pdtype)
-            out = token_matmul(y, kernel.astype(dtype))
-            if cfg.mlp_bias:
-                bias = self.param(f"{name}_bias", _logical(nn.initializers.zeros, (axes[1],)),
-                                  (shape[1],), pdtype)
-                out = out + bias.astype(dtype)
-            return out
-
-        d, f = cfg.hidden_size, cfg.intermediate_size
-        gate = dense("gate", x, (d, f), ("embed", "mlp"))
-        up = dense("up", x, (d, f), ("embed", "mlp"))
-        hidden = nn.with_logical_constraint(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
-        return dense("down", hidden, (f, d), ("mlp", "embed"))
-
-
 class DecoderLayer(nn.Module):
+    """Pre-norm block. `moe`: this layer's feed-forward is the mixture of experts.
+    One call of the layer scan: `layer` is its index in the whole model, with which
+    it cuts its own slice out of the full cache (decode)."""
+
     cfg: ModelConfig
+    moe: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, inputs: AttentionInputs, layer_cache=None):
+    def __call__(self, x: Array, inputs: AttentionInputs, cache_kv, layer):
         cfg = self.cfg
         dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        layer_cache = None
+        if cache_kv is not None:
+            layer_cache = tuple(jax.lax.dynamic_index_in_dim(c, layer, 0, keepdims=False)
+                                for c in cache_kv)
+        attend = LatentAttention if cfg.mla is not None else Attention
         h = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="input_norm")(x)
-        h, new_kv = Attention(cfg, name="attn")(h, inputs, layer_cache)
+        h, new_kv = attend(cfg, name="attn")(h, inputs, layer_cache)
         x = x + h
         h = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="post_attn_norm")(x)
-        x = x + Mlp(cfg, name="mlp")(h)
+        x = x + (MoeBlock(cfg, name="mlp") if self.moe else Mlp(cfg, name="mlp"))(h)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        return x, new_kv  # (scan carry, per-layer output: this layer's new keys/values)
+        return x, new_kv  # (scan carry, per-layer output: this layer's new cache entries)
 
 def remat_policy(name: str):
     """Named rematerialization policies (what the backward pass may keep)."""
@@ -311,10 +198,18 @@ class Transformer(nn.Module):
         layer = DecoderLayer
         if cfg.remat_policy != "none":
             layer = nn.remat(layer, policy=remat_policy(cfg.remat_policy), prevent_cse=False)
-        self.layers = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
-                              in_axes=(nn.broadcast, 0), length=cfg.num_layers,
-                              unroll=cfg.scan_unroll,
-                              metadata_params={nn.PARTITION_NAME: "layers"})(cfg)
+        # The full cache is broadcast into each scan and every layer slices its own by
+        # index, so a model with two stacks never copies a stack's part of the cache.
+        stacks = {name: nn.scan(layer, variable_axes={"params": 0, "intermediates": 0},
+                                split_rngs={"params": True},
+                                in_axes=(nn.broadcast, nn.broadcast, 0), length=count,
+                                unroll=cfg.scan_unroll,
+                                metadata_params={nn.PARTITION_NAME: "layers"})(cfg, moe)
+                  for name, _, count, moe in cfg.layer_stacks}
+        # setup names submodules by attribute: the param trees are "layers" (every
+        # layer, or the MoE ones) and "dense_layers" (DeepSeek's first dense layers).
+        self.dense_layers = stacks.get("dense_layers")
+        self.layers = stacks.get("layers")
         self.final_norm = RMSNorm(cfg.rms_norm_eps, _dtype(cfg.dtype), pdtype)
         if not cfg.tie_word_embeddings:
             self.lm_head = self.param("lm_head", _logical(init, ("embed", "vocab")),
@@ -353,10 +248,19 @@ class Transformer(nn.Module):
     # ------------------------------------------------------------ shared parts
 
     def _decoder(self, tokens: Array, inputs: AttentionInputs, cache_kv=None):
-        """Embedding and the layer stack: (hidden [B, T, D], per-layer (k, v) or None)."""
+        """Embedding and the layer stacks: (hidden [B, T, D], per-layer cache entries
+        (k, v) [layers, ...] or None in train mode)."""
         x = jnp.take(self.embedding, tokens, axis=0).astype(_dtype(self.cfg.dtype))
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        return self.layers(x, inputs, cache_kv)
+        outputs = []
+        for name, first, count, _ in self.cfg.layer_stacks:
+            x, new_kv = getattr(self, name)(x, inputs, cache_kv,
+                                            jnp.arange(first, first + count, dtype=jnp.int32))
+            outputs.append(new_kv)
+        if inputs.mode == "train":
+            return x, None
+        return x, tuple(jnp.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+                        for parts in zip(*outputs))
 
     def logits(self, hidden: Array) -> Array:
         if self.cfg.tie_word_embeddings:
@@ -393,6 +297,19 @@ def param_logical_axes(cfg: ModelConfig):
 
 def count_params(cfg: ModelConfig) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(param_shapes(cfg))))
+
+
+def count_active_params(cfg: ModelConfig) -> int:
+    """Parameters one token passes through: all of them for a dense model; an MoE
+    model's total less the routed experts a token does not use (E - k of E in each
+    MoE layer). The embedding counts whole, as in the published "A3B"/"37B active"."""
+    total = count_params(cfg)
+    if cfg.moe is None:
+        return total
+    moe = cfg.moe
+    per_expert = 3 * cfg.hidden_size * moe.expert_intermediate_size
+    moe_layers = sum(count for _, _, count, is_moe in cfg.layer_stacks if is_moe)
+    return total - moe_layers * (moe.num_experts - moe.experts_per_token) * per_expert
 
 
 def init_params(cfg: ModelConfig, key: Array, mesh: jax.sharding.Mesh | None = None,

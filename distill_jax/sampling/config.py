@@ -55,5 +55,5 @@ def default_config():
     c.sampling.stop_token_ids = ()    # () = the tokenizer's EOS / end-of-turn tokens
     c.sampling.stop_strings = ()
 
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "expert": 1, "tensor": 1})
     return c

@@ -102,7 +102,7 @@ class DecodeState:
                     keys=jnp.zeros((num_slots, key_words), jnp.uint32), token=zeros,
                     position=zeros, index=zeros, generated=zeros,
                     active=jnp.zeros((num_slots,), bool), stopped=jnp.zeros((num_slots,), bool))
-        return constrain(state, STATE_AXES)
+        return constrain(state, state_axes(cfg))
 
     @property
     def num_slots(self) -> int:
@@ -145,12 +145,17 @@ class Emitted:
 
 
 _ROW, _ROW_MATRIX = ("batch",), ("batch", None)
-# Logical axes of every field: slots over the batch axes, the cache as the model's.
-STATE_AXES = DecodeState(
-    cache=kv_cache.LOGICAL_AXES,
-    settings=SlotSettings(_ROW, _ROW, _ROW, _ROW, _ROW, _ROW_MATRIX),
-    keys=_ROW_MATRIX, token=_ROW, position=_ROW, index=_ROW, generated=_ROW, active=_ROW,
-    stopped=_ROW)
+
+
+def state_axes(cfg) -> DecodeState:
+    """Logical axes of every field: slots over the batch axes, the cache as the model's."""
+    return DecodeState(
+        cache=kv_cache.logical_axes(cfg),
+        settings=SlotSettings(_ROW, _ROW, _ROW, _ROW, _ROW, _ROW_MATRIX),
+        keys=_ROW_MATRIX, token=_ROW, position=_ROW, index=_ROW, generated=_ROW, active=_ROW,
+        stopped=_ROW)
+
+
 EMITTED_AXES = Emitted(_ROW_MATRIX, _ROW_MATRIX, _ROW_MATRIX, ("batch", None, None),
                        ("batch", None, None))
 
@@ -226,7 +231,7 @@ def prefill_insert(model, params, state: DecodeState, batch: InsertBatch, top_k_
     steps_axis = lambda x: None if x is None else x[:, None]  # noqa: E731
     first = Emitted(tokens=token[:, None], logprobs=logprob[:, None], emitted=new[:, None],
                     top_ids=steps_axis(top_ids), top_logprobs=steps_axis(top_logprobs))
-    return constrain(state, STATE_AXES), constrain(first, EMITTED_AXES)
+    return constrain(state, state_axes(model.cfg)), constrain(first, EMITTED_AXES)
 
 
 def decode_steps(model, params, state: DecodeState, refill: Array, min_free: Array,
@@ -277,6 +282,7 @@ def decode_steps(model, params, state: DecodeState, refill: Array, min_free: Arr
                               top_logprobs=out.top_logprobs.at[:, step].set(top_logprobs))
         return step + 1, s, out
 
-    state = constrain(state, STATE_AXES)
+    axes = state_axes(model.cfg)
+    state = constrain(state, axes)
     steps, state, out = jax.lax.while_loop(keep_going, one_step, (jnp.int32(0), state, out))
-    return constrain(state, STATE_AXES), constrain(out, EMITTED_AXES), steps
+    return constrain(state, axes), constrain(out, EMITTED_AXES), steps

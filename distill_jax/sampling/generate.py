@@ -205,7 +205,7 @@ def generate_traces(config) -> dict[str, Any]:
                                                      num_hosts=num_hosts)
         if not config.num_slots:   # no more slots than this run has samples
             (most,) = distributed.agree_max(len(mine_now) * params.n)
-            data_parallel = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+            data_parallel = sharding.data_parallel_size(mesh)
             cap = -(-most * num_hosts // data_parallel) * data_parallel
             if cap < num_slots:
                 num_slots, rule = cap, f"{rule}; capped at the run's {most} samples per host"

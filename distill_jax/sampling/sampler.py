@@ -123,7 +123,7 @@ class Sampler:
     """`Sampler(cfg, params, mesh=None).generate(prompt_token_ids, SamplingParams(...))`.
 
     With a mesh, params are placed by their logical axes (fsdp/tensor) and slots
-    over (data, fsdp); `num_slots` (all hosts together) must be a multiple of that
+    over (data, fsdp, expert); `num_slots` (all hosts together) must be a multiple of that
     data-parallel size. `stats` describes the last generate call.
     """
 
@@ -144,16 +144,16 @@ class Sampler:
         self.scheduler, self.steps_per_call, self.min_free = scheduler, steps_per_call, min_free
         self.length_buckets = tuple(sorted(length_buckets))
         self.process_count = 1 if mesh is None else jax.process_count()
-        data_parallel = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+        data_parallel = sharding.data_parallel_size(mesh)
         if data_parallel % self.process_count:
             raise ValueError(
                 f"mesh {dict(mesh.shape)} splits the slots {data_parallel} ways, which does not "
                 f"divide over {self.process_count} hosts; each host feeds its own prompts, so "
-                "data x fsdp must be a multiple of the host count (keep `tensor` within a host)")
+                "data x fsdp x expert must be a multiple of the host count (keep `tensor` within a host)")
         if num_slots < 1 or num_slots % data_parallel:
             raise ValueError(
                 f"num_slots={num_slots} must be a positive multiple of the data-parallel size "
-                f"{data_parallel} (mesh data x fsdp = {dict(mesh.shape) if mesh else {}})")
+                f"{data_parallel} (mesh data x fsdp x expert = {dict(mesh.shape) if mesh else {}})")
         if slot_len and slot_len % attention.DECODE_BLOCK:
             raise ValueError(f"slot_len={slot_len} must be a multiple of the decode block "
                              f"{attention.DECODE_BLOCK}")

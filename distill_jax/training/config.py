@@ -93,7 +93,7 @@ def base_config():
     c.kd.teacher = model_section(dtype="bfloat16", param_dtype="bfloat16")
     c.kd.teacher.tokenizer_path = ""  # "" = the teacher checkpoint's directory, else the student's
 
-    c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+    c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "expert": 1, "tensor": 1})
     return c
 
 

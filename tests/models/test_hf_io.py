@@ -129,8 +129,13 @@ def test_mesh_errors_name_the_culprit():
 
 def test_mesh_fill_axis():
     mesh = sharding.make_mesh({"data": -1, "tensor": 2})
-    assert dict(mesh.shape) == {"data": 4, "fsdp": 1, "tensor": 2}
-    assert dict(sharding.make_mesh().shape) == {"data": 8, "fsdp": 1, "tensor": 1}
+    assert dict(mesh.shape) == {"data": 4, "fsdp": 1, "expert": 1, "tensor": 2}
+    assert dict(sharding.make_mesh().shape) == {"data": 8, "fsdp": 1, "expert": 1, "tensor": 1}
+    # A 3-sequence is (data, fsdp, tensor), as before the expert axis; 4 is MESH_AXES order.
+    assert dict(sharding.make_mesh((2, 1, 4)).shape) == {"data": 2, "fsdp": 1, "expert": 1,
+                                                         "tensor": 4}
+    assert dict(sharding.make_mesh((1, 2, 2, 2)).shape) == {"data": 1, "fsdp": 2, "expert": 2,
+                                                            "tensor": 2}
 
 
 def test_unknown_preset_lists_available():

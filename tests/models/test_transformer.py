@@ -106,10 +106,14 @@ def test_scan_unroll_does_not_change_results():
 
 
 def _hf_param_count(hf_config: dict) -> int:
+    """Parameters plus persistent buffers (DeepSeek's router correction bias is a
+    buffer in transformers and a tensor of the checkpoint; ours a param)."""
     config = transformers.AutoConfig.for_model(**hf_config)
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters())
+    saved = model.state_dict()
+    return (sum(p.numel() for p in model.parameters())
+            + sum(b.numel() for name, b in model.named_buffers() if name in saved))
 
 
 @pytest.mark.parametrize("name", sorted(models.PRESETS))
@@ -162,7 +166,47 @@ PUBLISHED_CONFIGS = {
         "max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
         "tie_word_embeddings": False, "use_sliding_window": False,
         "bos_token_id": 151643, "eos_token_id": 151643},
+    # Qwen/Qwen3-30B-A3B config.json (card: 30.5B total, 3.3B activated).
+    "qwen3-30b-a3b": {
+        "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
+        "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144,
+        "moe_intermediate_size": 768, "num_hidden_layers": 48, "num_attention_heads": 32,
+        "num_key_value_heads": 4, "head_dim": 128, "num_experts": 128, "num_experts_per_tok": 8,
+        "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [],
+        "max_position_embeddings": 40960, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False, "router_aux_loss_coef": 0.001,
+        "bos_token_id": 151643, "eos_token_id": 151645},
+    # Qwen/Qwen3-235B-A22B config.json (card: 235B total, 22B activated).
+    "qwen3-235b-a22b": {
+        "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
+        "vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 12288,
+        "moe_intermediate_size": 1536, "num_hidden_layers": 94, "num_attention_heads": 64,
+        "num_key_value_heads": 4, "head_dim": 128, "num_experts": 128, "num_experts_per_tok": 8,
+        "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [],
+        "max_position_embeddings": 40960, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False, "router_aux_loss_coef": 0.001,
+        "bos_token_id": 151643, "eos_token_id": 151645},
 }
+# deepseek-ai/DeepSeek-V3 and DeepSeek-R1 config.json (identical architecture; card: 671B
+# total, 37B activated; the checkpoint's 685B adds the 14B multi-token-prediction layer).
+PUBLISHED_CONFIGS["deepseek-v3"] = PUBLISHED_CONFIGS["deepseek-r1"] = {
+    "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
+    "vocab_size": 129280, "hidden_size": 7168, "intermediate_size": 18432,
+    "moe_intermediate_size": 2048, "num_hidden_layers": 61, "num_attention_heads": 128,
+    "num_key_value_heads": 128, "n_routed_experts": 256, "n_shared_experts": 1,
+    "num_experts_per_tok": 8, "n_group": 8, "topk_group": 4, "first_k_dense_replace": 3,
+    "routed_scaling_factor": 2.5, "norm_topk_prob": True, "kv_lora_rank": 512,
+    "q_lora_rank": 1536, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
+    "max_position_embeddings": 163840, "rope_theta": 10000, "rms_norm_eps": 1e-6,
+    "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0,
+                     "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096,
+                     "type": "yarn"},
+    "tie_word_embeddings": False, "num_nextn_predict_layers": 1, "bos_token_id": 0,
+    "eos_token_id": 1}
+# Model-card totals and activated parameters of the MoE presets, in billions (the
+# cards round: 3.3B is 3.35B, 22B is 22.2B, 37B is 37.6B counting the embedding).
+PUBLISHED_MOE_BILLIONS = {"qwen3-30b-a3b": (30.5, 3.3), "qwen3-235b-a22b": (235, 22),
+                          "deepseek-v3": (671, 37), "deepseek-r1": (671, 37)}
 
 
 def test_every_published_preset_has_an_independent_size():
@@ -180,6 +224,17 @@ def test_preset_has_the_published_size(name):
 def test_preset_has_the_size_of_the_published_config(name):
     assert models.count_params(models.get_config(name)) == \
         _hf_param_count(PUBLISHED_CONFIGS[name])
+    # and the preset is what config_from_hf makes of that config.json
+    assert models.config_from_hf(PUBLISHED_CONFIGS[name]).replace(name=name) == \
+        models.get_config(name)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_MOE_BILLIONS))
+def test_moe_presets_have_the_published_total_and_active_sizes(name):
+    cfg = models.get_config(name)
+    total, active = PUBLISHED_MOE_BILLIONS[name]
+    assert models.count_params(cfg) / 1e9 == pytest.approx(total, rel=0.005)
+    assert models.count_active_params(cfg) / 1e9 == pytest.approx(active, rel=0.03)
 
 
 def test_config_round_trips_through_hf_dict():

@@ -109,6 +109,9 @@ class Trainer:
         self.microbatches = microbatches
         self.loss_chunk_size = loss_chunk_size
         self.kd = kd
+        # An MoE student adds its router's load-balancing loss (models/moe.py), weighted
+        # by the checkpoint's router_aux_loss_coef (cfg.moe.aux_loss_coef; 0 = off).
+        self.moe_aux_coef = cfg.moe.aux_loss_coef if cfg.moe is not None else 0.0
         self.model = models.Transformer(cfg)
         self.teacher_cfg = teacher_cfg
         self.kd_vocab_size = None
@@ -170,6 +173,17 @@ class Trainer:
             return model.apply({"params": p}, mb["inputs"], positions=mb["positions"],
                                segment_ids=mb["segment_ids"], method="hidden_states")
 
+        def student_hidden():
+            """The student's hidden states and, for an MoE student, the mean over its
+            MoE layers of the load-balancing loss they sow."""
+            if not self.moe_aux_coef:
+                return hidden(self.model, params), None
+            h, state = self.model.apply(
+                {"params": params}, mb["inputs"], positions=mb["positions"],
+                segment_ids=mb["segment_ids"], method="hidden_states", mutable=["intermediates"])
+            losses = [jnp.ravel(x) for x in jax.tree_util.tree_leaves(state["intermediates"])]
+            return h, jnp.mean(jnp.concatenate(losses))
+
         mask = (mb["loss_mask"] * (mb["segment_ids"] > 0)).astype(jnp.float32)
         kernel, layout = models.lm_head(params, self.cfg)
         kd, extra = self.kd, {}
@@ -185,18 +199,24 @@ class Trainer:
         elif kd.mode == "offline":
             extra = dict(topk_ids=mb["topk_ids"], topk_logprobs=mb["topk_logprobs"],
                          kd_mask=mb["kd_mask"])
-        return chunked_loss_sums(hidden(self.model, params), kernel, mb["targets"], mask,
+        student, aux = student_hidden()
+        sums = chunked_loss_sums(student, kernel, mb["targets"], mask,
                                  chunk_size=self.loss_chunk_size,
                                  compute_dtype=jnp.dtype(self.cfg.dtype), head_layout=layout,
                                  kd=None if kd.mode == "none" else kd, **extra)
+        if aux is not None:
+            sums["moe_aux_sum"] = aux
+        return sums
 
     def _objective(self, params, mb, teacher_params, n_ce, n_kd):
         sums = self._sums(params, mb, teacher_params)
         ce = sums["ce_sum"] / n_ce
-        if self.kd.mode == "none":
-            return ce, sums
-        kd = sums["kd_sum"] / n_kd
-        return self.kd.alpha * kd + (1.0 - self.kd.alpha) * ce, sums
+        loss = ce
+        if self.kd.mode != "none":
+            loss = self.kd.alpha * sums["kd_sum"] / n_kd + (1.0 - self.kd.alpha) * ce
+        if "moe_aux_sum" in sums:   # a mean per microbatch: the step's is their mean
+            loss = loss + self.moe_aux_coef * sums["moe_aux_sum"] / self.microbatches
+        return loss, sums
 
     def _split(self, batch):
         """[B, ...] -> [microbatches, B / microbatches, ...], row r to microbatch r % m, so
@@ -239,6 +259,9 @@ class Trainer:
         if self.kd.mode != "none":
             metrics["kd"] = sums["kd_sum"] / n_kd
             metrics["loss"] = self.kd.alpha * metrics["kd"] + (1.0 - self.kd.alpha) * ce
+        if "moe_aux_sum" in sums:
+            metrics["moe_aux"] = sums["moe_aux_sum"] / self.microbatches
+            metrics["loss"] = metrics["loss"] + self.moe_aux_coef * metrics["moe_aux"]
         return TrainState(state.step + 1, params, opt_state), metrics
 
     def compile(self, state: TrainState, batch, teacher_params=None):
@@ -265,12 +288,33 @@ class Trainer:
 
 
 def model_flops_per_token(cfg: models.ModelConfig, seq_len: int, training: bool = True) -> float:
-    """Matmul FLOPs per token: 2 per weight forward (x3 with backward) plus causal attention."""
-    d_head = cfg.head_dim
-    per_layer = (cfg.hidden_size * d_head * (cfg.num_heads * 2 + cfg.num_kv_heads * 2)
-                 + 3 * cfg.hidden_size * cfg.intermediate_size)
-    weights = cfg.num_layers * per_layer + cfg.hidden_size * cfg.vocab_size
-    attention = cfg.num_layers * cfg.num_heads * d_head * seq_len   # QK^T + AV, causal half
+    """Matmul FLOPs per token: 2 per weight a token passes through forward (x3 with
+    backward) plus causal attention. An MoE layer counts the router, its k routed
+    experts and its shared experts, not the idle ones (MFU of the active parameters);
+    latent attention counts its low-rank projections, and scores over q/k heads of
+    qk_nope + qk_rope with values of v_head_dim (the expanded form training runs)."""
+    d, heads = cfg.hidden_size, cfg.num_heads
+    if cfg.mla is not None:
+        mla = cfg.mla
+        q = (d * heads * mla.qk_head_dim if mla.q_lora_rank is None
+             else mla.q_lora_rank * (d + heads * mla.qk_head_dim))
+        attn_weights = (q + d * mla.latent_dim
+                        + mla.kv_lora_rank * heads * (mla.qk_nope_head_dim + mla.v_head_dim)
+                        + heads * mla.v_head_dim * d)
+        score_dims = (mla.qk_head_dim + mla.v_head_dim) / 2
+    else:
+        attn_weights = d * cfg.head_dim * (heads * 2 + cfg.num_kv_heads * 2)
+        score_dims = cfg.head_dim
+    weights = cfg.hidden_size * cfg.vocab_size
+    for _, _, count, is_moe in cfg.layer_stacks:
+        if is_moe:
+            moe = cfg.moe
+            ffn = d * moe.num_experts + 3 * d * moe.expert_intermediate_size * (
+                moe.experts_per_token + moe.num_shared_experts)
+        else:
+            ffn = 3 * d * cfg.intermediate_size
+        weights += count * (attn_weights + ffn)
+    attention = cfg.num_layers * heads * score_dims * seq_len   # QK^T + AV, causal half
     forward = 2 * weights + 2 * attention
     return 3 * forward if training else forward
 

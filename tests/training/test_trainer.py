@@ -73,6 +73,34 @@ def test_gradient_accumulation_equals_one_big_batch():
     assert len(set(counts)) > 1
 
 
+def test_an_moe_student_adds_its_load_balancing_loss():
+    """The step's loss is CE + coef x the mean over MoE layers of the router's
+    load-balancing loss (transformers' form, k when balanced), and its gradient
+    reaches the router; without the coefficient the router learns from CE only."""
+    from distill_jax.models import moe as moe_lib
+    cfg = models.get_config("tiny-qwen3-moe", vocab_size=CFG.vocab_size)
+    params = models.init_params(cfg, jax.random.key(0))
+    batch = _batches(1)[0]
+    # The reference: what each MoE layer sows in a plain forward.
+    _, state = models.Transformer(cfg).apply(
+        {"params": params}, batch["inputs"], positions=batch["positions"],
+        segment_ids=batch["segment_ids"], mutable=["intermediates"], method="hidden_states")
+    sown = np.asarray(state["intermediates"]["layers"]["mlp"][moe_lib.AUX_LOSS][0])
+    copy = lambda: jax.tree_util.tree_map(np.array, params)  # noqa: E731  (steps donate)
+    tx, schedule = make_optimizer(OPT, 10)
+    trainer = Trainer(cfg, tx, schedule)
+    _, metrics = trainer.step(trainer.init_state(copy()), batch)
+    assert sown.shape == (cfg.num_layers,) and np.all(sown >= cfg.moe.experts_per_token - 1e-5)
+    assert float(metrics["moe_aux"]) == pytest.approx(sown.mean(), rel=1e-6)
+    assert float(metrics["loss"]) == pytest.approx(
+        float(metrics["ce"]) + cfg.moe.aux_loss_coef * sown.mean(), rel=1e-6)
+    off = models.MoeConfig(**{**cfg.moe.__dict__, "aux_loss_coef": 0.0})
+    plain = Trainer(cfg.replace(moe=off), tx, schedule)
+    _, plain_metrics = plain.step(plain.init_state(copy()), batch)
+    assert "moe_aux" not in plain_metrics
+    assert float(plain_metrics["loss"]) == pytest.approx(float(metrics["ce"]), rel=1e-6)
+
+
 def test_weight_decay_skips_norms_and_biases():
     cfg = models.get_config("tiny-qwen2")
     mask = decay_mask(models.param_shapes(cfg))
@@ -91,3 +119,18 @@ def test_kd_settings_and_vocabulary_checks():
     tx, schedule = make_optimizer(OPT, 10)
     with pytest.raises(ValueError, match="needs a teacher"):
         Trainer(CFG, tx, schedule, kd=KDSettings(mode="online"))
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-7b", "qwen3-30b-a3b", "deepseek-v3"])
+def test_flops_per_token_count_the_active_weights(name):
+    """At zero context the forward is 2 FLOPs per active weight a matmul touches:
+    the active parameters less the embedding lookup, the norms and the biases."""
+    from distill_jax.training.trainer import model_flops_per_token
+    cfg = models.get_config(name)
+    not_matmul = cfg.vocab_size * cfg.hidden_size
+    for path, leaf in jax.tree_util.tree_leaves_with_path(models.param_shapes(cfg)):
+        key = jax.tree_util.keystr(path)
+        if "norm" in key or "bias" in key:
+            not_matmul += int(np.prod(leaf.shape))
+    assert model_flops_per_token(cfg, 0, training=False) == \
+        2 * (models.count_active_params(cfg) - not_matmul)

@@ -25,6 +25,14 @@ TINY_HF_CONFIGS = {
         num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-6,
         max_position_embeddings=512, tie_word_embeddings=False, rope_theta=1e6,
         bos_token_id=1, eos_token_id=2),
+    # Qwen3 with YaRN x4 (how Qwen3 runs past 32k): cos/sin carry YaRN's mscale.
+    "qwen3_yarn": lambda: transformers.Qwen3Config(
+        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6,
+        max_position_embeddings=128, tie_word_embeddings=False, rope_theta=1e6,
+        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
+                      "rope_theta": 1e6},
+        bos_token_id=1, eos_token_id=2),
     # Qwen3-MoE: 8 experts, top-2 renormalised, q/k norms, GQA.
     "qwen3_moe": lambda: transformers.Qwen3MoeConfig(
         vocab_size=256, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
@@ -92,3 +100,18 @@ def hf_logits(model, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         out = model(input_ids=t, attention_mask=m, position_ids=positions)
     return out.logits.float().numpy()
+
+
+def hf_greedy(model, prompts, max_new_tokens: int) -> list[list[int]]:
+    """transformers' greedy `generate` of each prompt (left-padded into one batch,
+    no stop token): the new token ids of every row."""
+    width = max(map(len, prompts))
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                             do_sample=False, eos_token_id=None, pad_token_id=0)
+    return [row[width:].tolist() for row in out]

@@ -42,6 +42,18 @@ def test_llama3_rope_scaling_is_exercised(tmp_path):
     assert diff.max() > 1e-3
 
 
+def test_qwen3_with_yarn_matches_transformers_past_the_original_context(tmp_path):
+    hf_model = save_hf_model("qwen3_yarn", tmp_path)
+    cfg, params = models.load_hf_checkpoint(tmp_path)
+    assert cfg.rope_scaling.kind == "yarn"
+    tokens, mask = padded_batch(lengths=(45, 17, 3))      # 45 > 32 original positions
+    real = mask.astype(bool)
+    ours = our_logits(cfg, params, tokens, mask)
+    assert np.abs(ours[real] - hf_logits(hf_model, tokens, mask)[real]).max() < 1e-4
+    plain = our_logits(cfg.replace(rope_scaling=None), params, tokens, mask)
+    assert np.abs(plain[real] - ours[real]).max() > 1e-3
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_export_round_trip_loads_in_transformers(kind, tmp_path):
     hf_model = save_hf_model(kind, tmp_path / "orig")

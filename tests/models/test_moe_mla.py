@@ -13,7 +13,7 @@ from distill_jax import models, sampling, sharding
 from distill_jax.models import moe as moe_lib
 from distill_jax.models.config import MoeConfig
 from distill_jax.models.safetensors_io import CheckpointError
-from tests.hf_reference import hf_logits, padded_batch, save_hf_model
+from tests.hf_reference import hf_greedy, hf_logits, padded_batch, save_hf_model
 from tests.sampling.test_sampler import PROMPTS
 
 KINDS = ["qwen3_moe", "deepseek_v3"]
@@ -51,17 +51,9 @@ def test_greedy_generate_equals_transformers(reference):
     kind, hf_model, cfg, params = reference
     outs = sampling.Sampler(cfg, params).generate(
         PROMPTS, sampling.SamplingParams(temperature=0.0, max_new_tokens=24))
-    width = max(map(len, PROMPTS))
-    ids = torch.zeros((len(PROMPTS), width), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(PROMPTS):
-        ids[i, width - len(p):] = torch.tensor(p)
-        mask[i, width - len(p):] = 1
-    with torch.no_grad():
-        ref = hf_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24,
-                                do_sample=False, eos_token_id=None, pad_token_id=0)
+    ref = hf_greedy(hf_model, PROMPTS, 24)
     for i in range(len(PROMPTS)):
-        assert outs[i][0].token_ids == ref[i, width:].tolist(), f"{kind} prompt {i}"
+        assert outs[i][0].token_ids == ref[i], f"{kind} prompt {i}"
 
 
 @pytest.mark.parametrize("preset", ["tiny-qwen3-moe", "tiny-deepseek-v3"])

@@ -24,7 +24,8 @@ def test_param_bytes_equal_the_shards_on_a_device(shape):
     device = jax.devices()[0]
     on_device = sum(s.data.nbytes for x in jax.tree_util.tree_leaves(params)
                     for s in x.addressable_shards if s.device == device)
-    assert planning.param_bytes_per_device(cfg, dict(zip(sharding.MESH_AXES, shape))) == on_device
+    assert planning.param_bytes_per_device(cfg, dict(zip(("data", "fsdp", "tensor"), shape))) \
+        == on_device
 
 
 def test_a_mesh_that_does_not_divide_the_params_is_refused():

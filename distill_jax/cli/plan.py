@@ -16,6 +16,16 @@ table's first note names the slot count and the rule that chose it.
 
   distill-plan --config=configs/generate_gsm8k.py --num_devices=8 --device_memory_gib=16 \\
       --config.teacher.checkpoint= --config.teacher.preset=qwen2.5-7b --prompt_len=512
+
+For a generate config with a mixture-of-experts teacher (configs/generate_qwen3_*.py,
+configs/generate_deepseek_r1.py) it then states the weights in param_dtype, that
+FP8-resident weights are not supported (an FP8 checkpoint is dequantised on load)
+and what they would take, and the smallest TPU slice and GPU box per accelerator
+on which some mesh holds at least 32 slots of --prompt_len + max_new_tokens
+(--hardware=yes for any generate config, no to skip):
+
+  distill-plan --config=configs/generate_deepseek_r1.py --backend=gpu --num_devices=32 \\
+      --device_memory_gib=140.4 --config.teacher.checkpoint= --config.teacher.preset=deepseek-r1
 """
 import json
 import sys
@@ -40,6 +50,10 @@ BACKEND = flags.DEFINE_enum("backend", None, list(planning.BACKENDS),
                             "Platform of the run: it picks the kernel of attention_impl='auto'; "
                             "default: this machine's.")
 JSON_OUT = flags.DEFINE_string("json", None, "Also write the plan here as JSON.")
+HARDWARE = flags.DEFINE_enum("hardware", "auto", ["auto", "yes", "no"],
+                             "Generate configs: also state the smallest TPU slice / GPU box "
+                             "holding the teacher's weights and 32 slots (auto: for a "
+                             "mixture-of-experts teacher).")
 flags.mark_flags_as_required(["config"])
 
 
@@ -54,11 +68,25 @@ def main(argv):
                                          PROMPT_LEN.value, BACKEND.value)
     except planning.PlanError as e:
         print(f"distill-plan: {e}", file=sys.stderr)
+        _hardware(sys.stderr)
         sys.exit(1)
     print(plan.table())
+    _hardware(sys.stdout)
     if JSON_OUT.value:
         with open(JSON_OUT.value, "w") as f:
             json.dump(plan.as_dict(), f, indent=1)
+
+
+def _hardware(out):
+    if HARDWARE.value == "no":
+        return
+    try:
+        report = planning.config_hardware_report(CONFIG.value, PROMPT_LEN.value,
+                                                 moe_only=HARDWARE.value == "auto")
+    except planning.PlanError as e:
+        report = f"no hardware report: {e}"
+    if report:
+        print(report, file=out)
 
 
 def run():

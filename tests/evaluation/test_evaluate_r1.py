@@ -86,8 +86,8 @@ def test_the_numbers_do_not_depend_on_batch_chunks_or_mesh(together, student, sh
                                                           tmp_path):
     out, report = together
     other = evaluate(_config(student, shared_data, tmp_path, names=("gsm8k",), num_slots=2,
-                             resume_chunk=1, mesh={"data": 2, "fsdp": 1, "expert": 1,
-                                                              "tensor": 4}))
+                             resume_chunk=1,
+                             mesh={"data": 2, "fsdp": 1, "expert": 1, "tensor": 4}))
     assert _texts(tmp_path, "gsm8k") == _texts(out, "gsm8k")
     assert other["benchmarks"]["gsm8k"] == report["benchmarks"]["gsm8k"]
 

@@ -91,11 +91,12 @@ def resolve(impl: str, seq_len: int | None, backend: str | None = None) -> str:
 # ------------------------------------------------------------------ the dispatch
 
 def self_attention(q: Array, k: Array, v: Array, segment_ids: Array, impl: str,
-                   positions: Array | None = None) -> Array:
+                   positions: Array | None = None, scale: float | None = None) -> Array:
     """Causal same-segment attention of a row's tokens over themselves.
 
     q: [B, L, H, Dh]; k, v: [B, L, KVH, Dh]; segment_ids [B, L] (0 = padding);
-    (latent attention pads its values to Dh and pre-scales q, see mla.py);
+    (latent attention pads its values to Dh, see mla.py); `scale` multiplies q.k
+    (default 1/sqrt(Dh); latent attention's differs);
     positions [B, L] (the `xla` reference's causal order; default the index).
     `impl` is resolved here (see `resolve`). Returns [B, L, H, Dh] in q's dtype.
     """
@@ -105,12 +106,12 @@ def self_attention(q: Array, k: Array, v: Array, segment_ids: Array, impl: str,
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), segment_ids.shape)
         return xla_attention(q, k, v, attention_mask(segment_ids, segment_ids,
-                                                     positions, positions))
+                                                     positions, positions), scale)
     if kernel == "blockwise":
-        return blockwise_attention(q, k, v, segment_ids)
+        return blockwise_attention(q, k, v, segment_ids, scale=scale)
     if kernel == "splash":
-        return splash_attention(q, k, v, segment_ids)
-    return cudnn_attention(q, k, v, segment_ids)
+        return splash_attention(q, k, v, segment_ids, scale=scale)
+    return cudnn_attention(q, k, v, segment_ids, scale)
 
 
 # ------------------------------------------------------------------ xla (reference)
@@ -123,7 +124,13 @@ def attention_mask(q_segment_ids: Array, kv_segment_ids: Array, q_positions: Arr
     return same_segment & causal & (kv_segment_ids[:, None, :] != 0)
 
 
-def xla_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+def default_scale(head_dim: int, scale: float | None = None) -> float:
+    """The softmax scale of q.k: `scale`, or 1/sqrt(head_dim) when None."""
+    return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+
+
+def xla_attention(q: Array, k: Array, v: Array, mask: Array,
+                  scale: float | None = None) -> Array:
     """Grouped-query attention with softmax in float32.
 
     q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim];
@@ -133,7 +140,7 @@ def xla_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
     kv_heads = k.shape[2]
     q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
     scores = jnp.einsum("blkgd,bskd->bkgls", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (1.0 / math.sqrt(head_dim))
+    scores = scores * default_scale(head_dim, scale)
     scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgls,bskd->blkgd", probs, v)
@@ -151,7 +158,7 @@ def decode_block(slots: int) -> int:
 
 def cached_attention(q: Array, k_new: Array, v_new: Array, k_cache: Array, v_cache: Array,
                      cache_segment_ids: Array, cache_positions: Array, segment_ids: Array,
-                     positions: Array) -> Array:
+                     positions: Array, scale: float | None = None) -> Array:
     """Attention of T new tokens over [the given cache slots ; the new tokens].
 
     The cache is only read here (the caller writes the new keys/values once,
@@ -181,7 +188,7 @@ def cached_attention(q: Array, k_new: Array, v_new: Array, k_cache: Array, v_cac
     groups = heads // kv_heads
     block = decode_block(slots)
     blocks = slots // block
-    scale = 1.0 / math.sqrt(head_dim)
+    scale = default_scale(head_dim, scale)
     # Queries as [B, KVH, G*T, Dh] (row g*T + t): the products below are plain
     # batched matrix products over (B, KVH), with no transposes when T == 1.
     qg = q.reshape(batch, q_len, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
@@ -236,7 +243,7 @@ def _pad_length(x: Array, length: int, axis: int = 1) -> Array:
 
 
 def blockwise_attention(q: Array, k: Array, v: Array, segment_ids: Array,
-                        block_size: int = DEFAULT_BLOCK) -> Array:
+                        block_size: int = DEFAULT_BLOCK, scale: float | None = None) -> Array:
     """Flash attention in plain JAX (see the module docstring). The row is padded
     to a multiple of the block (the pad is segment 0, so nothing sees it)."""
     batch, length, heads, head_dim = q.shape
@@ -255,7 +262,7 @@ def blockwise_attention(q: Array, k: Array, v: Array, segment_ids: Array,
     vb = blocks(v, 1)[:, :, :, 0]
     sb = _pad_length(segment_ids.astype(jnp.int32), padded).reshape(batch, n, block)
     sb = sb.transpose(1, 0, 2)                                     # [n, B, block]
-    out = _flash(qb, kb, vb, sb, 1.0 / math.sqrt(head_dim))       # [n, B, KVH, G, block, Dh]
+    out = _flash(qb, kb, vb, sb, default_scale(head_dim, scale))  # [n, B, KVH, G, block, Dh]
     out = out.transpose(1, 0, 4, 2, 3, 5).reshape(batch, padded, heads, head_dim)
     return out[:, :length]
 
@@ -380,7 +387,8 @@ SPLASH_BLOCK = 128   # the kernel's smallest tile; rows are padded to a multiple
 
 
 def splash_attention(q: Array, k: Array, v: Array, segment_ids: Array,
-                     block_size: int = SPLASH_TILE, interpret: bool = False) -> Array:
+                     block_size: int = SPLASH_TILE, interpret: bool = False,
+                     scale: float | None = None) -> Array:
     """The Pallas splash kernel (MQA form per kv head, vmapped over rows and kv
     heads), under shard_map when a mesh is current: each device runs the kernel
     on its rows and heads, so no kernel input is gathered."""
@@ -391,7 +399,7 @@ def splash_attention(q: Array, k: Array, v: Array, segment_ids: Array,
     block = max(SPLASH_BLOCK, min(block_size, padded) // SPLASH_BLOCK * SPLASH_BLOCK)
     while padded % block:
         block -= SPLASH_BLOCK
-    q = _pad_length(q, padded) * (1.0 / math.sqrt(head_dim))
+    q = _pad_length(q, padded) * default_scale(head_dim, scale)
     k, v = _pad_length(k, padded), _pad_length(v, padded)
     seg = _pad_length(segment_ids.astype(jnp.int32), padded)
 
@@ -459,13 +467,14 @@ def packed_segments(segment_ids: Array) -> tuple[Array, Array]:
     return jnp.where(present, lengths, -1), offsets
 
 
-def cudnn_attention(q: Array, k: Array, v: Array, segment_ids: Array) -> Array:
+def cudnn_attention(q: Array, k: Array, v: Array, segment_ids: Array,
+                    scale: float | None = None) -> Array:
     """cuDNN flash attention, causal, with segments as the packed layout."""
     from jax._src.cudnn import fused_attention_stablehlo as cudnn
 
     lengths, offsets = packed_segments(segment_ids)
     out = cudnn.dot_product_attention(
         q, k, v, q_seqlen=lengths, kv_seqlen=lengths, q_offsets=offsets, kv_offsets=offsets,
-        scale=1.0 / math.sqrt(q.shape[-1]), mask_type=cudnn.MaskType.PADDING_CAUSAL,
+        scale=default_scale(q.shape[-1], scale), mask_type=cudnn.MaskType.PADDING_CAUSAL,
         qkv_layout="BTNH")
     return out

@@ -323,7 +323,7 @@ def _deepseek_v3(name):
         moe=MoeConfig(num_experts=256, experts_per_token=8, expert_intermediate_size=2048,
                       num_shared_experts=1, scoring="sigmoid", norm_topk_prob=True,
                       routed_scaling_factor=2.5, num_groups=8, topk_groups=4,
-                      first_dense_layers=3),
+                      first_dense_layers=3, aux_loss_coef=0.001),
         mla=MlaConfig(kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
                       v_head_dim=128, q_lora_rank=1536))
 
@@ -426,6 +426,9 @@ def _rope_scaling_from_hf(raw: Mapping[str, Any] | None) -> RopeScaling | None:
             high_freq_factor=float(raw["high_freq_factor"]),
             original_max_position_embeddings=int(raw["original_max_position_embeddings"]))
     if kind == "yarn":
+        missing = [k for k in ("factor", "original_max_position_embeddings") if k not in raw]
+        if missing:
+            raise ValueError(f"rope_scaling of type yarn lacks {missing}")
         attention_factor = raw.get("attention_factor")
         return RopeScaling(
             kind="yarn", factor=float(raw["factor"]),

@@ -8,8 +8,8 @@ Per token, keys and values come from one shared latent c [kv_lora_rank]
 
 Train and prefill expand k and v per head and call the attention dispatch like
 any other attention (`attention.self_attention`, any kernel): v is zero-padded to
-the q/k head dim so every kernel sees one head size, and q is pre-scaled so the
-kernel's 1/sqrt(head dim) becomes MLA's own scale (with YaRN's mscale^2).
+the q/k head dim so every kernel sees one head size, and the kernel is given
+MLA's own softmax scale (1/sqrt(q/k head dim) times YaRN's mscale^2).
 
 Decode uses the absorbed form, where the cache holds only [c ; k_r] per token
 (kv_lora_rank + qk_rope_head_dim values per layer, e.g. 576 for DeepSeek-V3
@@ -22,8 +22,6 @@ decodes every other model, and W_uv is applied once to the attended latent.
 """
 from __future__ import annotations
 
-import math
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -35,13 +33,7 @@ from distill_jax.models.layers import AttentionInputs, RMSNorm, dtype, logical, 
 from distill_jax.models.rope import apply_rope, rope_attention_factor, rope_inv_freq
 
 Array = jax.Array
-
-
-def latent_cache_shape(cfg: ModelConfig) -> tuple[int, int, int]:
-    """(kv heads, key dim, value dim) of an MLA decode cache: one latent "head" whose
-    key is [c ; k_r] and whose value is read from the key's first kv_lora_rank
-    values, so nothing is stored twice (value dim 0)."""
-    return 1, cfg.mla.latent_dim, 0
+LATENT_NORM_EPS = 1e-6   # q_a_layernorm / kv_a_layernorm: transformers' and DeepSeek's fixed eps
 
 
 class LatentAttention(nn.Module):
@@ -62,8 +54,8 @@ class LatentAttention(nn.Module):
         def kernel(name, shape, axes):
             return self.param(name, logical(init, axes), shape, pdtype).astype(cdtype)
 
-        def norm(name, y, axis):
-            return RMSNorm(cfg.rms_norm_eps, cdtype, pdtype, axis, name=name)(y)
+        def norm(name, y, axis):   # DeepSeek's latent norms use eps 1e-6 whatever the model's
+            return RMSNorm(LATENT_NORM_EPS, cdtype, pdtype, axis, name=name)(y)
 
         # Queries [B, T, H, nope + rope].
         if mla.q_lora_rank is None:
@@ -95,12 +87,11 @@ class LatentAttention(nn.Module):
             # Absorbed: queries into the latent space, one latent head for all.
             q_latent = jnp.einsum("blhn,rhn->blhr", q_nope, kv_b[..., :nope])
             qa = jnp.concatenate([q_latent, q_rope], axis=-1)
-            qa = qa * jnp.asarray(scale * math.sqrt(qa.shape[-1]), qa.dtype)
             cache = layer_cache[0][:, :, :inputs.window]
             attended = attention.cached_attention(
                 qa, latent, latent[..., :rank], cache, cache[..., :rank],
                 inputs.cache_segment_ids, inputs.cache_positions, inputs.segment_ids,
-                inputs.positions)                                         # [B, T, H, rank]
+                inputs.positions, scale)                                  # [B, T, H, rank]
             out = jnp.einsum("blhr,rhv->blhv", attended, kv_b[..., nope:])
         else:
             expanded = jnp.einsum("blr,rhk->blhk", c_kv, kv_b)           # [B, T, H, nope + v]
@@ -109,11 +100,10 @@ class LatentAttention(nn.Module):
                 axis=-1)
             width = max(nope + rope, v_dim)     # one head size for every kernel
             pad = lambda a: jnp.pad(a, [(0, 0)] * 3 + [(0, width - a.shape[-1])])  # noqa: E731
-            qf = jnp.concatenate([q_nope, q_rope], axis=-1)
-            qf = pad(qf * jnp.asarray(scale * math.sqrt(width), qf.dtype))
+            qf = pad(jnp.concatenate([q_nope, q_rope], axis=-1))
             out = attention.self_attention(qf, pad(k), pad(expanded[..., nope:]),
                                            inputs.segment_ids, cfg.attention_impl,
-                                           inputs.positions)[..., :v_dim]
+                                           inputs.positions, scale)[..., :v_dim]
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
         o_kernel = kernel("o_kernel", (heads, v_dim, cfg.hidden_size),
                           ("heads", "head_dim", "embed"))

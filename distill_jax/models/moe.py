@@ -3,9 +3,10 @@ routed experts and the shared ones.
 
 Routing (`route`) follows `MoeConfig.scoring`: softmax top-k (Qwen3-MoE) or
 DeepSeek-V3's sigmoid scores with the correction bias and group-limited top-k.
-It runs in float32 whatever the compute dtype, as transformers keeps the router
-in float32: a routing decision that flips on bf16 rounding changes a whole
-expert's output, not a rounding.
+It runs in float32 whatever the compute dtype (DeepSeek-V3 keeps its router in
+float32; transformers' Qwen3-MoE computes it in the model dtype, so in bf16 a
+near-tie can route differently from that reference): a routing decision that
+flips on rounding changes a whole expert's output, not a rounding.
 
 The routed experts are stacked kernels [experts, d, f] with the logical axis
 "expert" first. Two ways to run them, both dropless (every token reaches its k
@@ -116,7 +117,11 @@ def ragged_experts(x: Array, weights: Array, experts: Array, gate: Array, up: Ar
     h = (jax.nn.silu(jax.lax.ragged_dot(rows, gate, group_sizes))
          * jax.lax.ragged_dot(rows, up, group_sizes))
     out = jax.lax.ragged_dot(h, down, group_sizes, preferred_element_type=jnp.float32)
-    pair_weight = jnp.where(mine, weights.reshape(-1), 0.0)[order]
+    # Rows past every group are zero in JAX's reference lowering; the accelerator
+    # kernels' contract for them is not documented, so they are masked, not trusted.
+    routed_here = mine[order]
+    out = jnp.where(routed_here[:, None], out, 0.0)
+    pair_weight = jnp.where(routed_here, weights.reshape(-1)[order], 0.0)
     return jnp.zeros((tokens, x.shape[-1]), jnp.float32).at[token_of].add(
         out * pair_weight[:, None])
 
@@ -132,15 +137,28 @@ def sharded_experts(x: Array, weights: Array, experts: Array, gate: Array, up: A
                     down: Array) -> Array | None:
     """`ragged_experts` under shard_map over the current mesh (experts over the
     mesh axes of logical "expert", f over those of "mlp", tokens over those of
-    "batch"); None when no mesh is current or the tokens do not divide."""
+    "batch"); None when no mesh is current, or, without expert parallelism, when
+    the tokens or f do not divide (GSPMD then partitions the plain path). With
+    experts split over the mesh that fallback would gather every expert of the
+    layer onto each device, so it is an error instead."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return None
     batch, expert, mlp = _mesh_axes("batch"), _mesh_axes("expert"), _mesh_axes("mlp")
     size = lambda axes: math.prod(mesh.shape[a] for a in axes)  # noqa: E731
-    if x.shape[0] % size(batch) or gate.shape[0] % size(expert) or gate.shape[2] % size(mlp):
-        return None
     ep = size(expert)
+    # The psum over "mlp" adds partial sums of one token's f shards: it needs the
+    # mlp axes disjoint from the token (batch) axes, as LOGICAL_RULES has them.
+    fits = (not x.shape[0] % size(batch) and not gate.shape[0] % ep
+            and not gate.shape[2] % size(mlp) and not set(mlp) & set(batch))
+    if not fits:
+        if ep > 1:
+            raise ValueError(
+                f"MoE layer on mesh {dict(mesh.shape)}: {x.shape[0]} tokens over batch axes "
+                f"{batch}, {gate.shape[0]} experts over {expert}, f={gate.shape[2]} over {mlp}: "
+                "each must divide evenly (and mlp must not share a mesh axis with batch); "
+                "change the batch (rows per microbatch) or the mesh")
+        return None
     rows, kernel_in, kernel_out = P(batch or None, None), P(expert or None, None, mlp or None), \
         P(expert or None, mlp or None, None)
 

@@ -159,3 +159,32 @@ def test_a_routing_setting_we_do_not_implement_is_refused_before_loading(tmp_pat
     (tmp_path / "config.json").write_text(json.dumps(hf))   # and no weights at all
     with pytest.raises(CheckpointError, match=f"{key}={value!r}: not implemented"):
         models.load_hf_checkpoint(tmp_path)
+
+
+def test_nested_overrides_merge_and_a_checkpoint_may_change_only_the_dispatch(tmp_path):
+    section = models.model_section(preset="tiny-qwen3-moe")
+    section.overrides = {"moe": {"dispatch": "dense", "experts_per_token": 3}}
+    cfg = models.config_from_section(section)
+    assert (cfg.moe.dispatch, cfg.moe.experts_per_token, cfg.moe.num_experts) == ("dense", 3, 8)
+    base = models.get_config("tiny-qwen3-moe")
+    zeros = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), models.param_shapes(base))
+    models.save_hf_checkpoint(tmp_path, base, zeros)
+    section = models.model_section(checkpoint=str(tmp_path))
+    section.overrides = {"moe": {"dispatch": "dense"}}        # how it runs: allowed
+    assert models.config_from_section(section).moe.dispatch == "dense"
+    section.overrides = {"moe": {"experts_per_token": 3}}     # what it is: refused
+    with pytest.raises(ValueError, match="a checkpoint fixes its architecture"):
+        models.config_from_section(section)
+    section.overrides = {"moe": {"experts": 3}}
+    with pytest.raises(ValueError, match=r"overrides.moe has unknown fields \['experts'\]"):
+        models.config_from_section(section)
+
+
+def test_expert_parallel_tokens_that_do_not_divide_are_an_error_not_a_gather():
+    cfg = models.get_config("tiny-qwen3-moe")
+    block = moe_lib.MoeBlock(cfg)
+    x = jnp.ones((1, 3, cfg.hidden_size))
+    params = flax.linen.meta.unbox(block.init(jax.random.key(0), x)["params"])
+    mesh = sharding.make_mesh({"data": 1, "expert": 2}, jax.devices()[:2])
+    with sharding.mesh_context(mesh), pytest.raises(ValueError, match="3 tokens over batch"):
+        jax.jit(block.apply)({"params": params}, x)

@@ -201,6 +201,7 @@ PUBLISHED_CONFIGS["deepseek-v3"] = PUBLISHED_CONFIGS["deepseek-r1"] = {
     "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0,
                      "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096,
                      "type": "yarn"},
+    "aux_loss_alpha": 0.001, "scoring_func": "sigmoid", "topk_method": "noaux_tc",
     "tie_word_embeddings": False, "num_nextn_predict_layers": 1, "bos_token_id": 0,
     "eos_token_id": 1}
 # Model-card totals and activated parameters of the MoE presets, in billions (the

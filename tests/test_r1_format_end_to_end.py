@@ -5,6 +5,7 @@ DeepSeek's markers) and a Qwen-like base student (it has not: training adds
 them, `data.add_chat_tokens`). Generation, SFT and evaluation must start the
 assistant turn identically, with exactly one "<think>\\n", and the export must
 render prompts exactly as training did, for transformers too."""
+import functools
 import json
 import shutil
 
@@ -28,9 +29,16 @@ from tests.chat_tokenizers import R1_MARKERS, write_qwen_like, write_r1_like
 OPENED = "<｜Assistant｜><think>\n"
 
 
+@functools.cache
+def _init(cfg):
+    """init_params as one jitted function per config: checkpoints of one shape and
+    other seeds reuse its compiled program."""
+    return jax.jit(lambda key: models.init_params(cfg, key))
+
+
 def _checkpoint(path, tokenizer_dir, vocab_size, seed):
     cfg = models.get_config("tiny-qwen2", vocab_size=vocab_size, tie_word_embeddings=False)
-    models.save_hf_checkpoint(path, cfg, models.init_params(cfg, jax.random.key(seed)))
+    models.save_hf_checkpoint(path, cfg, _init(cfg)(jax.random.key(seed)))
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tokenizer_dir / name, path / name)
     return path
@@ -187,7 +195,8 @@ def test_the_shipped_kd_config_runs_across_padded_vocabularies(run):
     student_params, teacher_params = load_student(ref), load_teacher(ref)
 
     def logits(cfg, params):
-        return np.asarray(models.Transformer(cfg).apply(
+        forward = jax.jit(models.Transformer(cfg).apply)     # one program, not one per op
+        return np.asarray(forward(
             {"params": params}, batch["inputs"], positions=batch["positions"],
             segment_ids=batch["segment_ids"]), np.float64)[..., :real] / c.kd.temperature
 

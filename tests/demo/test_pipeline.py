@@ -9,12 +9,17 @@ from nbclient import NotebookClient
 
 from configs import demo_cpu
 from distill_jax.demo import pipeline
+from tests.compile_cache import compile_cache_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NOTEBOOK = os.path.join(REPO, "notebooks", "colab_tpu_demo.ipynb")
 
 
-def _execute_notebook(out_dir, monkeypatch):
+def _execute_notebook(out_dir, monkeypatch, jax_cache):
+    # The kernel compiles the same programs for several stages (every student has one
+    # shape; three arms train it with one loss): compiled once, loaded after that.
+    for name, value in compile_cache_env(jax_cache).items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("DISTILL_NOTEBOOK_OUTPUT", str(out_dir))
     monkeypatch.setenv("DISTILL_NOTEBOOK_QUICK", "1")
     monkeypatch.setenv("DISTILL_JAX_DIR", REPO)
@@ -25,7 +30,7 @@ def _execute_notebook(out_dir, monkeypatch):
 
 
 def test_notebook_runs_the_quick_pipeline_through_every_stage_and_arm(tmp_path, monkeypatch):
-    nb = _execute_notebook(tmp_path / "demo", monkeypatch)
+    nb = _execute_notebook(tmp_path / "demo", monkeypatch, tmp_path / "jax_cache")
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]

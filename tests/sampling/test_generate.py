@@ -12,6 +12,7 @@ from distill_jax.data.prompts import load_prompts
 from distill_jax.data.topk_store import TopKReader, topk_arrays
 from distill_jax.sampling.generate import generate_traces, shard_name, shard_stem
 from distill_jax.tokenizer import load_tokenizer
+from tests.compile_cache import compile_cache_env
 from tests.overrides import apply_overrides
 from tests.tiny_models import arithmetic_tokenizer, tiny_checkpoint
 
@@ -222,7 +223,9 @@ def test_sigkill_mid_run_then_resume_is_byte_identical(teacher, shared_data, tmp
                 "--config.teacher.dtype=float32", "--config.sampling.max_new_tokens=48",
                 "--config.sampling.n=2", "--config.sampling.temperature=0.8",
                 "--config.num_slots=4"]
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    # The three runs compile the same programs: the first compiles, the others load them.
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu",
+               **compile_cache_env(tmp_path / "jax_cache"))
     subprocess.run(cmd(tmp_path / "full"), check=True, capture_output=True, cwd=REPO, env=env,
                    timeout=300)
     proc = subprocess.Popen(cmd(tmp_path / "killed"), cwd=REPO, env=env,

@@ -11,6 +11,7 @@ import pytest
 from configs import sft_tiny_cpu
 from distill_jax import models
 from distill_jax.training.run import train
+from tests.compile_cache import compile_cache_env
 from tests.training.conftest import write_traces
 from tests.overrides import apply_overrides
 
@@ -37,8 +38,8 @@ def test_student_overfits_and_export_matches_in_transformers(tmp_path, tokenizer
     import transformers
     write_traces(tmp_path / "t.jsonl", 8)
     c = _config(tmp_path, tokenizer_path, tmp_path / "t.jsonl", **{
-        "train.num_steps": 300, "train.learning_rate": 1e-2, "train.warmup_steps": 10,
-        "train.final_lr_fraction": 0.05, "train.checkpoint_every": 100, "train.log_every": 10,
+        "train.num_steps": 150, "train.learning_rate": 1e-2, "train.warmup_steps": 10,
+        "train.final_lr_fraction": 0.05, "train.checkpoint_every": 100, "train.log_every": 5,
         "train.export_dir": str(tmp_path / "export"), "data.packing": False})
     summary = train(c)
     losses = [loss for _, loss in _losses(c.workdir)]
@@ -51,7 +52,7 @@ def test_student_overfits_and_export_matches_in_transformers(tmp_path, tokenizer
     cfg, params = models.load_hf_checkpoint(str(export))
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(export), torch_dtype=torch.float32)
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 24))
-    ours = np.asarray(models.Transformer(cfg).apply({"params": params}, tokens))
+    ours = np.asarray(jax.jit(models.Transformer(cfg).apply)({"params": params}, tokens))
     with torch.no_grad():
         theirs = hf(torch.tensor(tokens)).logits.numpy()
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
@@ -77,11 +78,14 @@ def test_kill_and_resume_continues_bitwise(tmp_path, tokenizer_path):
     common = {"data.path": tmp_path / "t.jsonl", "data.tokenizer_path": tokenizer_path,
               "train.num_epochs": 2, "train.checkpoint_every": 3, "mesh.data": 2,
               "mesh.fsdp": 2, "mesh.tensor": 2, "train.batch_size": 4}
-    _cli({**common, "workdir": tmp_path / "straight"})
-    killed = _cli({**common, "workdir": tmp_path / "resumed"}, check=False, kill_after_step=8)
+    # The three runs compile the same programs: the first compiles, the others load them.
+    cache = compile_cache_env(tmp_path / "jax_cache")
+    _cli({**common, "workdir": tmp_path / "straight"}, cache)
+    killed = _cli({**common, "workdir": tmp_path / "resumed"}, cache, check=False,
+                  kill_after_step=8)
     assert killed.returncode == -9                       # SIGKILL: nothing got to clean up
     assert [s for s, _ in _losses(tmp_path / "resumed")] == list(range(1, 9))
-    resumed = _cli({**common, "workdir": tmp_path / "resumed"})
+    resumed = _cli({**common, "workdir": tmp_path / "resumed"}, cache)
     assert "resumed from step 6" in resumed.stdout
     straight = _losses(tmp_path / "straight")
     assert len(straight) >= 10

@@ -1,5 +1,8 @@
 """The jitted, sharded training step: mesh invariance and gradient accumulation."""
+import functools
+
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -32,11 +35,22 @@ def _batches(n, rows=8, length=32, seed=0):
     return out
 
 
+@functools.cache
+def _initial_params():
+    """CFG's params (seed 0) on the host, initialised once for the module (one compile,
+    not one per mesh). `Trainer.init_state` places them on a run's mesh; test_transformer's
+    test_init_directly_sharded checks that `init_params(mesh=)` gives these values."""
+    return jax.tree_util.tree_map(np.asarray, models.init_params(CFG, jax.random.key(0)))
+
+
 def _run(mesh_shape, batches, microbatches=1):
     mesh = sharding.make_mesh(mesh_shape) if mesh_shape else None
     tx, schedule = make_optimizer(OPT, 10)
     trainer = Trainer(CFG, tx, schedule, mesh=mesh, microbatches=microbatches)
-    state = trainer.init_state(models.init_params(CFG, jax.random.key(0), mesh=mesh))
+    params = _initial_params()
+    if mesh is None:        # fresh device arrays: steps donate the state
+        params = jax.tree_util.tree_map(jnp.array, params)
+    state = trainer.init_state(params)
     losses = []
     for b in batches:
         state, metrics = trainer.step(state, b)
@@ -82,9 +96,10 @@ def test_an_moe_student_adds_its_load_balancing_loss():
     params = models.init_params(cfg, jax.random.key(0))
     batch = _batches(1)[0]
     # The reference: what each MoE layer sows in a plain forward.
-    _, state = models.Transformer(cfg).apply(
-        {"params": params}, batch["inputs"], positions=batch["positions"],
-        segment_ids=batch["segment_ids"], mutable=["intermediates"], method="hidden_states")
+    forward = jax.jit(functools.partial(models.Transformer(cfg).apply, mutable=["intermediates"],
+                                        method="hidden_states"))
+    _, state = forward({"params": params}, batch["inputs"], positions=batch["positions"],
+                       segment_ids=batch["segment_ids"])
     sown = np.asarray(state["intermediates"]["layers"]["mlp"][moe_lib.AUX_LOSS][0])
     copy = lambda: jax.tree_util.tree_map(np.array, params)  # noqa: E731  (steps donate)
     tx, schedule = make_optimizer(OPT, 10)

@@ -149,8 +149,13 @@ class Trainer:
         `models.init_params(mesh=)`; params placed otherwise are moved)."""
         shardings = self.state_shardings()
         if shardings is None:
-            return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                              opt_state=jax.jit(self.tx.init)(params))
+            # Committed to one device, as the step's outputs are: otherwise params
+            # loaded from a checkpoint (uncommitted) compile the step a second time
+            # at step 2, when the state comes back committed.
+            device = jax.devices()[0]
+            params = jax.device_put(params, device)
+            return jax.device_put(TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                             opt_state=jax.jit(self.tx.init)(params)), device)
         params = jax.device_put(params, shardings.params)      # a no-op when already placed
         with sharding.mesh_context(self.mesh):
             opt_state = jax.jit(self.tx.init, out_shardings=shardings.opt_state)(params)

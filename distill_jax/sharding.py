@@ -11,7 +11,7 @@ them onto mesh axes.
 
 Rule resolution is flax's: for each array dimension the first rule whose mesh
 axes are still unused in that array wins. So activations [batch, length, embed]
-shard batch over (data, fsdp) and leave embed replicated, while params
+shard batch over (data, fsdp, expert) and leave embed replicated, while params
 [vocab, embed] shard embed over fsdp.
 """
 from __future__ import annotations
@@ -141,7 +141,7 @@ def data_parallel_size(mesh: Mesh | None) -> int:
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    """Batch dimension over (data, fsdp), everything else replicated."""
+    """Batch dimension over BATCH_AXES (data, fsdp, expert), everything else replicated."""
     return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
 
 

@@ -10,7 +10,7 @@ def default_config():
     c.prompts_per_shard = 64
     c.max_shards = 0                  # > 0: stop after this many shards (rerun resumes)
     # Decode slots (rows resident on the device, all hosts; a multiple of the mesh's
-    # data x fsdp and of the host count). 0 = the planner's slot count: what fits in
+    # data x fsdp x expert and of the host count). 0 = the planner's slot count: what fits in
     # device memory (planning.resolve_num_slots); 64 where the device reports no
     # memory, e.g. CPU.
     c.num_slots = 0

@@ -1284,7 +1284,7 @@ def plan_from_config(config, num_devices: int, device_memory: int | None,
                 try:
                     p = plan_sampling(cfg, m, slots, prompt_len, s.max_new_tokens,
                                       device_memory, headroom, s.return_top_k, backend)
-                except PlanError:            # slots not a multiple of this mesh's data x fsdp x expert
+                except PlanError:            # slots do not divide this mesh's data x fsdp x expert
                     continue
                 if p.fits:
                     p.notes = []

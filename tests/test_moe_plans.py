@@ -3,7 +3,6 @@ params and cache terms, the expert mesh axis, and the generate configs'
 hardware claims (configs/generate_{qwen3_30b_a3b,qwen3_235b_a22b,deepseek_r1}.py)
 against the planner and the hand arithmetic in their docstrings. Shapes only: no
 large model is initialised."""
-import importlib.util
 import json
 import math
 import os
@@ -16,22 +15,14 @@ import pytest
 
 from distill_jax import models, planning, sharding
 from distill_jax.models import attention, kv_cache
+from tests.config_files import REPO, load_config_module
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = planning.GIB
 CONFIGS = ("generate_qwen3_30b_a3b", "generate_qwen3_235b_a22b", "generate_deepseek_r1")
 R1_ROW = 1024 + 32768            # prompt bucket + max_new_tokens: 33,792 positions
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"_moe_{name}",
-                                                  os.path.join(REPO, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-MODULES = {name: _load(name) for name in CONFIGS}
+MODULES = {name: load_config_module(name) for name in CONFIGS}
 CLAIMS = [(name, row) for name in CONFIGS for row in MODULES[name].HARDWARE]
 SMALLER = [(name, row) for name, row in CLAIMS if row["smaller"]]
 

@@ -7,7 +7,6 @@ names platforms where no mesh fits without sharding the sequence. Here every
 claim is planned: in process through `planning.plan_from_config` for the claim's
 backend, device count and memory, and once through the `distill-plan` CLI.
 """
-import importlib.util
 import os
 import subprocess
 import sys
@@ -15,22 +14,14 @@ import sys
 import pytest
 
 from distill_jax import models, planning
+from tests.config_files import REPO, load_config_module
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ("r1_distill_qwen_1p5b", "r1_distill_qwen_7b", "r1_distill_qwen_14b",
            "r1_distill_qwen_32b", "r1_distill_llama_8b", "r1_distill_llama_70b")
 KERNEL = {"tpu": "splash", "gpu": "cudnn"}
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"_r1_{name}",
-                                                  os.path.join(REPO, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-MODULES = {name: _load(name) for name in CONFIGS}
+MODULES = {name: load_config_module(name) for name in CONFIGS}
 CLAIMS = [(name, claim) for name in CONFIGS for claim in MODULES[name].HARDWARE]
 SMALLER = [(name, claim) for name, claim in CLAIMS if claim["smaller"]]
 NO_FIT = [(name, entry) for name in CONFIGS for entry in MODULES[name].NEEDS_SEQUENCE_SHARDING]

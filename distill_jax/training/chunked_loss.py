@@ -70,12 +70,16 @@ from distill_jax.models.transformer import head_logits
 from distill_jax.training import losses
 
 HEAD_LAYOUTS = ("dv", "vd")    # see models.transformer.lm_head
+KD_MODES = ("none", "online", "offline", "on_policy")
+ON_POLICY_SUMS = ("reverse_kl_sum", "teacher_logprob_sum", "unscored_tokens")
 
 
 def _chunk_sums(chunk: dict, head_kernel, teacher_head_kernel, *, mode: str, compute_dtype,
                 head_layout: str, teacher_compute_dtype, teacher_head_layout: str,
-                temperature: float, kind: str, beta: float, kd_vocab_size) -> dict:
-    """The sums of one chunk: every array in `chunk` is [rows, chunk, ...]."""
+                temperature: float, kind: str, beta: float, kd_vocab_size,
+                sample_logprobs: bool = False) -> dict:
+    """The sums of one chunk: every array in `chunk` is [rows, chunk, ...]
+    (`sample_logprobs`: whether chunk carries them; only the keys list reads it)."""
     m = chunk["mask"]
     valid = m > 0
     h = jnp.where(valid[..., None], chunk["hidden"], jnp.zeros((), chunk["hidden"].dtype))
@@ -85,15 +89,32 @@ def _chunk_sums(chunk: dict, head_kernel, teacher_head_kernel, *, mode: str, com
     hit = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
     sums = {"ce_sum": jnp.sum(jnp.where(valid, ce * m, 0.0)),
             "correct": jnp.sum(jnp.where(valid, hit * m, 0.0))}
-    if mode == "online":
+    if mode in ("online", "on_policy"):
         th = chunk["teacher_hidden"]
         th = jnp.where(valid[..., None], th, jnp.zeros((), th.dtype))
         teacher_logits = jax.lax.stop_gradient(
             head_logits(th, teacher_head_kernel, teacher_compute_dtype, teacher_head_layout))
         shared = kd_vocab_size
+    if mode == "online":
         per_token = losses.kd_token_loss(logits[..., :shared], teacher_logits[..., :shared],
                                          temperature, kind, beta)
         sums["kd_sum"] = jnp.sum(jnp.where(valid, per_token * m, 0.0))
+    elif mode == "on_policy":
+        # A sampled id past the shared vocabulary has no teacher probability: it adds
+        # nothing (and is counted), the rest are the student's own tokens.
+        scored = valid & (targets < shared)
+        terms = losses.on_policy_token_terms(logits, teacher_logits[..., :shared],
+                                             jnp.where(scored, targets, 0), temperature,
+                                             kind, beta)
+
+        def total(x):
+            return jnp.sum(jnp.where(scored, x * m, 0.0))
+        sums.update(kd_sum=total(terms["loss"]), reverse_kl_sum=total(terms["reverse_kl"]),
+                    teacher_logprob_sum=total(terms["teacher_logprob"]),
+                    unscored_tokens=jnp.sum(jnp.where(valid & ~scored, m, 0.0)))
+        if "sample_logprobs" in chunk:     # what the sampler reported for the same tokens
+            gap = jnp.abs(jax.lax.stop_gradient(-ce) - chunk["sample_logprobs"])
+            sums["logprob_gap_sum"] = jnp.sum(jnp.where(valid, gap * m, 0.0))
     elif mode == "offline":
         kd_valid = chunk["kd_weight"] > 0
         ids = jnp.where(kd_valid[..., None], chunk["topk_ids"], 0)
@@ -109,7 +130,8 @@ def chunked_loss_sums(hidden: jax.Array, head_kernel: jax.Array, targets: jax.Ar
                       teacher_head_kernel: jax.Array | None = None, teacher_compute_dtype=None,
                       teacher_head_layout: str = "dv", kd_vocab_size: int | None = None,
                       topk_ids: jax.Array | None = None, topk_logprobs: jax.Array | None = None,
-                      kd_mask: jax.Array | None = None) -> dict[str, jax.Array]:
+                      kd_mask: jax.Array | None = None,
+                      sample_logprobs: jax.Array | None = None) -> dict[str, jax.Array]:
     """`Trainer._sums` from hidden states, chunk by chunk (see the module docstring).
 
     hidden [B, L, D]: the final-normed states. head_kernel: [D, V] with
@@ -126,8 +148,8 @@ def chunked_loss_sums(hidden: jax.Array, head_kernel: jax.Array, targets: jax.Ar
     Returns {"ce_sum", "correct"} and, with KD, "kd_sum": f32 scalars.
     """
     mode = "none" if kd is None else kd.mode
-    if mode not in ("none", "online", "offline"):
-        raise ValueError(f"kd.mode must be none, online or offline, got {mode!r}")
+    if mode not in KD_MODES:
+        raise ValueError(f"kd.mode must be one of {KD_MODES}, got {mode!r}")
     for name, layout in (("head_layout", head_layout), ("teacher_head_layout",
                                                         teacher_head_layout)):
         if layout not in HEAD_LAYOUTS:
@@ -145,12 +167,13 @@ def chunked_loss_sums(hidden: jax.Array, head_kernel: jax.Array, targets: jax.Ar
     per_row = {"hidden": hidden, "targets": targets.astype(jnp.int32), "mask": mask}
     settings = dict(mode=mode, compute_dtype=compute_dtype, head_layout=head_layout,
                     teacher_compute_dtype=None, teacher_head_layout=teacher_head_layout,
-                    temperature=1.0, kind="forward_kl", beta=0.5, kd_vocab_size=None)
+                    temperature=1.0, kind="forward_kl", beta=0.5, kd_vocab_size=None,
+                    sample_logprobs=sample_logprobs is not None)
     if mode != "none":
         settings.update(temperature=float(kd.temperature), kind=kd.kind, beta=float(kd.beta))
-    if mode == "online":
+    if mode in ("online", "on_policy"):
         if teacher_hidden is None or teacher_head_kernel is None:
-            raise ValueError("online KD needs teacher_hidden and teacher_head_kernel")
+            raise ValueError(f"{mode} KD needs teacher_hidden and teacher_head_kernel")
         if teacher_hidden.shape[:2] != (batch, length):
             raise ValueError(f"teacher_hidden {teacher_hidden.shape} must start with "
                              f"{(batch, length)}")
@@ -167,6 +190,9 @@ def chunked_loss_sums(hidden: jax.Array, head_kernel: jax.Array, targets: jax.Ar
         settings.update(kd_vocab_size=int(kd_vocab_size),
                         teacher_compute_dtype=(teacher_hidden.dtype if teacher_compute_dtype
                                                is None else teacher_compute_dtype))
+        if sample_logprobs is not None:
+            per_row["sample_logprobs"] = jax.lax.stop_gradient(
+                sample_logprobs.astype(jnp.float32))
     elif mode == "offline":
         if topk_ids is None or topk_logprobs is None:
             raise ValueError("offline KD needs topk_ids and topk_logprobs")
@@ -214,6 +240,8 @@ def _chunk_loop(settings: dict):
     `n_computed` (traced) times, so chunks past it cost nothing in either pass.
     """
     keys = ("ce_sum", "correct") + (("kd_sum",) if settings["mode"] != "none" else ())
+    if settings["mode"] == "on_policy":
+        keys += ON_POLICY_SUMS + (("logprob_gap_sum",) if settings["sample_logprobs"] else ())
 
     def chunk_at(tree, i):
         return jax.tree_util.tree_map(

@@ -18,6 +18,14 @@ renormalized over those K ids, p_T(i) = exp(lp_i / T) / Σ_k exp(lp_k / T), and
 zero elsewhere; the student keeps its full-vocabulary q_T. The loss is
 KL(p_T ‖ q_T) = Σ_i p_T(i) (log p_T(i) − log q_T(i)) over the K ids: a proper KL,
 zero only when the student puts exactly the renormalized teacher mass on them.
+
+On-policy distillation (`on_policy_token_terms`): the tokens are the student's own
+samples x_t. Either a full-vocabulary divergence above at each sampled position
+(GKD; reverse_kl is the on-policy reverse KL), or the sampled-token estimator:
+advantage A_t = log p(x_t) − log q(x_t) (teacher minus student, T = 1, a
+constant), loss −A_t · log q(x_t), whose gradient is the per-token policy
+gradient with discount 0 (Thinking Machines' on-policy distillation, NeMo-RL's
+MOPD). Its reported value is −A_t, the single-sample estimate of KL(q ‖ p).
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 KD_KINDS = ("forward_kl", "reverse_kl", "jsd")
+ON_POLICY_KINDS = KD_KINDS + ("sampled_token",)
 
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -99,6 +108,41 @@ def topk_kd_token_loss(student_logits: jax.Array, topk_ids: jax.Array,
     log_p = jax.nn.log_softmax(safe, axis=-1)
     p = jnp.exp(log_p)
     return jnp.sum(jnp.where(p > 0, p * (log_p - log_q_k), 0.0), axis=-1) * t * t
+
+
+def on_policy_token_terms(student_logits: jax.Array, teacher_logits: jax.Array,
+                          targets: jax.Array, temperature: float = 1.0,
+                          kind: str = "reverse_kl", beta: float = 0.5) -> dict[str, jax.Array]:
+    """Per-token terms of on-policy distillation at the student's sampled tokens.
+
+    student_logits [B, L, V] (its whole vocabulary: what it sampled from);
+    teacher_logits [B, L, Vs], Vs <= V the ids both models share (the student's are
+    cut to them for every comparison); targets [B, L] the sampled ids, each < Vs
+    (a caller masks the others). The teacher is a constant here: callers pass it
+    under stop_gradient. Returns [B, L] arrays:
+      loss             the per-token loss of `kind` (see the module docstring)
+      reverse_kl       KL(q ‖ p) over the shared ids at T = 1 (the metric)
+      teacher_logprob  log p(x_t) over the shared ids
+      student_logprob  log q(x_t) over the student's whole vocabulary
+    """
+    if kind not in ON_POLICY_KINDS:
+        raise ValueError(f"unknown on-policy kind {kind!r}; choose from {ON_POLICY_KINDS}")
+    shared = teacher_logits.shape[-1]
+    log_q_full = jax.nn.log_softmax(student_logits.astype(jnp.float32), axis=-1)
+    log_q = jax.nn.log_softmax(student_logits[..., :shared].astype(jnp.float32), axis=-1)
+    log_p = jax.nn.log_softmax(teacher_logits.astype(jnp.float32), axis=-1)
+    ids = targets[..., None].astype(jnp.int32)
+    student_lp = jnp.take_along_axis(log_q_full, ids, axis=-1)[..., 0]
+    teacher_lp = jnp.take_along_axis(log_p, ids, axis=-1)[..., 0]
+    if kind == "sampled_token":
+        advantage = jax.lax.stop_gradient(teacher_lp - student_lp)
+        surrogate = -advantage * student_lp
+        # Value −A (the sampled reverse-KL estimate), gradient −A·∇log q(x).
+        loss = surrogate - jax.lax.stop_gradient(surrogate) - advantage
+    else:
+        loss = kd_token_loss(student_logits[..., :shared], teacher_logits, temperature, kind, beta)
+    return {"loss": loss, "reverse_kl": _kl(log_q, log_p), "teacher_logprob": teacher_lp,
+            "student_logprob": student_lp}
 
 
 def token_accuracy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:

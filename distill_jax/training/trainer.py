@@ -17,6 +17,13 @@ Soft-target KD (config `kd.mode`):
             (its params sharded by the same rules, no gradients);
   "offline" the batch carries the teacher's stored top-k logprobs.
 Loss = α·KD + (1−α)·CE, each the mean over its target tokens in the global batch.
+  "on_policy" the batch holds the student's own samples (training/on_policy.py);
+            the teacher runs forward as for "online" and the loss is the on-policy
+            term alone (`losses.on_policy_token_terms`), the mean over the sampled
+            tokens: CE on one's own samples would only sharpen the student.
+
+One Trainer compiles one step per KDSettings it is called with: an on-policy run
+that mixes in off-policy batches (GKD's λ < 1) calls it with both.
 
 The loss never sees [tokens, vocab] logits: the models return their final hidden
 states and `chunked_loss.chunked_loss_sums` runs both LM heads and every loss
@@ -26,6 +33,7 @@ tokens (0 = one chunk, which is the plain full-logits computation).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax
@@ -36,7 +44,7 @@ import optax
 
 from distill_jax import models, sharding
 from distill_jax.training import losses
-from distill_jax.training.chunked_loss import chunked_loss_sums
+from distill_jax.training.chunked_loss import KD_MODES, chunked_loss_sums
 from distill_jax.training.kd_vocab import check_vocabularies
 
 BATCH_FIELDS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
@@ -52,22 +60,29 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class KDSettings:
-    mode: str = "none"            # none | online | offline
+    mode: str = "none"            # none | online | offline | on_policy
     alpha: float = 0.5
     temperature: float = 1.0
     kind: str = "forward_kl"
     beta: float = 0.5
 
     def __post_init__(self):
-        if self.mode not in ("none", "online", "offline"):
-            raise ValueError(f"kd.mode must be none, online or offline, got {self.mode!r}")
+        if self.mode not in KD_MODES:
+            raise ValueError(f"kd.mode must be one of {KD_MODES}, got {self.mode!r}")
         if self.mode != "none":
             if not 0.0 <= self.alpha <= 1.0:
                 raise ValueError(f"kd.alpha must be in [0, 1], got {self.alpha}")
             if self.temperature <= 0:
                 raise ValueError(f"kd.temperature must be > 0, got {self.temperature}")
-            if self.kind not in losses.KD_KINDS:
-                raise ValueError(f"kd.kind must be one of {losses.KD_KINDS}, got {self.kind!r}")
+            kinds = losses.ON_POLICY_KINDS if self.mode == "on_policy" else losses.KD_KINDS
+            if self.kind not in kinds:
+                raise ValueError(f"kd.kind must be one of {kinds} for kd.mode={self.mode!r}, "
+                                 f"got {self.kind!r}")
+        if self.kind == "sampled_token" and self.temperature != 1.0:
+            raise ValueError("kd.kind='sampled_token' scores the sampled tokens at T = 1; "
+                             f"kd.temperature={self.temperature} would change nothing: set 1.0")
+        if self.kind == "jsd" and self.mode != "none" and not 0.0 < self.beta < 1.0:
+            raise ValueError(f"kd.kind='jsd' needs kd.beta in (0, 1), got {self.beta}")
         if self.mode == "offline" and self.kind != "forward_kl":
             raise ValueError("offline top-k KD supports kind='forward_kl' only: the stored top-k "
                              "logprobs do not define the teacher's full distribution")
@@ -115,12 +130,12 @@ class Trainer:
         self.model = models.Transformer(cfg)
         self.teacher_cfg = teacher_cfg
         self.kd_vocab_size = None
-        if kd.mode == "online":
+        if kd.mode in ("online", "on_policy"):
             if teacher_cfg is None:
-                raise ValueError("kd.mode='online' needs a teacher model")
+                raise ValueError(f"kd.mode={kd.mode!r} needs a teacher model")
             self.kd_vocab_size = check_vocabularies(cfg, teacher_cfg, kd_vocab_size)
             self.teacher = models.Transformer(teacher_cfg)
-        self._step = None
+        self._steps: dict[KDSettings, Any] = {}     # the jitted step per loss setting
 
     # ------------------------------------------------------------ state
 
@@ -173,7 +188,7 @@ class Trainer:
 
     # ------------------------------------------------------------ the step
 
-    def _sums(self, params, mb, teacher_params):
+    def _sums(self, params, mb, teacher_params, kd: KDSettings):
         def hidden(model, p):
             return model.apply({"params": p}, mb["inputs"], positions=mb["positions"],
                                segment_ids=mb["segment_ids"], method="hidden_states")
@@ -191,8 +206,8 @@ class Trainer:
 
         mask = (mb["loss_mask"] * (mb["segment_ids"] > 0)).astype(jnp.float32)
         kernel, layout = models.lm_head(params, self.cfg)
-        kd, extra = self.kd, {}
-        if kd.mode == "online":
+        extra = {}
+        if kd.mode in ("online", "on_policy"):
             # Ids past kd_vocab_size are padding (or tokens only one side has): both
             # sides' logits are cut to them, so each softmax renormalises over them.
             teacher_kernel, teacher_layout = models.lm_head(teacher_params, self.teacher_cfg)
@@ -201,6 +216,8 @@ class Trainer:
                          teacher_head_kernel=teacher_kernel, teacher_head_layout=teacher_layout,
                          teacher_compute_dtype=jnp.dtype(self.teacher_cfg.dtype),
                          kd_vocab_size=self.kd_vocab_size)
+            if kd.mode == "on_policy" and "sample_logprobs" in mb:
+                extra["sample_logprobs"] = mb["sample_logprobs"]
         elif kd.mode == "offline":
             extra = dict(topk_ids=mb["topk_ids"], topk_logprobs=mb["topk_logprobs"],
                          kd_mask=mb["kd_mask"])
@@ -213,12 +230,18 @@ class Trainer:
             sums["moe_aux_sum"] = aux
         return sums
 
-    def _objective(self, params, mb, teacher_params, n_ce, n_kd):
-        sums = self._sums(params, mb, teacher_params)
-        ce = sums["ce_sum"] / n_ce
-        loss = ce
-        if self.kd.mode != "none":
-            loss = self.kd.alpha * sums["kd_sum"] / n_kd + (1.0 - self.kd.alpha) * ce
+    @staticmethod
+    def _loss(kd: KDSettings, ce, kd_mean):
+        """The objective from its means: CE, α·KD + (1−α)·CE, or (on-policy) KD alone."""
+        if kd.mode == "none":
+            return ce
+        if kd.mode == "on_policy":
+            return kd_mean
+        return kd.alpha * kd_mean + (1.0 - kd.alpha) * ce
+
+    def _objective(self, params, mb, teacher_params, n_ce, n_kd, kd: KDSettings):
+        sums = self._sums(params, mb, teacher_params, kd)
+        loss = self._loss(kd, sums["ce_sum"] / n_ce, sums.get("kd_sum", 0.0) / n_kd)
         if "moe_aux_sum" in sums:   # a mean per microbatch: the step's is their mean
             loss = loss + self.moe_aux_coef * sums["moe_aux_sum"] / self.microbatches
         return loss, sums
@@ -236,11 +259,11 @@ class Trainer:
             return jnp.swapaxes(y, 0, 1)
         return jax.tree_util.tree_map(split, batch)
 
-    def _train_step(self, state: TrainState, batch, teacher_params):
+    def _train_step(self, state: TrainState, batch, teacher_params, kd: KDSettings):
         mask = (batch["loss_mask"] * (batch["segment_ids"] > 0)).astype(jnp.float32)
         n_ce = jnp.maximum(jnp.sum(mask), 1.0)
         n_kd = n_ce
-        if self.kd.mode == "offline":
+        if kd.mode == "offline":
             n_kd = jnp.maximum(jnp.sum(mask * batch["kd_mask"]), 1.0)
         grad_fn = jax.value_and_grad(self._objective, has_aux=True)
 
@@ -249,7 +272,7 @@ class Trainer:
                 mb = jax.tree_util.tree_map(
                     lambda x: jax.lax.with_sharding_constraint(
                         x, sharding.batch_sharding(self.mesh, x.ndim)), mb)
-            (_, sums), g = grad_fn(state.params, mb, teacher_params, n_ce, n_kd)
+            (_, sums), g = grad_fn(state.params, mb, teacher_params, n_ce, n_kd, kd)
             return jax.tree_util.tree_map(jnp.add, grads, g), sums
 
         zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
@@ -258,38 +281,56 @@ class Trainer:
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ce = sums["ce_sum"] / n_ce
-        metrics = {"ce": ce, "loss": ce, "accuracy": sums["correct"] / n_ce,
+        metrics = {"ce": ce, "accuracy": sums["correct"] / n_ce,
                    "grad_norm": optax.global_norm(grads), "learning_rate": self.schedule(state.step),
                    "target_tokens": jnp.sum(mask), "tokens": jnp.sum(batch["segment_ids"] > 0)}
-        if self.kd.mode != "none":
+        if kd.mode != "none":
             metrics["kd"] = sums["kd_sum"] / n_kd
-            metrics["loss"] = self.kd.alpha * metrics["kd"] + (1.0 - self.kd.alpha) * ce
+        metrics["loss"] = self._loss(kd, ce, metrics.get("kd"))
+        if kd.mode == "on_policy":
+            # Means over the sampled tokens: KL(student ‖ teacher) over the shared ids,
+            # the teacher's log-probability of the student's tokens, and how far the
+            # sampler's logprobs are from this step's forward pass (~0: the samples
+            # came from these very params).
+            metrics.update(reverse_kl=sums["reverse_kl_sum"] / n_kd,
+                           teacher_logprob=sums["teacher_logprob_sum"] / n_kd,
+                           student_logprob=-ce, unscored_tokens=sums["unscored_tokens"])
+            if "logprob_gap_sum" in sums:
+                metrics["logprob_gap"] = sums["logprob_gap_sum"] / n_kd
         if "moe_aux_sum" in sums:
             metrics["moe_aux"] = sums["moe_aux_sum"] / self.microbatches
             metrics["loss"] = metrics["loss"] + self.moe_aux_coef * metrics["moe_aux"]
         return TrainState(state.step + 1, params, opt_state), metrics
 
-    def compile(self, state: TrainState, batch, teacher_params=None):
-        """Jits the step with explicit shardings (from the placed state and teacher)."""
+    def compile(self, state: TrainState, batch, teacher_params=None, kd: KDSettings | None = None):
+        """Jits the step for `kd` (default: the Trainer's) with explicit shardings
+        (from the placed state and teacher)."""
+        kd = kd or self.kd
+        step = functools.partial(self._train_step, kd=kd)
         if self.mesh is None:
-            self._step = jax.jit(self._train_step, donate_argnums=(0,))
+            self._steps[kd] = jax.jit(step, donate_argnums=(0,))
             return
         state_sh = jax.tree_util.tree_map(lambda x: x.sharding, state)
         batch_sh = {k: sharding.batch_sharding(self.mesh, np.ndim(v)) for k, v in batch.items()}
         teacher_sh = None if teacher_params is None else jax.tree_util.tree_map(
             lambda x: x.sharding, teacher_params)
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-        self._step = jax.jit(self._train_step, in_shardings=(state_sh, batch_sh, teacher_sh),
-                             out_shardings=(state_sh, replicated), donate_argnums=(0,))
+        self._steps[kd] = jax.jit(step, in_shardings=(state_sh, batch_sh, teacher_sh),
+                                  out_shardings=(state_sh, replicated), donate_argnums=(0,))
 
-    def step(self, state: TrainState, batch, teacher_params=None):
-        """One optimizer step on a global batch (numpy rows of this host, or global arrays)."""
+    def step(self, state: TrainState, batch, teacher_params=None, kd: KDSettings | None = None):
+        """One optimizer step on a global batch (numpy rows of this host, or global
+        arrays), with the loss of `kd` (default: the Trainer's own)."""
+        kd = kd or self.kd
+        if kd.mode in ("online", "on_policy") and self.kd.mode not in ("online", "on_policy"):
+            raise ValueError(f"a step with kd.mode={kd.mode!r} needs a Trainer built with a "
+                             "teacher (kd.mode 'online' or 'on_policy')")
         if self.mesh is not None and isinstance(next(iter(batch.values())), np.ndarray):
             batch = sharding.shard_batch(batch, self.mesh)
-        if self._step is None:
-            self.compile(state, batch, teacher_params)
+        if kd not in self._steps:
+            self.compile(state, batch, teacher_params, kd)
         with sharding.mesh_context(self.mesh):
-            return self._step(state, batch, teacher_params)
+            return self._steps[kd](state, batch, teacher_params)
 
 
 def model_flops_per_token(cfg: models.ModelConfig, seq_len: int, training: bool = True) -> float:

@@ -159,4 +159,5 @@ def test_a_state_from_host_params_compiles_the_step_once():
     state = trainer.init_state(_initial_params())          # numpy arrays
     for batch in _batches(2):
         state, _ = trainer.step(state, batch)
-    assert trainer._step._cache_size() == 1
+    (step,) = trainer._steps.values()
+    assert step._cache_size() == 1

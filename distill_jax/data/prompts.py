@@ -136,6 +136,17 @@ CODE_TEST_FIELDS = ("io_tests", "input_output", "public_test_cases", "private_te
                     "test", "entry_point")
 
 
+def prompt_section(path: str = "", fmt: str = "jsonl"):
+    """The config section of a prompt source (`load_prompts_from_config` reads it):
+    path, format and the jsonl fields, kind, limit (0 = all) and suffix (None: the R1
+    default of the kind; "" none)."""
+    import ml_collections
+    return ml_collections.ConfigDict(dict(
+        path=path, format=fmt,                 # gsm8k | math500 | aime24 | humaneval | jsonl ...
+        id_field="id", problem_field="problem", answer_field="answer",   # format=jsonl
+        kind="math", limit=0, suffix=ml_collections.config_dict.placeholder(str)))
+
+
 def load_prompts_from_config(pc) -> list[Prompt]:
     """`load_prompts` with the fields of a `prompts`/`problems` config section."""
     return load_prompts(pc.path, pc.format, id_field=pc.id_field,

@@ -1,6 +1,7 @@
 """Defaults of `distill-generate`: GSM8K train with the R1 prompt and decoding settings."""
 import ml_collections
 
+from distill_jax.data.prompts import prompt_section
 from distill_jax.models.from_config import model_section
 
 
@@ -23,15 +24,7 @@ def default_config():
     c.top_k_format = "npy"
     c.top_k_dtype = "float16"         # float16 | bfloat16 | float32 (logprobs in the sidecar)
 
-    c.prompts = ml_collections.ConfigDict()
-    c.prompts.path = "../shared/data/gsm8k_train.jsonl"
-    c.prompts.format = "gsm8k"        # gsm8k | math500 | aime24 | humaneval | jsonl
-    c.prompts.id_field = "id"         # for format=jsonl
-    c.prompts.problem_field = "problem"
-    c.prompts.answer_field = "answer"
-    c.prompts.kind = "math"
-    c.prompts.limit = 0               # 0 = all
-    c.prompts.suffix = ml_collections.config_dict.placeholder(str)   # None = R1 default
+    c.prompts = prompt_section("../shared/data/gsm8k_train.jsonl", "gsm8k")
 
     c.tokenizer = ml_collections.ConfigDict()
     c.tokenizer.path = ""

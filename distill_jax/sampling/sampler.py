@@ -167,13 +167,21 @@ class Sampler:
             raise ValueError(f"prefill_batch={prefill_batch} must be a multiple of this "
                              f"host's data-parallel shards ({local_parallel})")
         self._model = models.Transformer(cfg)
-        if mesh is not None:
-            param_shardings = sharding.logical_to_shardings(
-                models.param_logical_axes(cfg), mesh, shapes=params)
-            params = jax.tree_util.tree_map(jax.device_put, params, param_shardings)
-        self.params = params
+        self._param_shardings = None if mesh is None else sharding.logical_to_shardings(
+            models.param_logical_axes(cfg), mesh, shapes=params)
+        self.update_params(params)
         self._programs: dict[tuple, object] = {}
         self.stats: dict = {}
+
+    def update_params(self, params) -> None:
+        """The weights the next `generate` samples with (same config: the compiled
+        programs are reused). With a mesh they are placed by the model's logical
+        axes, which costs nothing for arrays already placed so, e.g. a training
+        state's params: on-policy training samples from each step's params in
+        place, without copying them or a round trip through the host."""
+        if self._param_shardings is not None:
+            params = jax.tree_util.tree_map(jax.device_put, params, self._param_shardings)
+        self.params = params
 
     # ---------------------------------------------------------------- programs
     def _program(self, kind: str, *shape):

@@ -7,6 +7,7 @@ Sections: data (what to read and how to batch it), model (the student), train
 """
 import ml_collections
 
+from distill_jax.data.prompts import prompt_section
 from distill_jax.models.from_config import model_section
 
 
@@ -82,10 +83,12 @@ def base_config():
     c.train.export_dtype = "bfloat16"
 
     c.kd = ml_collections.ConfigDict()
-    c.kd.mode = "none"               # none | online | offline
-    c.kd.alpha = 0.5                 # loss = alpha * KD + (1 - alpha) * CE
+    c.kd.mode = "none"               # none | online | offline | on_policy (see c.on_policy)
+    c.kd.alpha = 0.5                 # loss = alpha * KD + (1 - alpha) * CE (not on_policy)
     c.kd.temperature = 1.0
-    c.kd.kind = "forward_kl"         # forward_kl | reverse_kl | jsd
+    # forward_kl | reverse_kl | jsd; on_policy also sampled_token (the policy-gradient
+    # estimator; reverse_kl there is GKD's full-vocabulary on-policy reverse KL)
+    c.kd.kind = "forward_kl"
     c.kd.beta = 0.5                  # jsd mixture weight
     c.kd.topk = 0                    # offline: top-k width to use from the stored logprobs
     # online: the teacher, a tokenizer that agrees with the student's over their shared
@@ -93,38 +96,32 @@ def base_config():
     c.kd.teacher = model_section(dtype="bfloat16", param_dtype="bfloat16")
     c.kd.teacher.tokenizer_path = ""  # "" = the teacher checkpoint's directory, else the student's
 
+    # kd.mode="on_policy" (training/on_policy.py): every step the student samples
+    # completions of a batch of prompts with its current params, the teacher (kd.teacher)
+    # scores every sampled token, and the loss is kd.kind on those tokens. The
+    # train.batch_size rows of a step are prompts_per_step x n samples; each row holds
+    # a prompt and its completion within data.seq_len tokens. train.num_steps, or
+    # train.num_epochs passes over the prompts. data.path is read only for off-policy
+    # steps.
+    c.on_policy = ml_collections.ConfigDict()
+    c.on_policy.prompts = prompt_section()
+    c.on_policy.assistant_prefix = "<think>\n"   # opens the assistant turn, as distill-generate
+    c.on_policy.n = 1                # samples per prompt
+    c.on_policy.max_new_tokens = 1024
+    # 1.0 and no truncation: the samples are the student's own distribution, which the
+    # estimators assume; lower values train on a sharpened policy.
+    c.on_policy.temperature = 1.0
+    c.on_policy.top_p = 1.0
+    c.on_policy.num_slots = 0        # decode slots; 0 = the step's rows (all at once)
+    # GKD's 1 - lambda: this fraction of the steps (spread evenly) trains instead on a
+    # batch of data.path with the online-KD loss (kd.kind, or reverse_kl for
+    # sampled_token; kd.alpha mixes in CE on those traces).
+    c.on_policy.off_policy_fraction = 0.0
+    # Held-out prompts: every eval_every steps the student samples them (fixed seed) and
+    # the teacher scores them; their mean reverse KL etc. go to the metrics as eval/*.
+    c.on_policy.eval_prompts = prompt_section()
+    c.on_policy.eval_every = 0       # 0 = at the end only (when eval_prompts.path is set)
+
     c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "expert": 1, "tensor": 1})
     return c
 
-
-def r1_distill_config(name: str, checkpoint: str, learning_rate: float,
-                      microbatches: int) -> ml_collections.ConfigDict:
-    """The R1-Distill recipe the configs/r1_distill_*.py files share: SFT of a base on
-    R1 traces at 32,768 tokens per row, batch 64, 2 epochs, cosine to a tenth of the
-    peak lr (R1 paper, distillation details), in R1's own chat format.
-
-    What makes 32k fit: full remat, `attention_impl="auto"` (splash on TPU, cudnn on
-    GPU: no [rows, heads, L, L] scores) and the chunked loss (no [tokens, vocab]
-    float32 logits); FSDP over every device. R1's chat markers (<｜User｜>,
-    <｜Assistant｜>, <｜end▁of▁sentence｜>) are not tokens of the Qwen2.5 or Llama 3
-    tokenizers, so they are added as special tokens (new rows at the mean of the
-    real ones) and the export carries the extended tokenizer and the template.
-    """
-    c = base_config()
-    c.workdir = f"runs/{name}"
-    c.model.checkpoint = checkpoint
-    c.data.tokenizer_path = checkpoint
-    c.data.chat_template = "deepseek-r1"
-    c.data.add_chat_tokens = True
-    c.data.seq_len = 32768
-    c.model.remat_policy = "full"
-    c.model.attention_impl = "auto"
-    c.train.batch_size = 64
-    c.train.microbatches = microbatches
-    c.train.loss_chunk_size = 2048
-    c.train.num_epochs = 2
-    c.train.learning_rate = learning_rate
-    c.train.final_lr_fraction = 0.1
-    c.train.export_dir = f"runs/{name}/export"
-    c.mesh.fsdp = -1
-    return c

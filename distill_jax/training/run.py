@@ -35,6 +35,7 @@ from distill_jax.progress import Progress
 from distill_jax.tokenizer import Tokenizer, load_tokenizer
 from distill_jax.training.checkpoint import Checkpointer
 from distill_jax.training.config import base_config
+from distill_jax.training import on_policy
 from distill_jax.training.kd_vocab import shared_kd_vocabulary
 from distill_jax.training.metrics import MetricsWriter
 from distill_jax.training.optimizer import make_optimizer
@@ -60,11 +61,13 @@ class TrainingRun:
     kd: KDSettings
     teacher_cfg: models.ModelConfig | None
     mesh: jax.sharding.Mesh | None
-    pipeline: SFTPipeline
+    pipeline: SFTPipeline | None        # None: an on-policy run without off-policy steps
     total_steps: int
     trainer: Trainer
     checkpointer: Checkpointer
     meta: dict[str, Any]
+    prompt_set: on_policy.PromptSet | None = None     # kd.mode="on_policy"
+    eval_set: on_policy.PromptSet | None = None
 
     @property
     def primary(self) -> bool:
@@ -78,15 +81,22 @@ class TrainingRun:
 def train(config, hooks: Sequence[StepHook] = ()) -> dict[str, Any]:
     """Runs (or resumes) training; returns the summary written to workdir/summary.json."""
     run = prepare(config)
-    state, data_iter, start = resume_or_init(run)
+    state, batches, start = resume_or_init(run)
     teacher_params = load_teacher(run)
-    state, steps, last_loss = fit(run, state, data_iter, start, teacher_params, hooks)
+    state, steps, last_loss, evaluation = fit(run, state, batches, start, teacher_params, hooks)
+    pipeline = run.pipeline
     summary = {"steps": steps, "total_steps": run.total_steps, "final_loss": last_loss,
-               "data": dataclasses.asdict(run.pipeline.stats), "model": run.cfg.name,
-               "data_sources": [dataclasses.asdict(s) for s in run.pipeline.source_stats],
+               "data": dataclasses.asdict(pipeline.stats) if pipeline else None,
+               "model": run.cfg.name,
+               "data_sources": [dataclasses.asdict(s) for s in pipeline.source_stats]
+               if pipeline else [],
                "params": models.count_params(run.cfg), "kd": dataclasses.asdict(run.kd),
-               "added_tokens": run.added_tokens,
-               "kd_vocab_size": run.trainer.kd_vocab_size if run.kd.mode == "online" else None}
+               "added_tokens": run.added_tokens, "kd_vocab_size": run.trainer.kd_vocab_size}
+    if run.prompt_set is not None:
+        summary["on_policy"] = {"prompts": len(run.prompt_set),
+                                "prompts_per_step": batches.prompts_per_step,
+                                "samples_per_prompt": config.on_policy.n,
+                                "held_out": evaluation}
     if config.train.export_dir:
         summary["export"] = export(run, state)
     if run.primary:
@@ -116,38 +126,41 @@ def prepare(config) -> TrainingRun:
     cfg = _student_config(config.model, tokenizer, added)
     kd = KDSettings(kc.mode, kc.alpha, kc.temperature, kc.kind, kc.beta)
     teacher_cfg, kd_vocab_size = None, None
-    if kd.mode == "online":
+    if kd.mode in ("online", "on_policy"):
         teacher_tokenizer = _teacher_tokenizer(kc.teacher, dc.tokenizer_path)
         teacher_cfg = models.config_from_section(kc.teacher, teacher_tokenizer.vocab_size)
         kd_vocab_size = shared_kd_vocabulary(tokenizer, teacher_tokenizer, cfg, teacher_cfg)
+        if kd.mode == "on_policy":
+            on_policy.check_teacher_scores_every_token(tokenizer, teacher_tokenizer)
     if kd.mode == "offline" and kc.topk < 1:
         raise ValueError("kd.mode='offline' needs kd.topk >= 1 (the stored top-k width to use)")
+    prompt_set = eval_set = None
+    if kd.mode == "on_policy":
+        prompt_set, eval_set = on_policy.prompt_sets(config, tokenizer)
     _check_context(dc.seq_len, cfg, teacher_cfg)
     mesh = sharding.make_mesh(dict(config.mesh)) if config.get("mesh") else None
     _check_memory(config)
 
     cache_dir = dc.cache_dir or os.path.join(workdir, "data_cache")
-    pipeline = SFTPipeline(
-        _mixture(dc, sources, tokenizer, chat_format, cache_dir), tokenizer,
-        seq_len=dc.seq_len, batch_size=tc.batch_size,
-        # A fixed step count cycles through the data for as long as it takes.
-        num_epochs=None if tc.num_steps else tc.num_epochs, seed=config.seed,
-        packing=dc.packing, overlong=dc.overlong, chat_format=chat_format,
-        topk=kc.topk if kd.mode == "offline" else 0, num_packing_bins=dc.num_packing_bins,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        host_split=dc.host_split, cache_dir=cache_dir, progress=distributed.is_primary())
-    data_name = dc.path if not sources else f"mixture of {len(sources)} sources"
-    if distributed.is_primary():
-        print(f"train: data {data_name}: {describe(pipeline.stats, dc.seq_len, dc.overlong)}")
-        if sources:
-            for line in describe_sources(pipeline):
-                print(f"train:   {line}")
-    # With host_split="examples" hosts may count different batch totals: the shortest wins.
-    # (From the length cache: no tokenising.)
-    total_steps = tc.num_steps or min(distributed.gather_json(pipeline.count_batches()))
-    if total_steps < 1:
-        raise ValueError(f"{data_name}: {pipeline.stats.kept} usable examples make no full "
-                         f"batch of {tc.batch_size} rows; lower train.batch_size or add data")
+    pipeline = None
+    if kd.mode != "on_policy" or config.on_policy.off_policy_fraction > 0:
+        pipeline = _sft_pipeline(config, sources, tokenizer, chat_format, cache_dir,
+                                 cycle=bool(tc.num_steps) or prompt_set is not None)
+    if prompt_set is not None:
+        total_steps = tc.num_steps or tc.num_epochs * (
+            len(prompt_set) // (tc.batch_size // config.on_policy.n))
+        if total_steps < 1:
+            raise ValueError(f"{prompt_set.path}: {len(prompt_set)} prompts make no step of "
+                             f"{tc.batch_size // config.on_policy.n} prompts; set "
+                             "train.num_steps or lower train.batch_size")
+    else:
+        # With host_split="examples" hosts may count different batch totals: the shortest
+        # wins. (From the length cache: no tokenising.)
+        total_steps = tc.num_steps or min(distributed.gather_json(pipeline.count_batches()))
+        if total_steps < 1:
+            raise ValueError(f"{_data_name(config)}: {pipeline.stats.kept} usable examples make "
+                             f"no full batch of {tc.batch_size} rows; lower train.batch_size or "
+                             "add data")
     tx, schedule = make_optimizer(tc, total_steps)
     trainer = Trainer(cfg, tx, schedule, mesh=mesh, microbatches=tc.microbatches, kd=kd,
                       teacher_cfg=teacher_cfg, kd_vocab_size=kd_vocab_size,
@@ -156,7 +169,36 @@ def prepare(config) -> TrainingRun:
                                 tc.checkpoint_every, tc.keep_checkpoints, tc.async_checkpointing)
     meta = {"model": models.to_hf_config(cfg), "total_steps": total_steps}
     return TrainingRun(config, workdir, tokenizer, chat_format, added, added_ids, cfg, kd,
-                       teacher_cfg, mesh, pipeline, total_steps, trainer, checkpointer, meta)
+                       teacher_cfg, mesh, pipeline, total_steps, trainer, checkpointer, meta,
+                       prompt_set, eval_set)
+
+
+def _data_name(config) -> str:
+    dc = config.data
+    return dc.path if not dc.sources else f"mixture of {len(dc.sources)} sources"
+
+
+def _sft_pipeline(config, sources, tokenizer: Tokenizer, chat_format: ChatFormat,
+                  cache_dir: str, cycle: bool) -> SFTPipeline:
+    """The curated traces as packed batches (the lengths cached in `cache_dir`);
+    `cycle`: as many passes as the steps take (a fixed step count, or the off-policy
+    batches of an on-policy run), else train.num_epochs."""
+    dc, tc, kc = config.data, config.train, config.kd
+    pipeline = SFTPipeline(
+        _mixture(dc, sources, tokenizer, chat_format, cache_dir), tokenizer,
+        seq_len=dc.seq_len, batch_size=tc.batch_size,
+        num_epochs=None if cycle else tc.num_epochs, seed=config.seed,
+        packing=dc.packing, overlong=dc.overlong, chat_format=chat_format,
+        topk=kc.topk if kc.mode == "offline" else 0, num_packing_bins=dc.num_packing_bins,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        host_split=dc.host_split, cache_dir=cache_dir, progress=distributed.is_primary())
+    if distributed.is_primary():
+        print(f"train: data {_data_name(config)}: "
+              f"{describe(pipeline.stats, dc.seq_len, dc.overlong)}")
+        if sources:
+            for line in describe_sources(pipeline):
+                print(f"train:   {line}")
+    return pipeline
 
 
 def _check_context(seq_len: int, *configs) -> None:
@@ -251,17 +293,53 @@ def _teacher_tokenizer(section, student_tokenizer_path: str) -> Tokenizer:
 
 
 def resume_or_init(run: TrainingRun) -> tuple[TrainState, Any, int]:
-    """(state, data iterator, step): from the latest checkpoint, or fresh."""
-    data_iter = run.pipeline.iterator()
+    """(state, batches, step): from the latest checkpoint, or fresh. `batches` is
+    where the steps' batches come from (`SFTBatches`, or on-policy samples), at the
+    position that goes with the state."""
     ckpt = run.checkpointer
     start = ckpt.latest_step()
     if start is not None:
         state, data_states = ckpt.restore(start, run.trainer.abstract_state(), run.meta)
-        data_iter.set_state(_this_host_data_state(data_states, run.pipeline.host_split,
-                                                  ckpt.directory, start))
-        run.say(f"train: resumed from step {start} in {ckpt.directory}")
-        return state, data_iter, start
-    return run.trainer.init_state(load_student(run)), data_iter, 0
+    else:
+        state = run.trainer.init_state(load_student(run))
+    data_iter = run.pipeline.iterator() if run.pipeline is not None else None
+    if run.prompt_set is None:
+        batches = SFTBatches(data_iter)
+    else:
+        batches = on_policy.OnPolicyBatches(
+            run.config, run.cfg, run.tokenizer, run.chat_format, run.prompt_set, run.kd,
+            state.params,
+            mesh=run.mesh, off_policy_iter=data_iter, eval_set=run.eval_set)
+    if start is None:
+        return state, batches, 0
+    batches.set_state(_this_host_data_state(data_states, run.config.data.host_split,
+                                            ckpt.directory, start))
+    run.say(f"train: resumed from step {start} in {ckpt.directory}")
+    return state, batches, start
+
+
+class SFTBatches:
+    """The batches of the curated traces, in the data iterator's order; its state is
+    the iterator's (what a checkpoint stores)."""
+
+    samples_from_state = False    # the next batch can be prepared while a step runs
+
+    def __init__(self, data_iter):
+        self.data_iter = data_iter
+
+    def get_state(self) -> dict:
+        return self.data_iter.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self.data_iter.set_state(state)
+
+    def source_tokens(self, data_state: dict):
+        """Cumulative target tokens per source, from a position of this iterator."""
+        return data_state.get("target_tokens")
+
+    def next(self, step: int, state) -> tuple[dict, None, dict]:
+        """(batch, KDSettings None = the Trainer's, host metrics)."""
+        return next(self.data_iter), None, {}
 
 
 def load_student(run: TrainingRun):
@@ -278,7 +356,7 @@ def load_student(run: TrainingRun):
 
 
 def load_teacher(run: TrainingRun):
-    if run.kd.mode != "online":
+    if run.teacher_cfg is None:
         return None
     return models.model_from_section(run.config.kd.teacher, run.teacher_cfg.vocab_size,
                                      run.mesh)[1]
@@ -287,28 +365,47 @@ def load_teacher(run: TrainingRun):
 # ---------------------------------------------------------------- the loop
 
 
-def fit(run: TrainingRun, state: TrainState, data_iter, start: int, teacher_params,
-        hooks: Sequence[StepHook] = ()) -> tuple[TrainState, int, float | None]:
+def fit(run: TrainingRun, state: TrainState, batches, start: int, teacher_params,
+        hooks: Sequence[StepHook] = ()) -> tuple[TrainState, int, float | None, dict]:
     """Steps from `start` to the end: step, log, checkpoint. Returns the final state,
-    its step and the last loss."""
+    its step, the last loss and the last held-out metrics (on-policy runs with
+    eval_prompts; else empty)."""
     ckpt = run.checkpointer
     logger = _StepLogger(run, start)
     progress = Progress(run.total_steps - start, "steps", "train", skip_first=True,
                         enabled=run.primary)
-    step, last_loss = start, None
-    data_state = data_iter.get_state()      # the iterator position that goes with `state`
-    batch = _next_batch(data_iter, step, run.total_steps)
+    step, last_loss, evaluation = start, None, {}
+    evaluate = _held_out_evaluation(run, batches, teacher_params)
+    if evaluate and start == 0:
+        evaluation = evaluate(0, state)
+        logger.write(0, evaluation)
+    data_state = batches.get_state()      # the data position that goes with `state`
+    item = _next_batch(batches, step, state, run.total_steps)
     try:
-        while batch is not None:
-            state, metrics = run.trainer.step(state, batch, teacher_params)
+        while item is not None:
+            batch, kd, host_metrics = item
+            started = time.perf_counter()
+            state, metrics = run.trainer.step(state, batch, teacher_params, kd)
             step += 1
-            data_state = data_iter.get_state()
-            # The step runs asynchronously: prepare the next batch on the host meanwhile,
-            # and only then wait for this step's loss.
-            batch = _next_batch(data_iter, step, run.total_steps)
-            last_loss = _finite_loss(metrics, step, ckpt)
+            data_state = batches.get_state()
+            if batches.samples_from_state:
+                # On-policy: the next batch is sampled from this step's params, so
+                # wait for the step (its time is the teacher's scoring + the update).
+                last_loss = _finite_loss(metrics, step, ckpt)
+                host_metrics = dict(host_metrics, step_seconds=time.perf_counter() - started)
+                item = _next_batch(batches, step, state, run.total_steps)
+            else:
+                # The step runs asynchronously: prepare the next batch on the host
+                # meanwhile, and only then wait for this step's loss.
+                item = _next_batch(batches, step, state, run.total_steps)
+                last_loss = _finite_loss(metrics, step, ckpt)
             tokens = float(metrics["tokens"])
-            logger.log(step, metrics, tokens, data_state.get("target_tokens"))
+            row = dict(metrics, **host_metrics)
+            if evaluate and _evaluation_due(run, step):
+                evaluation = evaluate(step, state)
+                row.update(evaluation)
+            logger.log(step, row, tokens, batches.source_tokens(data_state),
+                       force=bool(evaluate) and _evaluation_due(run, step))
             if ckpt.should_save(step):
                 ckpt.save(step, state, distributed.gather_json(data_state), run.meta)
             progress.update(1, status={"loss": last_loss}, tokens=tokens)
@@ -319,7 +416,26 @@ def fit(run: TrainingRun, state: TrainState, data_iter, start: int, teacher_para
     finally:
         ckpt.close()
         logger.close()
-    return state, step, last_loss
+    return state, step, last_loss, evaluation
+
+
+def _held_out_evaluation(run: TrainingRun, batches, teacher_params):
+    """evaluate(step, state) -> eval/* metrics, for an on-policy run with held-out
+    prompts; None otherwise."""
+    if run.eval_set is None:
+        return None
+
+    def evaluate(step: int, state: TrainState) -> dict[str, float]:
+        metrics = batches.evaluate(run.trainer, state.params, teacher_params)
+        run.say(f"train: step {step} held-out " + ", ".join(
+            f"{k} {v:.4f}" for k, v in metrics.items()))
+        return metrics
+    return evaluate
+
+
+def _evaluation_due(run: TrainingRun, step: int) -> bool:
+    every = run.config.on_policy.eval_every
+    return step == run.total_steps or bool(every and step % every == 0)
 
 
 def _finite_loss(metrics, step: int, ckpt: Checkpointer) -> float:
@@ -351,10 +467,14 @@ class _StepLogger:
         self.peak = peak_tflops_per_device(tc.peak_tflops)
         self.window_start, self.window_tokens = time.monotonic(), 0.0
 
+    def write(self, step: int, row: dict[str, float]) -> None:
+        """A row of its own (e.g. the held-out metrics before the first step)."""
+        self.writer.write(step, row)
+
     def log(self, step: int, metrics, tokens: float,
-            source_tokens: dict[str, int] | None = None) -> None:
+            source_tokens: dict[str, int] | None = None, force: bool = False) -> None:
         self.window_tokens += tokens
-        if step % self.every and step != self.total:
+        if step % self.every and step != self.total and not force:
             return
         elapsed = time.monotonic() - self.window_start
         row = {k: float(v) for k, v in metrics.items()}
@@ -426,12 +546,13 @@ def _check_memory(config) -> None:
     logging.info("train: memory plan\n%s", plan.table())
 
 
-def _next_batch(data_iter, step: int, total_steps: int):
-    """The next batch, or None when the run is complete or the data ran out."""
+def _next_batch(batches, step: int, state: TrainState, total_steps: int):
+    """The next (batch, KDSettings, host metrics), or None when the run is complete
+    or the data ran out."""
     if step >= total_steps:
         return None
     try:
-        return next(data_iter)
+        return batches.next(step, state)
     except StopIteration:
         logging.warning("train: data ran out at step %d of %d", step, total_steps)
         return None

@@ -135,7 +135,8 @@ class Trainer:
                 raise ValueError(f"kd.mode={kd.mode!r} needs a teacher model")
             self.kd_vocab_size = check_vocabularies(cfg, teacher_cfg, kd_vocab_size)
             self.teacher = models.Transformer(teacher_cfg)
-        self._steps: dict[KDSettings, Any] = {}     # the jitted step per loss setting
+        # The jitted programs: a step per KDSettings, and ("score", KDSettings).
+        self._steps: dict[Any, Any] = {}
 
     # ------------------------------------------------------------ state
 
@@ -259,12 +260,19 @@ class Trainer:
             return jnp.swapaxes(y, 0, 1)
         return jax.tree_util.tree_map(split, batch)
 
-    def _train_step(self, state: TrainState, batch, teacher_params, kd: KDSettings):
+    @staticmethod
+    def _counts(kd: KDSettings, batch):
+        """(target mask, CE tokens, KD tokens) of the global batch: every mean divides
+        by one of these once."""
         mask = (batch["loss_mask"] * (batch["segment_ids"] > 0)).astype(jnp.float32)
         n_ce = jnp.maximum(jnp.sum(mask), 1.0)
         n_kd = n_ce
         if kd.mode == "offline":
             n_kd = jnp.maximum(jnp.sum(mask * batch["kd_mask"]), 1.0)
+        return mask, n_ce, n_kd
+
+    def _train_step(self, state: TrainState, batch, teacher_params, kd: KDSettings):
+        mask, n_ce, n_kd = self._counts(kd, batch)
         grad_fn = jax.value_and_grad(self._objective, has_aux=True)
 
         def body(grads, mb):
@@ -280,9 +288,14 @@ class Trainer:
         sums = jax.tree_util.tree_map(jnp.sum, sums)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        metrics = self._metrics(kd, sums, n_ce, n_kd, mask, batch)
+        metrics.update(grad_norm=optax.global_norm(grads), learning_rate=self.schedule(state.step))
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    def _metrics(self, kd: KDSettings, sums, n_ce, n_kd, mask, batch) -> dict:
+        """A step's metrics from its summed terms (the means over the batch's tokens)."""
         ce = sums["ce_sum"] / n_ce
         metrics = {"ce": ce, "accuracy": sums["correct"] / n_ce,
-                   "grad_norm": optax.global_norm(grads), "learning_rate": self.schedule(state.step),
                    "target_tokens": jnp.sum(mask), "tokens": jnp.sum(batch["segment_ids"] > 0)}
         if kd.mode != "none":
             metrics["kd"] = sums["kd_sum"] / n_kd
@@ -300,7 +313,27 @@ class Trainer:
         if "moe_aux_sum" in sums:
             metrics["moe_aux"] = sums["moe_aux_sum"] / self.microbatches
             metrics["loss"] = metrics["loss"] + self.moe_aux_coef * metrics["moe_aux"]
-        return TrainState(state.step + 1, params, opt_state), metrics
+        return metrics
+
+    def _score(self, params, batch, teacher_params, kd: KDSettings):
+        """The step's metrics without the update (no gradient, one microbatch)."""
+        mask, n_ce, n_kd = self._counts(kd, batch)
+        sums = self._sums(params, batch, teacher_params, kd)
+        if "moe_aux_sum" in sums:           # _metrics averages it over the microbatches
+            sums["moe_aux_sum"] = sums["moe_aux_sum"] * self.microbatches
+        return self._metrics(kd, sums, n_ce, n_kd, mask, batch)
+
+    def score(self, params, batch, teacher_params=None, kd: KDSettings | None = None) -> dict:
+        """The metrics a step would report on `batch` with `params`, without training
+        (held-out evaluation; the benchmark's teacher-scoring time). Compiled once per
+        KDSettings and batch shape."""
+        kd = kd or self.kd
+        if self.mesh is not None and isinstance(next(iter(batch.values())), np.ndarray):
+            batch = sharding.shard_batch(batch, self.mesh)
+        if ("score", kd) not in self._steps:
+            self._steps[("score", kd)] = jax.jit(functools.partial(self._score, kd=kd))
+        with sharding.mesh_context(self.mesh):
+            return self._steps[("score", kd)](params, batch, teacher_params)
 
     def compile(self, state: TrainState, batch, teacher_params=None, kd: KDSettings | None = None):
         """Jits the step for `kd` (default: the Trainer's) with explicit shardings

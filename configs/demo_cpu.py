@@ -18,7 +18,7 @@ def get_config():
     c.quick = False
     c.tokenizer_vocab_size = 512
     c.seq_len = 192
-    c.arms = ("answer_only", "unfiltered", "filtered", "kd_online", "kd_offline")
+    c.arms = ("answer_only", "unfiltered", "filtered", "kd_online", "kd_offline", "on_policy")
 
     c.data = ml_collections.ConfigDict()
     c.data.teacher_problems = 4000     # worked solutions the teacher learns from
@@ -40,6 +40,12 @@ def get_config():
     c.filter = ml_collections.ConfigDict(dict(num_workers=2, max_per_prompt=4,
                                               min_overlap_fraction=0.8))
     c.kd = ml_collections.ConfigDict(dict(alpha=0.5, temperature=1.0))
+    # The on_policy arm: the filtered student, then num_steps steps of batch_size own
+    # samples (n per prompt) graded by the teacher; eval_prompts held-out prompts
+    # measure its reverse KL to the teacher along the way.
+    c.on_policy = ml_collections.ConfigDict(dict(
+        num_steps=60, batch_size=16, n=2, learning_rate=1e-3, warmup_steps=5,
+        kind="reverse_kl", eval_prompts=64))
     c.evaluate = ml_collections.ConfigDict(dict(
         k=2, temperature=0.6, top_p=0.95, max_new_tokens=96, num_slots=64))
 
@@ -49,6 +55,7 @@ def get_config():
         "data": {"teacher_problems": 600, "train_prompts": 40, "test_problems": 20},
         "teacher": {"num_steps": 60, "batch_size": 8},
         "student": {"num_steps": 20, "batch_size": 8},
+        "on_policy": {"num_steps": 4, "batch_size": 8, "eval_prompts": 8},
         # Near-greedy samples: the 60-step teacher is close to chance, and at temperature
         # 1.0 none of its 80 samples passed the filters, so the filtered and KD arms were
         # skipped. At 0.0-0.3 a few pass (3 at 0.2), so the quick run trains every arm.

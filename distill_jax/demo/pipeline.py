@@ -12,6 +12,9 @@
                   filtered      SFT on the rejection-filtered samples (R1)
                   kd_online     filtered + soft-target KL against the teacher (online)
                   kd_offline    filtered + KL to the stored top-k logprobs (offline)
+                  on_policy     the filtered student, then on-policy distillation: it
+                                samples the training prompts and the teacher scores
+                                every token (reverse KL), for a fixed number of steps
   6. evaluate   every student and the teacher on the held-out test split
                 (k samples, pass@1 averaged over k);
   7. report     results.json, a table, and results.png (accuracy per arm and the
@@ -47,7 +50,7 @@ from distill_jax.tokenizer import load_tokenizer, train_sentencepiece
 from distill_jax.training.config import base_config as train_defaults
 from distill_jax.training.run import train
 
-ARMS = ("answer_only", "unfiltered", "filtered", "kd_online", "kd_offline")
+ARMS = ("answer_only", "unfiltered", "filtered", "kd_online", "kd_offline", "on_policy")
 
 
 def _done(path: str) -> bool:
@@ -151,6 +154,31 @@ def _train_model(config, workdir, data_path, tokenizer, section, kd=None) -> str
     return export
 
 
+def _on_policy(config, workdir, start, teacher, tokenizer, paths) -> str:
+    """Arm on_policy: the filtered arm's student (`start`) trained further on its own
+    samples of the training prompts, graded token by token by the teacher; the
+    reverse KL on held-out prompts is logged before, during and after."""
+    export = os.path.join(workdir, "export")
+    if _done(os.path.join(workdir, "summary.json")):
+        return export
+    oc = config.on_policy
+    section = copy.deepcopy(config.student)
+    section.update(num_steps=oc.num_steps, batch_size=oc.batch_size,
+                   learning_rate=oc.learning_rate, warmup_steps=oc.warmup_steps)
+    c = _train_config(config, workdir, "", tokenizer, section)
+    c.model.preset, c.model.overrides, c.model.checkpoint = "", {}, start
+    c.kd.mode, c.kd.kind = "on_policy", oc.kind
+    c.kd.teacher.update(checkpoint=teacher, dtype="float32", param_dtype="float32")
+    c.on_policy.prompts.path = paths["train_prompts"]
+    c.on_policy.eval_prompts.path = paths["test_prompts"]
+    c.on_policy.eval_prompts.limit = oc.eval_prompts
+    c.on_policy.eval_every = max(oc.num_steps // 4, 1)
+    c.on_policy.update(n=oc.n, max_new_tokens=config.generate.max_new_tokens,
+                       temperature=1.0, top_p=1.0)
+    train(c)
+    return export
+
+
 def _generate(config, out, teacher, tokenizer, prompts_path) -> str:
     d = os.path.join(out, "traces")
     if _done(os.path.join(d, "summary.json")):
@@ -235,9 +263,9 @@ def _evaluate(config, name, checkpoint, tokenizer_path, prompts_path, out) -> di
     return summary
 
 
-def _curve(workdir: str) -> list[tuple[int, float]]:
+def _curve(workdir: str, key: str = "ce") -> list[tuple[int, float]]:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [(r["step"], r["ce"]) for r in map(json.loads, f)]
+        return [(r["step"], r[key]) for r in map(json.loads, f) if key in r]
 
 
 def run(config) -> dict[str, Any]:
@@ -282,15 +310,22 @@ def run(config) -> dict[str, Any]:
     skipped = {}
     if report["output"]["samples"] == 0:
         # Nothing survived the filters: the arms that train on it have no data.
-        for arm in ("filtered", "kd_online", "kd_offline"):
+        for arm in ("filtered", "kd_online", "kd_offline", "on_policy"):
             if arm in arms:
                 skipped[arm] = "no teacher sample passed the filters"
         arms = [a for a in arms if a not in skipped]
+    if "on_policy" in arms and "filtered" not in arms:
+        raise ValueError("the on_policy arm starts from the filtered arm's student: keep "
+                         "'filtered' in config.arms")
     exports = {}
     for arm in arms:
-        exports[arm] = stage(f"student:{arm}", _train_model, config,
-                             os.path.join(out, "students", arm), data[arm], tokenizer,
-                             config.student, kd.get(arm))
+        workdir = os.path.join(out, "students", arm)
+        if arm == "on_policy":
+            exports[arm] = stage(f"student:{arm}", _on_policy, config, workdir,
+                                 exports["filtered"], teacher, tokenizer, paths)
+            continue
+        exports[arm] = stage(f"student:{arm}", _train_model, config, workdir, data[arm],
+                             tokenizer, config.student, kd.get(arm))
     evals = {"teacher": stage("eval:teacher", _evaluate, config, "teacher", teacher, tokenizer,
                               paths["test_prompts"], out)}
     for arm in arms:
@@ -306,9 +341,18 @@ def run(config) -> dict[str, Any]:
                               "filtered": report["output"]["samples"]},
         "filter_stages": [{k: s[k] for k in ("name", "in", "out")} for s in report["stages"]],
         "teacher_pass_at_1_on_train_prompts": report["teacher"]["pass_at_k"].get("1"),
-        "curves": {arm: _curve(os.path.join(out, "students", arm)) for arm in arms},
+        "curves": {arm: _curve(os.path.join(out, "students", arm)) for arm in arms
+                   if arm != "on_policy"},
         "stage_seconds": timings, "total_seconds": round(time.monotonic() - start, 1),
     }
+    if "on_policy" in arms:
+        workdir = os.path.join(out, "students", "on_policy")
+        results["on_policy"] = {
+            "steps": config.on_policy.num_steps, "kind": config.on_policy.kind,
+            "samples_per_step": config.on_policy.batch_size,
+            "held_out_reverse_kl": _curve(workdir, "eval/reverse_kl"),
+            "held_out_teacher_logprob": _curve(workdir, "eval/teacher_logprob"),
+            "train_reverse_kl": _curve(workdir, "reverse_kl")}
     write_json_atomic(os.path.join(out, "results.json"), results)
     table = format_results(results)
     write_text_atomic(os.path.join(out, "results.md"), table + "\n")
@@ -328,9 +372,19 @@ def format_results(results: dict[str, Any]) -> str:
     examples = results["training_examples"]
     for name, acc in results["accuracy"].items():
         n = examples.get(name, examples["filtered"] if name.startswith("kd") else "")
+        if name == "on_policy" and results.get("on_policy"):
+            op = results["on_policy"]
+            n = f"{examples['filtered']} + {op['steps'] * op['samples_per_step']} own samples"
         lines.append(f"| {name} | {n} | {acc:.3f} |")
     for name, why in results.get("skipped_arms", {}).items():
         lines.append(f"| {name} | 0 | skipped: {why} |")
+    op = results.get("on_policy")
+    if op and op["held_out_reverse_kl"]:
+        kl = op["held_out_reverse_kl"]
+        lines += ["", f"on_policy: {op['steps']} steps of {op['samples_per_step']} student "
+                      f"samples ({op['kind']}) from the filtered student; held-out reverse KL "
+                      f"to the teacher {kl[0][1]:.4f} at step {kl[0][0]} -> {kl[-1][1]:.4f} "
+                      f"at step {kl[-1][0]}."]
     return "\n".join(lines)
 
 

@@ -62,6 +62,7 @@ class PromptSet:
     prompts: list[Prompt]
     token_ids: list[list[int]]
     keys: list[int]                 # the sampler's per-prompt seed: a hash of the id
+    stop_token_ids: tuple[int, ...]  # the template's end of turn: where a sample stops
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -136,7 +137,8 @@ def load_prompt_set(section, chat_format: ChatFormat, seq_len: int,
                 f"sampling budget of {budget} (data.seq_len={seq_len} minus "
                 f"on_policy.max_new_tokens={max_new_tokens}); raise data.seq_len, lower "
                 "max_new_tokens, or drop the prompt")
-    return PromptSet(section.path, prompts, token_ids, [prompt_key(p.id) for p in prompts])
+    return PromptSet(section.path, prompts, token_ids, [prompt_key(p.id) for p in prompts],
+                     chat_format.stop_token_ids())
 
 
 def prompts_for_step(num_prompts: int, per_step: int, step: int, seed: int) -> np.ndarray:
@@ -216,7 +218,7 @@ class OnPolicyBatches:
     samples_from_state = True
 
     def __init__(self, config, cfg: models.ModelConfig, tokenizer: Tokenizer,
-                 chat_format: ChatFormat, prompt_set: PromptSet, kd, params, mesh=None,
+                 prompt_set: PromptSet, kd, params, mesh=None,
                  off_policy_iter=None, eval_set: PromptSet | None = None):
         oc = config.on_policy
         self.config, self.oc, self.kd = config, oc, kd
@@ -232,7 +234,7 @@ class OnPolicyBatches:
         self.host_prompts = self.prompts_per_step // hosts
         self.sampling = SamplingParams(
             n=oc.n, temperature=oc.temperature, top_p=oc.top_p,
-            max_new_tokens=oc.max_new_tokens, stop_token_ids=chat_format.stop_token_ids())
+            max_new_tokens=oc.max_new_tokens, stop_token_ids=prompt_set.stop_token_ids)
         self.sampler = Sampler(cfg, params, mesh=mesh, tokenizer=None,
                                num_slots=oc.num_slots or rows, pad_id=self.pad_id)
 

@@ -307,8 +307,7 @@ def resume_or_init(run: TrainingRun) -> tuple[TrainState, Any, int]:
         batches = SFTBatches(data_iter)
     else:
         batches = on_policy.OnPolicyBatches(
-            run.config, run.cfg, run.tokenizer, run.chat_format, run.prompt_set, run.kd,
-            state.params,
+            run.config, run.cfg, run.tokenizer, run.prompt_set, run.kd, state.params,
             mesh=run.mesh, off_policy_iter=data_iter, eval_set=run.eval_set)
     if start is None:
         return state, batches, 0

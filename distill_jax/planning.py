@@ -20,10 +20,16 @@
                and, with fsdp > 1, the weights that moment gathers (one layer's, or
                the LM head's, in the compute dtype, the next layer's prefetched)
                and their gradient before its reduce-scatter
-  teacher      online KD: the teacher's params, its output for one microbatch
+  teacher      online or on-policy KD: the teacher's params, its output for one microbatch
                (float32 logits, or with a chunked loss its final hidden states),
                and one layer's forward working set, attention included
   batch        the int32 input arrays of this device's rows
+  sampling     on-policy training (kd.mode="on_policy", `add_on_policy_sampling`):
+               between steps the student samples with the state's own params; its
+               slots' cache and working set (`plan_sampling`'s terms past params)
+               take the place of the step's transients (gradients, activations,
+               working, batch), which do not exist then: the term is what the
+               sampler needs beyond them (0 when the step's are larger)
 
 and `plan_sampling` the continuous-batching sampler's: the teacher's params, the
 KV cache of its resident decode slots (slots x (prompt bucket + max_new_tokens) x
@@ -639,10 +645,36 @@ def plan_training(cfg: models.ModelConfig, mesh: Mapping[str, int], batch_size: 
         terms["teacher"] = int(param_bytes_per_device(teacher_cfg, mesh) + t_out
                                + tokens * teacher_cfg.hidden_size * 4 * 4 + t_attention
                                + t_gather + t_routed)
-        notes.append("online KD: the teacher's params, one microbatch of its "
+        notes.append("online or on-policy KD: the teacher's params, one microbatch of its "
                      + ("final hidden states" if chunk else "logits")
                      + " and one layer's forward")
     return MemoryPlan("train", mesh, terms, device_memory, headroom, notes, backend, kernel)
+
+
+STEP_TRANSIENTS = ("gradients", "activations", "working", "batch")
+SAMPLER_TRANSIENTS = ("kv_cache", "prefill", "decode", "gathered", "outputs", "logits")
+
+
+def add_on_policy_sampling(plan: MemoryPlan, cfg: models.ModelConfig, slots: int,
+                           seq_len: int, max_new_tokens: int) -> MemoryPlan:
+    """Adds to a training plan the sampling an on-policy run does between steps
+    (module docstring, term `sampling`): `slots` rows of the student (all hosts)
+    with prompts in the length bucket of seq_len - max_new_tokens. The sampler
+    reads the state's params in place, so they are not counted twice."""
+    from distill_jax.sampling.sampler import DEFAULT_LENGTH_BUCKETS, bucket
+    prompt_len = bucket(max(seq_len - max_new_tokens, 1), DEFAULT_LENGTH_BUCKETS,
+                        "on-policy prompt budget")
+    sample = plan_sampling(cfg, plan.mesh, slots, prompt_len, max_new_tokens,
+                           backend=plan.backend)
+    sampler = sum(sample.terms[k] for k in SAMPLER_TRANSIENTS)
+    step = sum(plan.terms[k] for k in STEP_TRANSIENTS)
+    plan.terms["sampling"] = max(0, sampler - step)
+    plan.notes.append(
+        f"on-policy: between steps the student samples {slots} slots of prompt bucket "
+        f"{prompt_len} + {max_new_tokens} new tokens: {_fmt(sampler)} of cache and "
+        f"working set (KV cache {_fmt(sample.terms['kv_cache'])}) in place of the step's "
+        f"{_fmt(step)} of transients")
+    return plan
 
 
 def cache_bytes_per_position(cfg: models.ModelConfig, mesh: Mapping[str, int]) -> int:
@@ -1238,13 +1270,23 @@ def plan_from_config(config, num_devices: int, device_memory: int | None,
         kc = config.kd
         teacher = (_model_from_config(kc.teacher, kc.teacher.tokenizer_path
                                       or config.data.tokenizer_path)
-                   if kc.mode == "online" else None)
+                   if kc.mode in ("online", "on_policy") else None)
         topk = kc.topk if kc.mode == "offline" else 0
         tc = config.train
         chunk = int(tc.get("loss_chunk_size", 0) or 0)
         seq_len = config.data.seq_len
         plan = plan_training(cfg, mesh, tc.batch_size, seq_len, tc.microbatches,
                              device_memory, teacher, topk, headroom, chunk, backend)
+        if kc.mode == "on_policy":
+            oc = config.on_policy
+            add_on_policy_sampling(plan, cfg, oc.num_slots or tc.batch_size, seq_len,
+                                   oc.max_new_tokens)
+            if plan.fits is False:
+                raise PlanError(
+                    f"{plan.table()}\non-policy training does not fit: the step and the "
+                    "student's sampling share the device; lower on_policy.num_slots (the "
+                    "slots sampled at once), on_policy.max_new_tokens or train.batch_size "
+                    "(with microbatches), or add devices")
         if plan.fits is False:
             needed = devices_needed(cfg, tc.batch_size, seq_len, device_memory, teacher, topk,
                                     headroom, loss_chunk_size=chunk, backend=backend)

@@ -52,7 +52,6 @@ from distill_jax.tokenizer import Tokenizer
 
 # The held-out prompts are sampled with the seed of this step (one no run reaches).
 EVAL_SEED_STEP = 2**31 - 1
-BATCH_FIELDS = ("inputs", "targets", "loss_mask", "segment_ids", "positions", "sample_logprobs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,9 +178,11 @@ def rows_from_samples(prompt_ids: list[list[int]], samples: list[list[Any]], seq
     -> (batch, host stats: mean completion length, fraction cut at the length limit)."""
     rows = [(p, s) for p, outs in zip(prompt_ids, samples) for s in outs]
     shape = (len(rows), seq_len)
-    batch = {"inputs": np.full(shape, pad_id, np.int32), "targets": np.full(shape, pad_id, np.int32),
+    batch = {"inputs": np.full(shape, pad_id, np.int32),
+             "targets": np.full(shape, pad_id, np.int32),
              "loss_mask": np.zeros(shape, np.float32), "segment_ids": np.zeros(shape, np.int32),
-             "positions": np.zeros(shape, np.int32), "sample_logprobs": np.zeros(shape, np.float32)}
+             "positions": np.zeros(shape, np.int32),
+             "sample_logprobs": np.zeros(shape, np.float32)}
     lengths, truncated = [], 0
     for r, (prompt, sample) in enumerate(rows):
         tokens = list(prompt) + list(sample.token_ids)
@@ -239,7 +240,9 @@ class OnPolicyBatches:
                                num_slots=oc.num_slots or rows, pad_id=self.pad_id)
 
     def get_state(self) -> dict:
-        return {} if self.off_policy_iter is None else {"off_policy": self.off_policy_iter.get_state()}
+        if self.off_policy_iter is None:
+            return {}
+        return {"off_policy": self.off_policy_iter.get_state()}
 
     def set_state(self, state: dict) -> None:
         if self.off_policy_iter is not None and "off_policy" in state:
@@ -292,7 +295,7 @@ class OnPolicyBatches:
             # Every batch has the step's shape (one compiled program); padding rows
             # repeat the first prompt and are masked out of the means by weight.
             padded = chunk + [mine[0] if mine else 0] * (self.host_prompts - len(chunk))
-            batch, stats = self.sample(self.eval_set, padded, params,
+            batch, _ = self.sample(self.eval_set, padded, params,
                                        step_seed(self.config.seed, EVAL_SEED_STEP))
             keep = np.repeat(np.arange(len(padded)) < len(chunk), self.oc.n)
             batch["loss_mask"] = batch["loss_mask"] * keep[:, None]

@@ -61,6 +61,12 @@ def test_notebook_runs_the_quick_pipeline_through_every_stage_and_arm(tmp_path, 
     assert "| teacher |" in (out / "results.md").read_text()
     for arm in results["curves"]:
         assert len(results["curves"][arm]) == 4            # 20 steps, logged every 5
+    # The on-policy arm continued the filtered student on its own samples, with the
+    # held-out reverse KL measured before the first step and at the end.
+    assert "on_policy" in results["accuracy"]
+    held_out = results["on_policy"]["held_out_reverse_kl"]
+    assert [step for step, _ in held_out][0] == 0 and held_out[-1][0] == 4
+    assert all(kl > 0 for _, kl in held_out)
     # A rerun (here in-process) reuses every finished stage.
     start = time.monotonic()
     again = pipeline.run(config)

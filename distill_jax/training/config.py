@@ -125,3 +125,35 @@ def base_config():
     c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "expert": 1, "tensor": 1})
     return c
 
+
+def r1_distill_config(name: str, checkpoint: str, learning_rate: float,
+                      microbatches: int) -> ml_collections.ConfigDict:
+    """The R1-Distill recipe the configs/r1_distill_*.py files share: SFT of a base on
+    R1 traces at 32,768 tokens per row, batch 64, 2 epochs, cosine to a tenth of the
+    peak lr (R1 paper, distillation details), in R1's own chat format.
+
+    What makes 32k fit: full remat, `attention_impl="auto"` (splash on TPU, cudnn on
+    GPU: no [rows, heads, L, L] scores) and the chunked loss (no [tokens, vocab]
+    float32 logits); FSDP over every device. R1's chat markers (<｜User｜>,
+    <｜Assistant｜>, <｜end▁of▁sentence｜>) are not tokens of the Qwen2.5 or Llama 3
+    tokenizers, so they are added as special tokens (new rows at the mean of the
+    real ones) and the export carries the extended tokenizer and the template.
+    """
+    c = base_config()
+    c.workdir = f"runs/{name}"
+    c.model.checkpoint = checkpoint
+    c.data.tokenizer_path = checkpoint
+    c.data.chat_template = "deepseek-r1"
+    c.data.add_chat_tokens = True
+    c.data.seq_len = 32768
+    c.model.remat_policy = "full"
+    c.model.attention_impl = "auto"
+    c.train.batch_size = 64
+    c.train.microbatches = microbatches
+    c.train.loss_chunk_size = 2048
+    c.train.num_epochs = 2
+    c.train.learning_rate = learning_rate
+    c.train.final_lr_fraction = 0.1
+    c.train.export_dir = f"runs/{name}/export"
+    c.mesh.fsdp = -1
+    return c

@@ -1277,11 +1277,11 @@ def plan_from_config(config, num_devices: int, device_memory: int | None,
         seq_len = config.data.seq_len
         plan = plan_training(cfg, mesh, tc.batch_size, seq_len, tc.microbatches,
                              device_memory, teacher, topk, headroom, chunk, backend)
-        if kc.mode == "on_policy":
+        if kc.mode == "on_policy" and plan.fits is not False:
             oc = config.on_policy
             add_on_policy_sampling(plan, cfg, oc.num_slots or tc.batch_size, seq_len,
                                    oc.max_new_tokens)
-            if plan.fits is False:
+            if plan.fits is False:          # the step fits; the sampling does not
                 raise PlanError(
                     f"{plan.table()}\non-policy training does not fit: the step and the "
                     "student's sampling share the device; lower on_policy.num_slots (the "

@@ -85,7 +85,9 @@ def _chunk_sums(chunk: dict, head_kernel, teacher_head_kernel, *, mode: str, com
     h = jnp.where(valid[..., None], chunk["hidden"], jnp.zeros((), chunk["hidden"].dtype))
     targets = jnp.where(valid, chunk["targets"], 0)
     logits = head_logits(h, head_kernel, compute_dtype, head_layout)
-    ce = losses.token_cross_entropy(logits, targets)
+    # On-policy, CE (of the student's own samples) is a metric, not part of the loss.
+    ce = losses.token_cross_entropy(
+        jax.lax.stop_gradient(logits) if mode == "on_policy" else logits, targets)
     hit = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
     sums = {"ce_sum": jnp.sum(jnp.where(valid, ce * m, 0.0)),
             "correct": jnp.sum(jnp.where(valid, hit * m, 0.0))}
@@ -100,17 +102,19 @@ def _chunk_sums(chunk: dict, head_kernel, teacher_head_kernel, *, mode: str, com
                                          temperature, kind, beta)
         sums["kd_sum"] = jnp.sum(jnp.where(valid, per_token * m, 0.0))
     elif mode == "on_policy":
-        # A sampled id past the shared vocabulary has no teacher probability: it adds
-        # nothing (and is counted), the rest are the student's own tokens.
+        # A sampled id past the shared vocabulary has no teacher probability: the
+        # sampled-token terms skip it (it is counted); a full-vocabulary divergence
+        # does not depend on which id was drawn and keeps the position.
         scored = valid & (targets < shared)
         terms = losses.on_policy_token_terms(logits, teacher_logits[..., :shared],
                                              jnp.where(scored, targets, 0), temperature,
                                              kind, beta)
 
-        def total(x):
-            return jnp.sum(jnp.where(scored, x * m, 0.0))
-        sums.update(kd_sum=total(terms["loss"]), reverse_kl_sum=total(terms["reverse_kl"]),
-                    teacher_logprob_sum=total(terms["teacher_logprob"]),
+        def total(x, where):
+            return jnp.sum(jnp.where(where, x * m, 0.0))
+        sums.update(kd_sum=total(terms["loss"], scored if kind == "sampled_token" else valid),
+                    reverse_kl_sum=total(terms["reverse_kl"], valid),
+                    teacher_logprob_sum=total(terms["teacher_logprob"], scored),
                     unscored_tokens=jnp.sum(jnp.where(valid & ~scored, m, 0.0)))
         if "sample_logprobs" in chunk:     # what the sampler reported for the same tokens
             gap = jnp.abs(jax.lax.stop_gradient(-ce) - chunk["sample_logprobs"])

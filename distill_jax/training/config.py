@@ -109,7 +109,8 @@ def base_config():
     c.on_policy.n = 1                # samples per prompt
     c.on_policy.max_new_tokens = 1024
     # 1.0 and no truncation: the samples are the student's own distribution, which the
-    # estimators assume; lower values train on a sharpened policy.
+    # estimators assume (sampled_token requires it); lower values train on a sharpened
+    # policy.
     c.on_policy.temperature = 1.0
     c.on_policy.top_p = 1.0
     c.on_policy.num_slots = 0        # decode slots; 0 = the step's rows (all at once)
@@ -120,7 +121,7 @@ def base_config():
     # Held-out prompts: every eval_every steps the student samples them (fixed seed) and
     # the teacher scores them; their mean reverse KL etc. go to the metrics as eval/*.
     c.on_policy.eval_prompts = prompt_section()
-    c.on_policy.eval_every = 0       # 0 = at the end only (when eval_prompts.path is set)
+    c.on_policy.eval_every = 0       # 0 = before the first step and at the end only
 
     c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "expert": 1, "tensor": 1})
     return c

@@ -128,17 +128,19 @@ def on_policy_token_terms(student_logits: jax.Array, teacher_logits: jax.Array,
     if kind not in ON_POLICY_KINDS:
         raise ValueError(f"unknown on-policy kind {kind!r}; choose from {ON_POLICY_KINDS}")
     shared = teacher_logits.shape[-1]
-    log_q_full = jax.nn.log_softmax(student_logits.astype(jnp.float32), axis=-1)
-    log_q = jax.nn.log_softmax(student_logits[..., :shared].astype(jnp.float32), axis=-1)
-    log_p = jax.nn.log_softmax(teacher_logits.astype(jnp.float32), axis=-1)
     ids = targets[..., None].astype(jnp.int32)
-    student_lp = jnp.take_along_axis(log_q_full, ids, axis=-1)[..., 0]
+    # Only `loss` carries a gradient: the metrics read the student's logits through
+    # stop_gradient, so the backward pass keeps no buffers for them.
+    fixed = jax.lax.stop_gradient(student_logits).astype(jnp.float32)
+    log_q = jax.nn.log_softmax(fixed[..., :shared], axis=-1)
+    log_p = jax.nn.log_softmax(teacher_logits.astype(jnp.float32), axis=-1)
+    student_lp = jnp.take_along_axis(jax.nn.log_softmax(fixed, axis=-1), ids, axis=-1)[..., 0]
     teacher_lp = jnp.take_along_axis(log_p, ids, axis=-1)[..., 0]
     if kind == "sampled_token":
-        advantage = jax.lax.stop_gradient(teacher_lp - student_lp)
-        surrogate = -advantage * student_lp
+        advantage = teacher_lp - student_lp                  # a constant
+        live_lp = -token_cross_entropy(student_logits, targets)
         # Value −A (the sampled reverse-KL estimate), gradient −A·∇log q(x).
-        loss = surrogate - jax.lax.stop_gradient(surrogate) - advantage
+        loss = -advantage * (live_lp - jax.lax.stop_gradient(live_lp)) - advantage
     else:
         loss = kd_token_loss(student_logits[..., :shared], teacher_logits, temperature, kind, beta)
     return {"loss": loss, "reverse_kl": _kl(log_q, log_p), "teacher_logprob": teacher_lp,

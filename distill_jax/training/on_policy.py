@@ -83,6 +83,10 @@ def prompt_sets(config, tokenizer: Tokenizer) -> tuple[PromptSet, PromptSet | No
         (oc.max_new_tokens >= 1, f"on_policy.max_new_tokens must be >= 1, got "
                                  f"{oc.max_new_tokens}"),
         (oc.eval_every >= 0, f"on_policy.eval_every must be >= 0, got {oc.eval_every}"),
+        (config.kd.kind != "sampled_token" or (oc.temperature == 1.0 and oc.top_p == 1.0),
+         "kd.kind='sampled_token' estimates the reverse KL from the student's own "
+         "distribution: on_policy.temperature must be 1.0 and top_p 1.0, got "
+         f"{oc.temperature} and {oc.top_p}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -98,6 +102,18 @@ def prompt_sets(config, tokenizer: Tokenizer) -> tuple[PromptSet, PromptSet | No
     eval_set = (load_prompt_set(oc.eval_prompts, fmt, dc.seq_len, oc.max_new_tokens)
                 if oc.eval_prompts.path else None)
     return prompt_set, eval_set
+
+
+def check_slots(config, mesh) -> None:
+    """The sampler's slots and the step's rows split evenly over the mesh's
+    data-parallel shards (checked before the student loads)."""
+    from distill_jax import sharding
+    parallel = sharding.data_parallel_size(mesh)
+    slots = config.on_policy.num_slots or config.train.batch_size
+    if slots % parallel:
+        raise ValueError(f"on_policy.num_slots={slots} (0 = train.batch_size) must be a "
+                         f"multiple of the mesh's data x fsdp x expert size {parallel}: the "
+                         "sampler splits its slots over them")
 
 
 def check_teacher_scores_every_token(student: Tokenizer, teacher: Tokenizer) -> None:
@@ -140,17 +156,27 @@ def load_prompt_set(section, chat_format: ChatFormat, seq_len: int,
                      chat_format.stop_token_ids())
 
 
-def prompts_for_step(num_prompts: int, per_step: int, step: int, seed: int) -> np.ndarray:
-    """Indices of step `step`'s prompts: consecutive slices of one permutation per
-    epoch (epoch e's from (seed, e)); a step that crosses an epoch takes the rest of
-    one permutation and the start of the next. A function of its arguments only, so
-    a resumed run needs no iterator state."""
+def prompts_for_step(num_prompts: int, per_step: int, step: int, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, epochs) of the prompts of on-policy step `step` (0-based, counting
+    on-policy steps only): consecutive slices of one permutation per epoch (epoch
+    e's from (seed, e)); a step that crosses an epoch takes the rest of one
+    permutation and the start of the next. A function of its arguments only, so a
+    resumed run needs no iterator state."""
     first = step * per_step
-    out = []
+    indices, epochs = [], []
     for g in range(first, first + per_step):
         epoch, k = divmod(g, num_prompts)
-        out.append(_permutation(num_prompts, seed, epoch)[k])
-    return np.asarray(out, np.int64)
+        indices.append(_permutation(num_prompts, seed, epoch)[k])
+        epochs.append(epoch)
+    return np.asarray(indices, np.int64), np.asarray(epochs, np.int64)
+
+
+def sample_key(prompt_key: int, epoch: int) -> int:
+    """The sampler's key of a prompt in an epoch: a prompt drawn twice in one step
+    (the step crosses an epoch, or holds more prompts than there are) gets
+    different samples."""
+    return (prompt_key + epoch * 0x9E3779B1) & 0x7FFFFFFF
 
 
 _PERMUTATIONS: dict[tuple[int, int, int], np.ndarray] = {}
@@ -210,6 +236,20 @@ def is_off_policy_step(step: int, fraction: float) -> bool:
     return fraction > 0 and int((step + 1) * fraction) > int(step * fraction)
 
 
+def on_policy_index(step: int, fraction: float) -> int:
+    """How many on-policy steps come before step `step`: the prompts advance only on
+    those, so off-policy steps skip no prompt."""
+    return step - int(step * fraction)
+
+
+def total_steps(on_policy_steps: int, fraction: float) -> int:
+    """The fewest steps that hold `on_policy_steps` on-policy ones."""
+    steps = on_policy_steps
+    while on_policy_index(steps, fraction) < on_policy_steps:
+        steps += 1
+    return steps
+
+
 class OnPolicyBatches:
     """The on-policy run's batches: `next(step, state)` samples step `step`'s rows
     from `state.params` (or takes an off-policy batch); `get_state`/`set_state`
@@ -255,23 +295,27 @@ class OnPolicyBatches:
         """(batch, its KDSettings, host metrics) of step `step` (0-based)."""
         if is_off_policy_step(step, self.oc.off_policy_fraction):
             return next(self.off_policy_iter), self.off_policy_kd, {"off_policy": 1.0}
-        indices = prompts_for_step(len(self.prompt_set), self.prompts_per_step, step,
-                                   self.config.seed)
-        host = jax.process_index()
-        mine = indices[host * self.host_prompts:(host + 1) * self.host_prompts]
-        batch, stats = self.sample(self.prompt_set, mine, state.params,
-                                   step_seed(self.config.seed, step))
+        indices, epochs = prompts_for_step(
+            len(self.prompt_set), self.prompts_per_step,
+            on_policy_index(step, self.oc.off_policy_fraction), self.config.seed)
+        mine = slice(jax.process_index() * self.host_prompts,
+                     (jax.process_index() + 1) * self.host_prompts)
+        batch, stats = self.sample(self.prompt_set, indices[mine], state.params,
+                                   step_seed(self.config.seed, step), epochs[mine])
         stats["off_policy"] = 0.0
         return batch, self.kd, stats
 
-    def sample(self, prompt_set: PromptSet, indices, params, seed: int
+    def sample(self, prompt_set: PromptSet, indices, params, seed: int, epochs=None
                ) -> tuple[dict, dict]:
-        """Rows of `indices`' prompts sampled by `params` -> (batch, host stats)."""
+        """Rows of `indices`' prompts (drawn in `epochs`, default 0) sampled by
+        `params` -> (batch, host stats)."""
         start = time.perf_counter()
         self.sampler.update_params(params)
         prompt_ids = [prompt_set.token_ids[i] for i in indices]
+        epochs = np.zeros(len(indices), np.int64) if epochs is None else epochs
+        keys = [sample_key(prompt_set.keys[i], int(e)) for i, e in zip(indices, epochs)]
         outs = self.sampler.generate(prompt_ids, dataclasses.replace(self.sampling, seed=seed),
-                                     prompt_keys=[prompt_set.keys[i] for i in indices])
+                                     prompt_keys=keys)
         batch, stats = rows_from_samples(prompt_ids, outs, self.seq_len, self.pad_id)
         seconds = time.perf_counter() - start
         tokens = self.sampler.stats.get("decode_tokens", 0) + len(indices) * self.sampling.n

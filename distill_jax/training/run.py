@@ -139,6 +139,8 @@ def prepare(config) -> TrainingRun:
         prompt_set, eval_set = on_policy.prompt_sets(config, tokenizer)
     _check_context(dc.seq_len, cfg, teacher_cfg)
     mesh = sharding.make_mesh(dict(config.mesh)) if config.get("mesh") else None
+    if prompt_set is not None:
+        on_policy.check_slots(config, mesh)
     _check_memory(config)
 
     cache_dir = dc.cache_dir or os.path.join(workdir, "data_cache")
@@ -147,8 +149,10 @@ def prepare(config) -> TrainingRun:
         pipeline = _sft_pipeline(config, sources, tokenizer, chat_format, cache_dir,
                                  cycle=bool(tc.num_steps) or prompt_set is not None)
     if prompt_set is not None:
-        total_steps = tc.num_steps or tc.num_epochs * (
-            len(prompt_set) // (tc.batch_size // config.on_policy.n))
+        # num_epochs counts passes over the prompts; off-policy steps come on top.
+        total_steps = tc.num_steps or on_policy.total_steps(
+            tc.num_epochs * (len(prompt_set) // (tc.batch_size // config.on_policy.n)),
+            config.on_policy.off_policy_fraction)
         if total_steps < 1:
             raise ValueError(f"{prompt_set.path}: {len(prompt_set)} prompts make no step of "
                              f"{tc.batch_size // config.on_policy.n} prompts; set "

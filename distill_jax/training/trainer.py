@@ -260,6 +260,13 @@ class Trainer:
             return jnp.swapaxes(y, 0, 1)
         return jax.tree_util.tree_map(split, batch)
 
+    def _constrain(self, mb):
+        """A microbatch's rows stay split over the batch axes (a no-op without a mesh)."""
+        if self.mesh is None:
+            return mb
+        return jax.tree_util.tree_map(lambda x: jax.lax.with_sharding_constraint(
+            x, sharding.batch_sharding(self.mesh, x.ndim)), mb)
+
     @staticmethod
     def _counts(kd: KDSettings, batch):
         """(target mask, CE tokens, KD tokens) of the global batch: every mean divides
@@ -276,10 +283,7 @@ class Trainer:
         grad_fn = jax.value_and_grad(self._objective, has_aux=True)
 
         def body(grads, mb):
-            if self.mesh is not None:
-                mb = jax.tree_util.tree_map(
-                    lambda x: jax.lax.with_sharding_constraint(
-                        x, sharding.batch_sharding(self.mesh, x.ndim)), mb)
+            mb = self._constrain(mb)
             (_, sums), g = grad_fn(state.params, mb, teacher_params, n_ce, n_kd, kd)
             return jax.tree_util.tree_map(jnp.add, grads, g), sums
 
@@ -316,11 +320,14 @@ class Trainer:
         return metrics
 
     def _score(self, params, batch, teacher_params, kd: KDSettings):
-        """The step's metrics without the update (no gradient, one microbatch)."""
+        """The step's metrics without the update: the same microbatches (so the same
+        peak memory as the step's forward), no gradient."""
         mask, n_ce, n_kd = self._counts(kd, batch)
-        sums = self._sums(params, batch, teacher_params, kd)
-        if "moe_aux_sum" in sums:           # _metrics averages it over the microbatches
-            sums["moe_aux_sum"] = sums["moe_aux_sum"] * self.microbatches
+
+        def body(_, mb):
+            return None, self._sums(params, self._constrain(mb), teacher_params, kd)
+        _, sums = jax.lax.scan(body, None, self._split(batch))
+        sums = jax.tree_util.tree_map(jnp.sum, sums)
         return self._metrics(kd, sums, n_ce, n_kd, mask, batch)
 
     def score(self, params, batch, teacher_params=None, kd: KDSettings | None = None) -> dict:

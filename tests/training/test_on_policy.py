@@ -138,9 +138,13 @@ def test_chunked_sums_equal_the_unchunked_terms_and_never_train_the_teacher(kind
         scored = (mask > 0) & (targets < shared)
         terms = losses.on_policy_token_terms(logits, teacher, jnp.where(scored, targets, 0),
                                              1.0, kind)
-        ce = losses.token_cross_entropy(logits, targets)
-        return {"kd_sum": jnp.sum(jnp.where(scored, terms["loss"] * mask, 0)),
-                "reverse_kl_sum": jnp.sum(jnp.where(scored, terms["reverse_kl"] * mask, 0)),
+        # CE of the student's own samples is a metric here: no gradient.
+        ce = losses.token_cross_entropy(jax.lax.stop_gradient(logits), targets)
+        # The sampled-token loss needs the teacher's probability of the sampled id; a
+        # full-vocabulary divergence does not, and keeps ids past the shared ones.
+        loss_at = scored if kind == "sampled_token" else mask > 0
+        return {"kd_sum": jnp.sum(jnp.where(loss_at, terms["loss"] * mask, 0)),
+                "reverse_kl_sum": jnp.sum(jnp.where(mask > 0, terms["reverse_kl"] * mask, 0)),
                 "teacher_logprob_sum": jnp.sum(jnp.where(scored, terms["teacher_logprob"], 0)),
                 "unscored_tokens": jnp.sum((mask > 0) & (targets >= shared)),
                 "logprob_gap_sum": jnp.sum(jnp.abs(-ce - sample_lp) * mask),
@@ -174,16 +178,31 @@ def test_chunked_sums_equal_the_unchunked_terms_and_never_train_the_teacher(kind
 def test_prompts_of_a_step_are_a_function_of_seed_and_step():
     n, per_step = 10, 4
     steps = [on_policy.prompts_for_step(n, per_step, t, seed=3) for t in range(5)]
-    flat = np.concatenate(steps)
+    flat = np.concatenate([indices for indices, _ in steps])
     # Each epoch is a permutation: the first 10 and the next 10 indices cover all prompts.
     assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
     assert not np.array_equal(flat[:10], flat[10:20])           # a new order per epoch
-    np.testing.assert_array_equal(on_policy.prompts_for_step(n, per_step, 3, seed=3), steps[3])
-    assert not np.array_equal(on_policy.prompts_for_step(n, per_step, 3, seed=4), steps[3])
+    np.testing.assert_array_equal(np.concatenate([e for _, e in steps]), np.arange(20) // 10)
+    np.testing.assert_array_equal(on_policy.prompts_for_step(n, per_step, 3, seed=3)[0],
+                                  steps[3][0])
+    assert not np.array_equal(on_policy.prompts_for_step(n, per_step, 3, seed=4)[0], steps[3][0])
     assert on_policy.step_seed(0, 1) != on_policy.step_seed(0, 2)
+    # A prompt drawn in two epochs of one step samples under two keys.
+    assert on_policy.sample_key(12345, 0) != on_policy.sample_key(12345, 1)
+
+
+def test_off_policy_steps_are_spread_evenly_and_skip_no_prompt():
     assert [on_policy.is_off_policy_step(t, 0.25) for t in range(8)] == \
         [False, False, False, True] * 2
     assert not any(on_policy.is_off_policy_step(t, 0.0) for t in range(8))
+    f = 0.5
+    on = [on_policy.on_policy_index(t, f) for t in range(8)
+          if not on_policy.is_off_policy_step(t, f)]
+    assert on == [0, 1, 2, 3]                  # consecutive: every prompt slice is used
+    # Steps 0..6 hold 4 on-policy ones (0, 2, 4, 6); with f = 0.25, step 3 is the
+    # first off-policy one.
+    assert on_policy.total_steps(4, f) == 7 and on_policy.total_steps(4, 0.0) == 4
+    assert on_policy.total_steps(3, 0.25) == 3 and on_policy.total_steps(4, 0.25) == 5
 
 
 def test_rows_hold_prompt_and_completion_with_the_loss_on_the_completion():
@@ -427,3 +446,28 @@ def test_bad_settings_are_refused_before_anything_loads(tmp_path, tokenizer_path
                                                         overrides, message):
     with pytest.raises(ValueError, match=message):
         train(_config(tmp_path / "run", tokenizer_path, prompts_path, **overrides))
+
+
+def test_the_memory_plan_counts_the_students_sampling_between_steps():
+    """The example config on 8 x 80 GB GPUs (presets, no checkpoint): 64 slots of
+    1024 + 8192 positions fit inside the step's own transients; 1024 slots add their
+    excess; 4096 do not fit, and the refusal says the sampling is what does not."""
+    from distill_jax import planning
+    from tests.config_files import load_config_module
+    module = load_config_module("on_policy_r1_distill_qwen_1p5b")
+
+    def plan(slots):
+        c = module.get_config()
+        c.model.checkpoint, c.model.preset = "", "deepseek-r1-distill-qwen-1.5b"
+        c.kd.teacher.checkpoint, c.kd.teacher.preset = "", "qwen2.5-math-7b"
+        c.data.tokenizer_path = ""
+        c.on_policy.num_slots = slots
+        return planning.plan_from_config(c, 8, int(79.6 * planning.GIB), backend="gpu")
+
+    small, large = plan(64), plan(1024)
+    assert small.terms["sampling"] == 0 and small.fits
+    assert large.terms["sampling"] > 10 * planning.GIB and large.fits
+    assert large.total - small.total == large.terms["sampling"]
+    with pytest.raises(planning.PlanError, match="on-policy training does not fit: the step "
+                                                 "and the student's sampling share the device"):
+        plan(4096)

@@ -36,7 +36,10 @@ summary's `run_tokens_per_s` (its clock starts before it loads the checkpoint an
 ends after writing the shards) and tokens over the whole call's wall time. Same
 weights and seeds, so the two must draw the same tokens: checked row by row.
 
-  python benchmarks/on_policy_step.py [--rounds 10] [--quick]
+Part 3, the loss's backward memory (`part_memory`): XLA's temporary bytes of the
+compiled chunked-loss gradient per on-policy loss, against online KD's.
+
+  python benchmarks/on_policy_step.py [--rounds 10] [--quick] [--parts split,tokens,memory]
 """
 from __future__ import annotations
 
@@ -334,6 +337,40 @@ def part_tokens_per_s(args, root, run, state, batches, tokenizer):
     return dict(ours=ours_tps, gen_own=gen_own, gen_wall=gen_wall, same=same)
 
 
+def part_memory(args) -> None:
+    """The loss's backward memory: XLA's temporary bytes of the compiled gradient of
+    `chunked_loss_sums` (4 rows x 1024 positions, hidden 64, vocab 32768, chunks of
+    256, f32), per loss, in units of one chunk's [rows, chunk, vocab] float32 logits.
+    Online KD (kind reverse_kl, with CE) is the reference the planner's `working`
+    term is written for (3 chunk-sized copies with a teacher)."""
+    from distill_jax.training import chunked_loss
+    from distill_jax.training.trainer import KDSettings
+    rows, length, hidden, vocab, chunk = 4, 1024, 64, 32768, 256
+    rng = np.random.default_rng(0)
+    h = jnp.asarray(rng.normal(size=(rows, length, hidden)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(hidden, vocab)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, vocab, (rows, length)))
+    mask = jnp.ones((rows, length), jnp.float32)
+    unit = rows * chunk * vocab * 4
+    print(f"\nPart 3: the loss's backward, XLA temporary memory ({rows} rows x {length}, "
+          f"vocab {vocab}, chunks of {chunk}; unit: one chunk's f32 logits, "
+          f"{unit / 2**20:.0f} MiB)")
+    reference = None
+    for mode, kind in (("online", "reverse_kl"), ("on_policy", "reverse_kl"),
+                       ("on_policy", "jsd"), ("on_policy", "sampled_token")):
+        kd = KDSettings(mode=mode, kind=kind, alpha=0.5)
+
+        def loss(h, w):
+            sums = chunked_loss.chunked_loss_sums(
+                h, w, targets, mask, chunk_size=chunk, kd=kd, teacher_hidden=h,
+                teacher_head_kernel=w, kd_vocab_size=vocab)
+            return sums["kd_sum"] + (sums["ce_sum"] if mode == "online" else 0.0)
+        compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(h, w).compile()
+        units = compiled.memory_analysis().temp_size_in_bytes / unit
+        reference = reference or units
+        print(f"  {mode:<10} {kind:<14} {units:5.2f} units  ({units / reference:.2f}x online KD)")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=10,
@@ -341,7 +378,7 @@ def main():
     parser.add_argument("--warmups", type=int, default=1, help="untimed steps first (compiles)")
     parser.add_argument("--prompts", type=int, default=64, help="prompts in the prompt set")
     parser.add_argument("--max-new-tokens", type=int, default=0, help="0 = the demo's (96)")
-    parser.add_argument("--parts", default="split,tokens", help="split,tokens")
+    parser.add_argument("--parts", default="split,tokens,memory", help="split,tokens,memory")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 1/2 layers, 4 prompts x 2, 16 new tokens, 1 round")
     args = parser.parse_args()
@@ -372,6 +409,8 @@ def main():
                 state, _ = part_split(args, run, state, batches, teacher)
             if "tokens" in parts:
                 part_tokens_per_s(args, root, run, state, batches, tokenizer)
+            if "memory" in parts:
+                part_memory(args)
         finally:
             run.checkpointer.close()
     print(f"\ntotal {time.perf_counter() - started:.0f} s; load average now {load_average()}")

@@ -239,6 +239,23 @@ def test_update_params_samples_from_the_new_weights_without_recompiling():
     assert draws(from_b) == draws(fresh) and draws(from_b) != draws(from_a)
 
 
+def test_update_params_takes_placed_params_in_place_on_a_mesh():
+    """A training state's params, already placed by the same logical rules, are
+    neither copied nor moved: the sampler holds the very same arrays."""
+    from distill_jax import sharding
+    cfg = models.get_config("tiny-llama", vocab_size=64)
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
+    shardings = sharding.logical_to_shardings(models.param_logical_axes(cfg), mesh,
+                                              shapes=models.param_shapes(cfg))
+    placed = jax.device_put(models.init_params(cfg, jax.random.key(0)), shardings)
+    sampler = Sampler(cfg, placed, mesh=mesh, num_slots=4)
+    other = jax.device_put(models.init_params(cfg, jax.random.key(1)), shardings)
+    sampler.update_params(other)
+    for held, given in zip(jax.tree_util.tree_leaves(sampler.params),
+                           jax.tree_util.tree_leaves(other)):
+        assert held is given
+
+
 # ------------------------------------------------------------ runs
 
 @pytest.fixture(scope="module")

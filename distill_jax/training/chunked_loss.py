@@ -59,6 +59,14 @@ KD (`kd` is a `trainer.KDSettings`, duck-typed: `.mode`, `.temperature`, `.kind`
   offline  kd_sum = Σ over mask·kd_mask > 0 of topk_kd_token_loss (unweighted,
            exactly as the trainer sums it); rows outside that mask get neutral top-k
            entries before the math.
+  on_policy the targets are the student's own samples; the teacher as for online;
+           kd_sum = Σ mask·`losses.on_policy_token_terms`' loss (kind reverse_kl,
+           forward_kl, jsd or sampled_token; sampled ids >= kd_vocab_size are left
+           out of the sampled-token loss and counted in `unscored_tokens`), plus
+           the metric sums reverse_kl_sum and teacher_logprob_sum, and with
+           `sample_logprobs` (the sampler's) logprob_gap_sum = Σ mask·|log q(x) −
+           sampler's|. Only kd_sum carries a gradient (CE and the metrics read the
+           logits through stop_gradient).
 """
 from __future__ import annotations
 

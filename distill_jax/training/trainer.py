@@ -18,9 +18,10 @@ Soft-target KD (config `kd.mode`):
   "offline" the batch carries the teacher's stored top-k logprobs.
 Loss = α·KD + (1−α)·CE, each the mean over its target tokens in the global batch.
   "on_policy" the batch holds the student's own samples (training/on_policy.py);
-            the teacher runs forward as for "online" and the loss is the on-policy
+            the teacher runs forward as for "online", and the loss is the on-policy
             term alone (`losses.on_policy_token_terms`), the mean over the sampled
-            tokens: CE on one's own samples would only sharpen the student.
+            tokens (α is not used: CE on one's own samples would only sharpen the
+            student).
 
 One Trainer compiles one step per KDSettings it is called with: an on-policy run
 that mixes in off-policy batches (GKD's λ < 1) calls it with both.

@@ -38,6 +38,7 @@ from distill_jax import models
 from distill_jax.chat import ChatFormat
 from distill_jax.data.prompts import R1_MATH_SUFFIX, load_prompts
 from distill_jax.demo import arithmetic
+from distill_jax.evaluation import statistics
 from distill_jax.evaluation.runner import sample_and_score, summarize
 from distill_jax.fileio import write_json_atomic, write_text_atomic
 from distill_jax.filters.config import default_config as filter_defaults
@@ -51,6 +52,13 @@ from distill_jax.training.config import base_config as train_defaults
 from distill_jax.training.run import train
 
 ARMS = ("answer_only", "unfiltered", "filtered", "kd_online", "kd_offline", "on_policy")
+# What the demo compares, each on the same held-out problems: (claim, arm a, arm b);
+# a claim is shown when the paired 95% interval of pass@1(a) - pass@1(b) excludes 0.
+COMPARISONS = (("verification matters: filtered beats unfiltered", "filtered", "unfiltered"),
+               ("traces beat answers: filtered beats answer-only", "filtered", "answer_only"),
+               ("online KD on top of filtered SFT", "kd_online", "filtered"),
+               ("offline top-k KD on top of filtered SFT", "kd_offline", "filtered"),
+               ("on-policy distillation after filtered SFT", "on_policy", "filtered"))
 
 
 def _done(path: str) -> bool:
@@ -263,6 +271,33 @@ def _evaluate(config, name, checkpoint, tokenizer_path, prompts_path, out) -> di
     return summary
 
 
+def _per_problem_rates(out: str, name: str) -> dict[str, float]:
+    """Each held-out problem's c/n for one evaluated model, by prompt id."""
+    rates = {}
+    with open(os.path.join(out, "eval", name, "per_problem.jsonl")) as f:
+        for row in map(json.loads, f):
+            rates[row["prompt_id"]] = row["correct"] / row["samples"]
+    return rates
+
+
+def uncertainty(out: str, names: list[str], seed: int) -> dict[str, Any]:
+    """pass@1 with its 95% bootstrap interval over problems per model, and the
+    paired interval of each COMPARISONS difference whose two arms were evaluated
+    (evaluation/statistics.py)."""
+    rates = {name: _per_problem_rates(out, name) for name in names}
+    problems = sorted(rates[names[0]])
+    vectors = {name: [r[p] for p in problems] for name, r in rates.items()}
+    intervals = {name: statistics.pass_at_1_interval(v, seed=seed).as_dict()
+                 for name, v in vectors.items()}
+    comparisons = []
+    for claim, a, b in COMPARISONS:
+        if a in vectors and b in vectors:
+            diff = statistics.paired_difference(vectors[a], vectors[b], seed=seed)
+            comparisons.append({"claim": claim, "a": a, "b": b, **diff.as_dict(),
+                                "shown": diff.excludes_zero()})
+    return {"intervals": intervals, "comparisons": comparisons}
+
+
 def _curve(workdir: str, key: str = "ce") -> list[tuple[int, float]]:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [(r["step"], r[key]) for r in map(json.loads, f) if key in r]
@@ -345,6 +380,7 @@ def run(config) -> dict[str, Any]:
                    if arm != "on_policy"},
         "stage_seconds": timings, "total_seconds": round(time.monotonic() - start, 1),
     }
+    results.update(uncertainty(out, list(evals), config.seed))
     if "on_policy" in arms:
         workdir = os.path.join(out, "students", "on_policy")
         results["on_policy"] = {
@@ -367,17 +403,27 @@ def run(config) -> dict[str, Any]:
 def format_results(results: dict[str, Any]) -> str:
     lines = [f"Held-out test: {results['test_problems']} problems, "
              f"{results['samples_per_problem']} samples each (pass@1 averaged), "
-             f"seed {results['seed']}.", "",
-             "| model | training examples | pass@1 |", "|---|---|---|"]
+             f"seed {results['seed']}; 95% bootstrap intervals over problems.", "",
+             "| model | training examples | pass@1 | 95% interval |", "|---|---|---|---|"]
     examples = results["training_examples"]
+    intervals = results.get("intervals", {})
     for name, acc in results["accuracy"].items():
         n = examples.get(name, examples["filtered"] if name.startswith("kd") else "")
         if name == "on_policy" and results.get("on_policy"):
             op = results["on_policy"]
             n = f"{examples['filtered']} + {op['steps'] * op['samples_per_step']} own samples"
-        lines.append(f"| {name} | {n} | {acc:.3f} |")
+        ci = intervals.get(name)
+        span = f"[{ci['low']:.3f}, {ci['high']:.3f}]" if ci else ""
+        lines.append(f"| {name} | {n} | {acc:.3f} | {span} |")
     for name, why in results.get("skipped_arms", {}).items():
-        lines.append(f"| {name} | 0 | skipped: {why} |")
+        lines.append(f"| {name} | 0 | skipped: {why} | |")
+    if results.get("comparisons"):
+        lines += ["", "| claim | difference in pass@1 | paired 95% interval | |",
+                  "|---|---|---|---|"]
+        for c in results["comparisons"]:
+            verdict = "shown" if c["shown"] else "not shown at this size"
+            lines.append(f"| {c['claim']} ({c['a']} - {c['b']}) | {c['estimate']:+.3f} | "
+                         f"[{c['low']:+.3f}, {c['high']:+.3f}] | {verdict} |")
     op = results.get("on_policy")
     if op and op["held_out_reverse_kl"]:
         kl = op["held_out_reverse_kl"]
@@ -395,8 +441,14 @@ def plot_results(results: dict[str, Any], path: str) -> None:
     fig = Figure(figsize=(11, 4))
     ax1, ax2 = fig.subplots(1, 2)
     names = list(results["accuracy"])
-    ax1.bar(names, [results["accuracy"][n] for n in names], color="tab:blue")
-    ax1.set_ylabel("pass@1 on held-out test")
+    accuracy = [results["accuracy"][n] for n in names]
+    intervals = results.get("intervals", {})
+    errors = None
+    if all(n in intervals for n in names):      # 95% bootstrap intervals as error bars
+        errors = [[a - intervals[n]["low"] for n, a in zip(names, accuracy)],
+                  [intervals[n]["high"] - a for n, a in zip(names, accuracy)]]
+    ax1.bar(names, accuracy, color="tab:blue", yerr=errors, capsize=4)
+    ax1.set_ylabel("pass@1 on held-out test (95% interval)")
     ax1.set_title("accuracy per arm")
     ax1.tick_params(axis="x", rotation=30)
     for arm, curve in results["curves"].items():

@@ -5,6 +5,7 @@ import os
 import time
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from configs import demo_cpu
@@ -67,6 +68,16 @@ def test_notebook_runs_the_quick_pipeline_through_every_stage_and_arm(tmp_path, 
     held_out = results["on_policy"]["held_out_reverse_kl"]
     assert [step for step, _ in held_out][0] == 0 and held_out[-1][0] == 4
     assert all(kl > 0 for _, kl in held_out)
+    # Every evaluated model has a 95% interval, and the demo's claims are compared
+    # pairwise on the same problems, each marked shown or not.
+    for name, acc in results["accuracy"].items():
+        ci = results["intervals"][name]
+        assert ci["low"] <= acc <= ci["high"] and ci["estimate"] == pytest.approx(acc)
+    claims = {(c["a"], c["b"]): c for c in results["comparisons"]}
+    assert ("filtered", "unfiltered") in claims and ("filtered", "answer_only") in claims
+    for c in claims.values():
+        assert c["shown"] == (c["low"] > 0 or c["high"] < 0)
+    assert "paired 95% interval" in (out / "results.md").read_text()
     # A rerun (here in-process) reuses every finished stage.
     start = time.monotonic()
     again = pipeline.run(config)

@@ -50,5 +50,11 @@ def make_problem(seed: int, index: int, num_steps: int | None = None) -> Problem
     return Problem(question=question, solution=solution, answer=value)
 
 
+def num_steps(question: str) -> int:
+    """A problem's difficulty: its number of operations, one "Then ..." clause each
+    (2-4 in `make_problem`'s problems)."""
+    return question.count("Then ")
+
+
 def make_split(seed: int, start: int, count: int) -> list[Problem]:
     return [make_problem(seed, i) for i in range(start, start + count)]

@@ -281,21 +281,31 @@ def _per_problem_rates(out: str, name: str) -> dict[str, float]:
 
 
 def uncertainty(out: str, names: list[str], seed: int) -> dict[str, Any]:
-    """pass@1 with its 95% bootstrap interval over problems per model, and the
-    paired interval of each COMPARISONS difference whose two arms were evaluated
-    (evaluation/statistics.py)."""
+    """pass@1 with its 95% bootstrap interval over problems per model, the paired
+    interval of each COMPARISONS difference whose two arms were evaluated
+    (evaluation/statistics.py), and pass@1 per difficulty (the problem's number of
+    steps) per model."""
     rates = {name: _per_problem_rates(out, name) for name in names}
     problems = sorted(rates[names[0]])
     vectors = {name: [r[p] for p in problems] for name, r in rates.items()}
     intervals = {name: statistics.pass_at_1_interval(v, seed=seed).as_dict()
                  for name, v in vectors.items()}
+    steps = {p.id: arithmetic.num_steps(p.problem)
+             for p in load_prompts(os.path.join(out, "data", "test_prompts.jsonl"), "jsonl")}
+    by_difficulty = {}
+    for name, r in rates.items():
+        buckets: dict[int, list[float]] = {}
+        for problem_id, rate in r.items():
+            buckets.setdefault(steps[problem_id], []).append(rate)
+        by_difficulty[name] = {str(k): {"problems": len(v), "pass@1": sum(v) / len(v)}
+                               for k, v in sorted(buckets.items())}
     comparisons = []
     for claim, a, b in COMPARISONS:
         if a in vectors and b in vectors:
             diff = statistics.paired_difference(vectors[a], vectors[b], seed=seed)
             comparisons.append({"claim": claim, "a": a, "b": b, **diff.as_dict(),
                                 "shown": diff.excludes_zero()})
-    return {"intervals": intervals, "comparisons": comparisons}
+    return {"intervals": intervals, "comparisons": comparisons, "by_difficulty": by_difficulty}
 
 
 def _curve(workdir: str, key: str = "ce") -> list[tuple[int, float]]:
@@ -424,6 +434,16 @@ def format_results(results: dict[str, Any]) -> str:
             verdict = "shown" if c["shown"] else "not shown at this size"
             lines.append(f"| {c['claim']} ({c['a']} - {c['b']}) | {c['estimate']:+.3f} | "
                          f"[{c['low']:+.3f}, {c['high']:+.3f}] | {verdict} |")
+    by_difficulty = results.get("by_difficulty")
+    if by_difficulty:
+        buckets = sorted({int(k) for d in by_difficulty.values() for k in d})
+        counts = next(iter(by_difficulty.values()))
+        header = [f"{k} steps ({counts.get(str(k), {}).get('problems', 0)})" for k in buckets]
+        lines += ["", "pass@1 by the problem's number of steps (problems per bucket):", "",
+                  "| model | " + " | ".join(header) + " |", "|---|" + "---|" * len(buckets)]
+        for name, d in by_difficulty.items():
+            lines.append(f"| {name} | " + " | ".join(
+                f"{d[str(k)]['pass@1']:.3f}" if str(k) in d else "" for k in buckets) + " |")
     op = results.get("on_policy")
     if op and op["held_out_reverse_kl"]:
         kl = op["held_out_reverse_kl"]
@@ -438,8 +458,8 @@ def plot_results(results: dict[str, Any], path: str) -> None:
     # A bare Figure (no pyplot): no global backend switch, so a notebook that calls
     # this keeps its inline plots.
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(11, 4))
-    ax1, ax2 = fig.subplots(1, 2)
+    fig = Figure(figsize=(16, 4))
+    ax1, ax3, ax2 = fig.subplots(1, 3)
     names = list(results["accuracy"])
     accuracy = [results["accuracy"][n] for n in names]
     intervals = results.get("intervals", {})
@@ -451,6 +471,16 @@ def plot_results(results: dict[str, Any], path: str) -> None:
     ax1.set_ylabel("pass@1 on held-out test (95% interval)")
     ax1.set_title("accuracy per arm")
     ax1.tick_params(axis="x", rotation=30)
+    for name, d in results.get("by_difficulty", {}).items():
+        steps = sorted(d, key=int)
+        ax3.plot([int(k) for k in steps], [d[k]["pass@1"] for k in steps], marker="o",
+                 label=name)
+    ax3.set_xticks(sorted({int(k) for d in results.get("by_difficulty", {}).values()
+                           for k in d}))
+    ax3.set_xlabel("steps in the problem")
+    ax3.set_ylabel("pass@1")
+    ax3.set_title("accuracy by difficulty")
+    ax3.legend(fontsize=8)
     for arm, curve in results["curves"].items():
         if curve:
             steps, ce = zip(*curve)

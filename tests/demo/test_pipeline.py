@@ -78,8 +78,20 @@ def test_notebook_runs_the_quick_pipeline_through_every_stage_and_arm(tmp_path, 
     for c in claims.values():
         assert c["shown"] == (c["low"] > 0 or c["high"] < 0)
     assert "paired 95% interval" in (out / "results.md").read_text()
+    # Accuracy by difficulty: every model's buckets hold all 20 test problems.
+    for name, buckets in results["by_difficulty"].items():
+        assert sum(b["problems"] for b in buckets.values()) == 20, name
+        assert set(buckets) <= {"2", "3", "4"}
     # A rerun (here in-process) reuses every finished stage.
     start = time.monotonic()
     again = pipeline.run(config)
     assert again["accuracy"] == results["accuracy"]
     assert time.monotonic() - start < 30
+
+
+def test_a_problems_difficulty_is_its_number_of_steps():
+    from distill_jax.demo import arithmetic
+    for k in range(20):
+        steps = 2 + k % 3
+        p = arithmetic.make_problem(0, k, num_steps=steps)
+        assert arithmetic.num_steps(p.question) == steps == len(p.solution.splitlines()) - 2

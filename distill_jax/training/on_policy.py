@@ -42,7 +42,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from distill_jax import models
+from distill_jax import models, sharding
 from distill_jax.chat import ChatFormat
 from distill_jax.data.prompts import Prompt, load_prompts_from_config
 from distill_jax.sampling.generate import prompt_key, render_prompts
@@ -107,7 +107,6 @@ def prompt_sets(config, tokenizer: Tokenizer) -> tuple[PromptSet, PromptSet | No
 def check_slots(config, mesh) -> None:
     """The sampler's slots and the step's rows split evenly over the mesh's
     data-parallel shards (checked before the student loads)."""
-    from distill_jax import sharding
     parallel = sharding.data_parallel_size(mesh)
     slots = config.on_policy.num_slots or config.train.batch_size
     if slots % parallel:

@@ -321,6 +321,12 @@ def run(config) -> dict[str, Any]:
                          "multi-host aware")
     start = time.monotonic()
     config = apply_quick(config)
+    unknown = [a for a in config.arms if a not in ARMS]
+    if unknown:
+        raise ValueError(f"config.arms: unknown arm(s) {unknown}; choose from {ARMS}")
+    if "on_policy" in config.arms and "filtered" not in config.arms:
+        raise ValueError("config.arms: the on_policy arm starts from the filtered arm's "
+                         "student: keep 'filtered' in config.arms")
     out = os.path.abspath(config.output_dir)
     os.makedirs(out, exist_ok=True)
     timings: dict[str, float] = {}
@@ -359,9 +365,6 @@ def run(config) -> dict[str, Any]:
             if arm in arms:
                 skipped[arm] = "no teacher sample passed the filters"
         arms = [a for a in arms if a not in skipped]
-    if "on_policy" in arms and "filtered" not in arms:
-        raise ValueError("the on_policy arm starts from the filtered arm's student: keep "
-                         "'filtered' in config.arms")
     exports = {}
     for arm in arms:
         workdir = os.path.join(out, "students", arm)

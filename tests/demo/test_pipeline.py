@@ -95,3 +95,15 @@ def test_a_problems_difficulty_is_its_number_of_steps():
         steps = 2 + k % 3
         p = arithmetic.make_problem(0, k, num_steps=steps)
         assert arithmetic.num_steps(p.question) == steps == len(p.solution.splitlines()) - 2
+
+
+def test_arms_that_cannot_run_are_refused_before_any_stage(tmp_path):
+    config = demo_cpu.get_config()
+    config.output_dir = str(tmp_path / "demo")
+    config.arms = ("answer_only", "on_policy")
+    with pytest.raises(ValueError, match="on_policy arm starts from the filtered arm"):
+        pipeline.run(config)
+    config.arms = ("filtered", "sft_typo")
+    with pytest.raises(ValueError, match=r"unknown arm\(s\) \['sft_typo'\]"):
+        pipeline.run(config)
+    assert not os.path.exists(tmp_path / "demo" / "tokenizer.model")

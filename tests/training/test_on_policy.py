@@ -3,8 +3,6 @@ where gradients go, the step's samples come from the step's params, the run is
 reproducible and resumes bitwise, a 2-device mesh equals one device, bad input."""
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +19,7 @@ from distill_jax.tokenizer import train_sentencepiece
 from distill_jax.training import chunked_loss, losses, on_policy
 from distill_jax.training.run import train
 from tests.compile_cache import compile_cache_env
-from tests.config_files import REPO
+from tests.training.kill_after_step import train_cli
 from tests.overrides import apply_overrides
 from tests.training.conftest import write_traces
 
@@ -352,20 +350,6 @@ def test_the_same_seed_gives_the_same_samples_and_losses(one_device_run, tmp_pat
     assert _rows(other.workdir)[1]["reverse_kl"] != _rows(workdir)[1]["reverse_kl"]
 
 
-def _cli(overrides, env_extra=None, check=True, kill_after_step=0):
-    """distill-train in a subprocess (its own device count; the kill wrapper kills it
-    after a step's checkpoint)."""
-    entry = (["tests.training.kill_after_step", str(kill_after_step)] if kill_after_step
-             else ["distill_jax.cli.train"])
-    cmd = [sys.executable, "-m", *entry, f"--config={REPO}/configs/sft_tiny_cpu.py"]
-    cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
-                          env=dict(os.environ, **(env_extra or {})), timeout=600)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
 def _cli_overrides(tokenizer_path, prompts_path, **extra):
     return {**RUN, "data.tokenizer_path": tokenizer_path, "on_policy.prompts.path": prompts_path,
             "on_policy.eval_prompts.path": prompts_path, **extra}
@@ -378,7 +362,7 @@ def _devices(count):
 def test_a_two_device_mesh_samples_and_trains_like_one_device(one_device_run, tmp_path,
                                                               tokenizer_path, prompts_path):
     workdir, _ = one_device_run
-    _cli(_cli_overrides(tokenizer_path, prompts_path, **{
+    train_cli(_cli_overrides(tokenizer_path, prompts_path, **{
         "workdir": tmp_path / "mesh", "mesh.data": 1, "mesh.fsdp": 2, "mesh.tensor": 1}),
         _devices(2))
     got, want = _without_timing(_rows(tmp_path / "mesh")), _without_timing(_rows(workdir))
@@ -396,11 +380,11 @@ def test_a_two_device_mesh_samples_and_trains_like_one_device(one_device_run, tm
 def test_kill_and_resume_continues_bitwise(tmp_path, tokenizer_path, prompts_path):
     common = _cli_overrides(tokenizer_path, prompts_path, **{"train.num_steps": 6})
     env = dict(compile_cache_env(tmp_path / "jax_cache"), **_devices(1))
-    _cli({**common, "workdir": tmp_path / "straight"}, env)
-    killed = _cli({**common, "workdir": tmp_path / "resumed"}, env, check=False,
-                  kill_after_step=3)
+    train_cli({**common, "workdir": tmp_path / "straight"}, env)
+    killed = train_cli({**common, "workdir": tmp_path / "resumed"}, env, check=False,
+                        kill_after_step=3)
     assert killed.returncode == -9
-    resumed = _cli({**common, "workdir": tmp_path / "resumed"}, env)
+    resumed = train_cli({**common, "workdir": tmp_path / "resumed"}, env)
     assert "resumed from step 2" in resumed.stdout
     straight = _without_timing(_rows(tmp_path / "straight"))
     assert [r["step"] for r in straight if "loss" in r] == list(range(1, 7))

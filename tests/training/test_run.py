@@ -1,8 +1,6 @@
 """distill-train end to end: overfitting + HF export, kill-and-resume, bad input, KD."""
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -12,10 +10,9 @@ from configs import sft_tiny_cpu
 from distill_jax import models
 from distill_jax.training.run import train
 from tests.compile_cache import compile_cache_env
+from tests.training.kill_after_step import train_cli
 from tests.training.conftest import write_traces
 from tests.overrides import apply_overrides
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _config(tmp_path, tokenizer_path, data, **overrides):
@@ -58,20 +55,6 @@ def test_student_overfits_and_export_matches_in_transformers(tmp_path, tokenizer
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
 
 
-def _cli(config_overrides, env_extra=None, check=True, kill_after_step=0):
-    """distill-train as a subprocess; with `kill_after_step`, through the test wrapper
-    whose step hook SIGKILLs the process after that step."""
-    entry = (["tests.training.kill_after_step", str(kill_after_step)] if kill_after_step
-             else ["distill_jax.cli.train"])
-    cmd = [sys.executable, "-m", *entry, f"--config={REPO}/configs/sft_tiny_cpu.py"]
-    cmd += [f"--config.{k}={v}" for k, v in config_overrides.items()]
-    env = dict(os.environ, **(env_extra or {}))
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
 @pytest.mark.slow
 def test_kill_and_resume_continues_bitwise(tmp_path, tokenizer_path):
     write_traces(tmp_path / "t.jsonl", 64)
@@ -80,12 +63,12 @@ def test_kill_and_resume_continues_bitwise(tmp_path, tokenizer_path):
               "mesh.fsdp": 2, "mesh.tensor": 2, "train.batch_size": 4}
     # The three runs compile the same programs: the first compiles, the others load them.
     cache = compile_cache_env(tmp_path / "jax_cache")
-    _cli({**common, "workdir": tmp_path / "straight"}, cache)
-    killed = _cli({**common, "workdir": tmp_path / "resumed"}, cache, check=False,
-                  kill_after_step=8)
+    train_cli({**common, "workdir": tmp_path / "straight"}, cache)
+    killed = train_cli({**common, "workdir": tmp_path / "resumed"}, cache, check=False,
+                        kill_after_step=8)
     assert killed.returncode == -9                       # SIGKILL: nothing got to clean up
     assert [s for s, _ in _losses(tmp_path / "resumed")] == list(range(1, 9))
-    resumed = _cli({**common, "workdir": tmp_path / "resumed"}, cache)
+    resumed = train_cli({**common, "workdir": tmp_path / "resumed"}, cache)
     assert "resumed from step 6" in resumed.stdout
     straight = _losses(tmp_path / "straight")
     assert len(straight) >= 10
@@ -153,7 +136,7 @@ def test_offline_topk_kd_runs(tmp_path, tokenizer_path, tokenizer):
 
 def test_a_run_that_cannot_fit_is_refused_before_anything_loads(tmp_path, tokenizer_path):
     """The memory planner runs first: the data path below is never opened."""
-    proc = _cli({"model.preset": "qwen2.5-7b", "data.tokenizer_path": tokenizer_path,
+    proc = train_cli({"model.preset": "qwen2.5-7b", "data.tokenizer_path": tokenizer_path,
                  "workdir": tmp_path, "data.path": "/nonexistent/curated.jsonl",
                  "train.device_memory_gib": 1, "train.batch_size": 8}, check=False)
     assert proc.returncode != 0

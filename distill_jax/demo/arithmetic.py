@@ -3,7 +3,12 @@
 Each problem is a short chain of operations on a starting number; the worked
 solution walks the chain one step per line and ends in \\boxed{answer}, the
 format the math verifier extracts. Problems are a pure function of (seed,
-index), so splits are reproducible without storing them.
+index, task sizes), so splits are reproducible without storing them.
+
+The sizes (`Task`) decide how hard it is: the number of steps grades the
+difficulty (errors compound along the chain, and a model that must answer in
+one step has to do the whole chain in its head), and the size of the numbers
+decides how many arithmetic facts a model must learn before it can do any step.
 """
 from __future__ import annotations
 
@@ -22,22 +27,54 @@ class Problem:
     answer: int
 
 
-def make_problem(seed: int, index: int, num_steps: int | None = None) -> Problem:
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """The task's sizes. The defaults are the original demo task (numbers up to a
+    few hundred, 2-4 steps), which the tests' tiny corpora still use."""
+    min_steps: int = 2
+    max_steps: int = 4
+    max_start: int = 19          # the starting number is in [2, max_start]
+    max_operand: int = 19        # "gets k" has k in [1, max_operand]
+    max_give: int = 0            # "gives away k": k in [1, max_give], and 0 means up to value - 1
+    double_below: int = 200      # "doubles" only while the value is below this
+
+    @classmethod
+    def from_config(cls, section) -> "Task":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(section) - fields)
+        if unknown:
+            raise ValueError(f"task: unknown key(s) {unknown}; known: {sorted(fields)}")
+        task = cls(**dict(section))
+        if not 1 <= task.min_steps <= task.max_steps:
+            raise ValueError(f"task: need 1 <= min_steps <= max_steps, got "
+                             f"{task.min_steps} and {task.max_steps}")
+        if task.max_start < 2 or task.max_operand < 1:
+            raise ValueError(f"task: max_start must be >= 2 and max_operand >= 1, got "
+                             f"{task.max_start} and {task.max_operand}")
+        return task
+
+
+def make_problem(seed: int, index: int, num_steps: int | None = None,
+                 task: Task = Task()) -> Problem:
     rng = np.random.default_rng([seed, index])
-    steps = int(num_steps or rng.integers(2, 5))
+    steps = int(num_steps or rng.integers(task.min_steps, task.max_steps + 1))
     name, item = _NAMES[rng.integers(len(_NAMES))], _ITEMS[rng.integers(len(_ITEMS))]
-    value = int(rng.integers(2, 20))
+    value = int(rng.integers(2, task.max_start + 1))
     clauses = [f"{name} has {value} {item}."]
     lines = [f"Start: {value}."]
     for _ in range(steps):
-        op = rng.choice(["gets", "gives", "doubles"] if value < 200 else ["gives"])
+        ops = ["gets", "gives", "doubles"] if value < task.double_below else ["gives"]
+        if task.max_give > 0 and value < 2:
+            ops.remove("gives")      # nothing left to give (the original task allowed it)
+        op = rng.choice(ops)
         if op == "gets":
-            k = int(rng.integers(1, 20))
+            k = int(rng.integers(1, task.max_operand + 1))
             clauses.append(f"Then {name} gets {k} more.")
             lines.append(f"{value} + {k} = {value + k}.")
             value += k
         elif op == "gives":
-            k = int(rng.integers(1, max(2, value)))
+            most = value - 1 if task.max_give <= 0 else min(value - 1, task.max_give)
+            k = int(rng.integers(1, max(2, most + 1)))
             clauses.append(f"Then {name} gives away {k}.")
             lines.append(f"{value} - {k} = {value - k}.")
             value -= k
@@ -51,10 +88,9 @@ def make_problem(seed: int, index: int, num_steps: int | None = None) -> Problem
 
 
 def num_steps(question: str) -> int:
-    """A problem's difficulty: its number of operations, one "Then ..." clause each
-    (2-4 in `make_problem`'s problems)."""
+    """A problem's difficulty: its number of operations, one "Then ..." clause each."""
     return question.count("Then ")
 
 
-def make_split(seed: int, start: int, count: int) -> list[Problem]:
-    return [make_problem(seed, i) for i in range(start, start + count)]
+def make_split(seed: int, start: int, count: int, task: Task = Task()) -> list[Problem]:
+    return [make_problem(seed, i, task=task) for i in range(start, start + count)]

@@ -49,7 +49,7 @@ def _rates(values: Sequence[float], name: str) -> np.ndarray:
     return rates
 
 
-def _bootstrap_means(rates: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+def _bootstrap_means(rates: np.ndarray, resamples: int, seed) -> np.ndarray:
     """Means of `resamples` resamples (with replacement) of the rows of `rates`
     ([problems] or [problems, models]): [resamples] or [resamples, models]."""
     if resamples < 100:
@@ -90,3 +90,15 @@ def paired_difference(rates_a: Sequence[float], rates_b: Sequence[float],
         raise ValueError(f"paired comparison needs the same problems: {a.size} rates "
                          f"against {b.size}")
     return _interval(a.mean() - b.mean(), _bootstrap_means(a - b, resamples, seed), confidence)
+
+
+def unpaired_difference(rates_a: Sequence[float], rates_b: Sequence[float],
+                        confidence: float = 0.95, resamples: int = RESAMPLES,
+                        seed: int = 0) -> Interval:
+    """mean(a) − mean(b) for two different sets of problems (e.g. one model on the
+    problems a teacher solved against those it never solved) and its bootstrap
+    interval: each set resampled on its own, with independent streams of `seed`."""
+    a, b = _rates(rates_a, "set a"), _rates(rates_b, "set b")
+    draws = (_bootstrap_means(a, resamples, [seed, 0]) -
+             _bootstrap_means(b, resamples, [seed, 1]))
+    return _interval(a.mean() - b.mean(), draws, confidence)

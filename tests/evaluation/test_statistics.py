@@ -50,3 +50,20 @@ def test_paired_differences_cancel_what_two_models_share():
 def test_bad_input_is_refused(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_an_unpaired_difference_resamples_each_set_on_its_own():
+    rng = np.random.default_rng(5)
+    solved = (rng.uniform(size=300) < 0.6).astype(float)
+    never = (rng.uniform(size=40) < 0.05).astype(float)
+    diff = statistics.unpaired_difference(solved, never, seed=2)
+    assert diff.estimate == pytest.approx(solved.mean() - never.mean())
+    assert diff.excludes_zero() and diff.low < diff.estimate < diff.high
+    assert statistics.unpaired_difference(solved, never, seed=2) == diff
+    # Its width is about that of the two separate intervals added in quadrature.
+    ca = statistics.pass_at_1_interval(solved)
+    cb = statistics.pass_at_1_interval(never)
+    quadrature = np.hypot(ca.high - ca.low, cb.high - cb.low)
+    assert diff.high - diff.low == pytest.approx(quadrature, rel=0.15)
+    same = statistics.unpaired_difference(solved[:150], solved[150:], seed=2)
+    assert not same.excludes_zero()

@@ -8,59 +8,8 @@ solutions, writes n samples per training prompt, the samples are filtered, and
 students of one size and one init are trained under each arm, then everyone is
 evaluated on a held-out split. See distill_jax/demo/pipeline.py.
 """
-import ml_collections
+from distill_jax.demo.config import demo_config
 
 
 def get_config():
-    c = ml_collections.ConfigDict()
-    c.output_dir = "artifacts/demo_pipeline"
-    c.seed = 0
-    c.quick = False
-    c.tokenizer_vocab_size = 512
-    c.seq_len = 192
-    c.arms = ("answer_only", "unfiltered", "filtered", "kd_online", "kd_offline", "on_policy")
-
-    c.data = ml_collections.ConfigDict()
-    c.data.teacher_problems = 4000     # worked solutions the teacher learns from
-    c.data.train_prompts = 400         # prompts the teacher answers for the students
-    c.data.test_problems = 200         # held-out evaluation split
-
-    c.teacher = ml_collections.ConfigDict(dict(
-        preset="tiny-llama", hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
-        num_kv_heads=2, head_dim=32, init_seed=1, batch_size=16, num_steps=500,
-        learning_rate=3e-3, warmup_steps=30))
-    c.student = ml_collections.ConfigDict(dict(
-        preset="tiny-llama", hidden_size=96, intermediate_size=256, num_layers=3, num_heads=4,
-        num_kv_heads=2, head_dim=24, init_seed=2, batch_size=16, num_steps=200,
-        learning_rate=3e-3, warmup_steps=20))
-
-    c.generate = ml_collections.ConfigDict(dict(
-        n=4, temperature=1.0, top_p=1.0, max_new_tokens=96, return_top_k=8,
-        prompts_per_shard=100, num_slots=64))
-    c.filter = ml_collections.ConfigDict(dict(num_workers=2, max_per_prompt=4,
-                                              min_overlap_fraction=0.8))
-    c.kd = ml_collections.ConfigDict(dict(alpha=0.5, temperature=1.0))
-    # The on_policy arm: the filtered student, then num_steps steps of batch_size own
-    # samples (n per prompt) graded by the teacher; eval_prompts held-out prompts
-    # measure its reverse KL to the teacher along the way.
-    c.on_policy = ml_collections.ConfigDict(dict(
-        num_steps=60, batch_size=16, n=2, learning_rate=1e-3, warmup_steps=5,
-        kind="reverse_kl", eval_prompts=64))
-    c.evaluate = ml_collections.ConfigDict(dict(
-        k=2, temperature=0.6, top_p=0.95, max_new_tokens=96, num_slots=64))
-
-    # quick=True: the variant the tests run; these values replace the ones above.
-    c.quick_settings = ml_collections.ConfigDict({
-        "output_dir": "artifacts/demo_pipeline_quick",
-        "data": {"teacher_problems": 600, "train_prompts": 40, "test_problems": 20},
-        "teacher": {"num_steps": 60, "batch_size": 8},
-        "student": {"num_steps": 20, "batch_size": 8},
-        "on_policy": {"num_steps": 4, "batch_size": 8, "eval_prompts": 8},
-        # Near-greedy samples: the 60-step teacher is close to chance, and at temperature
-        # 1.0 none of its 80 samples passed the filters, so the filtered and KD arms were
-        # skipped. At 0.0-0.3 a few pass (3 at 0.2), so the quick run trains every arm.
-        # (Those few are near-chance answers: the quick run checks the wiring, the full
-        # run the method.)
-        "generate": {"n": 2, "temperature": 0.2},
-        "evaluate": {"k": 1}, "filter": {"num_workers": 1}})
-    return c
+    return demo_config()

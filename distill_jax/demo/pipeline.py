@@ -15,14 +15,20 @@
                   on_policy     the filtered student, then on-policy distillation: it
                                 samples the training prompts and the teacher scores
                                 every token (reverse KL), for a fixed number of steps
+                  filtered_base filtered SFT from a base pre-trained on worked arithmetic
+                                of another distribution (equations, no word problems)
+                  filtered_small, filtered_large
+                                filtered SFT of a smaller and a larger student
   6. evaluate   every student and the teacher on the held-out test split
                 (k samples, pass@1 averaged over k);
-  7. report     results.json, a table, and results.png (accuracy per arm and the
-                training curves).
+  7. report     results.json, a table, and results.png (demo/report.py: pass@1
+                with 95% intervals, the claims as paired comparisons, accuracy by
+                difficulty, the capacity gap and the knowledge frontier).
 
 Every stage writes into its own directory under `output_dir` and is skipped on
 a rerun when its output is complete, so an interrupted pipeline resumes where
-it stopped.
+it stopped. With `config.seeds` (a study) the whole pipeline runs once per seed
+under `output_dir/seed-<s>` and study.{json,md,png} put the seeds side by side.
 """
 from __future__ import annotations
 
@@ -33,12 +39,12 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 
 from distill_jax import models
 from distill_jax.chat import ChatFormat
 from distill_jax.data.prompts import R1_MATH_SUFFIX, load_prompts
-from distill_jax.demo import arithmetic
-from distill_jax.evaluation import statistics
+from distill_jax.demo import arithmetic, report
 from distill_jax.evaluation.runner import sample_and_score, summarize
 from distill_jax.fileio import write_json_atomic, write_text_atomic
 from distill_jax.filters.config import default_config as filter_defaults
@@ -51,14 +57,13 @@ from distill_jax.tokenizer import load_tokenizer, train_sentencepiece
 from distill_jax.training.config import base_config as train_defaults
 from distill_jax.training.run import train
 
-ARMS = ("answer_only", "unfiltered", "filtered", "kd_online", "kd_offline", "on_policy")
-# What the demo compares, each on the same held-out problems: (claim, arm a, arm b);
-# a claim is shown when the paired 95% interval of pass@1(a) - pass@1(b) excludes 0.
-COMPARISONS = (("verification matters: filtered beats unfiltered", "filtered", "unfiltered"),
-               ("traces beat answers: filtered beats answer-only", "filtered", "answer_only"),
-               ("online KD on top of filtered SFT", "kd_online", "filtered"),
-               ("offline top-k KD on top of filtered SFT", "kd_offline", "filtered"),
-               ("on-policy distillation after filtered SFT", "on_policy", "filtered"))
+ARMS = ("answer_only", "unfiltered", "filtered", "kd_online", "kd_offline", "on_policy",
+        "filtered_base", "filtered_small", "filtered_large")
+# Arms that train on the filtered traces and so cannot run without them.
+_NEED_FILTERED = ("filtered", "kd_online", "kd_offline", "on_policy", "filtered_base",
+                  "filtered_small", "filtered_large")
+# The prompt of the base's pre-training rows (`_base_corpus`).
+BASE_PROMPT = "Worked arithmetic."
 
 
 def _done(path: str) -> bool:
@@ -76,6 +81,10 @@ def _write_jsonl(path: str, rows: list[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _task(config) -> arithmetic.Task:
+    return arithmetic.Task.from_config(config.get("task", {}))
+
+
 def _prepare_data(config, out: str) -> dict[str, str]:
     d = os.path.join(out, "data")
     os.makedirs(d, exist_ok=True)
@@ -86,9 +95,10 @@ def _prepare_data(config, out: str) -> dict[str, str]:
     dc = config.data
     # Disjoint index ranges: the teacher's own training data, the prompts it
     # answers for the students, and the test split.
-    teacher = arithmetic.make_split(config.seed, 0, dc.teacher_problems)
-    train_p = arithmetic.make_split(config.seed, 10**6, dc.train_prompts)
-    test_p = arithmetic.make_split(config.seed, 2 * 10**6, dc.test_problems)
+    task = _task(config)
+    teacher = arithmetic.make_split(config.seed, 0, dc.teacher_problems, task)
+    train_p = arithmetic.make_split(config.seed, 10**6, dc.train_prompts, task)
+    test_p = arithmetic.make_split(config.seed, 2 * 10**6, dc.test_problems, task)
 
     def user(p):
         return f"{p.question}\n{R1_MATH_SUFFIX}"
@@ -109,13 +119,16 @@ def _tokenizer(config, out: str) -> str:
     path = os.path.join(out, "tokenizer.model")
     if _done(path):
         return path
-    problems = arithmetic.make_split(config.seed, 0, 2000)
+    problems = arithmetic.make_split(config.seed, 0, 2000, _task(config))
     corpus = [f"{p.question}\n{R1_MATH_SUFFIX}\n{_response(p)}" for p in problems]
     return train_sentencepiece(corpus, os.path.join(out, "tokenizer"),
                                vocab_size=config.tokenizer_vocab_size)
 
 
-def _train_config(config, workdir: str, data_path: str, tokenizer: str, section) -> Any:
+def _train_config(config, workdir: str, data_path: str, tokenizer: str, section,
+                  start: str | None = None) -> Any:
+    """distill-train's config for one model of the demo; `start`: a checkpoint to
+    continue from instead of `section`'s random init."""
     c = train_defaults()
     c.workdir = workdir
     c.seed = config.seed
@@ -139,6 +152,8 @@ def _train_config(config, workdir: str, data_path: str, tokenizer: str, section)
     c.train.export_dir = os.path.join(workdir, "export")
     c.train.export_dtype = "float32"
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
+    if start:
+        c.model.preset, c.model.overrides, c.model.checkpoint = "", {}, start
     return c
 
 
@@ -147,11 +162,11 @@ def _model_overrides(section) -> dict[str, Any]:
                                     "num_kv_heads", "head_dim") if section.get(k)}
 
 
-def _train_model(config, workdir, data_path, tokenizer, section, kd=None) -> str:
+def _train_model(config, workdir, data_path, tokenizer, section, kd=None, start=None) -> str:
     export = os.path.join(workdir, "export")
     if _done(os.path.join(workdir, "summary.json")):
         return export
-    c = _train_config(config, workdir, data_path, tokenizer, section)
+    c = _train_config(config, workdir, data_path, tokenizer, section, start)
     if kd is not None:
         for k, v in kd.items():
             if isinstance(v, dict):        # a section: change its keys, keep the others
@@ -173,8 +188,7 @@ def _on_policy(config, workdir, start, teacher, tokenizer, paths) -> str:
     section = copy.deepcopy(config.student)
     section.update(num_steps=oc.num_steps, batch_size=oc.batch_size,
                    learning_rate=oc.learning_rate, warmup_steps=oc.warmup_steps)
-    c = _train_config(config, workdir, "", tokenizer, section)
-    c.model.preset, c.model.overrides, c.model.checkpoint = "", {}, start
+    c = _train_config(config, workdir, "", tokenizer, section, start)
     c.kd.mode, c.kd.kind = "on_policy", oc.kind
     c.kd.teacher.update(checkpoint=teacher, dtype="float32", param_dtype="float32")
     c.on_policy.prompts.path = paths["train_prompts"]
@@ -185,6 +199,46 @@ def _on_policy(config, workdir, start, teacher, tokenizer, paths) -> str:
                        temperature=1.0, top_p=1.0)
     train(c)
     return export
+
+
+def _student_section(config, arm: str):
+    """The student's section for an arm: filtered_small and filtered_large change
+    its sizes (`config.student_sizes`), every other arm trains the student as is."""
+    section = copy.deepcopy(config.student)
+    size = {"filtered_small": "small", "filtered_large": "large"}.get(arm)
+    if size:
+        section.update(dict(config.student_sizes[size]))
+    return section
+
+
+def _base_corpus(config, out: str) -> str:
+    """The base's pre-training data: worked arithmetic from another distribution than
+    the task's (single equations "a + b = c." over a wider range of numbers, in
+    random order, no word problems and no chains), as rows with a fixed prompt."""
+    path = os.path.join(out, "data", "base.jsonl")
+    if _done(path):
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    task, bc = _task(config), config.base
+    rng = np.random.default_rng([config.seed, 7])
+    top = 2 * task.double_below + task.max_operand      # past any value the task reaches
+    rows = []
+    for k in range(bc.examples):
+        lines = []
+        for _ in range(bc.equations_per_example):
+            a, op = int(rng.integers(0, top + 1)), rng.choice(["+", "-", "*"])
+            if op == "*":
+                a = a % task.double_below
+                lines.append(f"{a} * 2 = {2 * a}.")
+            else:
+                b = int(rng.integers(1, task.max_operand + 1))
+                if op == "-":
+                    a = max(a, b)
+                lines.append(f"{a} {op} {b} = {a + b if op == '+' else a - b}.")
+        rows.append({"prompt": BASE_PROMPT, "response": "\n".join(lines),
+                     "prompt_id": f"base-{k}", "sample_index": 0})
+    _write_jsonl(path, rows)
+    return path
 
 
 def _generate(config, out, teacher, tokenizer, prompts_path) -> str:
@@ -271,63 +325,56 @@ def _evaluate(config, name, checkpoint, tokenizer_path, prompts_path, out) -> di
     return summary
 
 
-def _per_problem_rates(out: str, name: str) -> dict[str, float]:
-    """Each held-out problem's c/n for one evaluated model, by prompt id."""
-    rates = {}
-    with open(os.path.join(out, "eval", name, "per_problem.jsonl")) as f:
-        for row in map(json.loads, f):
-            rates[row["prompt_id"]] = row["correct"] / row["samples"]
-    return rates
-
-
-def uncertainty(out: str, names: list[str], seed: int) -> dict[str, Any]:
-    """pass@1 with its 95% bootstrap interval over problems per model, the paired
-    interval of each COMPARISONS difference whose two arms were evaluated
-    (evaluation/statistics.py), and pass@1 per difficulty (the problem's number of
-    steps) per model."""
-    rates = {name: _per_problem_rates(out, name) for name in names}
-    problems = sorted(rates[names[0]])
-    vectors = {name: [r[p] for p in problems] for name, r in rates.items()}
-    intervals = {name: statistics.pass_at_1_interval(v, seed=seed).as_dict()
-                 for name, v in vectors.items()}
-    steps = {p.id: arithmetic.num_steps(p.problem)
-             for p in load_prompts(os.path.join(out, "data", "test_prompts.jsonl"), "jsonl")}
-    by_difficulty = {}
-    for name, r in rates.items():
-        buckets: dict[int, list[float]] = {}
-        for problem_id, rate in r.items():
-            buckets.setdefault(steps[problem_id], []).append(rate)
-        by_difficulty[name] = {str(k): {"problems": len(v), "pass@1": sum(v) / len(v)}
-                               for k, v in sorted(buckets.items())}
-    comparisons = []
-    for claim, a, b in COMPARISONS:
-        if a in vectors and b in vectors:
-            diff = statistics.paired_difference(vectors[a], vectors[b], seed=seed)
-            comparisons.append({"claim": claim, "a": a, "b": b, **diff.as_dict(),
-                                "shown": diff.excludes_zero()})
-    return {"intervals": intervals, "comparisons": comparisons, "by_difficulty": by_difficulty}
-
-
-def _curve(workdir: str, key: str = "ce") -> list[tuple[int, float]]:
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [(r["step"], r[key]) for r in map(json.loads, f) if key in r]
-
-
 def run(config) -> dict[str, Any]:
-    """Runs (or resumes) the pipeline; returns the results written to results.json."""
+    """Runs (or resumes) the pipeline; returns the results written to results.json,
+    or with `config.seeds` (a study) the summary written to study.json."""
     if jax.process_count() > 1:
         raise ValueError("distill-pipeline is the single-host demo; on several hosts run the "
                          "stages (distill-generate, -filter, -train, -evaluate), which are "
                          "multi-host aware")
-    start = time.monotonic()
     config = apply_quick(config)
+    _check_arms(config)
+    _task(config)                       # a bad task section fails here, before any stage
+    out = os.path.abspath(config.output_dir)
+    seeds = list(config.get("seeds") or ())
+    if not seeds:
+        return _run_seed(config, out)
+    per_seed = {}
+    for seed in seeds:
+        c = copy.deepcopy(config)
+        c.seed = seed
+        print(f"pipeline: study seed {seed} ({len(per_seed) + 1} of {len(seeds)})", flush=True)
+        per_seed[seed] = _run_seed(c, os.path.join(out, f"seed-{seed}"))
+    study = report.study_summary(per_seed)
+    os.makedirs(out, exist_ok=True)
+    write_json_atomic(os.path.join(out, "study.json"), study)
+    table = report.format_study(study)
+    write_text_atomic(os.path.join(out, "study.md"), table + "\n")
+    print(table)
+    try:
+        report.plot_study(study, os.path.join(out, "study.png"))
+    except ImportError:
+        print("pipeline: matplotlib is not installed; skipping study.png")
+    return study
+
+
+def _check_arms(config) -> None:
     unknown = [a for a in config.arms if a not in ARMS]
     if unknown:
         raise ValueError(f"config.arms: unknown arm(s) {unknown}; choose from {ARMS}")
     if "on_policy" in config.arms and "filtered" not in config.arms:
         raise ValueError("config.arms: the on_policy arm starts from the filtered arm's "
                          "student: keep 'filtered' in config.arms")
-    out = os.path.abspath(config.output_dir)
+    sizes = config.get("student_sizes", {})
+    for arm, size in (("filtered_small", "small"), ("filtered_large", "large")):
+        if arm in config.arms and size not in sizes:
+            raise ValueError(f"config.arms: {arm} needs config.student_sizes.{size} (the "
+                             "model sizes that replace config.student's)")
+
+
+def _run_seed(config, out: str) -> dict[str, Any]:
+    """One seed of the pipeline, every stage under `out`."""
+    start = time.monotonic()
     os.makedirs(out, exist_ok=True)
     timings: dict[str, float] = {}
 
@@ -346,8 +393,8 @@ def run(config) -> dict[str, Any]:
                    paths["train_prompts"])
     curated = stage("filter", _filter, config, out, traces, paths["test_prompts"])
     unfiltered = _unfiltered(out, traces)
+    filtered = os.path.join(curated, "tfds")
     data = {"answer_only": paths["answer_only"], "unfiltered": unfiltered,
-            "filtered": os.path.join(curated, "tfds"), "kd_online": os.path.join(curated, "tfds"),
             "kd_offline": os.path.join(curated, "curated.jsonl")}
     kd = {"kd_online": {"mode": "online", "alpha": config.kd.alpha,
                         "temperature": config.kd.temperature,
@@ -356,14 +403,13 @@ def run(config) -> dict[str, Any]:
           "kd_offline": {"mode": "offline", "alpha": config.kd.alpha,
                          "temperature": config.kd.temperature, "topk": config.generate.return_top_k}}
     with open(os.path.join(curated, "report.json")) as f:
-        report = json.load(f)
+        filter_report = json.load(f)
     arms = [a for a in ARMS if a in config.arms]
     skipped = {}
-    if report["output"]["samples"] == 0:
+    if filter_report["output"]["samples"] == 0:
         # Nothing survived the filters: the arms that train on it have no data.
-        for arm in ("filtered", "kd_online", "kd_offline", "on_policy"):
-            if arm in arms:
-                skipped[arm] = "no teacher sample passed the filters"
+        skipped = {arm: "no teacher sample passed the filters" for arm in arms
+                   if arm in _NEED_FILTERED}
         arms = [a for a in arms if a not in skipped]
     exports = {}
     for arm in arms:
@@ -372,8 +418,13 @@ def run(config) -> dict[str, Any]:
             exports[arm] = stage(f"student:{arm}", _on_policy, config, workdir,
                                  exports["filtered"], teacher, tokenizer, paths)
             continue
-        exports[arm] = stage(f"student:{arm}", _train_model, config, workdir, data[arm],
-                             tokenizer, config.student, kd.get(arm))
+        base = None
+        if arm == "filtered_base":
+            base = stage("base", _train_model, config, os.path.join(out, "base"),
+                         _base_corpus(config, out), tokenizer, _base_section(config))
+        exports[arm] = stage(f"student:{arm}", _train_model, config, workdir,
+                             data.get(arm, filtered), tokenizer, _student_section(config, arm),
+                             kd.get(arm), base)
     evals = {"teacher": stage("eval:teacher", _evaluate, config, "teacher", teacher, tokenizer,
                               paths["test_prompts"], out)}
     for arm in arms:
@@ -385,116 +436,42 @@ def run(config) -> dict[str, Any]:
         "skipped_arms": skipped,
         "pass_at_k": {name: e["pass@k"] for name, e in evals.items()},
         "training_examples": {"answer_only": config.data.train_prompts,
-                              "unfiltered": report["input"]["samples"],
-                              "filtered": report["output"]["samples"]},
-        "filter_stages": [{k: s[k] for k in ("name", "in", "out")} for s in report["stages"]],
-        "teacher_pass_at_1_on_train_prompts": report["teacher"]["pass_at_k"].get("1"),
-        "curves": {arm: _curve(os.path.join(out, "students", arm)) for arm in arms
+                              "unfiltered": filter_report["input"]["samples"],
+                              "filtered": filter_report["output"]["samples"]},
+        "filter_stages": [{k: s[k] for k in ("name", "in", "out")}
+                          for s in filter_report["stages"]],
+        "teacher_pass_at_1_on_train_prompts": filter_report["teacher"]["pass_at_k"].get("1"),
+        "curves": {arm: report.curve(os.path.join(out, "students", arm)) for arm in arms
                    if arm != "on_policy"},
         "stage_seconds": timings, "total_seconds": round(time.monotonic() - start, 1),
     }
-    results.update(uncertainty(out, list(evals), config.seed))
+    if "filtered_base" in arms:
+        results["base_curve"] = report.curve(os.path.join(out, "base"))
+    results.update(report.uncertainty(out, list(evals), config.seed))
     if "on_policy" in arms:
         workdir = os.path.join(out, "students", "on_policy")
         results["on_policy"] = {
             "steps": config.on_policy.num_steps, "kind": config.on_policy.kind,
             "samples_per_step": config.on_policy.batch_size,
-            "held_out_reverse_kl": _curve(workdir, "eval/reverse_kl"),
-            "held_out_teacher_logprob": _curve(workdir, "eval/teacher_logprob"),
-            "train_reverse_kl": _curve(workdir, "reverse_kl")}
+            "held_out_reverse_kl": report.curve(workdir, "eval/reverse_kl"),
+            "held_out_teacher_logprob": report.curve(workdir, "eval/teacher_logprob"),
+            "train_reverse_kl": report.curve(workdir, "reverse_kl")}
     write_json_atomic(os.path.join(out, "results.json"), results)
-    table = format_results(results)
+    table = report.format_results(results)
     write_text_atomic(os.path.join(out, "results.md"), table + "\n")
     print(table)
     try:
-        plot_results(results, os.path.join(out, "results.png"))
+        report.plot_results(results, os.path.join(out, "results.png"))
     except ImportError:
         print("pipeline: matplotlib is not installed; skipping results.png")
     return results
 
 
-def format_results(results: dict[str, Any]) -> str:
-    lines = [f"Held-out test: {results['test_problems']} problems, "
-             f"{results['samples_per_problem']} samples each (pass@1 averaged), "
-             f"seed {results['seed']}; 95% bootstrap intervals over problems.", "",
-             "| model | training examples | pass@1 | 95% interval |", "|---|---|---|---|"]
-    examples = results["training_examples"]
-    intervals = results.get("intervals", {})
-    for name, acc in results["accuracy"].items():
-        n = examples.get(name, examples["filtered"] if name.startswith("kd") else "")
-        if name == "on_policy" and results.get("on_policy"):
-            op = results["on_policy"]
-            n = f"{examples['filtered']} + {op['steps'] * op['samples_per_step']} own samples"
-        ci = intervals.get(name)
-        span = f"[{ci['low']:.3f}, {ci['high']:.3f}]" if ci else ""
-        lines.append(f"| {name} | {n} | {acc:.3f} | {span} |")
-    for name, why in results.get("skipped_arms", {}).items():
-        lines.append(f"| {name} | 0 | skipped: {why} | |")
-    if results.get("comparisons"):
-        lines += ["", "| claim | difference in pass@1 | paired 95% interval | |",
-                  "|---|---|---|---|"]
-        for c in results["comparisons"]:
-            verdict = "shown" if c["shown"] else "not shown at this size"
-            lines.append(f"| {c['claim']} ({c['a']} - {c['b']}) | {c['estimate']:+.3f} | "
-                         f"[{c['low']:+.3f}, {c['high']:+.3f}] | {verdict} |")
-    by_difficulty = results.get("by_difficulty")
-    if by_difficulty:
-        buckets = sorted({int(k) for d in by_difficulty.values() for k in d})
-        counts = next(iter(by_difficulty.values()))
-        header = [f"{k} steps ({counts.get(str(k), {}).get('problems', 0)})" for k in buckets]
-        lines += ["", "pass@1 by the problem's number of steps (problems per bucket):", "",
-                  "| model | " + " | ".join(header) + " |", "|---|" + "---|" * len(buckets)]
-        for name, d in by_difficulty.items():
-            lines.append(f"| {name} | " + " | ".join(
-                f"{d[str(k)]['pass@1']:.3f}" if str(k) in d else "" for k in buckets) + " |")
-    op = results.get("on_policy")
-    if op and op["held_out_reverse_kl"]:
-        kl = op["held_out_reverse_kl"]
-        lines += ["", f"on_policy: {op['steps']} steps of {op['samples_per_step']} student "
-                      f"samples ({op['kind']}) from the filtered student; held-out reverse KL "
-                      f"to the teacher {kl[0][1]:.4f} at step {kl[0][0]} -> {kl[-1][1]:.4f} "
-                      f"at step {kl[-1][0]}."]
-    return "\n".join(lines)
-
-
-def plot_results(results: dict[str, Any], path: str) -> None:
-    # A bare Figure (no pyplot): no global backend switch, so a notebook that calls
-    # this keeps its inline plots.
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(16, 4))
-    ax1, ax3, ax2 = fig.subplots(1, 3)
-    names = list(results["accuracy"])
-    accuracy = [results["accuracy"][n] for n in names]
-    intervals = results.get("intervals", {})
-    errors = None
-    if all(n in intervals for n in names):      # 95% bootstrap intervals as error bars
-        errors = [[a - intervals[n]["low"] for n, a in zip(names, accuracy)],
-                  [intervals[n]["high"] - a for n, a in zip(names, accuracy)]]
-    ax1.bar(names, accuracy, color="tab:blue", yerr=errors, capsize=4)
-    ax1.set_ylabel("pass@1 on held-out test (95% interval)")
-    ax1.set_title("accuracy per arm")
-    ax1.tick_params(axis="x", rotation=30)
-    for name, d in results.get("by_difficulty", {}).items():
-        steps = sorted(d, key=int)
-        ax3.plot([int(k) for k in steps], [d[k]["pass@1"] for k in steps], marker="o",
-                 label=name)
-    ax3.set_xticks(sorted({int(k) for d in results.get("by_difficulty", {}).values()
-                           for k in d}))
-    ax3.set_xlabel("steps in the problem")
-    ax3.set_ylabel("pass@1")
-    ax3.set_title("accuracy by difficulty")
-    ax3.legend(fontsize=8)
-    for arm, curve in results["curves"].items():
-        if curve:
-            steps, ce = zip(*curve)
-            ax2.plot(steps, ce, label=arm)
-    ax2.set_xlabel("step")
-    ax2.set_ylabel("training cross-entropy")
-    ax2.set_yscale("log")
-    ax2.legend()
-    ax2.set_title("student training curves")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+def _base_section(config):
+    """The base: the student's architecture and init, trained on `_base_corpus`."""
+    section = copy.deepcopy(config.student)
+    section.update(dict(config.base.train))
+    return section
 
 
 def apply_quick(config):

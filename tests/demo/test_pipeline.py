@@ -81,7 +81,14 @@ def test_notebook_runs_the_quick_pipeline_through_every_stage_and_arm(tmp_path, 
     # Accuracy by difficulty: every model's buckets hold all 20 test problems.
     for name, buckets in results["by_difficulty"].items():
         assert sum(b["problems"] for b in buckets.values()) == 20, name
-        assert set(buckets) <= {"2", "3", "4"}
+        assert set(buckets) <= {"2", "3", "4", "5"}
+    # The arms for the other claims ran too: the base was pre-trained (8 steps) before
+    # filtered_base, and the capacity gap and the knowledge frontier are reported.
+    assert [step for step, _ in results["base_curve"]] == [5, 8]
+    assert results["base_curve"][0][1] > 0
+    assert set(results["capacity"]) == set(results["by_difficulty"]["teacher"])
+    frontier = results["frontier"]
+    assert frontier["teacher_never_solved"] + frontier["teacher_solved"] == 20
     # A rerun (here in-process) reuses every finished stage.
     start = time.monotonic()
     again = pipeline.run(config)

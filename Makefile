@@ -7,7 +7,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 # /opt/wheels (as on our CI machines) is used as is; elsewhere PyTorch's CPU index.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: demo test bench clean
+.PHONY: demo study test bench clean
 
 $(VENV)/.core: setup.py
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 required, found " + sys.version' 
@@ -29,6 +29,10 @@ $(VENV)/.test: $(VENV)/.core
 
 demo: $(VENV)/.core
 	$(VENV)/bin/distill-pipeline --config=configs/demo_cpu.py
+
+# Every arm of the demo under three seeds (about an hour on 2 CPU cores).
+study: $(VENV)/.core
+	$(VENV)/bin/distill-pipeline --config=configs/demo_study.py
 
 test: $(VENV)/.test
 	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadfile tests

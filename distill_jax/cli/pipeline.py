@@ -1,6 +1,7 @@
-"""distill-pipeline: teacher -> samples -> filter -> students (5 arms) -> evaluation.
+"""distill-pipeline: teacher -> samples -> filter -> students (one per arm) -> evaluation.
 
-  distill-pipeline --config=configs/demo_cpu.py [--config.quick=True]
+  distill-pipeline --config=configs/demo_cpu.py [--config.quick=True]   # make demo
+  distill-pipeline --config=configs/demo_study.py                       # every arm, 3 seeds
 """
 from distill_jax.cli.common import run_stage
 

@@ -92,5 +92,16 @@ def num_steps(question: str) -> int:
     return question.count("Then ")
 
 
-def make_split(seed: int, start: int, count: int, task: Task = Task()) -> list[Problem]:
-    return [make_problem(seed, i, task=task) for i in range(start, start + count)]
+def make_split(seed: int, start: int, count: int, task: Task = Task(),
+               exclude: frozenset[str] = frozenset()) -> list[Problem]:
+    """`count` problems from index `start` on, skipping any whose solution is in
+    `exclude`. A solution holds only the numbers and operations (no names or
+    items), so excluding the test split's solutions keeps every numeric twin of a
+    test problem (the same chain told about someone else) out of a training split."""
+    problems, index = [], start
+    while len(problems) < count:
+        p = make_problem(seed, index, task=task)
+        index += 1
+        if p.solution not in exclude:
+            problems.append(p)
+    return problems

@@ -23,7 +23,7 @@ def demo_config():
     # model that answers in one step has to do the whole chain in its head and the
     # difficulty is graded.
     c.task = ml_collections.ConfigDict(dict(min_steps=2, max_steps=5, max_start=9,
-                                            max_operand=9, max_give=9, double_below=25))
+                                            max_operand=5, max_give=5, double_below=16))
 
     c.data = ml_collections.ConfigDict()
     c.data.teacher_problems = 4000     # worked solutions the teacher learns from

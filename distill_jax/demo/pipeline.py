@@ -85,6 +85,12 @@ def _task(config) -> arithmetic.Task:
     return arithmetic.Task.from_config(config.get("task", {}))
 
 
+def _test_solutions(config) -> frozenset[str]:
+    """The test split's worked solutions: what no training text may contain."""
+    return frozenset(p.solution for p in arithmetic.make_split(
+        config.seed, 2 * 10**6, config.data.test_problems, _task(config)))
+
+
 def _prepare_data(config, out: str) -> dict[str, str]:
     d = os.path.join(out, "data")
     os.makedirs(d, exist_ok=True)
@@ -94,11 +100,13 @@ def _prepare_data(config, out: str) -> dict[str, str]:
         return paths
     dc = config.data
     # Disjoint index ranges: the teacher's own training data, the prompts it
-    # answers for the students, and the test split.
+    # answers for the students, and the test split; and no training problem is a
+    # numeric twin of a test problem (with small numbers, short chains recur).
     task = _task(config)
-    teacher = arithmetic.make_split(config.seed, 0, dc.teacher_problems, task)
-    train_p = arithmetic.make_split(config.seed, 10**6, dc.train_prompts, task)
     test_p = arithmetic.make_split(config.seed, 2 * 10**6, dc.test_problems, task)
+    unseen = _test_solutions(config)
+    teacher = arithmetic.make_split(config.seed, 0, dc.teacher_problems, task, unseen)
+    train_p = arithmetic.make_split(config.seed, 10**6, dc.train_prompts, task, unseen)
 
     def user(p):
         return f"{p.question}\n{R1_MATH_SUFFIX}"
@@ -119,7 +127,7 @@ def _tokenizer(config, out: str) -> str:
     path = os.path.join(out, "tokenizer.model")
     if _done(path):
         return path
-    problems = arithmetic.make_split(config.seed, 0, 2000, _task(config))
+    problems = arithmetic.make_split(config.seed, 0, 2000, _task(config), _test_solutions(config))
     corpus = [f"{p.question}\n{R1_MATH_SUFFIX}\n{_response(p)}" for p in problems]
     return train_sentencepiece(corpus, os.path.join(out, "tokenizer"),
                                vocab_size=config.tokenizer_vocab_size)
@@ -221,7 +229,9 @@ def _base_corpus(config, out: str) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     task, bc = _task(config), config.base
     rng = np.random.default_rng([config.seed, 7])
-    top = 2 * task.double_below + task.max_operand      # past any value the task reaches
+    # Every value a problem can reach: at most a doubling below double_below, then
+    # max_steps additions of max_operand.
+    top = 2 * (task.double_below - 1) + task.max_steps * task.max_operand
     rows = []
     for k in range(bc.examples):
         lines = []
@@ -231,7 +241,8 @@ def _base_corpus(config, out: str) -> str:
                 a = a % task.double_below
                 lines.append(f"{a} * 2 = {2 * a}.")
             else:
-                b = int(rng.integers(1, task.max_operand + 1))
+                most = task.max_give if op == "-" and task.max_give > 0 else task.max_operand
+                b = int(rng.integers(1, most + 1))
                 if op == "-":
                     a = max(a, b)
                 lines.append(f"{a} {op} {b} = {a + b if op == '+' else a - b}.")

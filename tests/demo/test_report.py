@@ -184,3 +184,24 @@ def test_the_demo_task_keeps_its_numbers_small_and_grades_difficulty():
             assert (op != "+" or int(b) <= task.max_operand)
             assert (op != "-" or int(b) <= task.max_give)
             assert (op != "*" or int(a) < task.double_below)
+
+
+def test_no_training_problem_is_a_numeric_twin_of_a_test_problem(tmp_path):
+    """With small numbers short chains recur under other names; the training splits
+    skip every problem whose worked solution is a test problem's."""
+    config = demo_config()
+    config.data.update(teacher_problems=1500, train_prompts=300, test_problems=300)
+    paths = pipeline._prepare_data(config, str(tmp_path))
+    test_steps = {s.rsplit("\n", 1)[0] for s in pipeline._test_solutions(config)}
+    assert len(test_steps) > 250
+    rows = [json.loads(line) for line in open(paths["teacher_sft"])]
+    assert len(rows) == 1500
+    steps = [r["response"].split("<think>\n")[1].split("\n</think>")[0] for r in rows]
+    assert not test_steps & set(steps)
+    # Without the exclusion many would be: the check above is not vacuous.
+    task = arithmetic.Task.from_config(config.task)
+    unfiltered = {p.solution.rsplit("\n", 1)[0] for p in arithmetic.make_split(0, 0, 1500, task)}
+    assert len(test_steps & unfiltered) > 50
+    train = [json.loads(line)["problem"] for line in open(paths["train_prompts"])]
+    test = {json.loads(line)["problem"] for line in open(paths["test_prompts"])}
+    assert len(train) == 300 and not test & set(train)

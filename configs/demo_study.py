@@ -10,8 +10,9 @@ it holds in every seed, accuracy by difficulty, the capacity gap and the
 knowledge frontier. The committed copy is under docs/demo_study/.
 
 Same sizes as `make demo` (configs/demo_cpu.py), plus the arms that make the
-remaining claims: kd_offline and on_policy (soft targets), filtered_base (base
-matters), filtered_small and filtered_large (capacity gap).
+remaining claims: kd_offline and on_policy (soft targets), filtered_scratch
+(base matters), filtered_small and filtered_large (capacity gap, each from a
+base of its own size).
 """
 from distill_jax.demo import pipeline
 from distill_jax.demo.config import demo_config
@@ -22,6 +23,7 @@ def get_config():
     c.output_dir = "artifacts/demo_study"
     c.arms = pipeline.ARMS
     c.seeds = (0, 1, 2)
+    c.base.train.num_steps = 150       # every student from a pre-trained base
     c.quick_settings.output_dir = "artifacts/demo_study_quick"
     c.quick_settings.seeds = (0, 1)
     return c

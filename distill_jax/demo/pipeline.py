@@ -6,7 +6,9 @@
   3. generate   n teacher samples per training prompt (distill-generate, with the
                 teacher's top-k logprobs for offline KD);
   4. filter     verification + quality filters (distill-filter), the tfds dataset;
-  5. students   same size, same init, one per arm:
+  5. students   same size, same init (a base pre-trained on worked arithmetic of
+                another distribution, as R1's students were pre-trained models),
+                one per arm:
                   answer_only   SFT on the gold answer alone (no reasoning)
                   unfiltered    SFT on every teacher sample
                   filtered      SFT on the rejection-filtered samples (R1)
@@ -15,10 +17,10 @@
                   on_policy     the filtered student, then on-policy distillation: it
                                 samples the training prompts and the teacher scores
                                 every token (reverse KL), for a fixed number of steps
-                  filtered_base filtered SFT from a base pre-trained on worked arithmetic
-                                of another distribution (equations, no word problems)
+                  filtered_scratch  filtered SFT from random init instead of the base
                   filtered_small, filtered_large
-                                filtered SFT of a smaller and a larger student
+                                filtered SFT of a smaller and a larger student, each
+                                from its own base
   6. evaluate   every student and the teacher on the held-out test split
                 (k samples, pass@1 averaged over k);
   7. report     results.json, a table, and results.png (demo/report.py: pass@1
@@ -58,9 +60,9 @@ from distill_jax.training.config import base_config as train_defaults
 from distill_jax.training.run import train
 
 ARMS = ("answer_only", "unfiltered", "filtered", "kd_online", "kd_offline", "on_policy",
-        "filtered_base", "filtered_small", "filtered_large")
+        "filtered_scratch", "filtered_small", "filtered_large")
 # Arms that train on the filtered traces and so cannot run without them.
-_NEED_FILTERED = ("filtered", "kd_online", "kd_offline", "on_policy", "filtered_base",
+_NEED_FILTERED = ("filtered", "kd_online", "kd_offline", "on_policy", "filtered_scratch",
                   "filtered_small", "filtered_large")
 # The prompt of the base's pre-training rows (`_base_corpus`).
 BASE_PROMPT = "Worked arithmetic."
@@ -376,6 +378,9 @@ def _check_arms(config) -> None:
     if "on_policy" in config.arms and "filtered" not in config.arms:
         raise ValueError("config.arms: the on_policy arm starts from the filtered arm's "
                          "student: keep 'filtered' in config.arms")
+    if "filtered_scratch" in config.arms and config.base.train.num_steps <= 0:
+        raise ValueError("config.arms: filtered_scratch is filtered without the base, but "
+                         "config.base.train.num_steps is 0 (no base): drop the arm")
     sizes = config.get("student_sizes", {})
     for arm, size in (("filtered_small", "small"), ("filtered_large", "large")):
         if arm in config.arms and size not in sizes:
@@ -429,13 +434,15 @@ def _run_seed(config, out: str) -> dict[str, Any]:
             exports[arm] = stage(f"student:{arm}", _on_policy, config, workdir,
                                  exports["filtered"], teacher, tokenizer, paths)
             continue
+        section = _student_section(config, arm)
         base = None
-        if arm == "filtered_base":
-            base = stage("base", _train_model, config, os.path.join(out, "base"),
-                         _base_corpus(config, out), tokenizer, _base_section(config))
+        # Every student but filtered_scratch starts from its base, if there is one.
+        if arm != "filtered_scratch" and config.base.train.num_steps > 0:
+            name = "base" + {"filtered_small": "_small", "filtered_large": "_large"}.get(arm, "")
+            base = stage(name, _train_model, config, os.path.join(out, name),
+                         _base_corpus(config, out), tokenizer, _base_section(config, section))
         exports[arm] = stage(f"student:{arm}", _train_model, config, workdir,
-                             data.get(arm, filtered), tokenizer, _student_section(config, arm),
-                             kd.get(arm), base)
+                             data.get(arm, filtered), tokenizer, section, kd.get(arm), base)
     evals = {"teacher": stage("eval:teacher", _evaluate, config, "teacher", teacher, tokenizer,
                               paths["test_prompts"], out)}
     for arm in arms:
@@ -456,8 +463,9 @@ def _run_seed(config, out: str) -> dict[str, Any]:
                    if arm != "on_policy"},
         "stage_seconds": timings, "total_seconds": round(time.monotonic() - start, 1),
     }
-    if "filtered_base" in arms:
-        results["base_curve"] = report.curve(os.path.join(out, "base"))
+    results["base_curves"] = {name: report.curve(os.path.join(out, name))
+                              for name in ("base", "base_small", "base_large")
+                              if os.path.exists(os.path.join(out, name, "metrics.jsonl"))}
     results.update(report.uncertainty(out, list(evals), config.seed))
     if "on_policy" in arms:
         workdir = os.path.join(out, "students", "on_policy")
@@ -478,9 +486,9 @@ def _run_seed(config, out: str) -> dict[str, Any]:
     return results
 
 
-def _base_section(config):
-    """The base: the student's architecture and init, trained on `_base_corpus`."""
-    section = copy.deepcopy(config.student)
+def _base_section(config, student):
+    """A student's base: its architecture and init, trained on `_base_corpus`."""
+    section = copy.deepcopy(student)
     section.update(dict(config.base.train))
     return section
 

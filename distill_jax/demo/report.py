@@ -19,18 +19,19 @@ from distill_jax.evaluation import statistics
 
 # The claims, each a comparison of two models on the same held-out problems:
 # (claim, a, b). A claim is shown when the paired 95% interval of
-# pass@1(a) - pass@1(b) excludes 0, and stated "not shown at this size" otherwise.
+# pass@1(a) - pass@1(b) lies above 0, reversed when it lies below 0 (b beats a),
+# and stated "not shown at this size" otherwise.
 COMPARISONS = (
     ("verification matters: filtered beats unfiltered", "filtered", "unfiltered"),
     ("traces beat answers: filtered beats answer-only", "filtered", "answer_only"),
-    ("base matters: a domain-pretrained base beats random init", "filtered_base", "filtered"),
+    ("base matters: the pre-trained base beats random init", "filtered", "filtered_scratch"),
     ("capacity gap: the larger student beats the smaller", "filtered_large", "filtered_small"),
     ("online KD on top of filtered SFT", "kd_online", "filtered"),
     ("offline top-k KD on top of filtered SFT", "kd_offline", "filtered"),
     ("on-policy distillation after filtered SFT", "on_policy", "filtered"))
 # The arms trained on the teacher's traces: the knowledge frontier is measured on them.
 TRACE_ARMS = ("unfiltered", "filtered", "kd_online", "kd_offline", "on_policy",
-              "filtered_base", "filtered_small", "filtered_large")
+              "filtered_scratch", "filtered_small", "filtered_large")
 CAPACITY = ("filtered_small", "filtered", "filtered_large")
 
 
@@ -76,7 +77,7 @@ def uncertainty(out: str, names: list[str], seed: int) -> dict[str, Any]:
         if a in vectors and b in vectors:
             diff = statistics.paired_difference(vectors[a], vectors[b], seed=seed)
             comparisons.append({"claim": claim, "a": a, "b": b, **diff.as_dict(),
-                                "shown": diff.excludes_zero()})
+                                "shown": diff.low > 0.0, "verdict": verdict(diff.as_dict())})
     result = {"intervals": intervals, "comparisons": comparisons,
               "by_difficulty": by_difficulty}
     if all(arm in vectors for arm in ("filtered_small", "filtered_large")):
@@ -123,6 +124,15 @@ def _frontier(rates, problems, seed) -> dict[str, Any]:
     return result
 
 
+def verdict(diff: Mapping[str, float]) -> str:
+    """A claim "a beats b" from the paired interval of pass@1(a) - pass@1(b)."""
+    if diff["low"] > 0.0:
+        return "shown"
+    if diff["high"] < 0.0:
+        return "reversed: b beats a"
+    return "not shown at this size"
+
+
 def format_results(results: dict[str, Any]) -> str:
     lines = [f"Held-out test: {results['test_problems']} problems, "
              f"{results['samples_per_problem']} samples each (pass@1 averaged), "
@@ -146,9 +156,8 @@ def format_results(results: dict[str, Any]) -> str:
         lines += ["", "| claim | difference in pass@1 | paired 95% interval | |",
                   "|---|---|---|---|"]
         for c in results["comparisons"]:
-            verdict = "shown" if c["shown"] else "not shown at this size"
             lines.append(f"| {c['claim']} ({c['a']} - {c['b']}) | {c['estimate']:+.3f} | "
-                         f"[{c['low']:+.3f}, {c['high']:+.3f}] | {verdict} |")
+                         f"[{c['low']:+.3f}, {c['high']:+.3f}] | {verdict(c)} |")
     lines += _difficulty_table(results.get("by_difficulty", {}))
     lines += _capacity_table(results.get("capacity"))
     lines += _frontier_table(results.get("frontier"))
@@ -275,10 +284,12 @@ def study_summary(per_seed: Mapping[int, dict[str, Any]]) -> dict[str, Any]:
         rows = {str(s): c for s in seeds for c in per_seed[s].get("comparisons", [])
                 if (c["a"], c["b"]) == (a, b)}
         if len(rows) == len(seeds):
-            shown = sum(r["shown"] and r["estimate"] > 0 for r in rows.values())
+            shown = sum(r["low"] > 0.0 for r in rows.values())
+            reversed_ = sum(r["high"] < 0.0 for r in rows.values())
             claims.append({"claim": claim, "a": a, "b": b, "per_seed": rows,
                            "mean_estimate": _mean(r["estimate"] for r in rows.values()),
-                           "seeds_shown": shown, "shown_in_every_seed": shown == len(seeds)})
+                           "seeds_shown": shown, "seeds_reversed": reversed_,
+                           "shown_in_every_seed": shown == len(seeds)})
     by_difficulty = {}
     for m in models:
         buckets = sorted({k for s in seeds for k in per_seed[s]["by_difficulty"].get(m, {})},
@@ -320,12 +331,14 @@ def format_study(study: dict[str, Any]) -> str:
                            f"[{c['per_seed'][str(s)]['low']:+.3f}, "
                            f"{c['per_seed'][str(s)]['high']:+.3f}]" for s in seeds)
         if c["shown_in_every_seed"]:
-            verdict = "shown in every seed"
+            outcome = "shown in every seed"
         elif c["seeds_shown"]:
-            verdict = f"shown in {c['seeds_shown']} of {len(seeds)} seeds"
+            outcome = f"shown in {c['seeds_shown']} of {len(seeds)} seeds"
         else:
-            verdict = "not shown at this size"
-        lines.append(f"| {c['claim']} ({c['a']} - {c['b']}) | {cells} | {verdict} |")
+            outcome = "not shown at this size"
+        if c["seeds_reversed"]:
+            outcome += f"; reversed (b beats a) in {c['seeds_reversed']} of {len(seeds)}"
+        lines.append(f"| {c['claim']} ({c['a']} - {c['b']}) | {cells} | {outcome} |")
     lines += _difficulty_table(study["by_difficulty"], "pass@1 by the problem's number of "
                                "steps, mean over seeds (problems per bucket, mean per seed):")
     if study["frontier"]:

@@ -63,7 +63,10 @@ def test_one_seed_reports_claims_capacity_and_frontier(tmp_path):
     assert claims[("filtered", "answer_only")]["shown"]
     same = claims[("kd_online", "filtered")]
     assert (same["estimate"], same["shown"]) == (0.0, False)
-    assert ("filtered_base", "filtered") not in claims         # that arm was not run
+    assert same["verdict"] == "not shown at this size"
+    # A difference the other way round is reported as such, never as shown.
+    assert report.verdict({"low": -0.2, "high": -0.1}) == "reversed: b beats a"
+    assert ("filtered", "filtered_scratch") not in claims      # that arm was not run
     # Capacity: large - small is 0 on the 2- and 3-step buckets, positive on 4 and 5.
     capacity = results["capacity"]
     assert set(capacity) == {"2", "3", "4", "5"}
@@ -107,6 +110,12 @@ def test_a_study_states_each_claim_per_seed_and_in_every_seed(tmp_path):
     assert "| traces beat answers: filtered beats answer-only (filtered - answer_only) |" in table
     assert "shown in every seed |" in table and "shown in 2 of 3 seeds |" in table
     assert "not shown at this size |" in table
+    # If seed 1's unfiltered arm beat filtered, the claim is reversed there.
+    for c in per_seed[1]["comparisons"]:
+        if (c["a"], c["b"]) == ("filtered", "unfiltered"):
+            c.update(estimate=-0.08, low=-0.11, high=-0.05, shown=False)
+    mixed = report.format_study(report.study_summary(per_seed))
+    assert "shown in 1 of 3 seeds; reversed (b beats a) in 1 of 3 |" in mixed
     path = tmp_path / "study.png"
     report.plot_study(study, str(path))
     assert path.stat().st_size > 10_000
@@ -166,6 +175,11 @@ def test_bad_task_sizes_and_missing_student_sizes_are_refused_before_any_stage(t
     config.arms = ("filtered", "filtered_large")
     del config.student_sizes["large"]
     with pytest.raises(ValueError, match="filtered_large needs config.student_sizes.large"):
+        pipeline.run(config)
+    config = demo_config()
+    config.output_dir = str(tmp_path / "demo")
+    config.arms = ("filtered", "filtered_scratch")          # make demo's config has no base
+    with pytest.raises(ValueError, match="filtered_scratch is filtered without the base"):
         pipeline.run(config)
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['steps'\]"):
         arithmetic.Task.from_config({"steps": 3})

@@ -33,6 +33,18 @@ COMPARISONS = (
 TRACE_ARMS = ("unfiltered", "filtered", "kd_online", "kd_offline", "on_policy",
               "filtered_scratch", "filtered_small", "filtered_large")
 CAPACITY = ("filtered_small", "filtered", "filtered_large")
+# One colour per model in every panel (matplotlib's 10 tab colours, in this order).
+_MODELS = ("teacher", "answer_only", "unfiltered", "filtered", "kd_online", "kd_offline",
+           "on_policy", "filtered_scratch", "filtered_small", "filtered_large")
+
+
+def _color(name: str) -> str | None:
+    return f"C{_MODELS.index(name)}" if name in _MODELS else None
+
+
+def _ordered(names) -> list[str]:
+    """Models in the demo's order (results.json stores them sorted by name)."""
+    return sorted(names, key=lambda n: (_MODELS.index(n) if n in _MODELS else len(_MODELS), n))
 
 
 def per_problem_rates(out: str, name: str) -> dict[str, float]:
@@ -227,14 +239,15 @@ def plot_results(results: dict[str, Any], path: str) -> None:
     from matplotlib.figure import Figure
     fig = Figure(figsize=(16, 4))
     ax1, ax3, ax2 = fig.subplots(1, 3)
-    names = list(results["accuracy"])
+    names = _ordered(results["accuracy"])
     accuracy = [results["accuracy"][n] for n in names]
     intervals = results.get("intervals", {})
     errors = None
     if all(n in intervals for n in names):      # 95% bootstrap intervals as error bars
         errors = [[a - intervals[n]["low"] for n, a in zip(names, accuracy)],
                   [intervals[n]["high"] - a for n, a in zip(names, accuracy)]]
-    ax1.bar(names, accuracy, color="tab:blue", yerr=errors, capsize=4)
+    ax1.bar(names, accuracy, color=[_color(n) or "grey" for n in names], yerr=errors,
+            capsize=4)
     ax1.set_ylabel("pass@1 on held-out test (95% interval)")
     ax1.set_title("accuracy per arm")
     ax1.tick_params(axis="x", rotation=30)
@@ -245,10 +258,11 @@ def plot_results(results: dict[str, Any], path: str) -> None:
 
 
 def _plot_difficulty(ax, by_difficulty: Mapping[str, Any]) -> None:
-    for name, d in by_difficulty.items():
+    for name in _ordered(by_difficulty):
+        d = by_difficulty[name]
         steps = sorted(d, key=int)
         ax.plot([int(k) for k in steps], [d[k]["pass@1"] for k in steps], marker="o",
-                label=name)
+                label=name, color=_color(name))
     ax.set_xticks(sorted({int(k) for d in by_difficulty.values() for k in d}))
     ax.set_xlabel("steps in the problem")
     ax.set_ylabel("pass@1")
@@ -257,10 +271,11 @@ def _plot_difficulty(ax, by_difficulty: Mapping[str, Any]) -> None:
 
 
 def _plot_curves(ax, curves: Mapping[str, Any]) -> None:
-    for arm, points in curves.items():
+    for arm in _ordered(curves):
+        points = curves[arm]
         if points:
             steps, ce = zip(*points)
-            ax.plot(steps, ce, label=arm)
+            ax.plot(steps, ce, label=arm, color=_color(arm))
     ax.set_xlabel("step")
     ax.set_ylabel("training cross-entropy")
     ax.set_yscale("log")
@@ -370,7 +385,7 @@ def plot_study(study: dict[str, Any], path: str) -> None:
     from matplotlib.figure import Figure
     fig = Figure(figsize=(20, 4.5))
     ax1, ax2, ax3, ax4 = fig.subplots(1, 4)
-    seeds, models = study["seeds"], list(study["accuracy"])
+    seeds, models = study["seeds"], _ordered(study["accuracy"])
     width = 0.8 / len(seeds)
     for j, s in enumerate(seeds):
         cis = [study["accuracy"][m]["per_seed"][str(s)] for m in models]

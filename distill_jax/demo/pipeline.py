@@ -359,16 +359,21 @@ def run(config) -> dict[str, Any]:
         print(f"pipeline: study seed {seed} ({len(per_seed) + 1} of {len(seeds)})", flush=True)
         per_seed[seed] = _run_seed(c, os.path.join(out, f"seed-{seed}"))
     study = report.study_summary(per_seed)
-    os.makedirs(out, exist_ok=True)
-    write_json_atomic(os.path.join(out, "study.json"), study)
-    table = report.format_study(study)
-    write_text_atomic(os.path.join(out, "study.md"), table + "\n")
-    print(table)
-    try:
-        report.plot_study(study, os.path.join(out, "study.png"))
-    except ImportError:
-        print("pipeline: matplotlib is not installed; skipping study.png")
+    _publish(out, "study", study, report.format_study, report.plot_study)
     return study
+
+
+def _publish(out: str, name: str, results: dict[str, Any], table, plot) -> None:
+    """`name`.json, `name`.md (the table, also printed) and `name`.png under `out`."""
+    os.makedirs(out, exist_ok=True)
+    write_json_atomic(os.path.join(out, f"{name}.json"), results)
+    text = table(results)
+    write_text_atomic(os.path.join(out, f"{name}.md"), text + "\n")
+    print(text)
+    try:
+        plot(results, os.path.join(out, f"{name}.png"))
+    except ImportError:
+        print(f"pipeline: matplotlib is not installed; skipping {name}.png")
 
 
 def _check_arms(config) -> None:
@@ -475,14 +480,7 @@ def _run_seed(config, out: str) -> dict[str, Any]:
             "held_out_reverse_kl": report.curve(workdir, "eval/reverse_kl"),
             "held_out_teacher_logprob": report.curve(workdir, "eval/teacher_logprob"),
             "train_reverse_kl": report.curve(workdir, "reverse_kl")}
-    write_json_atomic(os.path.join(out, "results.json"), results)
-    table = report.format_results(results)
-    write_text_atomic(os.path.join(out, "results.md"), table + "\n")
-    print(table)
-    try:
-        report.plot_results(results, os.path.join(out, "results.png"))
-    except ImportError:
-        print("pipeline: matplotlib is not installed; skipping results.png")
+    _publish(out, "results", results, report.format_results, report.plot_results)
     return results
 
 

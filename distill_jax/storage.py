@@ -1,0 +1,350 @@
+"""One path layer for every file a stage reads or writes: local paths, or URLs
+(`gs://bucket/key`, `s3://`, any fsspec backend, the test store `fakebucket://`).
+
+Local paths go through `os` exactly as before this layer existed (a temp name, fsync
+and rename for atomic writes). A URL goes through fsspec, with object-store rules,
+because a bucket has no rename and no append:
+
+- **Whole objects.** `atomic_open` writes to a local spool file and uploads it in one
+  call when the block ends; on an exception (or a kill) nothing is uploaded. A GCS or S3
+  object becomes visible only when its upload is finalised, so a reader sees the old
+  object, the whole new one, or none, never a prefix.
+- **Commit markers for directories.** A stage that produces several objects (an
+  exported checkpoint, the curated dataset) uploads them all and then the marker
+  `COMMIT_MARKER` naming them (`publish_dir`); readers and resume trust a remote
+  directory only once its marker exists (`is_committed`). Locally the directory is
+  renamed into place whole, as before, and needs no marker.
+- **No append.** Append-mode writers (the metrics log) keep their lines and rewrite the
+  whole object (`training/metrics.py`).
+
+Backends are fsspec's: `gs://` needs `gcsfs`, `s3://` needs `s3fs`; a scheme without
+an installed backend is an error naming the package to install, raised when the path
+is first used (config checks call `check_path` before any expensive work).
+"""
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import os
+import posixpath
+import shutil
+import tempfile
+from typing import IO, Any, Iterator
+
+COMMIT_MARKER = "_COMMITTED.json"
+
+# The package that provides each well-known scheme's fsspec backend.
+_BACKEND_PACKAGES = {"gs": "gcsfs", "gcs": "gcsfs", "s3": "s3fs", "s3a": "s3fs",
+                     "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs", "hf": "huggingface_hub"}
+
+
+def scheme(path: str) -> str:
+    """'gs' for 'gs://b/k'; '' for a local path (and for file://, which is local)."""
+    path = os.fspath(path)
+    if "://" not in path:
+        return ""
+    s = path.split("://", 1)[0]
+    return "" if s == "file" else s
+
+
+def is_local(path: str) -> bool:
+    return scheme(path) == ""
+
+
+def _local(path: str) -> str:
+    path = os.fspath(path)
+    return path[len("file://"):] if path.startswith("file://") else path
+
+
+def filesystem(path: str):
+    """(fsspec filesystem, the path as that filesystem names it) for a URL."""
+    s = scheme(path)
+    if s == "fakebucket":
+        from distill_jax import fake_bucket    # registers the scheme with fsspec
+        fake_bucket.register()
+    import fsspec
+    try:
+        fs = fsspec.filesystem(s)
+    except (ImportError, ValueError) as e:
+        package = _BACKEND_PACKAGES.get(s)
+        hint = f"pip install {package}" if package else "install the fsspec backend for it"
+        raise ValueError(f"{path}: no filesystem backend for '{s}://' is installed "
+                         f"({hint}); or use a local path") from e
+    return fs, fs._strip_protocol(path)
+
+
+def check_path(path: str, what: str = "path") -> None:
+    """Fails now, naming `what` and the package to install, if `path`'s scheme has no
+    backend; local paths always pass. Called by config checks before expensive work."""
+    if path and not is_local(path):
+        try:
+            filesystem(path)
+        except ValueError as e:
+            raise ValueError(f"{what}: {e}") from None
+
+
+def join(base: str, *parts: str) -> str:
+    if is_local(base):
+        return os.path.join(base, *parts)
+    return posixpath.join(base, *parts)
+
+
+def dirname(path: str) -> str:
+    if is_local(path):
+        return os.path.dirname(path)
+    s, rest = path.split("://", 1)
+    return f"{s}://{posixpath.dirname(rest.rstrip('/'))}"
+
+
+def basename(path: str) -> str:
+    return os.path.basename(path) if is_local(path) else posixpath.basename(path.rstrip("/"))
+
+
+def _url(path: str, fs_path: str) -> str:
+    """fsspec names objects without the scheme; callers get URLs back."""
+    return f"{scheme(path)}://{fs_path}"
+
+
+def exists(path: str) -> bool:
+    if is_local(path):
+        return os.path.exists(_local(path))
+    fs, p = filesystem(path)
+    return fs.exists(p)
+
+
+def isfile(path: str) -> bool:
+    if is_local(path):
+        return os.path.isfile(_local(path))
+    fs, p = filesystem(path)
+    return fs.isfile(p)
+
+
+def isdir(path: str) -> bool:
+    if is_local(path):
+        return os.path.isdir(_local(path))
+    fs, p = filesystem(path)
+    return fs.isdir(p)
+
+
+def getsize(path: str) -> int:
+    if is_local(path):
+        return os.path.getsize(_local(path))
+    fs, p = filesystem(path)
+    return int(fs.size(p))
+
+
+def listdir(path: str) -> list[str]:
+    """Names (not paths) under a directory, sorted. A directory of an object store is
+    a key prefix: it exists while something is under it."""
+    if is_local(path):
+        return sorted(os.listdir(_local(path)))
+    fs, p = filesystem(path)
+    if not fs.isdir(p):
+        raise FileNotFoundError(f"{path}: no such directory")
+    return sorted(posixpath.basename(e.rstrip("/")) for e in fs.ls(p, detail=False)
+                  if e.rstrip("/") != p.rstrip("/"))
+
+
+def walk_files(path: str) -> list[str]:
+    """Every file under `path`, as paths relative to it, sorted."""
+    if is_local(path):
+        root = _local(path)
+        out = []
+        for d, _, names in os.walk(root):
+            out += [os.path.relpath(os.path.join(d, n), root) for n in names]
+        return sorted(out)
+    fs, p = filesystem(path)
+    return sorted(posixpath.relpath(f, p) for f in fs.find(p))
+
+
+def glob(pattern: str) -> list[str]:
+    if is_local(pattern):
+        import glob as glob_module
+        return sorted(glob_module.glob(_local(pattern)))
+    fs, p = filesystem(pattern)
+    return sorted(_url(pattern, m) for m in fs.glob(p))
+
+
+def makedirs(path: str) -> None:
+    """Locally os.makedirs; nothing on an object store (a prefix needs no creating)."""
+    if is_local(path):
+        os.makedirs(_local(path), exist_ok=True)
+    else:
+        fs, p = filesystem(path)
+        fs.makedirs(p, exist_ok=True)
+
+
+def remove(path: str) -> None:
+    if is_local(path):
+        os.remove(_local(path))
+    else:
+        fs, p = filesystem(path)
+        fs.rm_file(p)
+
+
+def rmtree(path: str) -> None:
+    """Removes a directory and everything under it, if it exists."""
+    if is_local(path):
+        shutil.rmtree(_local(path), ignore_errors=True)
+    else:
+        fs, p = filesystem(path)
+        if fs.exists(p):
+            fs.rm(p, recursive=True)
+
+
+def open(path: str, mode: str = "r", **kwargs) -> IO:  # noqa: A001 (the layer's open)
+    """Opens for reading (any mode) or, on an object store, for a whole-object write
+    that is uploaded on close; prefer `atomic_open` for writes, which uploads nothing
+    when the block raises."""
+    if is_local(path):
+        return builtins.open(_local(path), mode, **kwargs)
+    if "a" in mode or "+" in mode:
+        raise ValueError(f"{path}: an object store cannot append or update in place "
+                         f"(mode {mode!r}); write the whole object with atomic_open")
+    fs, p = filesystem(path)
+    return fs.open(p, mode, **kwargs)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w", **kwargs) -> Iterator[IO]:
+    """Like open(path, mode) for writing, but the file appears only on success, whole:
+    locally a temp name, fsync and rename; on an object store a local spool file
+    uploaded in one call after the block (nothing is uploaded if it raises)."""
+    if "w" not in mode:
+        raise ValueError(f"atomic_open writes whole files; got mode {mode!r}")
+    if is_local(path):
+        path = _local(path)
+        tmp = f"{path}.tmp.{os.getpid()}"
+        try:
+            with builtins.open(tmp, mode, **kwargs) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return
+    fs, p = filesystem(path)
+    fd, spool = tempfile.mkstemp(prefix="distill_jax-upload-")
+    os.close(fd)
+    try:
+        with builtins.open(spool, mode, **kwargs) as f:
+            yield f
+        fs.put_file(spool, p)
+    finally:
+        os.remove(spool)
+
+
+def read_text(path: str) -> str:
+    with open(path, "r", encoding="utf-8") as f:
+        return f.read()
+
+
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def read_range(path: str, start: int, length: int) -> bytes:
+    """`length` bytes from `start`: one ranged read on an object store (a tensor of a
+    safetensors file), a seek and read locally."""
+    if is_local(path):
+        with builtins.open(_local(path), "rb") as f:
+            f.seek(start)
+            return f.read(length)
+    fs, p = filesystem(path)
+    return fs.cat_file(p, start=start, end=start + length)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+# --- directories made of several objects --------------------------------------
+
+
+def publish_dir(local_dir: str, dest: str) -> None:
+    """Makes the finished directory `local_dir` appear at `dest`, whole.
+
+    Locally: a rename (the directory appears at once; `dest` must not exist). On an
+    object store: every file uploaded, then the commit marker listing them and their
+    sizes, written last; `is_committed(dest)` is true only after it. `local_dir` is
+    removed either way."""
+    if is_local(dest):
+        os.replace(local_dir, _local(dest))
+        return
+    fs, p = filesystem(dest)
+    if fs.exists(posixpath.join(p, COMMIT_MARKER)):
+        raise FileExistsError(f"{dest}: already committed")
+    files = walk_files(local_dir)
+    for rel in files:
+        fs.put_file(os.path.join(local_dir, rel), posixpath.join(p, rel))
+    write_json_atomic(join(dest, COMMIT_MARKER), {
+        "files": {rel: os.path.getsize(os.path.join(local_dir, rel)) for rel in files}})
+    shutil.rmtree(local_dir)
+
+
+def is_committed(path: str) -> bool:
+    """A directory published whole: locally it exists; on an object store its commit
+    marker does (objects uploaded before a kill, without the marker, do not count)."""
+    if is_local(path):
+        return os.path.isdir(_local(path))
+    return exists(join(path, COMMIT_MARKER))
+
+
+def local_copy(path: str, cache_dir: str) -> str:
+    """A local directory holding the committed remote directory `path`, for readers
+    that need POSIX files (array_record, sentencepiece): `path` itself when local, else
+    a copy under `cache_dir`, downloaded once (its own marker says it is complete)."""
+    if is_local(path):
+        return _local(path)
+    if not is_committed(path):
+        raise FileNotFoundError(f"{path}: not committed (no {COMMIT_MARKER}): it is "
+                                "missing or its writer did not finish")
+    marker = json.loads(read_text(join(path, COMMIT_MARKER)))
+    s, rest = path.split("://", 1)
+    target = os.path.join(cache_dir, s, rest.strip("/"))
+    done = os.path.join(target, COMMIT_MARKER)
+    if os.path.exists(done):
+        return target
+    fs, p = filesystem(path)
+    staging = f"{target}.partial.{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    for rel in marker["files"]:
+        os.makedirs(os.path.dirname(os.path.join(staging, rel)), exist_ok=True)
+        fs.get_file(posixpath.join(p, rel), os.path.join(staging, rel))
+    with builtins.open(os.path.join(staging, COMMIT_MARKER), "w", encoding="utf-8") as f:
+        json.dump(marker, f)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    return target
+
+
+def local_file(path: str, cache_dir: str | None = None) -> str:
+    """A local path with `path`'s bytes, for libraries that take only file names: the
+    path itself when local, else a copy in `cache_dir` (a temp directory if None)."""
+    if is_local(path):
+        return _local(path)
+    s, rest = path.split("://", 1)
+    root = cache_dir or tempfile.mkdtemp(prefix="distill_jax-cache-")
+    target = os.path.join(root, s, rest.strip("/"))
+    if not os.path.exists(target):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fs, p = filesystem(path)
+        tmp = f"{target}.tmp.{os.getpid()}"
+        fs.get_file(p, tmp)
+        os.replace(tmp, target)
+    return target

@@ -43,7 +43,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from distill_jax import models
+from distill_jax import models, storage
 from distill_jax.chat import ChatFormat
 from distill_jax.data.prompts import R1_MATH_SUFFIX, load_prompts
 from distill_jax.demo import arithmetic, report
@@ -346,6 +346,12 @@ def run(config) -> dict[str, Any]:
                          "stages (distill-generate, -filter, -train, -evaluate), which are "
                          "multi-host aware")
     config = apply_quick(config)
+    if not storage.is_local(config.output_dir):
+        # The demo's own bookkeeping (the student directories, the plots) is local;
+        # each stage it calls takes bucket paths when run on its own.
+        raise ValueError(f"config.output_dir: {config.output_dir} is a bucket path; the demo "
+                         "pipeline writes to a local directory (the stages, distill-generate, "
+                         "-filter, -train and -evaluate, take bucket paths)")
     _check_arms(config)
     _task(config)                       # a bad task section fails here, before any stage
     out = os.path.abspath(config.output_dir)

@@ -115,3 +115,7 @@ def test_arms_that_cannot_run_are_refused_before_any_stage(tmp_path):
     with pytest.raises(ValueError, match=r"unknown arm\(s\) \['sft_typo'\]"):
         pipeline.run(config)
     assert not os.path.exists(tmp_path / "demo" / "tokenizer.model")
+    config.arms, config.output_dir = ("filtered",), "gs://bucket/demo"
+    with pytest.raises(ValueError, match="gs://bucket/demo is a bucket path; the demo pipeline "
+                                         "writes to a local directory"):
+        pipeline.run(config)

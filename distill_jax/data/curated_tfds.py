@@ -28,6 +28,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from distill_jax import storage
 from distill_jax.data.topk_store import TopKReader, topk_arrays
 
 NAME = "curated_traces"
@@ -70,8 +71,10 @@ class CuratedTraces(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return {"train": self._generate_examples(self._jsonl_path)}
 
     def _generate_examples(self, path):
-        base_dir, reader = os.path.dirname(os.path.abspath(path)), TopKReader()
-        with open(path, encoding="utf-8") as f:
+        local = storage.is_local(path)
+        base_dir = os.path.dirname(os.path.abspath(path)) if local else storage.dirname(path)
+        reader = TopKReader()
+        with storage.open(path, "r", encoding="utf-8") as f:
             for line in f:
                 r = json.loads(line)
                 yield f"{r['prompt_id']}/{r['sample_index']}", _example(r, base_dir, reader)
@@ -93,7 +96,14 @@ def _example(r: dict, base_dir: str, reader: TopKReader | None = None) -> dict:
 
 
 def build_curated_dataset(jsonl_path: str, data_dir: str) -> str:
-    """Writes the array_record dataset under data_dir; returns its version directory."""
+    """Writes the array_record dataset under data_dir; returns its version directory.
+
+    data_dir must be local: array_record writes POSIX files. For a bucket, build in a
+    local directory and publish it (`storage.publish_dir`, as distill-filter does)."""
+    if not storage.is_local(data_dir):
+        raise ValueError(f"{data_dir}: the tfds dataset is built in a local directory "
+                         "(array_record writes only POSIX files); build it locally and "
+                         "upload it with distill_jax.storage.publish_dir")
     builder = CuratedTraces(jsonl_path=jsonl_path, data_dir=data_dir, file_format="array_record")
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(download_mode=tfds.GenerateMode.REUSE_CACHE_IF_EXISTS))

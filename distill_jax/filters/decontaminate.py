@@ -19,6 +19,7 @@ import os
 import re
 from typing import Iterable, Sequence
 
+from distill_jax import storage
 from distill_jax.fileio import iter_jsonl
 from distill_jax.filters.sample import Sample, Verdict, accept, reject
 
@@ -75,26 +76,34 @@ class NgramIndex:
         return None
 
 
-def load_eval_index(eval_sets: Sequence[str], data_dir: str, n: int = 8) -> NgramIndex:
-    """Builds the index from built-in set names and/or `path.jsonl:field` entries."""
-    index = NgramIndex(n)
+def eval_set_files(eval_sets: Sequence[str], data_dir: str) -> list[tuple[str, str, str]]:
+    """(path, text field, label) of each built-in set name or `path.jsonl:field` entry
+    (the path local or a bucket URL, whose own colon is not the field's)."""
+    out = []
     for spec in eval_sets:
         if spec in BUILTIN_EVAL_SETS:
             filename, field = BUILTIN_EVAL_SETS[spec]
-            path, label = os.path.join(data_dir, filename), spec
-        elif ":" in spec:
-            path, field = spec.rsplit(":", 1)
-            label = os.path.splitext(os.path.basename(path))[0]
-        else:
+            out.append((storage.join(data_dir, filename), field, spec))
+            continue
+        path, _, field = spec.rpartition(":")
+        if not path or not field or "/" in field:
             raise ValueError(f"unknown evaluation set {spec!r}: use one of "
                              f"{sorted(BUILTIN_EVAL_SETS)} or 'path.jsonl:field'")
+        out.append((path, field, os.path.splitext(storage.basename(path))[0]))
+    return out
+
+
+def load_eval_index(eval_sets: Sequence[str], data_dir: str, n: int = 8) -> NgramIndex:
+    """Builds the index from built-in set names and/or `path.jsonl:field` entries."""
+    index = NgramIndex(n)
+    for path, field, label in eval_set_files(eval_sets, data_dir):
         for text in _texts(path, field):
             index.add(text, label)
     return index
 
 
 def _texts(path: str, field: str) -> Iterable[str]:
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise FileNotFoundError(f"evaluation set {path} does not exist")
     for line_no, row in iter_jsonl(path):
         if field not in row:

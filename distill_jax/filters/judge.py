@@ -27,7 +27,12 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import tempfile
+import time
 from typing import TYPE_CHECKING, Any, Sequence
+
+from distill_jax import storage
 
 if TYPE_CHECKING:     # for annotations only: these import jax or jinja
     from distill_jax.chat import ChatFormat
@@ -44,6 +49,9 @@ PROMPT_VERSION = 1
 # RESPONSE_TAIL_CHARS characters (where a final answer would be).
 RESPONSE_TAIL_CHARS = 2000
 CACHE_FILENAME = "judge_cache.jsonl"
+# A cache in a bucket (no append) is rewritten whole at most this often, and on close:
+# a killed run loses at most this long's verdicts.
+CACHE_UPLOAD_EVERY_S = 60.0
 
 # Braces are doubled for str.format; the values filled in may hold any braces.
 JUDGE_PROMPT = """\
@@ -222,6 +230,8 @@ def default_cache_path(output_dir: str) -> str:
     """`<output_dir>.judge_cache.jsonl`, beside the filter's output directory rather
     than in it: the filter stage replaces its output directory whole when a run
     completes, which would drop a cache kept inside it."""
+    if not storage.is_local(output_dir):
+        return output_dir.rstrip("/") + "." + CACHE_FILENAME
     return os.path.normpath(os.path.abspath(output_dir)) + "." + CACHE_FILENAME
 
 
@@ -234,20 +244,27 @@ class JudgeCache:
     last line (a killed run stopped mid-write; no newline) is dropped from the file
     and counted in `torn_lines`; any other bad line is an error naming `path:line`.
     Each new entry is appended and flushed at once, so a killed run keeps every
-    verdict it finished. One writer at a time (one filter process per cache file).
+    verdict it finished. In a bucket (`path` a URL; objects cannot be appended to)
+    entries are appended to a local copy, which replaces the object whole every
+    `upload_every_s` and on close. One writer at a time (one filter process per
+    cache file).
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, upload_every_s: float = CACHE_UPLOAD_EVERY_S):
         self.path = path
         self.verdicts: dict[str, str] = {}
         self.torn_lines = 0
         self._file = None
-        if os.path.exists(path):
+        self._remote = not storage.is_local(path)
+        self._spool: str | None = None        # the local copy of a bucket cache
+        self._upload_every_s = upload_every_s
+        self._uploaded_at = 0.0
+        self._dirty = False
+        if storage.exists(path):
             self._load()
 
     def _load(self) -> None:
-        with open(self.path, "rb") as f:
-            data = f.read()
+        data = storage.read_bytes(self.path)
         keep = len(data)
         if data and not data.endswith(b"\n"):
             keep = data.rfind(b"\n") + 1          # 0 when the only line is torn
@@ -264,7 +281,9 @@ class JudgeCache:
             if verdict not in VERDICTS:
                 raise ValueError(f"{self.path}:{line_no}: unknown verdict {verdict!r}")
             self.verdicts[key] = _VERDICT_STRINGS[verdict]
-        if keep < len(data):
+        if keep < len(data) and self._remote:
+            storage.write_bytes_atomic(self.path, data[:keep])
+        elif keep < len(data):
             with open(self.path, "r+b") as f:
                 f.truncate(keep)
 
@@ -285,18 +304,47 @@ class JudgeCache:
         if key in self.verdicts:
             return
         if self._file is None:
-            directory = os.path.dirname(os.path.abspath(self.path))
-            os.makedirs(directory, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")
+            self._file = self._open_for_append()
         row = {"key": key, "verdict": verdict, **fields, "raw_text": raw_text}
         self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
         self._file.flush()
         self.verdicts[key] = _VERDICT_STRINGS[verdict]
+        self._dirty = self._remote
+        if self._dirty and time.monotonic() - self._uploaded_at >= self._upload_every_s:
+            self._upload()
+
+    def _open_for_append(self):
+        if not self._remote:
+            directory = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(directory, exist_ok=True)
+            return open(self.path, "a", encoding="utf-8")
+        fd, self._spool = tempfile.mkstemp(prefix="distill_jax-judge-cache-", suffix=".jsonl")
+        os.close(fd)
+        if storage.exists(self.path):
+            with storage.open(self.path, "rb") as src, open(self._spool, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        self._uploaded_at = time.monotonic()
+        return open(self._spool, "a", encoding="utf-8")
+
+    def _upload(self) -> None:
+        self._file.flush()
+        with open(self._spool, "rb") as src, storage.atomic_open(self.path, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        self._uploaded_at = time.monotonic()
+        self._dirty = False
 
     def close(self) -> None:
-        if self._file is not None:
+        if self._file is None:
+            return
+        try:
+            if self._dirty:
+                self._upload()
+        finally:
             self._file.close()
             self._file = None
+            if self._spool is not None:
+                os.remove(self._spool)
+                self._spool = None
 
     def __enter__(self) -> "JudgeCache":
         return self

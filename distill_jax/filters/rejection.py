@@ -39,9 +39,15 @@ next to `output_dir` named after the fingerprint of the inputs and config, and
 a unit counts as done when its commit marker is written (last). A killed run
 resumes after the last committed unit (rebuilding the dedup index from the
 committed units' keys), and its output is byte-identical to an uninterrupted
-run's. When every unit is done the outputs are assembled in a staging
-directory that replaces `output_dir` whole; a rerun with the same fingerprint
-returns the existing report without work.
+run's. When every unit is done the outputs are assembled in a local staging
+directory that replaces `output_dir` whole (stage_files.py); a rerun with the
+same fingerprint returns the existing report without work.
+
+Buckets: `input.path`, `output_dir`, the evaluation sets and the judge cache may
+be URLs (`gs://...`, see distill_jax/storage.py). The work directory then lives
+in the bucket beside the output, so a run killed on one machine resumes on
+another; the output is uploaded with a commit marker, and only a committed
+output counts as done.
 """
 from __future__ import annotations
 
@@ -56,6 +62,7 @@ from typing import Any, Callable
 
 from absl import logging
 
+from distill_jax import storage
 from distill_jax.filters import decontaminate, dedup, text_quality, verify
 from distill_jax.filters.selection import Selection
 from distill_jax.filters.stage_files import REPORT, TOPK_DIR, WorkDir
@@ -239,15 +246,58 @@ def open_input(stage: dict[str, Any]):
 
 
 def _fingerprint(traces, stage: dict[str, Any]) -> str:
-    """Of the config and the input files (path, size, modification time) and units:
-    reading every byte of 20 GB of traces to hash it would cost minutes."""
+    """Of the config and the input files (path, size, modification time or object
+    version) and units: reading every byte of 20 GB of traces to hash it would cost
+    minutes."""
     h = hashlib.sha256(json.dumps(stage, sort_keys=True, default=str).encode())
     for path in traces.files:
-        st = os.stat(path)
-        h.update(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        h.update(_file_stamp(path).encode())
     for unit in traces.units:
         h.update(unit.key.encode() + b"\0")
     return h.hexdigest()
+
+
+# What changes when an object is rewritten, by backend (gcsfs, s3fs, others); an
+# object store without any (the test store) is stamped by its size alone.
+_OBJECT_VERSION_KEYS = ("generation", "ETag", "etag", "LastModified", "updated", "mtime")
+
+
+def _file_stamp(path: str) -> str:
+    if storage.is_local(path):
+        st = os.stat(path)
+        return f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0"
+    fs, fs_path = storage.filesystem(path)
+    info = fs.info(fs_path)
+    version = next((str(info[k]) for k in _OBJECT_VERSION_KEYS if info.get(k) is not None), "")
+    return f"{path}\0{info['size']}\0{version}\0"
+
+
+def _absolute(path: str) -> str:
+    """A local path made absolute (as reports have always shown it); a URL as it is."""
+    return os.path.abspath(path) if storage.is_local(path) else path
+
+
+def _check_paths(config, stage: dict[str, Any]) -> None:
+    """Every path the stage will touch has a filesystem backend (a gs:// path without
+    gcsfs fails here, naming the path and the package), before any work."""
+    storage.check_path(config.output_dir, "output_dir")
+    for entry in str(stage["input"]["path"]).split(","):
+        storage.check_path(entry.strip(), "input.path")
+    if "decontaminate" in stage["filters"]["order"]:
+        dc = stage["decontamination"]
+        for path, _, _ in decontaminate.eval_set_files(dc["eval_sets"], dc["data_dir"]):
+            storage.check_path(path, "decontamination.eval_sets")
+    if stage["judge"]["enabled"]:
+        storage.check_path(config.judge.cache_path, "judge.cache_path")
+
+
+def _committed_report(out_dir: str) -> dict[str, Any] | None:
+    """The report of a finished output; None while there is none or, on a bucket, while
+    its upload is not committed (its report may be there, its other files not)."""
+    path = storage.join(out_dir, REPORT)
+    if not (storage.is_committed(out_dir) and storage.exists(path)):
+        return None
+    return json.loads(storage.read_text(path))
 
 
 # ---------------------------------------------------------------- the stage
@@ -267,14 +317,14 @@ def filter_traces(config) -> dict[str, Any]:
     report = _filter_traces(config) if distributed.is_primary() else None
     distributed.barrier("filter:done")
     if report is None:
-        path = os.path.join(os.path.abspath(config.output_dir), REPORT)
-        report = json.load(open(path)) if os.path.exists(path) else {}
+        report = _committed_report(_absolute(config.output_dir)) or {}
     return report
 
 
 def _filter_traces(config) -> dict[str, Any]:
     stage = _stage_config(config)
-    out_dir = os.path.abspath(config.output_dir)
+    out_dir = _absolute(config.output_dir)
+    _check_paths(config, stage)
     FilterChain(stage)                    # bad filter names / eval sets fail before any work
     traces = open_input(stage)            # missing files, unknown format: here too
     judge_section = stage["judge"]
@@ -283,14 +333,13 @@ def _filter_traces(config) -> dict[str, Any]:
         judge_module.check_judge_config(config.judge)
         stage["judge_prompt_version"] = judge_module.PROMPT_VERSION
     fingerprint = _fingerprint(traces, stage)
-    report_path = os.path.join(out_dir, REPORT)
-    if os.path.exists(report_path) and not config.force:
-        with open(report_path) as f:
-            old = json.load(f)
+    old = None if config.force else _committed_report(out_dir)
+    if old is not None:
         if old.get("fingerprint") == fingerprint:
             print(f"filter: {out_dir} is up to date ({old['output']['samples']} samples)")
             return old
-        logging.info("filter: inputs or config changed since %s; rebuilding", report_path)
+        logging.info("filter: inputs or config changed since %s; rebuilding",
+                     storage.join(out_dir, REPORT))
 
     work = WorkDir(out_dir, fingerprint, force=config.force)
     selection = Selection(stage)
@@ -328,7 +377,7 @@ def _filter_traces(config) -> dict[str, Any]:
     selection.close_prompt()
     report = selection.report(stage)
     report["fingerprint"] = fingerprint
-    report["input"].update(files=[os.path.abspath(p) for p in traces.files],
+    report["input"].update(files=[_absolute(p) for p in traces.files],
                            units=len(traces.units), format=traces.format)
     work.assemble(report, len(traces.units), selection.final_rows)
     _print_summary(report, out_dir)
@@ -405,7 +454,7 @@ def _select_unit(work, i: int, unit, samples: list[Sample], results: list[dict[s
     kept_lines, audits = [], collections.defaultdict(list)
     topk = None
     reader = topk_store.TopKReader()
-    base_dir = os.path.dirname(os.path.abspath(unit.path))
+    base_dir = storage.dirname(_absolute(unit.path))
     for s, r in zip(samples, results):
         kept, r = selection.decide(s, r)
         if kept:
@@ -413,8 +462,8 @@ def _select_unit(work, i: int, unit, samples: list[Sample], results: list[dict[s
             arrays = topk_store.topk_arrays(s.record, base_dir, reader)
             if arrays is not None:
                 if topk is None:
-                    os.makedirs(os.path.join(work.path, TOPK_DIR), exist_ok=True)
-                    topk = topk_store.TopKWriter(os.path.join(work.path, TOPK_DIR), f"{i:05d}",
+                    storage.makedirs(storage.join(work.path, TOPK_DIR))
+                    topk = topk_store.TopKWriter(storage.join(work.path, TOPK_DIR), f"{i:05d}",
                                                  k=arrays[0].shape[1])
                 ref = topk.add(*arrays)
                 record["top_k"] = dict(ref, file=f"{TOPK_DIR}/{i:05d}")

@@ -12,6 +12,7 @@ import dataclasses
 import os
 from typing import Any
 
+from distill_jax import storage
 from distill_jax.fileio import iter_jsonl
 from distill_jax.filters.io_judge import io_cases_from_reference
 
@@ -70,9 +71,9 @@ def load_prompts(path: str, fmt: str = "jsonl", id_field: str | None = "id",
     if kind == "choice" and fmt == "jsonl":
         raise ValueError(f"{path}: kind 'choice' needs the options of each problem: use "
                          "format 'gpqa' (or convert the file to its layout)")
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise FileNotFoundError(f"prompt file {path} does not exist")
-    source = os.path.splitext(os.path.basename(path))[0]
+    source = os.path.splitext(storage.basename(path))[0]
     prompts: list[Prompt] = []
     seen: dict[str, int] = {}
     if limit is not None and limit <= 0:

@@ -9,7 +9,9 @@ which every record, whatever the file's format, has the schema our filters read
 Files. `path` is a file, a directory (its files matching `pattern`; with the
 default "*", every .jsonl/.json/.parquet file directly inside it except the
 `manifest.json`/`summary.json` that distill-generate writes beside its shards),
-a glob, or a comma-separated list of these. Containers:
+a glob, or a comma-separated list of these; any of them may be a bucket URL
+(`gs://b/traces`, `gs://b/traces/*.parquet`; see `distill_jax/storage.py`), read
+through the same ranged reads as a local file. Containers:
   * `.jsonl`: JSON Lines, cut into byte ranges of about `max_unit_bytes` that
     start on line starts (one pass over the file counts newlines, so every
     record knows its 1-based line: where = "path:LINE").
@@ -61,12 +63,16 @@ is read. A bad row never raises: it yields `Malformed(where, error, line)`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import json
 import os
+import posixpath
 import re
 from typing import Any, Callable, Iterator, Union
+
+from distill_jax import storage
 
 MAX_UNIT_BYTES = 64 << 20
 EXTENSIONS = (".jsonl", ".json", ".parquet")
@@ -229,6 +235,23 @@ def _glob_root(pattern: str) -> str:
     return os.sep.join(literal) or "."
 
 
+def _files_matching(pattern: str) -> list[str]:
+    return [f for f in storage.glob(pattern) if storage.isfile(f)]
+
+
+def _identity(path: str) -> str:
+    """What makes two names the same file: its real path locally (links), the URL
+    itself on an object store (no links there)."""
+    return os.path.realpath(path) if storage.is_local(path) else path
+
+
+def _relpath(path: str, root: str) -> str:
+    if storage.is_local(path):
+        return os.path.relpath(path, root or ".").replace(os.sep, "/")
+    # os.path.relpath would make both absolute under the working directory.
+    return posixpath.relpath(path.partition("://")[2], root.partition("://")[2] or ".")
+
+
 def _list_files(path: str, pattern: str) -> list[tuple[str, str]]:
     """[(file path, path relative to the input it was found under)], sorted per input."""
     entries = [e.strip() for e in path.split(",") if e.strip()]
@@ -236,17 +259,17 @@ def _list_files(path: str, pattern: str) -> list[tuple[str, str]]:
         raise FileNotFoundError(f"no trace path given ({path!r})")
     found, seen = [], set()
     for entry in entries:
-        if os.path.isdir(entry):
-            files = [f for f in glob.glob(os.path.join(entry, pattern)) if os.path.isfile(f)]
+        if storage.isdir(entry):
+            files = _files_matching(storage.join(entry, pattern))
             if pattern == "*":
                 files = [f for f in files if f.endswith(EXTENSIONS)
-                         and os.path.basename(f) not in _SIDECARS]
+                         and storage.basename(f) not in _SIDECARS]
             root, what = entry, f"no {pattern if pattern != '*' else '.jsonl/.json/.parquet'} " \
                                 f"files in directory {entry}"
-        elif os.path.isfile(entry):
-            files, root, what = [entry], os.path.dirname(entry), ""
+        elif storage.isfile(entry):
+            files, root, what = [entry], storage.dirname(entry), ""
         elif _has_magic(entry):
-            files = [f for f in glob.glob(entry) if os.path.isfile(f)]
+            files = _files_matching(entry)
             root, what = _glob_root(entry), f"no files match {entry}"
         else:
             raise FileNotFoundError(f"trace path {entry} does not exist")
@@ -255,11 +278,11 @@ def _list_files(path: str, pattern: str) -> list[tuple[str, str]]:
         for f in sorted(files):
             if not f.endswith(EXTENSIONS):
                 raise ValueError(f"{f}: unsupported file type; expected one of {EXTENSIONS}")
-            real = os.path.realpath(f)
+            real = _identity(f)
             if real in seen:
                 continue
             seen.add(real)
-            found.append((f, os.path.relpath(f, root or ".").replace(os.sep, "/")))
+            found.append((f, _relpath(f, root)))
     names: dict[str, str] = {}
     for f, rel in found:
         if rel in names:
@@ -272,7 +295,7 @@ def _list_files(path: str, pattern: str) -> list[tuple[str, str]]:
 
 def _json_container(path: str) -> str:
     """'json' or 'jsonl' for a .json file (datasets' to_json writes JSON Lines)."""
-    with open(path, "rb") as f:
+    with storage.open(path, "rb") as f:
         head = f.read(4096).lstrip()
         if not head or head[:1] == b"[":
             return "json"
@@ -291,7 +314,7 @@ def _json_container(path: str) -> str:
 
 def _load_json_rows(path: str) -> list:
     try:
-        with open(path, encoding="utf-8") as f:
+        with storage.open(path, "r", encoding="utf-8") as f:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
@@ -310,7 +333,7 @@ def _split_jsonl(path: str, max_unit_bytes: int) -> list[tuple[int, int, int]]:
     """[(start byte, end byte, first line)] cut at line starts, one pass."""
     units, block = [], 1 << 20
     start, start_line, pos, newlines = 0, 1, 0, 0
-    with open(path, "rb") as f:
+    with storage.open(path, "rb") as f:
         while True:
             chunk = f.read(block)
             if not chunk:
@@ -335,7 +358,7 @@ def _split_jsonl(path: str, max_unit_bytes: int) -> list[tuple[int, int, int]]:
 
 
 def _first_jsonl_record(path: str, max_lines: int = 1000) -> dict | None:
-    with open(path, "rb") as f:
+    with storage.open(path, "rb") as f:
         for _, raw in zip(range(max_lines), f):
             try:
                 obj = json.loads(raw.decode("utf-8")) if raw.strip() else None
@@ -412,7 +435,7 @@ class TraceUnit:
                 yield where, f"row {n}", row, dump
 
     def _jsonl_rows(self):
-        with open(self.path, "rb") as f:
+        with storage.open(self.path, "rb") as f:
             f.seek(self.start)
             pos, line_no = self.start, self.first
             while pos < self.stop:
@@ -448,7 +471,7 @@ class TraceUnit:
     def _parquet_rows(self):
         import pyarrow.parquet as pq
         n = self.first
-        with pq.ParquetFile(self.path) as pf:
+        with _parquet_source(self.path) as source, pq.ParquetFile(source) as pf:
             for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS,
                                          row_groups=list(range(self.start, self.stop)),
                                          columns=list(self.columns) if self.columns else None):
@@ -523,7 +546,7 @@ def open_traces(path: str, format: str = "auto", fields: dict[str, Any] | None =
             for start, stop, line in _split_jsonl(f, max_unit_bytes):
                 units.append(TraceUnit(f, rel, "jsonl", start, stop, line, stop - start, reader))
         elif container == "json":
-            units.append(TraceUnit(f, rel, "json", 0, 1, 0, os.path.getsize(f), reader))
+            units.append(TraceUnit(f, rel, "json", 0, 1, 0, storage.getsize(f), reader))
         else:
             units.extend(_parquet_units(f, rel, fmt, columns, explicit, reader, max_unit_bytes))
     return TraceSet(format, [f for f, _, _ in containers], units, columns)
@@ -544,10 +567,22 @@ def _first_names(containers, required: bool = True):
     return containers[0][0], None
 
 
+@contextlib.contextmanager
+def _parquet_source(path: str) -> Iterator[Any]:
+    """What pyarrow is given: a local path as it is (pyarrow's own file reader), a
+    URL as a file object of the storage layer (pyarrow seeks to the parts it needs)."""
+    if storage.is_local(path):
+        yield path
+        return
+    with storage.open(path, "rb") as f:
+        yield f
+
+
 def _parquet_schema_names(path: str) -> list[str]:
     import pyarrow.parquet as pq
     try:
-        return list(pq.read_schema(path).names)
+        with _parquet_source(path) as source:
+            return list(pq.read_schema(source).names)
     except Exception as e:   # pyarrow raises ArrowInvalid / OSError for bad files
         raise ValueError(f"{path}: not a readable Parquet file ({e})") from e
 
@@ -555,7 +590,8 @@ def _parquet_schema_names(path: str) -> list[str]:
 def _parquet_units(path, rel, fmt, columns, explicit, reader, max_unit_bytes):
     import pyarrow.parquet as pq
     try:
-        meta = pq.ParquetFile(path).metadata
+        with _parquet_source(path) as source:
+            meta = pq.ParquetFile(source).metadata
     except Exception as e:
         raise ValueError(f"{path}: not a readable Parquet file ({e})") from e
     names = list(meta.schema.to_arrow_schema().names)

@@ -6,6 +6,10 @@ either exists whole or not at all; a rerun skips existing shards. Sample j of a
 prompt is seeded by (seed, hash of the prompt id, j), never by its shard or
 batch, so an interrupted-and-resumed run writes byte-identical shards.
 
+The output directory may be a bucket URL (`gs://`, see `distill_jax/storage.py`):
+there each shard is one whole-object upload (no temp name, no rename), so resume
+logic is the same on both: a shard listed in the directory is complete.
+
 A `manifest.json` pins what the shards were made with (teacher, sampling,
 prompts, template); rerunning into the same directory with different settings is
 an error rather than a silent mix.
@@ -29,7 +33,7 @@ sample's numbers depend only on its own prompt (padded to its own length
 bucket, prefilled in a batch of fixed shape), key and settings, never on which
 shards or slots it shared the device with (see `sampling/engine.py`). Process 0
 writes the summary and prints; the output directory is meant to be shared (NFS,
-a mounted bucket); on host-local disks each host holds its own shards.
+a bucket URL); on host-local disks each host holds its own shards.
 
 The engine's slot count is `num_slots`, or with 0 the planner's: as many slots
 of (longest prompt bucket + max_new_tokens) cache positions as fit in device
@@ -54,12 +58,12 @@ from typing import Any
 import jax
 from absl import logging
 
-from distill_jax import distributed, models, planning, sharding
+from distill_jax import distributed, models, planning, sharding, storage
 from distill_jax.chat import ChatFormat
 from distill_jax.config_keys import require_keys
 from distill_jax.data.prompts import Prompt, load_prompts_from_config
 from distill_jax.data.topk_store import STORED_DTYPES, TopKWriter
-from distill_jax.fileio import write_json_atomic, write_text_atomic
+from distill_jax.storage import write_json_atomic, write_text_atomic
 from distill_jax.progress import Progress
 from distill_jax.sampling.params import SamplingParams
 from distill_jax.models import attention
@@ -96,8 +100,19 @@ def _teacher_config(config, tokenizer) -> tuple[models.ModelConfig, str]:
     t = config.teacher
     cfg = models.config_from_section(t, tokenizer.vocab_size)
     if t.checkpoint:
-        return cfg, t.id or os.path.basename(os.path.normpath(t.checkpoint))
+        return cfg, t.id or _dir_name(t.checkpoint)
     return cfg, t.id or f"{t.preset}-random-init{t.init_seed}"
+
+
+def _dir_name(path: str) -> str:
+    # normpath would make "gs://b/ckpt/" "gs:/b/ckpt"; a URL needs only its "/" dropped.
+    if storage.is_local(path):
+        return os.path.basename(os.path.normpath(path))
+    return storage.basename(path)
+
+
+def _abs_path(path: str) -> str:
+    return os.path.abspath(path) if storage.is_local(path) else path
 
 
 def chat_format_from_config(tokenizer, tokenizer_section) -> ChatFormat:
@@ -116,9 +131,8 @@ def render_prompts(prompts: list[Prompt], fmt: ChatFormat, suffix: str | None = 
 def _check_manifest(path: str, manifest: dict[str, Any]) -> None:
     # Every host checks (each may have its own disk); writing the same bytes
     # atomically from several hosts is harmless.
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
+    if storage.exists(path):
+        old = json.loads(storage.read_text(path))
         changed = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
         if changed:
             raise ValueError(
@@ -139,6 +153,7 @@ def generate_traces(config) -> dict[str, Any]:
                          f"{config.top_k_dtype!r}")
     out_dir = config.output_dir
     pc = config.prompts
+    _check_paths(config)
     prompts = load_prompts_from_config(pc)
     if not prompts:
         raise ValueError(f"{pc.path}: no prompts")
@@ -158,30 +173,23 @@ def generate_traces(config) -> dict[str, Any]:
 
     per_shard = config.prompts_per_shard
     num_shards = math.ceil(len(prompts) / per_shard)
-    os.makedirs(out_dir, exist_ok=True)
+    storage.makedirs(out_dir)
     manifest = {
         "teacher_id": teacher_id,
         "sampling": {k: list(v) if isinstance(v, tuple) else v
                      for k, v in dataclasses.asdict(params).items()},
-        "prompts_path": os.path.abspath(pc.path), "prompts_format": pc.format,
+        "prompts_path": _abs_path(pc.path), "prompts_format": pc.format,
         "num_prompts": len(prompts), "prompts_per_shard": per_shard,
         "prompt_token_ids_sha256": hashlib.sha256(
             json.dumps(prompt_ids).encode()).hexdigest(),
     }
-    _check_manifest(os.path.join(out_dir, MANIFEST), manifest)
+    _check_manifest(storage.join(out_dir, MANIFEST), manifest)
 
     host, num_hosts = jax.process_index(), jax.process_count()
     mine = [k for k in range(num_shards) if k % num_hosts == host]
     sidecar = bool(params.return_top_k) and config.top_k_format == "npy"
-    # Temp files (of shards or their top-k sidecars) are what a killed run did not
-    # finish; they are redone (each host cleans up only its own shards: another host
-    # may be writing right now).
-    for name in os.listdir(out_dir):
-        if name.startswith("shard-") and ".tmp." in name and int(name[6:11]) in mine:
-            logging.info("generate: removing unfinished %s", name)
-            os.remove(os.path.join(out_dir, name))
-    remaining = [k for k in mine
-                 if not os.path.exists(os.path.join(out_dir, shard_name(k, num_shards)))]
+    finished = _finished_shards(out_dir, set(mine))
+    remaining = [k for k in mine if shard_name(k, num_shards) not in finished]
     # max_shards > 0 time-boxes a run (e.g. on preemptible machines); rerun to continue.
     max_shards = config.max_shards
     todo = remaining[:max_shards] if max_shards else remaining
@@ -249,7 +257,7 @@ def generate_traces(config) -> dict[str, Any]:
             run_tokens += n_tokens
             if writer is not None:     # the sidecar first: a shard never lacks its sidecar
                 writer.commit()
-            write_text_atomic(os.path.join(out_dir, shard_name(k, num_shards)),
+            write_text_atomic(storage.join(out_dir, shard_name(k, num_shards)),
                               "\n".join(lines) + "\n")
             progress.update(hi - lo, tokens=n_tokens)
         stats = sampler.stats
@@ -267,12 +275,46 @@ def generate_traces(config) -> dict[str, Any]:
                        "decode_steps") else None)
     if not distributed.is_primary():
         return summary
-    write_json_atomic(os.path.join(out_dir, SUMMARY), summary)
+    write_json_atomic(storage.join(out_dir, SUMMARY), summary)
     print(f"generate: {summary['complete_shards']}/{num_shards} shards, "
           f"{summary['samples']} samples, {summary['total_tokens']} tokens; this run "
           f"{run_tokens} tokens in {elapsed:.1f}s ({summary['run_tokens_per_s']} tok/s); "
           f"finish reasons {summary['finish_reasons']}")
     return summary
+
+
+def _check_paths(config) -> None:
+    """A URL whose backend is missing fails here, before the teacher is loaded."""
+    for what, path in (("prompts.path", config.prompts.path), ("output_dir", config.output_dir),
+                       ("tokenizer.path", config.tokenizer.path),
+                       ("teacher.checkpoint", config.teacher.checkpoint)):
+        storage.check_path(path, f"config.{what}")
+
+
+def _listing(out_dir: str) -> list[str]:
+    """The directory's names as they are now: other hosts write into it, and an
+    object store's client may answer from a listing it cached earlier."""
+    if not storage.is_local(out_dir):
+        fs, path = storage.filesystem(out_dir)
+        fs.invalidate_cache(path)
+    return storage.listdir(out_dir)
+
+
+def _finished_shards(out_dir: str, mine: set[int]) -> set[str]:
+    """The names in `out_dir`, after removing this host's unfinished temp files.
+
+    Locally a killed writer leaves `<name>.tmp.<pid>` (of a shard or of its top-k
+    sidecar); it is redone. Each host removes only its own shards' temp files:
+    another host may be writing right now. An object store holds no temp files
+    (uploads are spooled locally and appear whole), so there this removes nothing."""
+    names = []
+    for name in _listing(out_dir):
+        if name.startswith("shard-") and ".tmp." in name and int(name[6:11]) in mine:
+            logging.info("generate: removing unfinished %s", name)
+            storage.remove(storage.join(out_dir, name))
+        else:
+            names.append(name)
+    return set(names)
 
 
 def _record(p: Prompt, prompt_ids, j, s, params: SamplingParams, teacher_id, tokenizer,
@@ -298,12 +340,13 @@ def _record(p: Prompt, prompt_ids, j, s, params: SamplingParams, teacher_id, tok
 def summarize(out_dir: str, num_shards: int) -> dict[str, Any]:
     reasons: collections.Counter = collections.Counter()
     samples = tokens = complete = 0
+    present = set(_listing(out_dir))
     for k in range(num_shards):
-        path = os.path.join(out_dir, shard_name(k, num_shards))
-        if not os.path.exists(path):
+        name = shard_name(k, num_shards)
+        if name not in present:
             continue
         complete += 1
-        with open(path, encoding="utf-8") as f:
+        with storage.open(storage.join(out_dir, name), encoding="utf-8") as f:
             for line in f:
                 r = json.loads(line)
                 samples += 1

@@ -9,6 +9,10 @@ without one: "chatml", "qwen2.5", "llama3", "deepseek-r1".
 
 `encode` never adds BOS/EOS unless asked (`add_special_tokens=True`): chat
 templates that need BOS put it in the text themselves, as in transformers.
+
+Every path may be a bucket URL (`gs://...`, any path `storage` takes): tokenizer
+files are small, so they are read into memory whole (neither SentencePiece nor
+`tokenizers` needs a file name) and written as whole objects.
 """
 from __future__ import annotations
 
@@ -16,12 +20,15 @@ import abc
 import datetime
 import json
 import os
+import shutil
+import tempfile
 from typing import Any, Iterable, Sequence
 
 import jinja2
 import jinja2.ext
 import jinja2.sandbox
 
+from distill_jax import storage
 from distill_jax.fileio import atomic_open, write_text_atomic
 
 # Special tokens of the ChatML / R1 conventions; the demo's SentencePiece model
@@ -196,10 +203,11 @@ class Tokenizer(abc.ABC):
 
         `chat_template` (a built-in name or jinja source) is stored instead of the
         tokenizer's own, so an exported model renders prompts the way it was trained.
-        Every file is written atomically. Local paths only.
+        Every file is written atomically (on a bucket: as a whole object).
         """
-        os.makedirs(directory, exist_ok=True)
-        return self._save_files(os.fspath(directory), self._template_source(chat_template))
+        directory = os.fspath(directory)
+        storage.makedirs(directory)
+        return self._save_files(directory, self._template_source(chat_template))
 
     def _save_files(self, directory: str, chat_template: str | None) -> list[str]:
         raise NotImplementedError(f"{type(self).__name__} cannot be saved")
@@ -243,8 +251,12 @@ class SentencePieceTokenizer(Tokenizer):
     def __init__(self, model_path: str, chat_template: str | None = "chatml"):
         import sentencepiece as spm
         self._sp = spm.SentencePieceProcessor()
+        model_path = os.fspath(model_path)
         try:
-            self._sp.Load(str(model_path))
+            if storage.is_local(model_path):
+                self._sp.Load(model_path)
+            else:
+                self._sp.LoadFromSerializedProto(storage.read_bytes(model_path))
         except (OSError, RuntimeError) as e:
             raise ValueError(f"cannot load SentencePiece model {model_path}: {e}") from e
 
@@ -319,9 +331,9 @@ class SentencePieceTokenizer(Tokenizer):
             self.eos_token, self.pad_token, self.name)
 
     def _save_files(self, directory, chat_template):
-        with atomic_open(os.path.join(directory, "tokenizer.model"), "wb") as f:
+        with atomic_open(storage.join(directory, "tokenizer.model"), "wb") as f:
             f.write(self._sp.serialized_model_proto())
-        _write_json(os.path.join(directory, "tokenizer_config.json"),
+        _write_json(storage.join(directory, "tokenizer_config.json"),
                     self._base_tokenizer_config(chat_template))
         return ["tokenizer.model", "tokenizer_config.json"]
 
@@ -375,8 +387,12 @@ class HFTokenizer(Tokenizer):
     def __init__(self, tokenizer_json: str, tokenizer_config: dict[str, Any] | None = None,
                  chat_template: str | None = None):
         import tokenizers
+        tokenizer_json = os.fspath(tokenizer_json)
         try:
-            self._tok = tokenizers.Tokenizer.from_file(str(tokenizer_json))
+            if storage.is_local(tokenizer_json):
+                self._tok = tokenizers.Tokenizer.from_file(tokenizer_json)
+            else:
+                self._tok = tokenizers.Tokenizer.from_str(storage.read_text(tokenizer_json))
         except Exception as e:  # the Rust side raises a plain Exception
             raise ValueError(f"cannot load {tokenizer_json}: {e}") from e
         config = tokenizer_config or {}
@@ -427,11 +443,11 @@ class HFTokenizer(Tokenizer):
                                      self._kept_config)
 
     def _save_files(self, directory, chat_template):
-        write_text_atomic(os.path.join(directory, "tokenizer.json"),
+        write_text_atomic(storage.join(directory, "tokenizer.json"),
                           self._tok.to_str(pretty=True))
-        _write_json(os.path.join(directory, "tokenizer_config.json"),
+        _write_json(storage.join(directory, "tokenizer_config.json"),
                     self._transformers_config(chat_template))
-        _write_json(os.path.join(directory, "special_tokens_map.json"),
+        _write_json(storage.join(directory, "special_tokens_map.json"),
                     self._special_token_names())
         return ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 
@@ -484,20 +500,21 @@ def load_tokenizer(path: str, chat_template: str | None = None) -> Tokenizer:
     `chat_template` (a built-in name or jinja source) overrides the tokenizer's own.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
+    storage.check_path(path, "tokenizer path")
+    if not storage.exists(path):
         raise FileNotFoundError(f"tokenizer path {path} does not exist")
-    if os.path.isdir(path):
+    if storage.isdir(path):
         directory = path
-        if os.path.exists(os.path.join(path, "tokenizer.json")):
-            json_file = os.path.join(path, "tokenizer.json")
-        elif os.path.exists(os.path.join(path, "tokenizer.model")):
+        if storage.exists(storage.join(path, "tokenizer.json")):
+            json_file = storage.join(path, "tokenizer.json")
+        elif storage.exists(storage.join(path, "tokenizer.model")):
             return _sentencepiece_from_directory(path, chat_template)
         else:
             raise FileNotFoundError(f"{path} holds neither tokenizer.json nor tokenizer.model")
     elif path.endswith(".model"):
         return SentencePieceTokenizer(path, chat_template or "chatml")
     elif path.endswith(".json"):
-        directory, json_file = os.path.dirname(path), path
+        directory, json_file = storage.dirname(path), path
     else:
         raise ValueError(f"{path}: expected a SentencePiece .model, a tokenizer.json, or a "
                          "directory holding one")
@@ -511,17 +528,15 @@ def _read_tokenizer_config(directory: str, chat_template: str | None) -> dict[st
     """tokenizer_config.json of `directory` ({} when absent), with the template of
     chat_template.jinja when the config has none and none was passed."""
     config: dict[str, Any] = {}
-    config_path = os.path.join(directory, "tokenizer_config.json")
-    if os.path.exists(config_path):
+    config_path = storage.join(directory, "tokenizer_config.json")
+    if storage.exists(config_path):
         try:
-            with open(config_path) as f:
-                config = json.load(f)
+            config = json.loads(storage.read_text(config_path))
         except json.JSONDecodeError as e:
             raise ValueError(f"{config_path}: invalid JSON ({e})") from e
-    jinja_path = os.path.join(directory, "chat_template.jinja")
-    if chat_template is None and "chat_template" not in config and os.path.exists(jinja_path):
-        with open(jinja_path) as f:
-            config["chat_template"] = f.read()
+    jinja_path = storage.join(directory, "chat_template.jinja")
+    if chat_template is None and "chat_template" not in config and storage.exists(jinja_path):
+        config["chat_template"] = storage.read_text(jinja_path)
     return config
 
 
@@ -531,7 +546,7 @@ def _sentencepiece_from_directory(directory: str,
     and special-token names, so an exported tokenizer loads as it was saved."""
     config = _read_tokenizer_config(directory, chat_template)
     template = chat_template or config.get("chat_template") or "chatml"
-    tokenizer = SentencePieceTokenizer(os.path.join(directory, "tokenizer.model"), template)
+    tokenizer = SentencePieceTokenizer(storage.join(directory, "tokenizer.model"), template)
     for key in ("bos_token", "eos_token", "pad_token"):
         if key in config:
             setattr(tokenizer, key, _token_content(config[key]))
@@ -545,7 +560,11 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: str, vocab_size: int
 
     Ids: 0 pad, 1 unk, 2 bos, 3 eos; `extra_special_tokens` are user-defined
     symbols, so they always encode as one token. Byte fallback keeps any text encodable.
+    A bucket `model_prefix` gets the .model and .vocab uploaded as whole objects.
     """
+    if not storage.is_local(model_prefix):
+        return _train_sentencepiece_to_bucket(texts, model_prefix, vocab_size,
+                                              extra_special_tokens, model_type)
     import sentencepiece as spm
     os.makedirs(os.path.dirname(os.path.abspath(model_prefix)), exist_ok=True)
     spm.SentencePieceTrainer.Train(
@@ -554,4 +573,20 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: str, vocab_size: int
         pad_id=0, unk_id=1, bos_id=2, eos_id=3, byte_fallback=True, character_coverage=1.0,
         split_digits=True, remove_extra_whitespaces=False, add_dummy_prefix=False,
         normalization_rule_name="identity", allow_whitespace_only_pieces=True, minloglevel=2, num_threads=2)
+    return model_prefix + ".model"
+
+
+def _train_sentencepiece_to_bucket(texts: Iterable[str], model_prefix: str, vocab_size: int,
+                                   extra_special_tokens: Sequence[str], model_type: str) -> str:
+    """The trainer writes only local files: train in a temporary directory, then upload."""
+    storage.check_path(model_prefix, "SentencePiece model prefix")
+    local_dir = tempfile.mkdtemp(prefix="distill_jax-spm-")
+    try:
+        local_prefix = os.path.join(local_dir, "model")
+        train_sentencepiece(texts, local_prefix, vocab_size, extra_special_tokens, model_type)
+        for suffix in (".model", ".vocab"):
+            with open(local_prefix + suffix, "rb") as f:
+                storage.write_bytes_atomic(model_prefix + suffix, f.read())
+    finally:
+        shutil.rmtree(local_dir, ignore_errors=True)
     return model_prefix + ".model"

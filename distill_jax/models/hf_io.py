@@ -25,21 +25,34 @@ DeepSeek's multi-token-prediction layers (`model.layers.{N}.*` for N from
 num_hidden_layers on, `num_nextn_predict_layers` of them) are a training-time /
 speculative-decoding head this library does not use: their tensors are skipped
 on load, with one log line saying how many.
+
+A checkpoint may be a bucket URL (`gs://...`, any path `storage` takes). Loading
+never copies it to local disk: config and index are read as objects, each
+safetensors header with small ranged reads, and each tensor with one ranged
+read, or, with a mesh, just the rows of it that a device's slice touches (rows
+are contiguous; a slice that needs only some columns still reads whole rows).
+No commit marker is required, since checkpoints uploaded with gsutil have none. Saving
+to a bucket writes a local temporary directory and publishes it (whole objects,
+then the commit marker): `staged_export`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from distill_jax import storage
 from distill_jax.fileio import write_json_atomic
 from distill_jax.models.config import ModelConfig, config_from_hf, to_hf_config
 from distill_jax.models.safetensors_io import (FP8_DTYPES, CheckpointError, SafetensorsFile,
@@ -205,20 +218,19 @@ def _set_path(tree, path, value):
 
 def _open_checkpoint(path: str) -> dict[str, SafetensorsFile]:
     """Tensor name -> the file holding it."""
-    index_path = os.path.join(path, INDEX_FILE)
-    single_path = os.path.join(path, SINGLE_FILE)
-    if os.path.exists(index_path):
+    index_path = storage.join(path, INDEX_FILE)
+    single_path = storage.join(path, SINGLE_FILE)
+    if storage.exists(index_path):
         try:
-            with open(index_path) as f:
-                weight_map = json.load(f)["weight_map"]
+            weight_map = json.loads(storage.read_text(index_path))["weight_map"]
         except (OSError, json.JSONDecodeError, KeyError) as e:
             raise CheckpointError(f"{index_path}: unreadable safetensors index ({e})") from e
         files: dict[str, SafetensorsFile] = {}
         located = {}
         for name, fname in weight_map.items():
             if fname not in files:
-                fpath = os.path.join(path, fname)
-                if not os.path.exists(fpath):
+                fpath = storage.join(path, fname)
+                if not storage.exists(fpath):
                     raise CheckpointError(f"{index_path} maps tensor {name!r} to {fname}, "
                                           "which does not exist")
                 files[fname] = SafetensorsFile(fpath)
@@ -227,10 +239,10 @@ def _open_checkpoint(path: str) -> dict[str, SafetensorsFile]:
                                       "which does not contain it")
             located[name] = files[fname]
         return located
-    candidates = [single_path] if os.path.exists(single_path) else sorted(
-        glob.glob(os.path.join(path, "*.safetensors")))
+    candidates = [single_path] if storage.exists(single_path) else storage.glob(
+        storage.join(path, "*.safetensors"))
     if not candidates:
-        others = [os.path.basename(p) for p in glob.glob(os.path.join(path, "*.bin"))]
+        others = [storage.basename(p) for p in storage.glob(storage.join(path, "*.bin"))]
         hint = f" (found {others}: convert them to safetensors first)" if others else ""
         raise CheckpointError(f"no safetensors weights in {path}{hint}")
     located = {}
@@ -241,15 +253,24 @@ def _open_checkpoint(path: str) -> dict[str, SafetensorsFile]:
     return located
 
 
+def _check_backend(path: str) -> None:
+    """A URL whose scheme has no installed backend fails before anything is read."""
+    try:
+        storage.check_path(path, "checkpoint")
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
 def read_hf_config(path: str) -> dict[str, Any]:
-    config_path = os.path.join(path, "config.json")
-    if not os.path.isdir(path):
+    path = str(path)
+    _check_backend(path)
+    config_path = storage.join(path, "config.json")
+    if not storage.isdir(path):
         raise CheckpointError(f"checkpoint directory {path} does not exist")
-    if not os.path.exists(config_path):
+    if not storage.exists(config_path):
         raise CheckpointError(f"{path} has no config.json")
     try:
-        with open(config_path) as f:
-            return json.load(f)
+        return json.loads(storage.read_text(config_path))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{config_path}: invalid JSON ({e})") from e
 
@@ -296,17 +317,82 @@ def _dequantize(w: np.ndarray, scale: np.ndarray, block: tuple[int, int],
     return out
 
 
+def _hf_axis_bounds(m: _TensorMap, hf_shape: tuple[int, ...], index: tuple,
+                    axis: int) -> tuple[int, int]:
+    """The range along `axis` of an HF tensor that our slice `index` of it touches,
+    found by sending a broadcast (zero-copy) index grid through to_ours."""
+    grid = np.arange(hf_shape[axis], dtype=np.int32)
+    grid = np.broadcast_to(grid.reshape([-1 if a == axis else 1 for a in range(len(hf_shape))]),
+                           hf_shape)
+    picked = m.to_ours(grid)[index]
+    return (int(picked.min()), int(picked.max()) + 1) if picked.size else (0, 0)
+
+
 def _hf_bounds(m: _TensorMap, hf_shape: tuple[int, int], index: tuple) -> tuple[tuple[int, int],
                                                                               tuple[int, int]]:
-    """The rows and columns of a 2-D HF tensor that our slice `index` of it touches,
-    found by sending broadcast (zero-copy) row and column index grids through to_ours."""
-    bounds = []
-    for axis in (0, 1):
-        grid = np.arange(hf_shape[axis], dtype=np.int32)
-        grid = np.broadcast_to(grid[:, None] if axis == 0 else grid[None, :], hf_shape)
-        picked = m.to_ours(grid)[index]
-        bounds.append((int(picked.min()), int(picked.max()) + 1) if picked.size else (0, 0))
-    return bounds[0], bounds[1]
+    """The rows and columns of a 2-D HF tensor that our slice `index` of it touches."""
+    return _hf_axis_bounds(m, hf_shape, index, 0), _hf_axis_bounds(m, hf_shape, index, 1)
+
+
+def _read_rows(st: SafetensorsFile, name: str, runs: Sequence[tuple[int, int]]) -> np.ndarray:
+    """HF tensor `name` holding at least the rows of `runs`: the whole tensor when
+    they are all of it, else just them (one ranged read per run on a bucket) in an
+    np.zeros of the full shape, which the OS backs with memory only where rows are
+    written, so to_ours and indexing work on it unchanged."""
+    shape = st.shape(name)
+    if not shape or list(runs) == [(0, shape[0])]:
+        return st.get(name)
+    full = np.zeros(shape, st.dtype(name))
+    for r0, r1 in runs:
+        full[r0:r1] = st.rows(name, r0, r1)
+    return full
+
+
+def _row_runs(m: _TensorMap, hf_shape: tuple[int, ...],
+              indices: Sequence[tuple]) -> list[tuple[int, int]]:
+    """The rows of an HF tensor that our slices `indices` of it touch, as disjoint
+    sorted runs (touching runs merged: each run is one ranged read)."""
+    if not hf_shape:
+        return []
+    runs: list[tuple[int, int]] = []
+    for r0, r1 in sorted(_hf_axis_bounds(m, hf_shape, index, 0) for index in indices):
+        if r1 <= r0:
+            continue
+        if runs and r0 <= runs[-1][1]:
+            runs[-1] = (runs[-1][0], max(runs[-1][1], r1))
+        else:
+            runs.append((r0, r1))
+    return runs
+
+
+def _full_index(index: tuple, ndim: int) -> tuple:
+    return tuple(index) + (slice(None),) * (ndim - len(index))
+
+
+def _index_key(index: tuple) -> tuple:
+    # Slices are unhashable before Python 3.12.
+    return tuple((i.start, i.stop, i.step) if isinstance(i, slice) else i for i in index)
+
+
+def _host_shards(shape: tuple[int, ...], leaf_sharding) -> dict[tuple, tuple]:
+    """The distinct slices of our leaf on this host's devices (replicas share one)."""
+    shards: dict[tuple, tuple] = {}
+    for index in leaf_sharding.addressable_devices_indices_map(shape).values():
+        index = _full_index(index, len(shape))
+        shards.setdefault(_index_key(index), index)
+    return shards
+
+
+def _position(index: tuple, at: tuple[int, ...], shape: tuple[int, ...]) -> tuple | None:
+    """Where the HF tensor of (layer, expert) `at` lands in the shard `index` of our
+    leaf; None when the shard does not hold it."""
+    pos = []
+    for axis, i in enumerate(at):
+        held = range(*index[axis].indices(shape[axis]))
+        if i not in held:
+            return None
+        pos.append(held.index(i))
+    return tuple(pos)
 
 
 def load_hf_checkpoint(path: str, dtype: Any = jnp.float32, mesh: jax.sharding.Mesh | None = None,
@@ -321,7 +407,7 @@ def load_hf_checkpoint(path: str, dtype: Any = jnp.float32, mesh: jax.sharding.M
     validated before any tensor is read.
     """
     path = str(path)
-    config_path = os.path.join(path, "config.json")
+    config_path = storage.join(path, "config.json")
     hf = read_hf_config(path)
     try:
         cfg = config_from_hf(hf, param_dtype=jnp.dtype(dtype).name, **config_overrides)
@@ -398,12 +484,21 @@ def load_hf_checkpoint(path: str, dtype: Any = jnp.float32, mesh: jax.sharding.M
         shardings = sharding.logical_to_shardings(param_logical_axes(cfg), mesh, rules,
                                                   shapes=shapes)
 
+    def scales(name: str) -> np.ndarray:
+        return located[name + SCALE_SUFFIX].get(name + SCALE_SUFFIX)
+
     def read(m: _TensorMap, name: str, index: tuple = ()) -> np.ndarray:
         """Our view of one HF tensor, sliced by `index` (over its own axes)."""
-        st = located[name]
+        return ours(m, name, located[name].get(name), index)
+
+    def ours(m: _TensorMap, name: str, w: np.ndarray, index: tuple = (),
+             scale: np.ndarray | None = None) -> np.ndarray:
+        """Our slice `index` of HF tensor `name`, given as `w`, which holds (at least)
+        every row the slice touches; `scale`: its FP8 block scales, if already read."""
         if name not in quantized:
-            return m.to_ours(st.get(name))[index]
-        w, scale = st.get(name), located[name + SCALE_SUFFIX].get(name + SCALE_SUFFIX)
+            return m.to_ours(w)[index]
+        if scale is None:
+            scale = scales(name)
         if not index:
             return m.to_ours(_dequantize(w, scale, block))
         rows, cols = _hf_bounds(m, w.shape, index)
@@ -412,6 +507,30 @@ def load_hf_checkpoint(path: str, dtype: Any = jnp.float32, mesh: jax.sharding.M
         full = np.zeros(w.shape, np.float32)
         full[rows[0]:rows[1], cols[0]:cols[1]] = _dequantize(w, scale, block, rows, cols)
         return m.to_ours(full)[index]
+
+    def bucket_leaf(m: _TensorMap, shape: tuple[int, ...], target: np.dtype,
+                    leaf_sharding) -> jax.Array:
+        """Our leaf, sharded, from bucket files. Unlike the memmap path, which reads per
+        device, each HF tensor is read once per host, just the rows this host's shards
+        touch, then scattered into those shards: devices that split a tensor's columns,
+        or hold replicas, would otherwise each fetch the same bytes over the network."""
+        shards = _host_shards(shape, leaf_sharding)
+        out = {key: np.empty([len(range(*s.indices(n))) for s, n in zip(index, shape)], target)
+               for key, index in shards.items()}
+        for at, name in m.entries():
+            users = [(key, pos, index[m.lead:]) for key, index in shards.items()
+                     if (pos := _position(index, at, shape)) is not None]
+            if not users:
+                continue
+            st = located[name]
+            w = _read_rows(st, name, _row_runs(m, st.shape(name), [u[2] for u in users]))
+            # Tiny (1/16384 of the weight's elements): read whole, once per tensor.
+            scale = scales(name) if name in quantized else None
+            for key, pos, rest in users:
+                out[key][pos] = ours(m, name, w, rest, scale).astype(target)
+        arrays = [jax.device_put(out[_index_key(_full_index(index, len(shape)))], device)
+                  for device, index in leaf_sharding.addressable_devices_indices_map(shape).items()]
+        return jax.make_array_from_single_device_arrays(shape, leaf_sharding, arrays)
 
     params: dict = {}
     for m in maps:
@@ -423,6 +542,8 @@ def load_hf_checkpoint(path: str, dtype: Any = jnp.float32, mesh: jax.sharding.M
                 value[at] = read(m, name)
             array = jnp.asarray(value)
             del value
+        elif not storage.is_local(path):
+            array = bucket_leaf(m, shape, target, _get_path(shardings, m.path))
         else:
             def callback(index, m=m, target=target):
                 lead, rest = index[:m.lead], index[m.lead:]
@@ -438,15 +559,63 @@ def load_hf_checkpoint(path: str, dtype: Any = jnp.float32, mesh: jax.sharding.M
     return cfg, params
 
 
+@contextlib.contextmanager
+def staged_export(path: str) -> Iterator[str]:
+    """A local directory to write an export into, which appears at `path` when the
+    block succeeds.
+
+    For a local `path` that is `path` itself (each file is written atomically in
+    place). For a bucket, which has no rename, it is a temporary directory (under
+    $TMPDIR: it must hold the whole export) that process 0 publishes: whole objects,
+    then the commit marker; nothing is uploaded if the block raises. Write every file
+    of one export (weights, tokenizer, generation config) inside one block, so the
+    marker covers them all.
+    """
+    path = str(path)
+    if storage.is_local(path):
+        yield path
+        return
+    _check_backend(path)
+    local = tempfile.mkdtemp(prefix="distill_jax-export-")
+    try:
+        yield local
+        if jax.process_index() == 0:
+            _publish_export(local, path)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def _publish_export(local: str, dest: str) -> None:
+    """Publishes `local` at the bucket directory `dest`, replacing an earlier export
+    as a local save does. Its marker is removed first, so no reader or resume trusts
+    the mix of old and new objects while they are replaced; weight files of the old
+    export that the new one lacks (a different sharding) are removed, as locally."""
+    marker = storage.join(dest, storage.COMMIT_MARKER)
+    if storage.exists(marker):
+        storage.remove(marker)
+    new = set(storage.walk_files(local))
+    for stale in storage.glob(storage.join(dest, "model*.safetensors*")):
+        if storage.basename(stale) not in new:
+            storage.remove(stale)
+    storage.publish_dir(local, dest)
+
+
 def save_hf_checkpoint(path: str, cfg: ModelConfig, params, dtype: Any = None,
                        max_shard_bytes: int = 5 * 2**30) -> list[str]:
     """Writes config.json + safetensors loadable by transformers' `from_pretrained`.
 
     Files above `max_shard_bytes` are split as model-0000k-of-0000n.safetensors
     with an index. Each file is written atomically; files of an earlier save that
-    the new one does not use are removed. Returns the written file names.
+    the new one does not use are removed. Returns the written file names. `path`
+    may be a bucket URL (see `staged_export`; call this inside one to export more
+    files under the same commit marker).
     """
-    path = str(path)
+    with staged_export(str(path)) as directory:
+        return _write_hf_checkpoint(directory, cfg, params, dtype, max_shard_bytes)
+
+
+def _write_hf_checkpoint(path: str, cfg: ModelConfig, params, dtype: Any,
+                         max_shard_bytes: int) -> list[str]:
     os.makedirs(path, exist_ok=True)
     maps = _tensor_maps(cfg)
     shapes = param_shapes(cfg)
@@ -539,5 +708,6 @@ def save_generation_config(path: str, bos_token_id: int | None,
         config["bos_token_id"] = int(bos_token_id)
     if pad_token_id is not None:
         config["pad_token_id"] = int(pad_token_id)
-    os.makedirs(path, exist_ok=True)
-    write_json_atomic(os.path.join(path, "generation_config.json"), config)
+    storage.makedirs(path)
+    # On a bucket: one whole object, outside any commit marker (see `staged_export`).
+    write_json_atomic(storage.join(path, "generation_config.json"), config)

@@ -3,8 +3,11 @@
 Why not the `safetensors` package: its numpy backend cannot return bfloat16
 (nor FP8: F8_E4M3, F8_E5M2 and the F8_E8M0 scale format are read here as their
 `ml_dtypes` types), and going through torch would materialize a full copy.
-Here each tensor is a read-only memmap view, so a loader can read just the
-slice a device needs.
+Here each tensor of a local file is a read-only memmap view, so a loader can
+read just the slice a device needs. A file on a bucket (`gs://...`, any URL
+`storage` takes) is never downloaded whole: its header is read with two small
+ranged reads, and each tensor, or a run of its rows, with one more
+(`SafetensorsFile.rows`), since rows of a row-major tensor are contiguous bytes.
 Every structural problem (short file, bad header, offsets past the end) raises
 a `CheckpointError` naming the file and tensor.
 """
@@ -19,6 +22,7 @@ from typing import Iterable, Iterator
 import ml_dtypes
 import numpy as np
 
+from distill_jax import storage
 from distill_jax.fileio import atomic_open
 
 _DTYPES = {
@@ -40,23 +44,24 @@ class CheckpointError(ValueError):
 
 
 class SafetensorsFile:
-    """Lazily readable safetensors file: `names()`, `shape(name)`, `get(name)` (a memmap view)."""
+    """Lazily readable safetensors file: `names()`, `shape(name)`, `get(name)` (a memmap
+    view locally, the tensor's bytes read by range on a bucket), `rows(name, start, stop)`."""
 
     def __init__(self, path: str):
         self.path = str(path)
+        self.is_local = storage.is_local(self.path)
         try:
-            size = os.path.getsize(self.path)
+            size = os.path.getsize(self.path) if self.is_local else storage.getsize(self.path)
         except OSError as e:
             raise CheckpointError(f"cannot read safetensors file {self.path}: {e}") from e
         if size < 8:
             raise CheckpointError(f"{self.path}: {size} bytes is too short for a safetensors file")
-        with open(self.path, "rb") as f:
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            if header_len > _MAX_HEADER_BYTES or 8 + header_len > size:
-                raise CheckpointError(
-                    f"{self.path}: header length {header_len} does not fit in a {size}-byte file "
-                    "(corrupt or truncated safetensors)")
-            raw = f.read(header_len)
+        (header_len,) = struct.unpack("<Q", self._read(0, 8))
+        if header_len > _MAX_HEADER_BYTES or 8 + header_len > size:
+            raise CheckpointError(
+                f"{self.path}: header length {header_len} does not fit in a {size}-byte file "
+                "(corrupt or truncated safetensors)")
+        raw = self._read(8, header_len)
         try:
             header = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -86,6 +91,18 @@ class SafetensorsFile:
                     f"file holds only {data_len} (truncated file?)")
             self._entries[name] = (dtype, shape, begin)
 
+    def _read(self, start: int, length: int) -> bytes:
+        """Exactly `length` bytes at `start`; a short read (an object replaced or cut
+        since its size was taken) is an error, not a silently short tensor."""
+        try:
+            data = storage.read_range(self.path, start, length)
+        except OSError as e:
+            raise CheckpointError(f"cannot read safetensors file {self.path}: {e}") from e
+        if len(data) != length:
+            raise CheckpointError(f"{self.path}: read {len(data)} of {length} bytes at offset "
+                                  f"{start} (file truncated or replaced while reading?)")
+        return data
+
     def names(self) -> list[str]:
         return list(self._entries)
 
@@ -99,8 +116,27 @@ class SafetensorsFile:
         dtype, shape, begin = self._entries[name]
         if math.prod(shape) == 0:
             return np.zeros(shape, dtype)
-        return np.memmap(self.path, dtype=dtype, mode="r", offset=self._data_start + begin,
-                         shape=shape)
+        if self.is_local:
+            return np.memmap(self.path, dtype=dtype, mode="r", offset=self._data_start + begin,
+                             shape=shape)
+        if not shape:
+            data = self._read(self._data_start + begin, dtype.itemsize)
+            return np.frombuffer(data, dtype).reshape(())
+        return self.rows(name, 0, shape[0])
+
+    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows start:stop of the tensor's first axis (read-only). On a bucket this is
+        one ranged read of just those rows: what a host needs of a row-sharded array."""
+        dtype, shape, begin = self._entries[name]
+        if self.is_local or not shape:
+            return self.get(name)[start:stop] if shape else self.get(name)
+        start, stop, _ = slice(start, stop).indices(shape[0])
+        out_shape = (max(stop - start, 0),) + shape[1:]
+        if math.prod(out_shape) == 0:
+            return np.zeros(out_shape, dtype)
+        row_bytes = math.prod(shape[1:]) * dtype.itemsize
+        data = self._read(self._data_start + begin + start * row_bytes, out_shape[0] * row_bytes)
+        return np.frombuffer(data, dtype).reshape(out_shape)
 
 
 def write_safetensors(path: str, tensors: Iterable[tuple[str, np.ndarray]] | None = None, *,

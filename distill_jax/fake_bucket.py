@@ -101,7 +101,8 @@ class FakeBucket(AbstractFileSystem):
         p = self._strip_protocol(path)
         local = self._os_path(p)
         if os.path.isfile(local):
-            return {"name": p, "size": os.path.getsize(local), "type": "file"}
+            st = os.stat(local)      # mtime: the version a real store reports
+            return {"name": p, "size": st.st_size, "type": "file", "mtime": st.st_mtime_ns}
         if os.path.isdir(local) and self._has_objects(local):
             return {"name": p, "size": 0, "type": "directory"}
         raise FileNotFoundError(path)

@@ -134,6 +134,20 @@ def getsize(path: str) -> int:
     return int(fs.size(p))
 
 
+# Fields of fsspec's `info` that change when an object is rewritten: GCS's generation,
+# S3's ETag, the others' modification times.
+_VERSION_FIELDS = ("generation", "etag", "ETag", "md5Hash", "updated", "LastModified", "mtime")
+
+
+def object_stamp(path: str) -> dict[str, Any]:
+    """What says a bucket object is unchanged without reading it: its size and the
+    backend's version fields (resume and cache keys use it; reading every byte of
+    20 GB of traces to hash them would cost minutes)."""
+    fs, p = filesystem(path)
+    info = fs.info(p)
+    return {"size": int(info["size"]), **{k: str(info[k]) for k in _VERSION_FIELDS if k in info}}
+
+
 def listdir(path: str) -> list[str]:
     """Names (not paths) under a directory, sorted. A directory of an object store is
     a key prefix: it exists while something is under it."""

@@ -5,7 +5,8 @@
       --config.data.path=/data/curated/gsm8k/tfds --config.data.tokenizer_path=/ckpt/Qwen2.5-Math-1.5B \\
       --config.workdir=/runs/r1-qwen-1p5b
 
-Rerunning the same command resumes from the latest checkpoint in the workdir.
+Rerunning the same command resumes from the latest checkpoint in the workdir. Any
+path may be a bucket URL (gs://bucket/run; see distill_jax/storage.py).
 """
 from distill_jax.cli.common import run_stage
 

@@ -34,7 +34,9 @@ mixture's sampling probabilities and `count_batches` all come from the lengths
 alone: the batch count runs the same grain graph (shuffle, mix, pack, batch)
 over zero-filled stand-ins of the cached lengths, so it equals what the real
 pipeline yields without tokenising anything. A resumed run reads the cache and
-tokenises nothing before its first step.
+tokenises nothing before its first step. `cache_dir` may be a bucket: each cache is
+one small object written whole (see data/sources.py), so a resume on a fresh machine
+still tokenises nothing.
 
 Mixtures (several `MixtureSource`s): weights are shares of *target tokens*.
 Source i is sampled per example with probability p_i ∝ w_i / m_i, m_i its mean
@@ -74,7 +76,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import weakref
 from typing import Any, Iterator
 
@@ -82,10 +83,11 @@ import grain
 import grain.experimental
 import numpy as np
 
+from distill_jax import storage
 from distill_jax.chat import ChatFormat
-from distill_jax.data.sources import file_identity, fingerprint, save_npz_atomic, slug
+from distill_jax.data.sources import (download_dir, file_identity, fingerprint, load_npz,
+                                      save_npz_atomic, slug, write_cache)
 from distill_jax.data.topk_store import TopKReader, topk_arrays
-from distill_jax.fileio import write_json_atomic
 from distill_jax.progress import Progress
 from distill_jax.tokenizer import Tokenizer
 
@@ -269,7 +271,8 @@ class SFTPipeline:
         self.num_packing_bins = num_packing_bins
         self.process_index, self.process_count = process_index, process_count
         self.cache_dir = cache_dir
-        self._topk_reader = TopKReader()        # keeps the sidecars' memory maps open
+        # Keeps the sidecars' memory maps open (bucket sidecars: of their local copies).
+        self._topk_reader = TopKReader(downloads=download_dir(cache_dir))
         self._progress = process_index == 0 if progress is None else progress
         self._check_specs(specs)
         self.source = specs[0].source
@@ -308,17 +311,17 @@ class SFTPipeline:
         if self.cache_dir and spec.path:
             key = fingerprint({"version": CACHE_VERSION, "source": file_identity(spec.path),
                                 "format": format_identity(fmt), "topk": self.topk})
-            cache_path = os.path.join(self.cache_dir, f"lengths-{slug(spec.name)}-{key}.npz")
+            cache_path = storage.join(self.cache_dir, f"lengths-{slug(spec.name)}-{key}.npz")
         lengths = targets = None
-        if cache_path and os.path.exists(cache_path):
-            with np.load(cache_path) as z:
+        if cache_path and storage.exists(cache_path):
+            with load_npz(cache_path) as z:
                 lengths, targets = z["lengths"], z["targets"]
             if len(lengths) != len(spec.source):
                 lengths = targets = None
         if lengths is None:
             lengths, targets = self._measure(spec, fmt)
             if cache_path:
-                os.makedirs(self.cache_dir, exist_ok=True)
+                storage.makedirs(self.cache_dir)
                 save_npz_atomic(cache_path, self.process_index, lengths=lengths,
                                  targets=targets)
         fits = lengths <= seq_len
@@ -478,15 +481,15 @@ class SFTPipeline:
         if not self.packing:
             return len(self._indices()) // self._built_batch
         path = self._count_cache_path()
-        if path and os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                return int(json.load(f)["batches"])
+        if path and storage.exists(path):
+            return int(json.loads(storage.read_text(path))["batches"])
         count = sum(1 for _ in self._built(stand_in=True))
         if path:
-            os.makedirs(self.cache_dir, exist_ok=True)
-            staged = f"{path}.host{self.process_index}"
-            write_json_atomic(staged, {"batches": count})
-            os.replace(staged, path)
+            storage.makedirs(self.cache_dir)
+            data = json.dumps({"batches": count}, indent=2, sort_keys=True).encode() + b"\n"
+            # With host_split="examples" the key names the host: each writes its own.
+            write_cache(path, self.process_index, lambda f: f.write(data),
+                        shared=self.host_split != "examples")
         return count
 
     def _count_cache_path(self) -> str | None:
@@ -494,14 +497,14 @@ class SFTPipeline:
             return None
         key = fingerprint({
             "version": CACHE_VERSION, "grain": getattr(grain, "__version__", ""),
-            "lengths": [os.path.basename(c.cache_path) for c in self.components],
+            "lengths": [storage.basename(c.cache_path) for c in self.components],
             "seq_lens": [c.seq_len for c in self.components], "seq_len": self.seq_len,
             "proportions": self._proportions, "overlong": self.overlong,
             "epochs": self.num_epochs, "seed": self.seed, "bins": self.num_packing_bins,
             "batch": self._built_batch, "split": self.host_split,
             "host": [self.process_index, self.process_count]
             if self.host_split == "examples" else None})
-        return os.path.join(self.cache_dir, f"batches-{key}.json")
+        return storage.join(self.cache_dir, f"batches-{key}.json")
 
 
 def _tag(k: int, index) -> tuple[int, int]:

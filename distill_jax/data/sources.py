@@ -5,21 +5,35 @@ validated `data.sources` entries of a mixture.
 A JSONL record that keeps its teacher top-k in a binary sidecar (data/topk_store.py)
 has the ref's file made absolute here, since only the source knows which directory
 the ref is relative to; the pipeline reads the arrays from it.
+
+Bucket paths (`gs://...`, any `storage` URL). Training reads its records at random,
+many times over, so a JSONL on a bucket is copied once to a local file (under
+`download_dir`, keyed by the object's identity: a changed object is copied again) and
+read from there; a tfds directory must be committed (`storage.publish_dir`) and is
+copied the same way (`storage.local_copy`), since array_record reads local files only.
+The caches under `cache_dir` (line index, lengths, batch count) are small whole objects
+wherever `cache_dir` is, so a resume on a fresh machine finds them on the bucket;
+locally each host writes its own temp name and renames, on a bucket host 0 alone
+writes a shared one (the others computed the same bytes, and GCS limits how often
+one object may be rewritten).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import mmap
 import os
 import re
+import tempfile
 import threading
-from typing import Any, Mapping, Sequence
+from typing import IO, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from distill_jax import storage
 from distill_jax.fileio import atomic_open
 
 
@@ -59,7 +73,11 @@ def _line_index(path: str, chunk: int = _INDEX_CHUNK) -> tuple[np.ndarray, np.nd
 
 
 def file_identity(path: str) -> dict[str, Any]:
-    """What says a file (or a directory of files) is unchanged: path, sizes, mtimes."""
+    """What says a file (or a directory of files) is unchanged: path, sizes, mtimes
+    (on a bucket: size and the backend's version fields; a committed directory, its
+    commit marker)."""
+    if not storage.is_local(path):
+        return _remote_identity(path)
     path = os.path.abspath(path)
     if os.path.isdir(path):
         files = []
@@ -74,17 +92,57 @@ def file_identity(path: str) -> dict[str, Any]:
     return {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def _remote_identity(path: str) -> dict[str, Any]:
+    if storage.isdir(path):
+        listing = storage.read_text(storage.join(path, storage.COMMIT_MARKER)) \
+            if storage.is_committed(path) else json.dumps(storage.walk_files(path))
+        return {"path": path, "files": hashlib.sha256(listing.encode()).hexdigest()}
+    return {"path": path, **storage.object_stamp(path)}
+
+
 def fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
+def download_dir(cache_dir: str | None) -> str:
+    """Where bucket files are copied for readers that need local ones: `cache_dir`
+    when it is local, else a directory under the system's temp directory."""
+    if cache_dir and storage.is_local(cache_dir):
+        return os.path.join(cache_dir, "downloads")
+    return os.path.join(tempfile.gettempdir(), "distill_jax-downloads")
+
+
+def local_data_file(path: str, downloads: str) -> str:
+    """`path` itself when local, else its local copy (a new one when it changed)."""
+    if storage.is_local(path):
+        return path
+    return storage.local_file(path, os.path.join(downloads, fingerprint(file_identity(path))))
+
+
+def write_cache(path: str, host: int, write: Callable[[IO], None], shared: bool = True) -> None:
+    """Writes a cache file whole with `write(binary file)`. Locally through a per-host
+    name (hosts may share the directory), renamed into place; on a bucket straight to
+    its key, by host 0 alone when the object is `shared` by every host."""
+    if storage.is_local(path):
+        staged = f"{path}.host{host}"
+        with atomic_open(staged, "wb") as f:
+            write(f)
+        os.replace(staged, path)
+    elif host == 0 or not shared:
+        with atomic_open(path, "wb") as f:
+            write(f)
+
+
 def save_npz_atomic(path: str, host: int = 0, **arrays) -> None:
-    """np.savez to `path`, atomically: through a per-host name (hosts may share the
-    directory), renamed into place."""
-    staged = f"{path}.host{host}"
-    with atomic_open(staged, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(staged, path)
+    """np.savez to `path`, whole (see `write_cache`)."""
+    write_cache(path, host, lambda f: np.savez(f, **arrays))
+
+
+def load_npz(path: str):
+    """np.load of a cache file, local or on a bucket (read in one request)."""
+    if storage.is_local(path):
+        return np.load(path)
+    return np.load(io.BytesIO(storage.read_bytes(path)))
 
 
 class JsonlSource:
@@ -97,22 +155,26 @@ class JsonlSource:
 
     REQUIRED = ("prompt", "response")
 
-    def __init__(self, path: str, cache_dir: str | None = None, host: int = 0):
-        if not os.path.exists(path):
+    def __init__(self, path: str, cache_dir: str | None = None, host: int = 0,
+                 downloads: str | None = None):
+        if not storage.exists(path):
             raise FileNotFoundError(f"training data {path} does not exist")
         self.path = path
-        self.directory = os.path.dirname(os.path.abspath(path))   # sidecar refs' base
+        # Sidecar refs' base: the JSONL's own directory, on the bucket when it is there.
+        self.directory = os.path.dirname(os.path.abspath(path)) if storage.is_local(path) \
+            else storage.dirname(path)
         self.identity = file_identity(path)
+        self._read_path = local_data_file(path, downloads or download_dir(cache_dir))
         index = None
-        cached = os.path.join(cache_dir, f"index-{slug(path)}-{fingerprint(self.identity)}.npz") \
+        cached = storage.join(cache_dir, f"index-{slug(path)}-{fingerprint(self.identity)}.npz") \
             if cache_dir else None
-        if cached and os.path.exists(cached):
-            with np.load(cached) as z:
+        if cached and storage.exists(cached):
+            with load_npz(cached) as z:
                 index = (z["starts"], z["lengths"], z["lines"] if "lines" in z else None)
         if index is None:
-            index = _line_index(path)
+            index = _line_index(self._read_path)
             if cached:
-                os.makedirs(cache_dir, exist_ok=True)
+                storage.makedirs(cache_dir)
                 extra = {} if index[2] is None else {"lines": index[2]}
                 save_npz_atomic(cached, host, starts=index[0], lengths=index[1], **extra)
         self._starts, self._lengths, self._lines = index
@@ -127,7 +189,7 @@ class JsonlSource:
     def _file(self):
         f = getattr(self._local, "file", None)
         if f is None or getattr(self._local, "pid", None) != os.getpid():
-            f = self._local.file = open(self.path, "rb")
+            f = self._local.file = open(self._read_path, "rb")
             self._local.pid = os.getpid()
         return f
 
@@ -151,7 +213,7 @@ class JsonlSource:
                 raise ValueError(f"{where}: missing field {field!r}")
         ref = record.get("top_k")
         if isinstance(ref, dict) and "file" in ref:
-            record["top_k"] = dict(ref, file=os.path.join(self.directory, str(ref["file"])))
+            record["top_k"] = dict(ref, file=storage.join(self.directory, str(ref["file"])))
         return record
 
     def __getstate__(self):
@@ -165,12 +227,16 @@ class JsonlSource:
 
 
 def open_source(spec: str, cache_dir: str | None = None, host: int = 0):
-    """`path.jsonl`, or a tfds data dir of the curated dataset (`.../tfds`)."""
+    """`path.jsonl`, or a tfds data dir of the curated dataset (`.../tfds`); on a
+    bucket, read through a local copy (see the module docstring)."""
+    downloads = download_dir(cache_dir)
     if spec.endswith(".jsonl"):
-        return JsonlSource(spec, cache_dir, host)
+        return JsonlSource(spec, cache_dir, host, downloads)
     import tensorflow_datasets as tfds
-    if not os.path.isdir(spec):
+    if not storage.isdir(spec):
         raise FileNotFoundError(f"training data {spec} is neither a .jsonl file nor a directory")
+    if not storage.is_local(spec):
+        spec = storage.local_copy(spec, os.path.join(downloads, fingerprint(file_identity(spec))))
     return tfds.data_source("curated_traces", data_dir=spec, split="train")
 
 
@@ -241,9 +307,10 @@ def parse_sources(entries: Sequence[Any], seq_len: int,
             if not isinstance(entry.get(key, ""), str):
                 raise ValueError(f"{label}: {key} must be a string")
         if check_paths:
-            if not os.path.exists(path):
+            storage.check_path(path, label)
+            if not storage.exists(path):
                 raise ValueError(f"{label}: {path} does not exist")
-            if not path.endswith(".jsonl") and not os.path.isdir(path):
+            if not path.endswith(".jsonl") and not storage.isdir(path):
                 raise ValueError(f"{label}: {path} is neither a .jsonl file nor a tfds data "
                                  "directory")
         out.append(SourceConfig(path, float(weight), name, entry.get("chat_template", ""),

@@ -23,6 +23,11 @@ Commit order: a writer commits the sidecar *before* the JSONL that refers to it
 (each file atomically: a temp name, then a rename). A kill between the two
 leaves a sidecar without its shard, which the stage redoes (a shard is done
 when its JSONL exists), never a shard pointing at a missing sidecar.
+
+On a bucket (`storage` URLs) each file is one object uploaded whole, in the same
+order. A reader copies a bucket sidecar to a local file once (memory maps need one)
+and treats it as immutable for its own life: checking each read against the bucket
+would cost a request per record.
 """
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from distill_jax import storage
+from distill_jax.data.sources import download_dir, local_data_file
 from distill_jax.fileio import atomic_open
 
 IDS_SUFFIX = ".topk_ids.npy"
@@ -43,7 +50,7 @@ STORED_DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(np.uint16
 
 def sidecar_paths(directory: str, stem: str) -> tuple[str, str]:
     """(ids path, logprobs path) of the sidecar `stem` in `directory`."""
-    base = os.path.join(directory, stem)
+    base = storage.join(directory, stem)
     return base + IDS_SUFFIX, base + LOGPROBS_SUFFIX
 
 
@@ -124,16 +131,20 @@ class TopKWriter:
 class TopKReader:
     """Reads the rows a ref names, through a small cache of memory-mapped sidecars.
 
-    A cached file is reopened if it was replaced on disk (another inode or mtime),
-    so a long-lived reader never serves a stale mapping.
+    A cached local file is reopened if it was replaced on disk (another inode or
+    mtime), so a long-lived reader never serves a stale mapping; a bucket sidecar is
+    copied to `downloads` once (see the module docstring).
     """
 
-    def __init__(self, max_open: int = 32):
+    def __init__(self, max_open: int = 32, downloads: str | None = None):
         self.max_open = max_open
+        self.downloads = downloads      # where bucket sidecars are copied (None: a temp dir)
         self._open: collections.OrderedDict[str, tuple] = collections.OrderedDict()
 
     def _arrays(self, directory: str, stem: str, where: str):
         ids_path, lp_path = sidecar_paths(directory, stem)
+        if not storage.is_local(ids_path):
+            return self._remote_arrays(ids_path, lp_path, where)
         try:
             stat = os.stat(ids_path)
             stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
@@ -146,16 +157,32 @@ class TopKReader:
             return cached[1], cached[2], ids_path
         if not os.path.exists(lp_path):
             raise FileNotFoundError(f"top-k sidecar {lp_path} of {where} does not exist")
+        return self._map(ids_path, ids_path, lp_path, stamp)
+
+    def _remote_arrays(self, ids_path: str, lp_path: str, where: str):
+        cached = self._open.get(ids_path)
+        if cached is not None:
+            self._open.move_to_end(ids_path)
+            return cached[1], cached[2], ids_path
+        for path in (ids_path, lp_path):
+            if not storage.exists(path):
+                raise FileNotFoundError(f"top-k sidecar {path} of {where} does not exist")
+        downloads = self.downloads or download_dir(None)
+        return self._map(ids_path, local_data_file(ids_path, downloads),
+                         local_data_file(lp_path, downloads), None)
+
+    def _map(self, key: str, ids_path: str, lp_path: str, stamp):
+        """Memory-maps a pair of local sidecar files, cached under `key`."""
         ids = np.load(ids_path, mmap_mode="r", allow_pickle=False)
         logprobs = np.load(lp_path, mmap_mode="r", allow_pickle=False)
         if ids.ndim != 2 or logprobs.shape != ids.shape or ids.dtype != np.int32:
             raise ValueError(f"top-k sidecar {ids_path}: ids {ids.dtype}{list(ids.shape)} and "
                              f"logprobs {logprobs.dtype}{list(logprobs.shape)} do not form a "
                              "pair of [rows, K] arrays")
-        self._open[ids_path] = (stamp, ids, logprobs)
+        self._open[key] = (stamp, ids, logprobs)
         while len(self._open) > self.max_open:
             self._open.popitem(last=False)
-        return ids, logprobs, ids_path
+        return ids, logprobs, key
 
     def read(self, ref: dict[str, Any], base_dir: str, where: str = "a record"
              ) -> tuple[np.ndarray, np.ndarray]:

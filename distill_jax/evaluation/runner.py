@@ -24,6 +24,12 @@ as they finish: a killed run resumes where it stopped. A sample's tokens do not
 depend on the chunk, batch, slot count, host count or mesh (the sampler seeds
 each row from its prompt id), so neither do the numbers.
 
+Buckets: `output_dir`, the checkpoint, the tokenizer and the benchmark files may be
+`storage` URLs (`gs://...`); an unknown scheme fails before anything is read. Every
+output is one object written whole; a bucket has no append, so there `partial.jsonl`
+is rewritten whole after each chunk (with every problem finished so far) instead of
+appended to.
+
 Several hosts: host i samples and scores problems i::hosts of each chunk (the
 sampler's programs run on all hosts together); process 0 gathers the results, in
 problem order, and writes them -- the same files a single host writes.
@@ -37,7 +43,7 @@ from typing import Any, Sequence
 
 import jax
 
-from distill_jax import distributed, sharding
+from distill_jax import distributed, sharding, storage
 from distill_jax.data.prompts import Prompt, load_prompts_from_config
 from distill_jax.evaluation.metrics import majority_answer, pass_at_1_with_stderr, pass_at_k
 from distill_jax.fileio import atomic_open, write_json_atomic
@@ -126,11 +132,15 @@ def sample_and_score(sampler, fmt: ChatFormat, prompts: Sequence[Prompt],
 
 
 def write_results(out_dir: str, results: Sequence[ProblemResult], summary: dict[str, Any]) -> None:
-    os.makedirs(out_dir, exist_ok=True)
-    with atomic_open(os.path.join(out_dir, "per_problem.jsonl"), "w", encoding="utf-8") as f:
+    _write_jsonl(storage.join(out_dir, "per_problem.jsonl"), results)
+    write_json_atomic(storage.join(out_dir, "summary.json"), summary)
+
+
+def _write_jsonl(path: str, results: Sequence[ProblemResult]) -> None:
+    storage.makedirs(storage.dirname(path))
+    with atomic_open(path, "w", encoding="utf-8") as f:
         for r in results:
             f.write(json.dumps(dataclasses.asdict(r), ensure_ascii=False) + "\n")
-    write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
 
 
 def format_table(summary: dict[str, Any], title: str = "") -> str:
@@ -160,6 +170,7 @@ def evaluate(config) -> dict[str, Any]:
     from distill_jax.sampling.sampler import Sampler
     from distill_jax.tokenizer import load_tokenizer
     benchmarks = _benchmarks(config)
+    _check_paths(config, benchmarks)
     problems = {name: load_prompts_from_config(b) for name, b in benchmarks.items()}
     for name, prompts in problems.items():
         if not prompts:
@@ -189,23 +200,22 @@ def evaluate(config) -> dict[str, Any]:
             seed=config.sampling.seed, stop_token_ids=fmt.stop_token_ids())
         # A chunk fills every slot once (its problems are split over the hosts).
         chunk = config.resume_chunk or max(1, config.num_slots // b.k)
-        results = _run_benchmark(os.path.join(config.output_dir, name), problems[name], chunk,
+        results = _run_benchmark(storage.join(config.output_dir, name), problems[name], chunk,
                                  lambda ps: sample_and_score(sampler, fmt, ps, params_b,
                                                              b.suffix, verifier), progress)
-        summaries[name] = dict(summarize(results), k=b.k, path=os.path.abspath(b.path))
+        summaries[name] = dict(summarize(results), k=b.k, path=_absolute(b.path))
         if distributed.is_primary():
-            write_results(os.path.join(config.output_dir, name), results, summaries[name])
-            partial = os.path.join(config.output_dir, name, "partial.jsonl")
-            if os.path.exists(partial):
-                os.remove(partial)           # per_problem.jsonl holds them all now
+            write_results(storage.join(config.output_dir, name), results, summaries[name])
+            partial = storage.join(config.output_dir, name, "partial.jsonl")
+            if storage.exists(partial):
+                storage.remove(partial)      # per_problem.jsonl holds them all now
             print(format_table(summaries[name], name))
     report = {"benchmarks": summaries, "settings": settings}
     if distributed.is_primary():
-        write_json_atomic(os.path.join(config.output_dir, "summary.json"), report)
-        with atomic_open(os.path.join(config.output_dir, "summary.md"), "w",
-                         encoding="utf-8") as f:
-            f.write(r1_table(summaries, str(config.model.checkpoint)))
-        plot_pass_at_k(summaries, os.path.join(config.output_dir, "pass_at_k.png"))
+        write_json_atomic(storage.join(config.output_dir, "summary.json"), report)
+        storage.write_text_atomic(storage.join(config.output_dir, "summary.md"),
+                                  r1_table(summaries, str(config.model.checkpoint)))
+        plot_pass_at_k(summaries, storage.join(config.output_dir, "pass_at_k.png"))
         print(r1_table(summaries, str(config.model.checkpoint)))
     return report
 
@@ -231,6 +241,21 @@ def _benchmarks(config) -> dict[str, Any]:
     return out
 
 
+def _check_paths(config, benchmarks) -> None:
+    """An unknown URL scheme (or one without its backend) fails before anything is read."""
+    storage.check_path(config.output_dir, "config.output_dir")
+    storage.check_path(config.model.checkpoint, "config.model.checkpoint")
+    storage.check_path(config.tokenizer.path, "config.tokenizer.path")
+    for name, b in benchmarks.items():
+        storage.check_path(b.path, f"config.benchmarks.{name}.path")
+
+
+def _absolute(path: str) -> str:
+    """A local path made absolute (settings compare across working directories); a URL
+    as it is."""
+    return os.path.abspath(path) if storage.is_local(path) else path
+
+
 def _check_prompt_lengths(benchmarks, problems, fmt, config, cfg) -> None:
     """Refuses, before the weights load, a problem whose prompt and new tokens do not
     fit the model's positions (naming the benchmark, the problem and the numbers)."""
@@ -249,23 +274,23 @@ def _check_prompt_lengths(benchmarks, problems, fmt, config, cfg) -> None:
 def _settings(config, benchmarks) -> dict[str, Any]:
     """What the numbers depend on (not the topology: a sample does not depend on it)."""
     model = config.model.to_dict()
-    if model.get("checkpoint") and os.path.exists(model["checkpoint"]):
+    if model.get("checkpoint") and storage.is_local(model["checkpoint"]) \
+            and os.path.exists(model["checkpoint"]):
         model["checkpoint"] = os.path.abspath(model["checkpoint"])
     return {"model": model, "math_timeout_s": config.math_timeout_s,
             "tokenizer": {k: config.tokenizer[k] for k in config.tokenizer},
             "sampling": {k: config.sampling[k] for k in config.sampling},
-            "benchmarks": {name: {k: (os.path.abspath(b[k]) if k == "path" else b[k])
+            "benchmarks": {name: {k: (_absolute(b[k]) if k == "path" else b[k])
                                   for k in b} for name, b in benchmarks.items()}}
 
 
 def _record_settings(out_dir: str, settings: dict[str, Any]) -> None:
     """Writes settings.json, or refuses a directory written with other settings. A new
     benchmark may join a directory; a benchmark already there must keep its settings."""
-    path = os.path.join(out_dir, "settings.json")
+    path = storage.join(out_dir, "settings.json")
     settings = json.loads(json.dumps(settings))
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            before = json.load(f)
+    if storage.exists(path):
+        before = json.loads(storage.read_text(path))
         shared = set(before.get("benchmarks", {})) & set(settings["benchmarks"])
         changed = _differences(
             dict(before, benchmarks={k: before["benchmarks"][k] for k in shared}),
@@ -274,7 +299,7 @@ def _record_settings(out_dir: str, settings: dict[str, Any]) -> None:
             raise ValueError(f"{out_dir} holds results of other settings ({'; '.join(changed)});"
                              " use another output_dir, or delete it to start over")
         settings["benchmarks"] = {**before.get("benchmarks", {}), **settings["benchmarks"]}
-    os.makedirs(out_dir, exist_ok=True)
+    storage.makedirs(out_dir)
     write_json_atomic(path, settings)
 
 
@@ -304,7 +329,7 @@ def _run_benchmark(out_dir: str, prompts: Sequence[Prompt], chunk: int, score,
             mine = [ProblemResult(**gathered[i % hosts][i // hosts]) for i in range(len(part))]
         results += mine
         if distributed.is_primary():
-            _append_finished(out_dir, mine)
+            _record_finished(out_dir, mine, results)
         progress.update(len(part), tokens=sum(sum(r.new_tokens) for r in mine))
     return results
 
@@ -313,13 +338,13 @@ def _finished(out_dir: str, prompts: Sequence[Prompt]) -> list[ProblemResult]:
     """The leading problems an earlier run finished: all of them once the benchmark was
     written (`per_problem.jsonl`), else the chunks a killed run appended to
     `partial.jsonl` (a torn last line is dropped)."""
-    path = os.path.join(out_dir, "per_problem.jsonl")
-    if not os.path.exists(path):
-        path = os.path.join(out_dir, "partial.jsonl")
-    if not os.path.exists(path):
+    path = storage.join(out_dir, "per_problem.jsonl")
+    if not storage.exists(path):
+        path = storage.join(out_dir, "partial.jsonl")
+    if not storage.exists(path):
         return []
     out, good_bytes = [], 0
-    with open(path, "rb") as f:
+    with storage.open(path, "rb") as f:
         for line, prompt in zip(f, prompts):
             try:
                 row = json.loads(line)
@@ -332,9 +357,21 @@ def _finished(out_dir: str, prompts: Sequence[Prompt]) -> list[ProblemResult]:
                                  f"(found {row.get('prompt_id')!r}, expected {prompt.id!r})")
             out.append(ProblemResult(**row))
             good_bytes += len(line)
-    if path.endswith("partial.jsonl") and os.path.getsize(path) > good_bytes:
-        os.truncate(path, good_bytes)         # the next chunk appends after the last good line
+    # The next chunk appends after the last good line (a bucket's object is never torn).
+    if path.endswith("partial.jsonl") and storage.is_local(path) \
+            and os.path.getsize(path) > good_bytes:
+        os.truncate(path, good_bytes)
     return out
+
+
+def _record_finished(out_dir: str, new: Sequence[ProblemResult],
+                     finished: Sequence[ProblemResult]) -> None:
+    """Makes `finished` (ending with `new`) what a killed run resumes from: locally
+    `new` is appended, on a bucket the whole object is rewritten."""
+    if storage.is_local(out_dir):
+        _append_finished(out_dir, new)
+    else:
+        _write_jsonl(storage.join(out_dir, "partial.jsonl"), finished)
 
 
 def _append_finished(out_dir: str, results: Sequence[ProblemResult]) -> None:

@@ -257,19 +257,11 @@ def _fingerprint(traces, stage: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-# What changes when an object is rewritten, by backend (gcsfs, s3fs, others); an
-# object store without any (the test store) is stamped by its size alone.
-_OBJECT_VERSION_KEYS = ("generation", "ETag", "etag", "LastModified", "updated", "mtime")
-
-
 def _file_stamp(path: str) -> str:
     if storage.is_local(path):
         st = os.stat(path)
         return f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0"
-    fs, fs_path = storage.filesystem(path)
-    info = fs.info(fs_path)
-    version = next((str(info[k]) for k in _OBJECT_VERSION_KEYS if info.get(k) is not None), "")
-    return f"{path}\0{info['size']}\0{version}\0"
+    return f"{path}\0{json.dumps(storage.object_stamp(path), sort_keys=True)}\0"
 
 
 def _absolute(path: str) -> str:

@@ -11,6 +11,14 @@ global batch (see `data.host_split`), all of them save and restore the orbax
 checkpoint together (the checkpoint directory must be one shared path: NFS or
 a bucket orbax can write), and process 0 alone writes metrics, the summary and
 the HF export.
+
+Buckets: the work directory, the data, the caches, the checkpoints and the export
+may each be a `storage` URL (`gs://...`); every file goes through `storage` (whole
+objects, no rename, no append; see training/metrics.py for the log, checkpoint.py
+for which schemes orbax writes itself, data/sources.py for how data is read). An
+unknown scheme fails before anything is read. The export's three writers (weights,
+tokenizer, generation config) write inside one `hf_io.staged_export`, so on a bucket
+one commit marker covers all of their files.
 """
 from __future__ import annotations
 
@@ -24,16 +32,17 @@ import jax
 import numpy as np
 from absl import logging
 
-from distill_jax import distributed, models, planning, sharding
+from distill_jax import distributed, models, planning, sharding, storage
 from distill_jax.chat import ChatFormat, missing_chat_markers
 from distill_jax.models import attention
+from distill_jax.models.hf_io import staged_export
 from distill_jax.config_keys import require_keys
 from distill_jax.data.sft import MixtureSource, SFTPipeline, describe, describe_sources
 from distill_jax.data.sources import SourceConfig, open_source, parse_sources, source_name
 from distill_jax.fileio import write_json_atomic
 from distill_jax.progress import Progress
 from distill_jax.tokenizer import Tokenizer, load_tokenizer
-from distill_jax.training.checkpoint import Checkpointer
+from distill_jax.training.checkpoint import Checkpointer, check_directory
 from distill_jax.training.config import base_config
 from distill_jax.training import on_policy
 from distill_jax.training.kd_vocab import shared_kd_vocabulary
@@ -100,7 +109,7 @@ def train(config, hooks: Sequence[StepHook] = ()) -> dict[str, Any]:
     if config.train.export_dir:
         summary["export"] = export(run, state)
     if run.primary:
-        write_json_atomic(os.path.join(run.workdir, "summary.json"), summary)
+        write_json_atomic(storage.join(run.workdir, "summary.json"), summary)
     run.say(f"train: {steps}/{run.total_steps} steps, final loss {last_loss}")
     return summary
 
@@ -113,10 +122,10 @@ def prepare(config) -> TrainingRun:
     teacher configs, vocabularies, memory plan, data. Loads no parameters."""
     require_keys(config, base_config(), "distill-train")
     dc, tc, kc = config.data, config.train, config.kd
+    workdir = _check_paths(config)
     # The mixture's entries are checked (weights, names, lengths, paths) before anything.
     sources = parse_sources(list(dc.sources), dc.seq_len) if dc.sources else []
-    workdir = os.path.abspath(config.workdir)
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     if not dc.tokenizer_path:
         raise ValueError("config.data.tokenizer_path is empty: set it to the student's "
                          "tokenizer (.model file or a directory with tokenizer.json)")
@@ -143,7 +152,7 @@ def prepare(config) -> TrainingRun:
         on_policy.check_slots(config, mesh)
     _check_memory(config)
 
-    cache_dir = dc.cache_dir or os.path.join(workdir, "data_cache")
+    cache_dir = dc.cache_dir or storage.join(workdir, "data_cache")
     pipeline = None
     if kd.mode != "on_policy" or config.on_policy.off_policy_fraction > 0:
         pipeline = _sft_pipeline(config, sources, tokenizer, chat_format, cache_dir,
@@ -169,12 +178,42 @@ def prepare(config) -> TrainingRun:
     trainer = Trainer(cfg, tx, schedule, mesh=mesh, microbatches=tc.microbatches, kd=kd,
                       teacher_cfg=teacher_cfg, kd_vocab_size=kd_vocab_size,
                       loss_chunk_size=tc.loss_chunk_size)
-    checkpointer = Checkpointer(tc.checkpoint_dir or os.path.join(workdir, "checkpoints"),
-                                tc.checkpoint_every, tc.keep_checkpoints, tc.async_checkpointing)
+    checkpointer = Checkpointer(_checkpoint_dir(config, workdir), tc.checkpoint_every,
+                                tc.keep_checkpoints, tc.async_checkpointing)
     meta = {"model": models.to_hf_config(cfg), "total_steps": total_steps}
     return TrainingRun(config, workdir, tokenizer, chat_format, added, added_ids, cfg, kd,
                        teacher_cfg, mesh, pipeline, total_steps, trainer, checkpointer, meta,
                        prompt_set, eval_set)
+
+
+def _check_paths(config) -> str:
+    """Fails for a path whose URL scheme has no backend (or a checkpoint directory this
+    run cannot use) before anything is read; returns the work directory (absolute
+    when local)."""
+    dc, tc, kc, oc = config.data, config.train, config.kd, config.on_policy
+    paths = {"workdir": config.workdir, "data.path": "" if dc.sources else dc.path,
+             "data.tokenizer_path": dc.tokenizer_path, "data.cache_dir": dc.cache_dir,
+             "train.export_dir": tc.export_dir, "model.checkpoint": config.model.checkpoint,
+             "kd.teacher.checkpoint": kc.teacher.checkpoint,
+             "kd.teacher.tokenizer_path": kc.teacher.tokenizer_path,
+             "on_policy.prompts.path": oc.prompts.path,
+             "on_policy.eval_prompts.path": oc.eval_prompts.path}
+    for what, path in paths.items():
+        storage.check_path(str(path or ""), f"config.{what}")
+    workdir = _absolute(str(config.workdir))
+    check_directory(_checkpoint_dir(config, workdir))
+    return workdir
+
+
+def _absolute(path: str) -> str:
+    """A local path made absolute; a URL as it is (without a trailing slash)."""
+    if storage.is_local(path):
+        return os.path.abspath(path.removeprefix("file://"))
+    return path.rstrip("/")
+
+
+def _checkpoint_dir(config, workdir: str) -> str:
+    return config.train.checkpoint_dir or storage.join(workdir, "checkpoints")
 
 
 def _data_name(config) -> str:
@@ -287,7 +326,7 @@ def _teacher_tokenizer(section, student_tokenizer_path: str) -> Tokenizer:
     (a preset teacher) the student's."""
     if section.tokenizer_path:
         return load_tokenizer(section.tokenizer_path)
-    if section.checkpoint and any(os.path.exists(os.path.join(section.checkpoint, name))
+    if section.checkpoint and any(storage.exists(storage.join(section.checkpoint, name))
                                   for name in ("tokenizer.json", "tokenizer.model")):
         return load_tokenizer(section.checkpoint)
     return load_tokenizer(student_tokenizer_path)
@@ -411,6 +450,7 @@ def fit(run: TrainingRun, state: TrainState, batches, start: int, teacher_params
                        force=bool(evaluate) and _evaluation_due(run, step))
             if ckpt.should_save(step):
                 ckpt.save(step, state, distributed.gather_json(data_state), run.meta)
+                logger.flush()       # a bucket's log keeps up with the checkpoints
             progress.update(1, status={"loss": last_loss}, tokens=tokens)
             for hook in hooks:
                 hook(step, ckpt)
@@ -493,6 +533,9 @@ class _StepLogger:
         self.writer.write(step, row)
         self.window_start, self.window_tokens = time.monotonic(), 0.0
 
+    def flush(self) -> None:
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.close()
 
@@ -505,10 +548,18 @@ def export(run: TrainingRun, state: TrainState) -> dict[str, Any]:
     with: weights, the (possibly extended) tokenizer with the training chat template
     in tokenizer_config.json, and generation_config.json with the stop ids."""
     tc = run.config.train
-    path = os.path.abspath(tc.export_dir)
+    path = _absolute(tc.export_dir)
     params = distributed.fetch_to_host(state.params)  # collective: all hosts
     if not run.primary:
         return {"path": path}
+    # One staged block: on a bucket the commit marker covers all three writers' files.
+    with staged_export(path) as directory:
+        return dict(_write_export(run, directory, params), path=path)
+
+
+def _write_export(run: TrainingRun, path: str, params) -> dict[str, Any]:
+    """The HF directory's files, into the local directory `path`."""
+    tc = run.config.train
     models.save_hf_checkpoint(path, run.cfg, params, dtype=np.dtype(tc.export_dtype))
     template = run.config.data.chat_template or run.tokenizer.chat_template_source
     tokenizer_files = run.tokenizer.save_pretrained(path, chat_template=template)

@@ -1,6 +1,7 @@
 """Multi-host runs: 2 local processes x 2 CPU devices (gloo collectives) against
 one process with 4 devices — generate, filter, train with a kill and a resume,
-evaluate.
+evaluate; then generate, filter and evaluate again with their outputs in a bucket
+(the fake object store) instead of a shared directory.
 
 Every stage is launched through its CLI with --coordinator_address /
 --num_processes / --process_id, the way a GPU cluster launches it.
@@ -15,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from distill_jax import models
+from distill_jax import fake_bucket, models, storage
 from distill_jax.sampling.generate import shard_name
 from distill_jax.tokenizer import load_tokenizer
 from tests.tiny_models import arithmetic_tokenizer, tiny_checkpoint
@@ -119,8 +120,10 @@ def _losses(workdir):
 
 
 @pytest.mark.slow
-def test_two_hosts_equal_one_host_generate_filter_train_resume_evaluate(setup, shared_data):
+def test_two_hosts_equal_one_host_generate_filter_train_resume_evaluate(setup, shared_data,
+                                                                      tmp_path, monkeypatch):
     root, sp = setup
+    monkeypatch.setenv(fake_bucket.ROOT_ENV, str(tmp_path))     # the subprocesses' bucket
     one, two = root / "one", root / "two"
 
     # ---- distill-generate: disjoint shards per host, the same bytes as one host.
@@ -170,6 +173,26 @@ def test_two_hosts_equal_one_host_generate_filter_train_resume_evaluate(setup, s
             _evaluate_overrides(shared_data, one / "run" / "export", two / "eval"), 2, 2)
     assert _files(two / "eval") == _files(one / "eval")
     assert len((two / "eval" / "gsm8k" / "per_problem.jsonl").read_text().splitlines()) == 5
+
+    # ---- The two hosts again, sharing nothing but a bucket for their outputs
+    # (fake_bucket.py: whole objects, no rename; generation and the filter also read
+    # their inputs from it): the same bytes as the local runs above.
+    bucket = f"fakebucket://pod/{root.name}"
+    _launch("generate", "generate_gsm8k.py", _generate_overrides(root, sp, shared_data,
+                                                                  f"{bucket}/traces"), 2, 2)
+    for k in range(5):
+        assert storage.read_bytes(f"{bucket}/traces/{shard_name(k, 5)}") == single[
+            shard_name(k, 5)], k
+    _launch("filter", "filter_default.py", {
+        "input.path": f"{bucket}/traces", "output_dir": f"{bucket}/curated",
+        "decontamination.data_dir": shared_data, "num_workers": 1}, 2, 2)
+    assert storage.is_committed(f"{bucket}/curated")
+    assert storage.read_bytes(f"{bucket}/curated/curated.jsonl") == \
+        (two / "curated" / "curated.jsonl").read_bytes()
+    _launch("evaluate", "evaluate_gsm8k.py",
+            _evaluate_overrides(shared_data, one / "run" / "export", f"{bucket}/eval"), 2, 2)
+    assert {f: storage.read_bytes(f"{bucket}/eval/{f}")
+            for f in storage.walk_files(f"{bucket}/eval")} == _files(one / "eval")
 
 
 def test_cluster_flags_are_checked():

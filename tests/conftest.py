@@ -27,3 +27,27 @@ def require_shared_data(path: pathlib.Path = SHARED_DATA) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
     return require_shared_data()
+
+
+@pytest.fixture
+def bucket(tmp_path, monkeypatch):
+    """A fresh fake bucket (distill_jax/fake_bucket.py), shared with subprocesses
+    through the environment; a test that leaves an upload unfinished fails."""
+    from distill_jax.fake_bucket import ROOT_ENV, FakeBucket
+    root = tmp_path / "bucket_root"
+    root.mkdir()
+    monkeypatch.setenv(ROOT_ENV, str(root))
+    monkeypatch.setattr(FakeBucket, "moves", 0)      # renames this test made
+    yield "fakebucket://test-bucket"
+    staging = root / ".staging"      # the fake store's uploads in progress
+    assert not staging.exists() or not os.listdir(staging), "an upload was left unfinished"
+
+
+@pytest.fixture(scope="module")
+def module_bucket_root(tmp_path_factory):
+    """The fake bucket's root for a whole module (its runs are module fixtures)."""
+    from distill_jax.fake_bucket import ROOT_ENV
+    root = tmp_path_factory.mktemp("fakebucket")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ROOT_ENV, str(root))
+        yield root

@@ -11,16 +11,7 @@ import time
 import pytest
 
 from distill_jax import fileio, storage
-from distill_jax.fake_bucket import ROOT_ENV, FakeBucket
-
-
-@pytest.fixture
-def bucket(tmp_path, monkeypatch):
-    """A fresh fake bucket; its root is shared with subprocesses through the env."""
-    root = tmp_path / "bucket_root"
-    root.mkdir()
-    monkeypatch.setenv(ROOT_ENV, str(root))
-    return "fakebucket://test-bucket"
+from distill_jax.fake_bucket import FakeBucket
 
 
 @pytest.fixture(params=["local", "bucket"])

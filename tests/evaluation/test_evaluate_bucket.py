@@ -9,7 +9,7 @@ import pytest
 
 from distill_jax import storage
 from distill_jax.evaluation.runner import ProblemResult, _finished, _record_finished, evaluate
-from distill_jax.fake_bucket import ROOT_ENV, FakeBucket
+from distill_jax.fake_bucket import FakeBucket
 from tests.evaluation import test_evaluate_r1
 from tests.evaluation.test_evaluate_r1 import _config
 
@@ -21,19 +21,7 @@ OUTPUTS = ("settings.json", "summary.json", "summary.md", "pass_at_k.png",
 
 
 @pytest.fixture(scope="module")
-def bucket_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fakebucket")
-    before = os.environ.get(ROOT_ENV)
-    os.environ[ROOT_ENV] = str(root)
-    yield root
-    if before is None:
-        del os.environ[ROOT_ENV]
-    else:
-        os.environ[ROOT_ENV] = before
-
-
-@pytest.fixture(scope="module")
-def inputs(student, shared_data, bucket_root, tmp_path_factory):
+def inputs(student, shared_data, module_bucket_root, tmp_path_factory):
     """(local paths, their bucket copies): checkpoint, tokenizer, benchmark file."""
     ckpt, sp = student
     staging = tmp_path_factory.mktemp("upload") / "ckpt"
@@ -102,7 +90,7 @@ def test_a_bucket_evaluation_resumes_from_its_partial_results(both, shared_data)
     assert resumed[1:] == lines[1:]
 
 
-def test_partial_results_on_a_bucket_are_rewritten_whole(bucket_root):
+def test_partial_results_on_a_bucket_are_rewritten_whole(module_bucket_root):
     from distill_jax.data.prompts import Prompt
     prompts = [Prompt(f"p{i}", "q", "math", "s", {"answer": "1"}) for i in range(3)]
     done = [ProblemResult(f"p{i}", "math", 1, 0, [None], ["no_answer"], ["t"], ["length"], False)

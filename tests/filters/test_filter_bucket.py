@@ -8,7 +8,7 @@ import os
 import pytest
 
 from distill_jax import storage
-from distill_jax.fake_bucket import ROOT_ENV, FakeBucket
+from distill_jax.fake_bucket import FakeBucket
 from distill_jax.filters import decontaminate, judge, rejection, stage_files
 from tests.filters import test_filter_streaming as streaming
 from tests.filters import test_rejection as end_to_end
@@ -22,13 +22,6 @@ ARRAY_RECORD = "tfds/curated_traces/1.1.0/curated_traces-train.array_record-0000
 
 class Killed(Exception):
     pass
-
-
-@pytest.fixture
-def bucket(tmp_path, monkeypatch):
-    monkeypatch.setenv(ROOT_ENV, str(tmp_path / "fake_buckets"))
-    monkeypatch.setattr(FakeBucket, "moves", 0)
-    return "fakebucket://bucket"
 
 
 def _upload(local_dir, url, names=None):

@@ -22,11 +22,10 @@ from tests.tiny_models import arithmetic_tokenizer
 
 
 @pytest.fixture
-def bucket(tmp_path, monkeypatch):
-    """The URL of an empty fake-bucket prefix; `upload` copies files into it as gsutil
+def bucket(bucket):
+    """A prefix of the fake bucket (conftest); `upload` copies files into it as gsutil
     would: whole objects, no commit marker."""
-    monkeypatch.setenv(fake_bucket.ROOT_ENV, str(tmp_path / "fake_buckets"))
-    return "fakebucket://bucket/run"
+    return f"{bucket}/run"
 
 
 def upload(local_dir, url):
@@ -236,8 +235,8 @@ def test_failed_export_uploads_nothing(tmp_path, bucket):
 def test_bucket_errors_name_the_path(llama_dir, bucket):
     with pytest.raises(CheckpointError, match=r"gs://b/ckpt.*gcsfs"):
         models.load_hf_checkpoint("gs://b/ckpt")
-    with pytest.raises(CheckpointError, match=r"fakebucket://bucket/nope does not exist"):
-        models.load_hf_checkpoint("fakebucket://bucket/nope")
+    with pytest.raises(CheckpointError, match=r"fakebucket://test-bucket/nope does not exist"):
+        models.load_hf_checkpoint("fakebucket://test-bucket/nope")
     url = bucket + "/weightless"
     storage.write_bytes_atomic(storage.join(url, "config.json"),
                                (llama_dir / "config.json").read_bytes())

@@ -11,7 +11,7 @@ import pytest
 
 from distill_jax import storage
 from distill_jax.data.traces import Malformed, open_traces
-from distill_jax.fake_bucket import ROOT_ENV, FakeBucket
+from distill_jax.fake_bucket import FakeBucket
 from distill_jax.sampling import generate
 from distill_jax.sampling.generate import generate_traces, shard_name
 from tests.data.test_traces import (MOT_ROWS, STRATOS_ROWS, _distill_rows, _openr1_parquet,
@@ -22,17 +22,6 @@ from tests.sampling.test_generate import _config
 teacher = test_generate.teacher      # the tiny teacher fixture, reused rather than copied
 
 NUM_SHARDS = 4        # _config: 10 prompts, 3 per shard
-
-
-@pytest.fixture
-def bucket(tmp_path, monkeypatch):
-    """A fresh fake bucket, shared with subprocesses through the environment."""
-    root = tmp_path / "bucket_root"
-    root.mkdir()
-    monkeypatch.setenv(ROOT_ENV, str(root))
-    yield "fakebucket://test-bucket"
-    staging = root / ".staging"      # the fake store's uploads in progress
-    assert not staging.exists() or not os.listdir(staging), "an upload was left unfinished"
 
 
 @pytest.fixture

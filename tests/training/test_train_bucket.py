@@ -26,18 +26,6 @@ COMMON = {"train.num_epochs": 2, "train.batch_size": 4, "train.checkpoint_every"
           "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}
 
 
-@pytest.fixture(scope="module")
-def bucket_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fakebucket")
-    before = os.environ.get(ROOT_ENV)
-    os.environ[ROOT_ENV] = str(root)
-    yield root
-    if before is None:
-        del os.environ[ROOT_ENV]
-    else:
-        os.environ[ROOT_ENV] = before
-
-
 def _upload(local_path, url):
     with open(local_path, "rb") as f:
         storage.write_bytes_atomic(url, f.read())
@@ -50,7 +38,7 @@ def _rows(path):
 
 
 @pytest.fixture(scope="module")
-def runs(bucket_root, tokenizer_path, tmp_path_factory):
+def runs(module_bucket_root, tokenizer_path, tmp_path_factory):
     """The same training run twice: everything local under `root`, and data, work
     directory and export under BUCKET (the same layout); and the bucket's moves."""
     root = tmp_path_factory.mktemp("local")
@@ -100,10 +88,10 @@ def test_a_bucket_run_keeps_checkpoints_caches_and_events_there(runs):
 
 
 @pytest.mark.slow
-def test_kill_and_resume_on_the_bucket_equals_the_uninterrupted_run(runs, bucket_root,
+def test_kill_and_resume_on_the_bucket_equals_the_uninterrupted_run(runs, module_bucket_root,
                                                                      tokenizer_path, tmp_path):
     root, _, _ = runs
-    env = {ROOT_ENV: str(bucket_root), **compile_cache_env(tmp_path / "jax_cache")}
+    env = {ROOT_ENV: str(module_bucket_root), **compile_cache_env(tmp_path / "jax_cache")}
     args = {**COMMON, "data.path": f"{BUCKET}/data/t.jsonl",
             "data.tokenizer_path": tokenizer_path, "workdir": f"{BUCKET}/resumed"}
     killed = train_cli(args, env, check=False, kill_after_step=3)
@@ -125,7 +113,7 @@ def test_unknown_schemes_fail_before_any_work(tmp_path, tokenizer_path):
     assert not os.path.exists(tmp_path / "run")       # nothing was written, not even workdir
 
 
-def test_staged_checkpoints_refuse_several_processes(monkeypatch, bucket_root):
+def test_staged_checkpoints_refuse_several_processes(monkeypatch, module_bucket_root):
     from distill_jax.training import checkpoint
     checkpoint.check_directory(f"{BUCKET}/ckpt")      # one process: staged locally
     monkeypatch.setattr(jax, "process_count", lambda: 2)
@@ -135,7 +123,7 @@ def test_staged_checkpoints_refuse_several_processes(monkeypatch, bucket_root):
     checkpoint.check_directory("/shared/ckpt")        # orbax writes these itself
 
 
-def test_a_jsonl_with_topk_sidecars_reads_the_same_from_the_bucket(bucket_root, tmp_path,
+def test_a_jsonl_with_topk_sidecars_reads_the_same_from_the_bucket(module_bucket_root, tmp_path,
                                                                   tokenizer):
     from distill_jax.data.sources import JsonlSource
     from distill_jax.data.topk_store import TopKWriter, topk_arrays
@@ -159,7 +147,7 @@ def test_a_jsonl_with_topk_sidecars_reads_the_same_from_the_bucket(bucket_root, 
             np.testing.assert_array_equal(x, y)
 
 
-def test_a_tfds_dataset_on_the_bucket_is_read_once_committed(bucket_root, tmp_path):
+def test_a_tfds_dataset_on_the_bucket_is_read_once_committed(module_bucket_root, tmp_path):
     from distill_jax.data.curated_tfds import build_curated_dataset
     from distill_jax.data.sources import open_source
     write_traces(tmp_path / "curated.jsonl", 4)

@@ -19,7 +19,9 @@ because a bucket has no rename and no append:
 
 Backends are fsspec's: `gs://` needs `gcsfs`, `s3://` needs `s3fs`; a scheme without
 an installed backend is an error naming the package to install, raised when the path
-is first used (config checks call `check_path` before any expensive work).
+is first used (config checks call `check_path` before any expensive work). Missing
+credentials surface as the backend's own error on the first access, wrapped in a
+`StorageError` that names the URL.
 """
 from __future__ import annotations
 
@@ -57,8 +59,41 @@ def _local(path: str) -> str:
     return path[len("file://"):] if path.startswith("file://") else path
 
 
+class StorageError(OSError):
+    """A backend's own error (missing credentials, access denied, a network failure),
+    with the URL it happened on: gcsfs and s3fs often leave the path out."""
+
+
+# Errors that already say what is wrong in the caller's terms, passed through as they are.
+_OWN_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+               NotImplementedError, ValueError, StorageError)
+
+
+class _NamingErrors:
+    """An fsspec filesystem whose calls re-raise a backend's errors as StorageError
+    naming `url`."""
+
+    def __init__(self, fs, url: str):
+        self._fs, self._url = fs, url
+
+    def __getattr__(self, name):
+        attr = getattr(self._fs, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            try:
+                return attr(*args, **kwargs)
+            except _OWN_ERRORS:
+                raise
+            except Exception as e:
+                raise StorageError(f"{self._url}: {type(e).__name__}: {e}") from e
+        return call
+
+
 def filesystem(path: str):
-    """(fsspec filesystem, the path as that filesystem names it) for a URL."""
+    """(fsspec filesystem, the path as that filesystem names it) for a URL; the
+    backend's errors come back as StorageError naming the URL."""
     s = scheme(path)
     if s == "fakebucket":
         from distill_jax import fake_bucket    # registers the scheme with fsspec
@@ -71,7 +106,7 @@ def filesystem(path: str):
         hint = f"pip install {package}" if package else "install the fsspec backend for it"
         raise ValueError(f"{path}: no filesystem backend for '{s}://' is installed "
                          f"({hint}); or use a local path") from e
-    return fs, fs._strip_protocol(path)
+    return _NamingErrors(fs, path), fs._strip_protocol(path)
 
 
 def check_path(path: str, what: str = "path") -> None:

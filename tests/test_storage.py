@@ -94,6 +94,16 @@ def test_a_scheme_without_a_backend_names_the_package_to_install():
     storage.check_path("", "config.workdir")
 
 
+def test_a_backend_error_such_as_missing_credentials_names_the_path(bucket, monkeypatch):
+    def denied(self, path, *args, **kwargs):
+        raise RuntimeError("Anonymous caller does not have storage.objects.get access")
+    monkeypatch.setattr(FakeBucket, "_open", denied)
+    with pytest.raises(storage.StorageError,
+                       match=r"fakebucket://test-bucket/run/x.json: RuntimeError: Anonymous "
+                             r"caller does not have storage.objects.get access"):
+        storage.read_text(f"{bucket}/run/x.json")
+
+
 def test_file_urls_are_local_paths(tmp_path):
     storage.write_text_atomic(f"file://{tmp_path}/a.txt", "x")
     assert (tmp_path / "a.txt").read_text() == "x"

@@ -104,7 +104,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from distill_jax import models, sharding
+from distill_jax import models, sharding, storage
 from distill_jax.models import attention as attention_kernels
 from distill_jax.models import kv_cache
 from distill_jax.sampling import engine
@@ -1222,9 +1222,8 @@ def device_memory_bytes() -> int | None:
 def _model_from_config(mc, tokenizer_path: str | None) -> models.ModelConfig:
     """As the stages build it (a preset takes the tokenizer's vocabulary when the
     tokenizer is at hand, else the preset's)."""
-    import os
     vocab_size = None
-    if mc.get("preset") and tokenizer_path and os.path.exists(tokenizer_path):
+    if mc.get("preset") and tokenizer_path and storage.exists(tokenizer_path):
         from distill_jax.tokenizer import load_tokenizer
         vocab_size = load_tokenizer(tokenizer_path).vocab_size
     try:

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import hashlib
 import json
 import os
 import posixpath
 import shutil
 import tempfile
+import uuid
 from typing import IO, Any, Iterator
 
 COMMIT_MARKER = "_COMMITTED.json"
@@ -323,77 +325,133 @@ def write_json_atomic(path: str, obj: Any) -> None:
 
 # --- directories made of several objects --------------------------------------
 
+# On a bucket, while `publish_dir` replaces a directory: readers refuse it (an export
+# half old and half new would load without any error, its shapes being the same).
+PUBLISHING_MARKER = "_PUBLISHING"
+
 
 def publish_dir(local_dir: str, dest: str) -> None:
     """Makes the finished directory `local_dir` appear at `dest`, whole.
 
     Locally: a rename (the directory appears at once; `dest` must not exist). On an
-    object store: every file uploaded, then the commit marker listing them and their
-    sizes, written last; `is_committed(dest)` is true only after it. `local_dir` is
-    removed either way."""
+    object store: `PUBLISHING_MARKER`, every file, then the commit marker (the files,
+    their sizes and an id of this publication, so a cache of an earlier one is not
+    mistaken for it), then the publishing marker removed; `is_committed(dest)` is true
+    only after that. An earlier publication at `dest` is withdrawn first. `local_dir`
+    is removed either way."""
     if is_local(dest):
         os.replace(local_dir, _local(dest))
         return
-    fs, p = filesystem(dest)
-    if fs.exists(posixpath.join(p, COMMIT_MARKER)):
-        raise FileExistsError(f"{dest}: already committed")
+    withdraw_dir(dest, keep_objects=True)
+    write_text_atomic(join(dest, PUBLISHING_MARKER), "")
     files = walk_files(local_dir)
     for rel in files:
-        fs.put_file(os.path.join(local_dir, rel), posixpath.join(p, rel))
+        upload_file(os.path.join(local_dir, rel), join(dest, rel))
     write_json_atomic(join(dest, COMMIT_MARKER), {
+        "id": uuid.uuid4().hex,
         "files": {rel: os.path.getsize(os.path.join(local_dir, rel)) for rel in files}})
+    remove(join(dest, PUBLISHING_MARKER))
     shutil.rmtree(local_dir)
+
+
+def withdraw_dir(path: str, keep_objects: bool = False) -> None:
+    """Makes a published bucket directory untrusted, its commit marker removed first
+    (a kill halfway leaves objects nobody trusts, never a marker over missing files),
+    then its objects unless `keep_objects` (they are about to be overwritten)."""
+    if is_local(path):
+        shutil.rmtree(_local(path), ignore_errors=True)
+        return
+    marker = join(path, COMMIT_MARKER)
+    if exists(marker):
+        remove(marker)
+    if not keep_objects:
+        rmtree(path)
 
 
 def is_committed(path: str) -> bool:
     """A directory published whole: locally it exists; on an object store its commit
-    marker does (objects uploaded before a kill, without the marker, do not count)."""
+    marker does and no publication is under way (objects uploaded before a kill,
+    without the marker, do not count)."""
     if is_local(path):
         return os.path.isdir(_local(path))
-    return exists(join(path, COMMIT_MARKER))
+    return exists(join(path, COMMIT_MARKER)) and not is_being_published(path)
+
+
+def is_being_published(path: str) -> bool:
+    """Whether `publish_dir` is writing (or was killed writing) the bucket directory."""
+    return not is_local(path) and exists(join(path, PUBLISHING_MARKER))
 
 
 def local_copy(path: str, cache_dir: str) -> str:
     """A local directory holding the committed remote directory `path`, for readers
     that need POSIX files (array_record, sentencepiece): `path` itself when local, else
-    a copy under `cache_dir`, downloaded once (its own marker says it is complete)."""
+    a copy under `cache_dir`, one per publication (its marker's id), downloaded once.
+    Processes sharing `cache_dir` never remove a copy another one may be reading."""
     if is_local(path):
         return _local(path)
     if not is_committed(path):
         raise FileNotFoundError(f"{path}: not committed (no {COMMIT_MARKER}): it is "
                                 "missing or its writer did not finish")
-    marker = json.loads(read_text(join(path, COMMIT_MARKER)))
+    text = read_text(join(path, COMMIT_MARKER))
+    marker = json.loads(text)
+    version = marker.get("id") or hashlib.sha256(text.encode()).hexdigest()[:32]
     s, rest = path.split("://", 1)
-    target = os.path.join(cache_dir, s, rest.strip("/"))
-    done = os.path.join(target, COMMIT_MARKER)
-    if os.path.exists(done):
+    target = os.path.join(cache_dir, s, rest.strip("/"), version)
+    if os.path.exists(os.path.join(target, COMMIT_MARKER)):
         return target
     fs, p = filesystem(path)
     staging = f"{target}.partial.{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    for rel in marker["files"]:
-        os.makedirs(os.path.dirname(os.path.join(staging, rel)), exist_ok=True)
-        fs.get_file(posixpath.join(p, rel), os.path.join(staging, rel))
-    with builtins.open(os.path.join(staging, COMMIT_MARKER), "w", encoding="utf-8") as f:
-        json.dump(marker, f)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        for rel in marker["files"]:
+            os.makedirs(os.path.dirname(os.path.join(staging, rel)), exist_ok=True)
+            fs.get_file(posixpath.join(p, rel), os.path.join(staging, rel))
+        with builtins.open(os.path.join(staging, COMMIT_MARKER), "w", encoding="utf-8") as f:
+            f.write(text)
+        try:
+            os.replace(staging, target)
+        except OSError:       # another process finished the same copy first: use it
+            if not os.path.exists(os.path.join(target, COMMIT_MARKER)):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
-def local_file(path: str, cache_dir: str | None = None) -> str:
+def upload_file(local: str, url: str) -> None:
+    """One local file to `url` as one whole object (locally: an atomic copy)."""
+    if is_local(url):
+        with builtins.open(local, "rb") as src, atomic_open(url, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        return
+    fs, p = filesystem(url)
+    fs.put_file(local, p)
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (reports and manifests have always shown them so);
+    a URL as it is, without a trailing slash."""
+    if is_local(path):
+        return os.path.abspath(_local(path))
+    return path.rstrip("/")
+
+
+def local_file(path: str, cache_dir: str) -> str:
     """A local path with `path`'s bytes, for libraries that take only file names: the
-    path itself when local, else a copy in `cache_dir` (a temp directory if None)."""
+    path itself when local, else a copy under `cache_dir` (the caller keys it by the
+    object's version)."""
     if is_local(path):
         return _local(path)
     s, rest = path.split("://", 1)
-    root = cache_dir or tempfile.mkdtemp(prefix="distill_jax-cache-")
-    target = os.path.join(root, s, rest.strip("/"))
+    target = os.path.join(cache_dir, s, rest.strip("/"))
     if not os.path.exists(target):
         os.makedirs(os.path.dirname(target), exist_ok=True)
         fs, p = filesystem(path)
         tmp = f"{target}.tmp.{os.getpid()}"
-        fs.get_file(p, tmp)
-        os.replace(tmp, target)
+        try:
+            fs.get_file(p, tmp)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     return target

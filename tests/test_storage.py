@@ -121,16 +121,68 @@ def test_a_published_directory_is_committed_whole_and_copied_back_once(bucket, t
     assert not staging.exists()
     assert storage.is_committed(dest)
     marker = json.loads(storage.read_text(f"{dest}/{storage.COMMIT_MARKER}"))
-    assert marker == {"files": {"b.txt": 1, "sub/a.bin": 10}}
+    assert marker["files"] == {"b.txt": 1, "sub/a.bin": 10} and len(marker["id"]) == 32
+    assert not storage.is_being_published(dest)
     assert FakeBucket.moves == 0
-    local = storage.local_copy(dest, str(tmp_path / "cache"))
+    cache = str(tmp_path / "cache")
+    local = storage.local_copy(dest, cache)
     assert open(os.path.join(local, "sub", "a.bin"), "rb").read() == b"A" * 10
     # A second call trusts the finished copy and downloads nothing.
     storage.remove(f"{dest}/b.txt")
-    assert storage.local_copy(dest, str(tmp_path / "cache")) == local
-    with pytest.raises(FileExistsError, match="already committed"):
-        (tmp_path / "again").mkdir()
-        storage.publish_dir(str(tmp_path / "again"), dest)
+    assert storage.local_copy(dest, cache) == local
+    # A new publication with the same sizes is a new copy; the old one stays for
+    # whoever still reads it.
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "b.txt").write_text("C")
+    storage.publish_dir(str(tmp_path / "again"), dest)
+    assert storage.walk_files(dest) == [storage.COMMIT_MARKER, "b.txt", "sub/a.bin"]
+    newer = storage.local_copy(dest, cache)
+    assert newer != local and open(os.path.join(newer, "b.txt")).read() == "C"
+    assert os.path.exists(os.path.join(local, "sub", "a.bin"))
+
+
+def test_a_publication_killed_halfway_is_untrusted_until_redone(bucket, tmp_path, monkeypatch):
+    dest = f"{bucket}/export"
+    for content in ("old", "new"):
+        (tmp_path / content).mkdir()
+        (tmp_path / content / "model.safetensors").write_text(content)
+    storage.publish_dir(str(tmp_path / "old"), dest)
+    with monkeypatch.context() as m:
+        m.setattr(storage, "write_json_atomic", lambda *a: (_ for _ in ()).throw(
+            RuntimeError("killed before the marker")))
+        with pytest.raises(RuntimeError):
+            storage.publish_dir(str(tmp_path / "new"), dest)
+    # The new weights are up, the marker is gone and the publishing marker says why.
+    assert storage.read_text(f"{dest}/model.safetensors") == "new"
+    assert storage.is_being_published(dest) and not storage.is_committed(dest)
+    (tmp_path / "new").mkdir(exist_ok=True)
+    (tmp_path / "new" / "model.safetensors").write_text("new")
+    storage.publish_dir(str(tmp_path / "new"), dest)
+    assert storage.is_committed(dest) and not storage.is_being_published(dest)
+
+
+def test_processes_sharing_a_cache_never_remove_each_others_copy(bucket, tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x").write_text("x")
+    storage.publish_dir(str(tmp_path / "d"), f"{bucket}/d")
+    cache = str(tmp_path / "cache")
+    first = storage.local_copy(f"{bucket}/d", cache)
+    # Another process finished the same copy while this one was downloading: its
+    # rename meets a full directory, and it uses that one instead of failing.
+    os.remove(os.path.join(first, storage.COMMIT_MARKER))
+    done = os.path.join(first, storage.COMMIT_MARKER)
+    real_replace = os.replace
+
+    def racing_replace(src, dst):
+        if dst == first:
+            open(done, "w").write("{}")        # the other process's finished copy
+        return real_replace(src, dst)
+    os.replace = racing_replace
+    try:
+        assert storage.local_copy(f"{bucket}/d", cache) == first
+    finally:
+        os.replace = real_replace
+    assert sorted(os.listdir(os.path.dirname(first))) == [os.path.basename(first)]
 
 
 def test_an_uncommitted_directory_is_not_trusted(bucket, tmp_path):

@@ -85,7 +85,7 @@ import numpy as np
 
 from distill_jax import storage
 from distill_jax.chat import ChatFormat
-from distill_jax.data.sources import (download_dir, file_identity, fingerprint, load_npz,
+from distill_jax.data.sources import (file_identity, fingerprint, load_npz,
                                       save_npz_atomic, slug, write_cache)
 from distill_jax.data.topk_store import TopKReader, topk_arrays
 from distill_jax.progress import Progress
@@ -272,7 +272,7 @@ class SFTPipeline:
         self.process_index, self.process_count = process_index, process_count
         self.cache_dir = cache_dir
         # Keeps the sidecars' memory maps open (bucket sidecars: of their local copies).
-        self._topk_reader = TopKReader(downloads=download_dir(cache_dir))
+        self._topk_reader = TopKReader()
         self._progress = process_index == 0 if progress is None else progress
         self._check_specs(specs)
         self.source = specs[0].source

@@ -25,20 +25,21 @@ leaves a sidecar without its shard, which the stage redoes (a shard is done
 when its JSONL exists), never a shard pointing at a missing sidecar.
 
 On a bucket (`storage` URLs) each file is one object uploaded whole, in the same
-order. A reader copies a bucket sidecar to a local file once (memory maps need one)
-and treats it as immutable for its own life: checking each read against the bucket
-would cost a request per record.
+order. A reader reads a bucket sidecar's rows with one ranged request per record
+(after one for its .npy header), never copying the file: the sidecars of an 800k-sample
+run would fill a local disk. It treats a sidecar as immutable for its own life:
+checking each read against the bucket would cost another request per record.
 """
 from __future__ import annotations
 
 import collections
+import io
 import os
 from typing import Any
 
 import numpy as np
 
 from distill_jax import storage
-from distill_jax.data.sources import download_dir, local_data_file
 from distill_jax.fileio import atomic_open
 
 IDS_SUFFIX = ".topk_ids.npy"
@@ -128,6 +129,38 @@ class TopKWriter:
         return paths
 
 
+class _RemoteRows:
+    """A row-major 2-D .npy object in a bucket, sliced by rows with ranged reads."""
+
+    HEADER_BYTES = 512          # a 2-D array's .npy header is 128 bytes (64-aligned)
+
+    def __init__(self, path: str):
+        self.path = path
+        prefix = io.BytesIO(storage.read_range(path, 0, self.HEADER_BYTES))
+        try:
+            version = np.lib.format.read_magic(prefix)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            self.shape, fortran_order, self.dtype = read_header(prefix)
+        except ValueError as e:
+            raise ValueError(f"top-k sidecar {path}: not a .npy array ({e})") from e
+        if fortran_order:
+            raise ValueError(f"top-k sidecar {path}: Fortran-ordered; rows are not contiguous")
+        self.ndim = len(self.shape)
+        self._data_start = prefix.tell()
+        self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(self.shape[0])
+        count = max(stop - start, 0)
+        data = storage.read_range(self.path, self._data_start + start * self._row_bytes,
+                                  count * self._row_bytes)
+        if len(data) != count * self._row_bytes:
+            raise ValueError(f"top-k sidecar {self.path}: truncated (rows [{start}, {stop}) "
+                             f"need {count * self._row_bytes} bytes, got {len(data)})")
+        return np.frombuffer(data, self.dtype).reshape((count, *self.shape[1:]))
+
+
 class TopKReader:
     """Reads the rows a ref names, through a small cache of memory-mapped sidecars.
 
@@ -136,9 +169,8 @@ class TopKReader:
     copied to `downloads` once (see the module docstring).
     """
 
-    def __init__(self, max_open: int = 32, downloads: str | None = None):
+    def __init__(self, max_open: int = 32):
         self.max_open = max_open
-        self.downloads = downloads      # where bucket sidecars are copied (None: a temp dir)
         self._open: collections.OrderedDict[str, tuple] = collections.OrderedDict()
 
     def _arrays(self, directory: str, stem: str, where: str):
@@ -157,7 +189,8 @@ class TopKReader:
             return cached[1], cached[2], ids_path
         if not os.path.exists(lp_path):
             raise FileNotFoundError(f"top-k sidecar {lp_path} of {where} does not exist")
-        return self._map(ids_path, ids_path, lp_path, stamp)
+        return self._cache(ids_path, np.load(ids_path, mmap_mode="r", allow_pickle=False),
+                           np.load(lp_path, mmap_mode="r", allow_pickle=False), stamp)
 
     def _remote_arrays(self, ids_path: str, lp_path: str, where: str):
         cached = self._open.get(ids_path)
@@ -167,22 +200,19 @@ class TopKReader:
         for path in (ids_path, lp_path):
             if not storage.exists(path):
                 raise FileNotFoundError(f"top-k sidecar {path} of {where} does not exist")
-        downloads = self.downloads or download_dir(None)
-        return self._map(ids_path, local_data_file(ids_path, downloads),
-                         local_data_file(lp_path, downloads), None)
+        return self._cache(ids_path, _RemoteRows(ids_path), _RemoteRows(lp_path), None)
 
-    def _map(self, key: str, ids_path: str, lp_path: str, stamp):
-        """Memory-maps a pair of local sidecar files, cached under `key`."""
-        ids = np.load(ids_path, mmap_mode="r", allow_pickle=False)
-        logprobs = np.load(lp_path, mmap_mode="r", allow_pickle=False)
+    def _cache(self, ids_path: str, ids, logprobs, stamp):
+        """Checks a pair of sidecar arrays (memory maps, or bucket row readers) and
+        keeps them, the least recently used pair dropped past `max_open`."""
         if ids.ndim != 2 or logprobs.shape != ids.shape or ids.dtype != np.int32:
             raise ValueError(f"top-k sidecar {ids_path}: ids {ids.dtype}{list(ids.shape)} and "
                              f"logprobs {logprobs.dtype}{list(logprobs.shape)} do not form a "
                              "pair of [rows, K] arrays")
-        self._open[key] = (stamp, ids, logprobs)
+        self._open[ids_path] = (stamp, ids, logprobs)
         while len(self._open) > self.max_open:
             self._open.popitem(last=False)
-        return ids, logprobs, key
+        return ids, logprobs, ids_path
 
     def read(self, ref: dict[str, Any], base_dir: str, where: str = "a record"
              ) -> tuple[np.ndarray, np.ndarray]:

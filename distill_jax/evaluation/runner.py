@@ -203,7 +203,7 @@ def evaluate(config) -> dict[str, Any]:
         results = _run_benchmark(storage.join(config.output_dir, name), problems[name], chunk,
                                  lambda ps: sample_and_score(sampler, fmt, ps, params_b,
                                                              b.suffix, verifier), progress)
-        summaries[name] = dict(summarize(results), k=b.k, path=_absolute(b.path))
+        summaries[name] = dict(summarize(results), k=b.k, path=storage.absolute(b.path))
         if distributed.is_primary():
             write_results(storage.join(config.output_dir, name), results, summaries[name])
             partial = storage.join(config.output_dir, name, "partial.jsonl")
@@ -250,12 +250,6 @@ def _check_paths(config, benchmarks) -> None:
         storage.check_path(b.path, f"config.benchmarks.{name}.path")
 
 
-def _absolute(path: str) -> str:
-    """A local path made absolute (settings compare across working directories); a URL
-    as it is."""
-    return os.path.abspath(path) if storage.is_local(path) else path
-
-
 def _check_prompt_lengths(benchmarks, problems, fmt, config, cfg) -> None:
     """Refuses, before the weights load, a problem whose prompt and new tokens do not
     fit the model's positions (naming the benchmark, the problem and the numbers)."""
@@ -280,7 +274,7 @@ def _settings(config, benchmarks) -> dict[str, Any]:
     return {"model": model, "math_timeout_s": config.math_timeout_s,
             "tokenizer": {k: config.tokenizer[k] for k in config.tokenizer},
             "sampling": {k: config.sampling[k] for k in config.sampling},
-            "benchmarks": {name: {k: (_absolute(b[k]) if k == "path" else b[k])
+            "benchmarks": {name: {k: (storage.absolute(b[k]) if k == "path" else b[k])
                                   for k in b} for name, b in benchmarks.items()}}
 
 

@@ -230,9 +230,7 @@ def default_cache_path(output_dir: str) -> str:
     """`<output_dir>.judge_cache.jsonl`, beside the filter's output directory rather
     than in it: the filter stage replaces its output directory whole when a run
     completes, which would drop a cache kept inside it."""
-    if not storage.is_local(output_dir):
-        return output_dir.rstrip("/") + "." + CACHE_FILENAME
-    return os.path.normpath(os.path.abspath(output_dir)) + "." + CACHE_FILENAME
+    return storage.absolute(output_dir) + "." + CACHE_FILENAME
 
 
 class JudgeCache:
@@ -328,8 +326,7 @@ class JudgeCache:
 
     def _upload(self) -> None:
         self._file.flush()
-        with open(self._spool, "rb") as src, storage.atomic_open(self.path, "wb") as dst:
-            shutil.copyfileobj(src, dst)
+        storage.upload_file(self._spool, self.path)
         self._uploaded_at = time.monotonic()
         self._dirty = False
 
@@ -546,7 +543,7 @@ def judge_id_of(section) -> str:
         return section.id
     model = section.model
     if model.get("checkpoint"):
-        return os.path.basename(os.path.normpath(model.checkpoint))
+        return storage.basename(storage.absolute(model.checkpoint))
     return f"{model.preset}-random-init{model.get('init_seed') or 0}"
 
 

@@ -264,11 +264,6 @@ def _file_stamp(path: str) -> str:
     return f"{path}\0{json.dumps(storage.object_stamp(path), sort_keys=True)}\0"
 
 
-def _absolute(path: str) -> str:
-    """A local path made absolute (as reports have always shown it); a URL as it is."""
-    return os.path.abspath(path) if storage.is_local(path) else path
-
-
 def _check_paths(config, stage: dict[str, Any]) -> None:
     """Every path the stage will touch has a filesystem backend (a gs:// path without
     gcsfs fails here, naming the path and the package), before any work."""
@@ -309,13 +304,13 @@ def filter_traces(config) -> dict[str, Any]:
     report = _filter_traces(config) if distributed.is_primary() else None
     distributed.barrier("filter:done")
     if report is None:
-        report = _committed_report(_absolute(config.output_dir)) or {}
+        report = _committed_report(storage.absolute(config.output_dir)) or {}
     return report
 
 
 def _filter_traces(config) -> dict[str, Any]:
     stage = _stage_config(config)
-    out_dir = _absolute(config.output_dir)
+    out_dir = storage.absolute(config.output_dir)
     _check_paths(config, stage)
     FilterChain(stage)                    # bad filter names / eval sets fail before any work
     traces = open_input(stage)            # missing files, unknown format: here too
@@ -369,7 +364,7 @@ def _filter_traces(config) -> dict[str, Any]:
     selection.close_prompt()
     report = selection.report(stage)
     report["fingerprint"] = fingerprint
-    report["input"].update(files=[_absolute(p) for p in traces.files],
+    report["input"].update(files=[storage.absolute(p) for p in traces.files],
                            units=len(traces.units), format=traces.format)
     work.assemble(report, len(traces.units), selection.final_rows)
     _print_summary(report, out_dir)
@@ -446,7 +441,7 @@ def _select_unit(work, i: int, unit, samples: list[Sample], results: list[dict[s
     kept_lines, audits = [], collections.defaultdict(list)
     topk = None
     reader = topk_store.TopKReader()
-    base_dir = storage.dirname(_absolute(unit.path))
+    base_dir = storage.dirname(storage.absolute(unit.path))
     for s, r in zip(samples, results):
         kept, r = selection.decide(s, r)
         if kept:

@@ -79,7 +79,7 @@ class WorkDir:
         _write_lines(self._unit(i, ".per_prompt.jsonl"),
                      [json.dumps(r, ensure_ascii=False) for r in rows])
         _write_json_lines_by_name(self._unit(i, ".audit"), audits)
-        with atomic_open(self._unit(i, ".keys.npz"), "wb") as f:
+        with _unit_file(self._unit(i, ".keys.npz"), "wb") as f:
             np.savez(f, **arrays)
         write_json_atomic(self._unit(i, ".json"), dict(state, unit=key))
 
@@ -141,7 +141,7 @@ class WorkDir:
 
     def _publish(self, staging: str) -> None:
         if not storage.is_local(self.out_dir):
-            _withdraw(self.out_dir)
+            storage.withdraw_dir(self.out_dir)
             storage.publish_dir(staging, self.out_dir)
             return
         old = os.path.join(self.parent, f".{self.base}.old-{os.getpid()}")
@@ -151,17 +151,17 @@ class WorkDir:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _withdraw(out_dir: str) -> None:
-    """Removes a bucket output, its commit marker first: a kill halfway leaves objects
-    that no reader trusts, never a marker over missing files."""
-    marker = storage.join(out_dir, storage.COMMIT_MARKER)
-    if storage.exists(marker):
-        storage.remove(marker)
-    storage.rmtree(out_dir)
+def _unit_file(path: str, mode: str, **kwargs):
+    """A unit's file for writing. The unit's marker, written after its files, is what
+    commits them, so locally a plain write (no fsync per file); on a bucket a spooled
+    whole object (np.savez seeks, which an upload stream cannot)."""
+    if storage.is_local(path):
+        return open(path, mode, **kwargs)
+    return atomic_open(path, mode, **kwargs)
 
 
 def _write_lines(path: str, lines: list[str]) -> None:
-    with atomic_open(path, "w", encoding="utf-8") as f:
+    with _unit_file(path, "w", encoding="utf-8") as f:
         for line in lines:
             f.write(line + "\n")
 

@@ -261,9 +261,20 @@ def _check_backend(path: str) -> None:
         raise CheckpointError(str(e)) from None
 
 
+def _check_not_half_published(path: str) -> None:
+    """A bucket export that our own `publish_dir` is replacing (or was killed
+    replacing) may be half old and half new, with matching shapes: refused. (A
+    directory without any marker, uploaded by gsutil, loads.)"""
+    if storage.is_being_published(path):
+        raise CheckpointError(f"{path}: an export is being written there (or its writer was "
+                              f"killed): {storage.PUBLISHING_MARKER} is present; rerun the "
+                              "export or load an earlier copy")
+
+
 def read_hf_config(path: str) -> dict[str, Any]:
     path = str(path)
     _check_backend(path)
+    _check_not_half_published(path)
     config_path = storage.join(path, "config.json")
     if not storage.isdir(path):
         raise CheckpointError(f"checkpoint directory {path} does not exist")
@@ -590,9 +601,6 @@ def _publish_export(local: str, dest: str) -> None:
     as a local save does. Its marker is removed first, so no reader or resume trusts
     the mix of old and new objects while they are replaced; weight files of the old
     export that the new one lacks (a different sharding) are removed, as locally."""
-    marker = storage.join(dest, storage.COMMIT_MARKER)
-    if storage.exists(marker):
-        storage.remove(marker)
     new = set(storage.walk_files(local))
     for stale in storage.glob(storage.join(dest, "model*.safetensors*")):
         if storage.basename(stale) not in new:

@@ -51,7 +51,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from typing import Any
 
@@ -100,19 +99,8 @@ def _teacher_config(config, tokenizer) -> tuple[models.ModelConfig, str]:
     t = config.teacher
     cfg = models.config_from_section(t, tokenizer.vocab_size)
     if t.checkpoint:
-        return cfg, t.id or _dir_name(t.checkpoint)
+        return cfg, t.id or storage.basename(storage.absolute(t.checkpoint))
     return cfg, t.id or f"{t.preset}-random-init{t.init_seed}"
-
-
-def _dir_name(path: str) -> str:
-    # normpath would make "gs://b/ckpt/" "gs:/b/ckpt"; a URL needs only its "/" dropped.
-    if storage.is_local(path):
-        return os.path.basename(os.path.normpath(path))
-    return storage.basename(path)
-
-
-def _abs_path(path: str) -> str:
-    return os.path.abspath(path) if storage.is_local(path) else path
 
 
 def chat_format_from_config(tokenizer, tokenizer_section) -> ChatFormat:
@@ -178,7 +166,7 @@ def generate_traces(config) -> dict[str, Any]:
         "teacher_id": teacher_id,
         "sampling": {k: list(v) if isinstance(v, tuple) else v
                      for k, v in dataclasses.asdict(params).items()},
-        "prompts_path": _abs_path(pc.path), "prompts_format": pc.format,
+        "prompts_path": storage.absolute(pc.path), "prompts_format": pc.format,
         "num_prompts": len(prompts), "prompts_per_shard": per_shard,
         "prompt_token_ids_sha256": hashlib.sha256(
             json.dumps(prompt_ids).encode()).hexdigest(),

@@ -118,10 +118,12 @@ class Checkpointer:
             self._publish_finished()
 
     def close(self) -> None:
-        self.wait()
-        self.manager.close()
-        if self._scratch:
-            shutil.rmtree(self._scratch, ignore_errors=True)
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
+            if self._scratch:
+                shutil.rmtree(self._scratch, ignore_errors=True)
 
     # ------------------------------------------------------------ staged schemes
 
@@ -152,15 +154,18 @@ class Checkpointer:
                 continue
             # publish_dir consumes its source: give it hard links, orbax keeps its step.
             copy = os.path.join(self._scratch, "publish")
-            shutil.copytree(os.path.join(self._staging, str(step)), copy, copy_function=os.link)
-            storage.publish_dir(copy, storage.join(self.directory, str(step)))
+            shutil.rmtree(copy, ignore_errors=True)      # a failed publish's leftovers
+            try:
+                shutil.copytree(os.path.join(self._staging, str(step)), copy,
+                                copy_function=os.link)
+                storage.publish_dir(copy, storage.join(self.directory, str(step)))
+            finally:
+                shutil.rmtree(copy, ignore_errors=True)
             self._published.add(step)
         self._trim_remote()
 
     def _trim_remote(self) -> None:
         committed = self._committed_steps()
         for step in committed[:-self.keep] if self.keep else []:
-            path = storage.join(self.directory, str(step))
-            storage.remove(storage.join(path, storage.COMMIT_MARKER))   # uncommitted first
-            storage.rmtree(path)
+            storage.withdraw_dir(storage.join(self.directory, str(step)))
             self._published.discard(step)

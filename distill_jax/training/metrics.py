@@ -89,8 +89,8 @@ class MetricsWriter:
         write_text_atomic(self.path, "".join(self._lines))
         if self._tb_local:
             for name in storage.walk_files(self._tb_local):
-                with open(os.path.join(self._tb_local, name), "rb") as f:
-                    storage.write_bytes_atomic(storage.join(self._tb_remote, name), f.read())
+                storage.upload_file(os.path.join(self._tb_local, name),
+                                    storage.join(self._tb_remote, name))
         self._flushed_at = time.monotonic()
 
     def close(self) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from typing import Any, Callable, Sequence
 
@@ -200,16 +199,9 @@ def _check_paths(config) -> str:
              "on_policy.eval_prompts.path": oc.eval_prompts.path}
     for what, path in paths.items():
         storage.check_path(str(path or ""), f"config.{what}")
-    workdir = _absolute(str(config.workdir))
+    workdir = storage.absolute(str(config.workdir))
     check_directory(_checkpoint_dir(config, workdir))
     return workdir
-
-
-def _absolute(path: str) -> str:
-    """A local path made absolute; a URL as it is (without a trailing slash)."""
-    if storage.is_local(path):
-        return os.path.abspath(path.removeprefix("file://"))
-    return path.rstrip("/")
 
 
 def _checkpoint_dir(config, workdir: str) -> str:
@@ -548,7 +540,7 @@ def export(run: TrainingRun, state: TrainState) -> dict[str, Any]:
     with: weights, the (possibly extended) tokenizer with the training chat template
     in tokenizer_config.json, and generation_config.json with the stop ids."""
     tc = run.config.train
-    path = _absolute(tc.export_dir)
+    path = storage.absolute(tc.export_dir)
     params = distributed.fetch_to_host(state.params)  # collective: all hosts
     if not run.primary:
         return {"path": path}

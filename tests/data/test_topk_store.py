@@ -9,6 +9,8 @@ import pytest
 from distill_jax.data import topk_store
 from distill_jax.data.topk_store import TopKReader, TopKWriter, copy_topk, topk_arrays
 
+HEADER_READ = topk_store._RemoteRows.HEADER_BYTES
+
 
 def _topk(n, k, seed=0):
     """[n, k] ids and sorted (descending) logprobs in [-30, 0]."""
@@ -51,6 +53,36 @@ def test_round_trip_of_two_records_in_one_shard(tmp_path, dtype, atol):
     assert ref_c == {**ref_b, "file": "curated", "row": 0}
     for x, y in zip(reader.read(ref_c, str(tmp_path / "copy")), reader.read(ref_b, str(tmp_path))):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_bucket_sidecars_are_read_by_ranged_reads_of_the_rows_only(tmp_path, bucket, dtype,
+                                                                    monkeypatch):
+    from distill_jax import storage
+    (ids_a, lp_a), (ids_b, lp_b) = _topk(700, 8, seed=1), _topk(5, 8, seed=2)
+    writer = TopKWriter(bucket, "shard", k=8, dtype=dtype)
+    writer.add(ids_a, lp_a)
+    ref_b = writer.add(ids_b, lp_b)
+    writer.commit()
+    reads = []
+    real = storage.read_range
+    monkeypatch.setattr(storage, "read_range",
+                        lambda path, start, length: reads.append(length) or real(path, start,
+                                                                                 length))
+    local_reader, bucket_reader = TopKReader(), TopKReader()
+    os.makedirs(tmp_path / "local")
+    for name in ("shard.topk_ids.npy", "shard.topk_logprobs.npy"):
+        (tmp_path / "local" / name).write_bytes(storage.read_bytes(f"{bucket}/{name}"))
+    reads.clear()
+    got = bucket_reader.read(ref_b, bucket)
+    for x, y in zip(got, local_reader.read(ref_b, str(tmp_path / "local"))):
+        np.testing.assert_array_equal(x, y)
+    # Two headers, then the 5 rows of each array: nothing else, nothing copied locally.
+    itemsize = topk_store.STORED_DTYPES[dtype].itemsize
+    assert reads == [HEADER_READ, HEADER_READ, 5 * 8 * 4, 5 * 8 * itemsize]
+    assert sorted(os.listdir(tmp_path)) == ["bucket_root", "local"]
+    with pytest.raises(ValueError, match=r"top_k rows \[700, 710\) are out of range"):
+        bucket_reader.read({**ref_b, "rows": 10}, bucket)
 
 
 def test_float16_error_over_the_logprob_range(tmp_path):

@@ -223,6 +223,29 @@ def test_reexport_to_bucket_replaces_the_weights_and_recommits(tmp_path, bucket)
     assert_trees_equal(models.load_hf_checkpoint(bucket)[1], params)
 
 
+def test_a_reexport_killed_halfway_is_refused_by_the_loader(tmp_path, bucket, monkeypatch):
+    cfg, params = _tiny_model()
+    models.save_hf_checkpoint(bucket, cfg, params, max_shard_bytes=50_000)
+    uploaded = []
+    real_upload = storage.upload_file
+
+    def killed_after_one_file(local, url):
+        if uploaded:
+            raise RuntimeError("killed mid-upload")
+        uploaded.append(url)
+        real_upload(local, url)
+    with monkeypatch.context() as m:
+        m.setattr(storage, "upload_file", killed_after_one_file)
+        with pytest.raises(RuntimeError, match="killed mid-upload"):
+            models.save_hf_checkpoint(bucket, cfg, jax.tree_util.tree_map(lambda x: x + 1, params),
+                                      max_shard_bytes=50_000)
+    # One shard is new and the others old, with the same shapes: loading it must fail.
+    with pytest.raises(CheckpointError, match="_PUBLISHING is present"):
+        models.load_hf_checkpoint(bucket)
+    models.save_hf_checkpoint(bucket, cfg, params, max_shard_bytes=50_000)
+    assert_trees_equal(models.load_hf_checkpoint(bucket)[1], params)
+
+
 def test_failed_export_uploads_nothing(tmp_path, bucket):
     cfg, params = _tiny_model()
     with pytest.raises(RuntimeError, match="killed"):

@@ -6,7 +6,9 @@ import json
 from typing import Any, Iterator
 
 from distill_jax import storage
-from distill_jax.storage import atomic_open, write_json_atomic, write_text_atomic  # noqa: F401
+from distill_jax.storage import atomic_open, write_json_atomic, write_text_atomic
+
+__all__ = ["atomic_open", "iter_jsonl", "write_json_atomic", "write_text_atomic"]
 
 
 def iter_jsonl(path: str) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -2,6 +2,7 @@
 import jax
 import ml_collections
 import numpy as np
+import pytest
 import optax
 
 from distill_jax import models, sharding
@@ -76,5 +77,36 @@ def test_checkpoint_round_trip_restores_shardings_and_values(tmp_path):
     assert hosts == [{}]
     _assert_same_layout(restored, state)
     _assert_moments_follow_their_params(restored)
+    for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_staged_bucket_checkpoints_survive_a_failed_upload(bucket, monkeypatch):
+    """A scheme orbax cannot write (the fake bucket): a step whose upload fails is not
+    committed, the next save publishes both, and a new Checkpointer restores the newest."""
+    from distill_jax import storage
+    trainer, state = _trainer_and_state()
+    meta = {"model": models.to_hf_config(CFG)}
+    directory = f"{bucket}/ckpt"
+    ckpt = Checkpointer(directory, save_every=1, keep=3, async_save=False)
+    try:
+        ckpt.save(0, state, [{}], meta, force=True)
+        with monkeypatch.context() as m:
+            m.setattr(storage, "publish_dir", lambda *a: (_ for _ in ()).throw(
+                OSError("network down")))
+            with pytest.raises(OSError, match="network down"):
+                ckpt.save(1, state, [{}], meta, force=True)    # publishes step 0 first
+        assert not storage.is_committed(f"{directory}/0")
+        ckpt.save(1, state, [{}], meta, force=True)
+        ckpt.wait()
+    finally:
+        ckpt.close()
+    assert [storage.is_committed(f"{directory}/{k}") for k in (0, 1)] == [True, True]
+    again = Checkpointer(directory, save_every=1, keep=3, async_save=False)
+    try:
+        assert again.latest_step() == 1
+        restored, _ = again.restore(1, trainer.abstract_state(), meta)
+    finally:
+        again.close()
     for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -33,12 +33,6 @@ from distill_jax import models, sharding, storage  # noqa: E402
 from distill_jax.fake_bucket import ROOT_ENV  # noqa: E402
 
 
-def _upload(local_dir: str, url: str) -> None:
-    for rel in storage.walk_files(local_dir):
-        with open(os.path.join(local_dir, rel), "rb") as f:
-            storage.write_bytes_atomic(storage.join(url, rel), f.read())
-
-
 def _counting_reads():
     """Wraps storage.read_range to count requests and bytes; returns the counters."""
     counts = {"requests": 0, "bytes": 0}
@@ -57,7 +51,7 @@ def bench_load(work: str, rounds: int) -> dict:
     local = os.path.join(work, "ckpt")
     models.save_hf_checkpoint(local, cfg, models.init_params(cfg, jax.random.key(0)))
     url = "fakebucket://bench/ckpt"
-    _upload(local, url)
+    storage.upload_tree(local, url)
     size = sum(os.path.getsize(os.path.join(local, f)) for f in os.listdir(local)
                if f.endswith(".safetensors"))
     mesh = sharding.make_mesh({"fsdp": -1}) \

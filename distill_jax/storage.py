@@ -143,32 +143,28 @@ def _url(path: str, fs_path: str) -> str:
     return f"{scheme(path)}://{fs_path}"
 
 
-def exists(path: str) -> bool:
+def _ask(path: str, local, method: str):
+    """`local(path)` for a local path, else the fsspec filesystem's `method`."""
     if is_local(path):
-        return os.path.exists(_local(path))
+        return local(_local(path))
     fs, p = filesystem(path)
-    return fs.exists(p)
+    return getattr(fs, method)(p)
+
+
+def exists(path: str) -> bool:
+    return _ask(path, os.path.exists, "exists")
 
 
 def isfile(path: str) -> bool:
-    if is_local(path):
-        return os.path.isfile(_local(path))
-    fs, p = filesystem(path)
-    return fs.isfile(p)
+    return _ask(path, os.path.isfile, "isfile")
 
 
 def isdir(path: str) -> bool:
-    if is_local(path):
-        return os.path.isdir(_local(path))
-    fs, p = filesystem(path)
-    return fs.isdir(p)
+    return _ask(path, os.path.isdir, "isdir")
 
 
 def getsize(path: str) -> int:
-    if is_local(path):
-        return os.path.getsize(_local(path))
-    fs, p = filesystem(path)
-    return int(fs.size(p))
+    return int(_ask(path, os.path.getsize, "size"))
 
 
 # Fields of fsspec's `info` that change when an object is rewritten: GCS's generation,
@@ -344,9 +340,7 @@ def publish_dir(local_dir: str, dest: str) -> None:
         return
     withdraw_dir(dest, keep_objects=True)
     write_text_atomic(join(dest, PUBLISHING_MARKER), "")
-    files = walk_files(local_dir)
-    for rel in files:
-        upload_file(os.path.join(local_dir, rel), join(dest, rel))
+    files = upload_tree(local_dir, dest)
     write_json_atomic(join(dest, COMMIT_MARKER), {
         "id": uuid.uuid4().hex,
         "files": {rel: os.path.getsize(os.path.join(local_dir, rel)) for rel in files}})
@@ -426,6 +420,16 @@ def upload_file(local: str, url: str) -> None:
         return
     fs, p = filesystem(url)
     fs.put_file(local, p)
+
+
+def upload_tree(local_dir: str, url: str, names: list[str] | None = None) -> list[str]:
+    """Every file under `local_dir` (or just `names`, relative to it) to the same
+    relative keys under `url`, one whole object each and no commit marker, as
+    `gsutil cp -r` would; returns the relative names. `publish_dir` adds the marker."""
+    names = walk_files(local_dir) if names is None else list(names)
+    for rel in names:
+        upload_file(os.path.join(local_dir, rel), join(url, rel))
+    return names
 
 
 def absolute(path: str) -> str:

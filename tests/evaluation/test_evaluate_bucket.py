@@ -31,8 +31,7 @@ def inputs(student, shared_data, module_bucket_root, tmp_path_factory):
     remote = {"ckpt": f"{BUCKET}/ckpt", "sp": f"{BUCKET}/tok.model",
               "bench": f"{BUCKET}/gsm8k_test.jsonl"}
     for local, url in ((sp, remote["sp"]), (bench, remote["bench"])):
-        with open(local, "rb") as f:
-            storage.write_bytes_atomic(url, f.read())
+        storage.upload_file(str(local), url)
     return {"ckpt": str(ckpt), "sp": str(sp), "bench": str(bench)}, remote
 
 

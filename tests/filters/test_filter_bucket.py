@@ -25,9 +25,7 @@ class Killed(Exception):
 
 
 def _upload(local_dir, url, names=None):
-    for rel in names or storage.walk_files(str(local_dir)):
-        with open(os.path.join(local_dir, rel), "rb") as f:
-            storage.write_bytes_atomic(storage.join(url, rel), f.read())
+    storage.upload_tree(str(local_dir), url, names)
     return url
 
 

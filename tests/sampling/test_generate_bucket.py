@@ -4,7 +4,6 @@ after a crash mid-upload, hosts that share only the bucket, a missing backend re
 before any model work, and the trace readers on bucket paths."""
 import importlib.util
 import json
-import os
 import types
 
 import pytest
@@ -157,12 +156,6 @@ def test_a_scheme_without_its_backend_fails_before_any_model_work(
         generate_traces(config)
 
 
-def _upload_tree(local_dir, url):
-    for rel in storage.walk_files(local_dir):
-        storage.write_bytes_atomic(storage.join(url, rel),
-                                   storage.read_bytes(os.path.join(local_dir, rel)))
-
-
 def _read(path, **kwargs):
     ts = open_traces(path, **kwargs)
     return ts, [(where, r) for where, r in ts.records() if not isinstance(r, Malformed)]
@@ -181,7 +174,7 @@ def test_traces_read_from_a_bucket_as_from_a_local_dir(bucket, tmp_path, name):
     _write_jsonl(local / "shards" / "shard-00000-of-00001.jsonl", _distill_rows(4))
     (local / "shards" / "manifest.json").write_text("{}")
     url = f"{bucket}/in"
-    _upload_tree(str(local), url)
+    storage.upload_tree(str(local), url)
     local_set, local_items = _read(str(local / name), max_unit_bytes=300)
     remote_set, remote_items = _read(f"{url}/{name}", max_unit_bytes=300)
     assert remote_set.format == local_set.format

@@ -26,11 +26,6 @@ COMMON = {"train.num_epochs": 2, "train.batch_size": 4, "train.checkpoint_every"
           "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}
 
 
-def _upload(local_path, url):
-    with open(local_path, "rb") as f:
-        storage.write_bytes_atomic(url, f.read())
-
-
 def _rows(path):
     """metrics.jsonl's rows without the timing keys."""
     return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
@@ -44,7 +39,7 @@ def runs(module_bucket_root, tokenizer_path, tmp_path_factory):
     root = tmp_path_factory.mktemp("local")
     os.makedirs(root / "data")
     write_traces(root / "data" / "t.jsonl", 24)
-    _upload(root / "data" / "t.jsonl", f"{BUCKET}/data/t.jsonl")
+    storage.upload_file(str(root / "data" / "t.jsonl"), f"{BUCKET}/data/t.jsonl")
     summaries, moves = {}, FakeBucket.moves
     for base in (str(root), BUCKET):
         c = _config(root, tokenizer_path, f"{base}/data/t.jsonl", **COMMON, **{
@@ -154,8 +149,7 @@ def test_a_tfds_dataset_on_the_bucket_is_read_once_committed(module_bucket_root,
     build_curated_dataset(str(tmp_path / "curated.jsonl"), str(tmp_path / "tfds"))
     local = open_source(str(tmp_path / "tfds"))
     url = f"{BUCKET}/curated/tfds"
-    for rel in storage.walk_files(str(tmp_path / "tfds")):    # uploaded, not committed
-        _upload(tmp_path / "tfds" / rel, f"{url}/{rel}")
+    storage.upload_tree(str(tmp_path / "tfds"), url)          # uploaded, not committed
     with pytest.raises(FileNotFoundError, match="not committed"):
         open_source(url, str(tmp_path / "cache"))
     storage.rmtree(url)

@@ -87,6 +87,43 @@ def make_problem(seed: int, index: int, num_steps: int | None = None,
     return Problem(question=question, solution=solution, answer=value)
 
 
+def misread_doubles(problem: Problem) -> Problem:
+    """`problem` worked with a systematic error: every "doubles" read as "gets 2
+    more" (x + 2 instead of x * 2), the later steps carried on from the wrong value.
+    The arithmetic of each line is right and the format is the task's; only the
+    final answer (the one a verifier checks) betrays it, unless the two readings
+    happen to agree (x = 2). `answer` stays the true one."""
+    lines = problem.solution.splitlines()
+    value = int(lines[0].removeprefix("Start: ").rstrip("."))
+    worked = [lines[0]]
+    for line in lines[1:-1]:
+        left, _ = line.split(" = ")
+        _, op, k = left.split(" ")
+        if op == "*":
+            op, k = "+", "2"
+        new = value + int(k) if op == "+" else value - int(k)
+        worked.append(f"{value} {op} {k} = {new}.")
+        value = new
+    worked.append(f"The answer is \\boxed{{{value}}}.")
+    return dataclasses.replace(problem, solution="\n".join(worked))
+
+
+def misread_count(question: str, text: str) -> tuple[int, int]:
+    """(doublings, misread): how many of `question`'s "doubles" steps a worked
+    solution `text` reached, and how many of those it wrote as "+ 2" (the
+    misconception of `misread_doubles`). Steps are matched by position, the i-th
+    "Then" clause with the i-th equation line; a solution that stops early reaches
+    fewer doublings."""
+    clauses = question.split("Then ")[1:]
+    equations = [line for line in text.splitlines() if " = " in line]
+    doublings = misread = 0
+    for clause, line in zip(clauses, equations):
+        if " doubles " in f" {clause}":
+            doublings += 1
+            misread += " + 2 = " in line
+    return doublings, misread
+
+
 def num_steps(question: str) -> int:
     """A problem's difficulty: its number of operations, one "Then ..." clause each."""
     return question.count("Then ")

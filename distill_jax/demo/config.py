@@ -27,12 +27,21 @@ def demo_config():
 
     c.data = ml_collections.ConfigDict()
     c.data.teacher_problems = 4000     # worked solutions the teacher learns from
-    c.data.train_prompts = 2000        # prompts the teacher answers for the students
+    c.data.train_prompts = 4000        # prompts the teacher answers for the students
     c.data.test_problems = 400         # held-out evaluation split
+    # 40% of the teacher's worked solutions with a doubling read "doubles" as "+ 2"
+    # (pipeline._with_misconception): a systematic error, which the teacher then
+    # makes in about that share of its doublings, and which verification removes
+    # (except where both readings agree, at 2). Real teachers' errors are partly
+    # systematic like this. With clean solutions the teacher's only errors are random
+    # slips, which a student averages away, and filtering did not beat unfiltered; at
+    # 0.2 the teacher learned the misconception at 0.115 and at temperature 0.6 it
+    # all but vanished (0.011) (README, "Demo results").
+    c.data.teacher_misconception = 0.4
 
     c.teacher = ml_collections.ConfigDict(dict(
         preset="tiny-llama", hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
-        num_kv_heads=2, head_dim=32, init_seed=1, batch_size=16, num_steps=700,
+        num_kv_heads=2, head_dim=32, init_seed=1, batch_size=16, num_steps=900,
         learning_rate=3e-3, warmup_steps=30))
     # The student has the teacher's shape (another init) and fewer, mostly other
     # problems. Smaller or shorter-trained students stayed near answer-only accuracy:
@@ -73,7 +82,10 @@ def demo_config():
     # quick=True: the variant the tests run; these values replace the ones above.
     c.quick_settings = ml_collections.ConfigDict({
         "output_dir": "artifacts/demo_pipeline_quick",
-        "data": {"teacher_problems": 600, "train_prompts": 40, "test_problems": 20},
+        # A clean teacher corpus: the 60-step teacher is near chance, and the few
+        # samples that pass the filters should not get fewer.
+        "data": {"teacher_problems": 600, "train_prompts": 40, "test_problems": 20,
+                 "teacher_misconception": 0.0},
         "teacher": {"num_steps": 60, "batch_size": 8},
         "student": {"num_steps": 20, "batch_size": 8, "hidden_size": 96,
                     "intermediate_size": 256, "num_layers": 3, "head_dim": 24},

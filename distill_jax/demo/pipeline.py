@@ -2,7 +2,8 @@
 
   1. tokenizer  SentencePiece trained on the task's text;
   2. teacher    a small model trained (distill-train) on worked solutions in the
-                R1 format — on purpose only briefly, so it is good but imperfect;
+                R1 format, a share of which carry a misconception (doubling read
+                as "+ 2"), so it is good but imperfect, partly systematically so;
   3. generate   n teacher samples per training prompt (distill-generate, with the
                 teacher's top-k logprobs for offline KD);
   4. filter     verification + quality filters (distill-filter), the tfds dataset;
@@ -110,6 +111,8 @@ def _prepare_data(config, out: str) -> dict[str, str]:
     teacher = arithmetic.make_split(config.seed, 0, dc.teacher_problems, task, unseen)
     train_p = arithmetic.make_split(config.seed, 10**6, dc.train_prompts, task, unseen)
 
+    teacher = _with_misconception(config, teacher, unseen)
+
     def user(p):
         return f"{p.question}\n{R1_MATH_SUFFIX}"
     _write_jsonl(paths["teacher_sft"], [
@@ -123,6 +126,34 @@ def _prepare_data(config, out: str) -> dict[str, str]:
         _write_jsonl(paths[name], [{"id": f"{prefix}-{k}", "problem": p.question,
                                     "answer": str(p.answer)} for k, p in enumerate(split)])
     return paths
+
+
+def _with_misconception(config, problems: list[arithmetic.Problem],
+                        unseen: frozenset[str]) -> list[arithmetic.Problem]:
+    """The teacher's worked solutions, a `data.teacher_misconception` fraction of
+    those with a doubling worked with the misconception (`arithmetic.misread_doubles`),
+    unless the misread solution is a test problem's (`unseen`: "+ 2" is also a step).
+
+    Real teachers' errors are partly systematic (a misreading, a wrong method they
+    apply with some probability), and those are what verification protects a
+    student from: a student imitating unverified samples learns the teacher's
+    misconception at the teacher's rate, while random slips (the only errors of a
+    teacher trained on clean solutions) mostly wash out (README, "Demo results")."""
+    fraction = _misconception(config)
+    pick = np.random.default_rng([config.seed, 11]).random(len(problems)) < fraction
+    worked = []
+    for p, flawed in zip(problems, pick):
+        misread = arithmetic.misread_doubles(p) if flawed else p
+        worked.append(p if misread.solution in unseen else misread)
+    return worked
+
+
+def _misconception(config) -> float:
+    fraction = config.data.get("teacher_misconception", 0.0)
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"config.data.teacher_misconception: {fraction} is not a fraction "
+                         "in [0, 1]")
+    return fraction
 
 
 def _tokenizer(config, out: str) -> str:
@@ -354,6 +385,7 @@ def run(config) -> dict[str, Any]:
                          "-filter, -train and -evaluate, take bucket paths)")
     _check_arms(config)
     _task(config)                       # a bad task section fails here, before any stage
+    _misconception(config)
     out = os.path.abspath(config.output_dir)
     seeds = list(config.get("seeds") or ())
     if not seeds:
@@ -478,6 +510,9 @@ def _run_seed(config, out: str) -> dict[str, Any]:
                               for name in ("base", "base_small", "base_large")
                               if os.path.exists(os.path.join(out, name, "metrics.jsonl"))}
     results.update(report.uncertainty(out, list(evals), config.seed))
+    results["misread_in_training_data"] = {
+        "unfiltered": report.misread_in_data(unfiltered),
+        "filtered": report.misread_in_data(os.path.join(curated, "curated.jsonl"))}
     if "on_policy" in arms:
         workdir = os.path.join(out, "students", "on_policy")
         results["on_policy"] = {

@@ -77,8 +77,9 @@ def uncertainty(out: str, names: list[str], seed: int) -> dict[str, Any]:
     vectors = {name: [r[p] for p in problems] for name, r in rates.items()}
     intervals = {name: statistics.pass_at_1_interval(v, seed=seed).as_dict()
                  for name, v in vectors.items()}
-    steps = {p.id: arithmetic.num_steps(p.problem)
-             for p in load_prompts(os.path.join(out, "data", "test_prompts.jsonl"), "jsonl")}
+    questions = {p.id: p.problem
+                 for p in load_prompts(os.path.join(out, "data", "test_prompts.jsonl"), "jsonl")}
+    steps = {i: arithmetic.num_steps(q) for i, q in questions.items()}
     buckets = sorted({steps[p] for p in problems})
     by_difficulty = {
         name: {str(k): {"problems": sum(steps[p] == k for p in problems),
@@ -91,12 +92,39 @@ def uncertainty(out: str, names: list[str], seed: int) -> dict[str, Any]:
             comparisons.append({"claim": claim, "a": a, "b": b, **diff.as_dict(),
                                 "shown": diff.low > 0.0, "verdict": verdict(diff.as_dict())})
     result = {"intervals": intervals, "comparisons": comparisons,
-              "by_difficulty": by_difficulty}
+              "by_difficulty": by_difficulty,
+              "misread_doubles": {name: misread_rate(out, name, questions) for name in names}}
     if all(arm in vectors for arm in ("filtered_small", "filtered_large")):
         result["capacity"] = _capacity(rates, problems, steps, buckets, seed)
     if "teacher" in rates:
         result["frontier"] = _frontier(rates, problems, seed)
     return result
+
+
+def misread_rate(out: str, name: str, questions: Mapping[str, str]) -> dict[str, Any]:
+    """How often a model's test samples wrote a doubling as "+ 2", the misconception
+    in the teacher's corpus (`arithmetic.misread_doubles`): the mechanism behind
+    "verification matters" made visible, a student inheriting it or not."""
+    with open(os.path.join(out, "eval", name, "per_problem.jsonl")) as f:
+        return _misread_total(arithmetic.misread_count(questions[row["prompt_id"]], text)
+                              for row in map(json.loads, f) for text in row["texts"])
+
+
+def misread_in_data(path: str) -> dict[str, Any]:
+    """The same count over a training JSONL (prompt: the question, then the
+    instruction on its own line; response: the worked solution)."""
+    with open(path) as f:
+        return _misread_total(arithmetic.misread_count(row["prompt"].split("\n", 1)[0],
+                                                       row["response"])
+                              for row in map(json.loads, f))
+
+
+def _misread_total(counts) -> dict[str, Any]:
+    doublings = misread = 0
+    for d, m in counts:
+        doublings, misread = doublings + d, misread + m
+    return {"doublings": doublings, "misread": misread,
+            "rate": misread / doublings if doublings else 0.0}
 
 
 def _capacity(rates, problems, steps, buckets, seed) -> dict[str, Any]:
@@ -172,6 +200,7 @@ def format_results(results: dict[str, Any]) -> str:
             lines.append(f"| {c['claim']} ({c['a']} - {c['b']}) | {c['estimate']:+.3f} | "
                          f"[{c['low']:+.3f}, {c['high']:+.3f}] | {verdict(c)} |")
     lines += _difficulty_table(results.get("by_difficulty", {}))
+    lines += _misread_lines(results)
     lines += _capacity_table(results.get("capacity"))
     lines += _frontier_table(results.get("frontier"))
     op = results.get("on_policy")
@@ -182,6 +211,23 @@ def format_results(results: dict[str, Any]) -> str:
                       f"to the teacher {kl[0][1]:.4f} at step {kl[0][0]} -> {kl[-1][1]:.4f} "
                       f"at step {kl[-1][0]}."]
     return "\n".join(lines)
+
+
+def _misread_lines(results: Mapping[str, Any]) -> list[str]:
+    """The misconception's rate: in the teacher's samples (the unfiltered data), in
+    the filtered data, and in each model's test samples."""
+    misread = {n: m for n, m in results.get("misread_doubles", {}).items() if m["doublings"]}
+    data = results.get("misread_in_training_data")
+    if not misread and not data:
+        return []
+    lines = ["", "Doublings written as \"+ 2\" (the teacher's corpus's misconception):"]
+    if data:
+        lines.append("training data: " + ", ".join(
+            f"{n} {m['rate']:.3f} ({m['misread']} of {m['doublings']})" for n, m in data.items()))
+    if misread:
+        lines.append("test samples: " + ", ".join(
+            f"{n} {misread[n]['rate']:.3f}" for n in _ordered(misread)))
+    return lines
 
 
 def _difficulty_table(by_difficulty: Mapping[str, Any],

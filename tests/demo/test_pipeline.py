@@ -119,3 +119,61 @@ def test_arms_that_cannot_run_are_refused_before_any_stage(tmp_path):
     with pytest.raises(ValueError, match="gs://bucket/demo is a bucket path; the demo pipeline "
                                          "writes to a local directory"):
         pipeline.run(config)
+
+
+def test_the_misconception_reads_doubles_as_plus_two_and_keeps_each_line_right():
+    from distill_jax.demo import arithmetic
+    task = arithmetic.Task.from_config(demo_cpu.get_config().task)
+    changed = 0
+    for k in range(200):
+        p = arithmetic.make_problem(0, k, task=task)
+        flawed = arithmetic.misread_doubles(p)
+        assert flawed.question == p.question and flawed.answer == p.answer
+        if "doubles" not in p.question:
+            assert flawed == p
+            continue
+        lines = flawed.solution.splitlines()
+        assert len(lines) == len(p.solution.splitlines()) and "*" not in flawed.solution
+        value = int(lines[0][len("Start: "):-1])
+        for true_line, line in zip(p.solution.splitlines()[1:-1], lines[1:-1]):
+            a, op, b, _, c = line.rstrip(".").split(" ")
+            assert int(a) == value and int(c) == (int(a) + int(b) if op == "+" else int(a) - int(b))
+            assert (op, b) == (("+", "2") if " * " in true_line else tuple(true_line.split(" ")[1:3]))
+            value = int(c)
+        assert lines[-1] == f"The answer is \\boxed{{{value}}}."
+        changed += value != p.answer
+    assert changed > 50                       # the answer betrays it (unless x = 2 throughout)
+
+
+def test_a_fraction_of_the_teachers_solutions_with_a_doubling_carry_the_misconception(tmp_path):
+    config = demo_cpu.get_config()
+    config.data.update(teacher_problems=2000, train_prompts=10, test_problems=10)
+    paths = pipeline._prepare_data(config, str(tmp_path))
+    rows = [json.loads(line) for line in open(paths["teacher_sft"])]
+    doubling = [r for r in rows if "doubles" in r["prompt"]]
+    flawed = [r for r in doubling if " * 2 = " not in r["response"]]
+    assert len(doubling) > 1000
+    assert abs(len(flawed) / len(doubling) - config.data.teacher_misconception) < 0.03
+    assert all(" * " not in r["response"] for r in rows if "doubles" not in r["prompt"])
+    # The report counts it by position: every doubling of a flawed solution, no other
+    # "+ 2" step ("gets 2 more").
+    from distill_jax.demo import report
+    counted = report.misread_in_data(paths["teacher_sft"])
+    assert counted["misread"] == sum(r["prompt"].count(" doubles ") for r in flawed)
+    assert counted["doublings"] == sum(r["prompt"].count(" doubles ") for r in rows)
+    # The students' own data is the gold answers and the prompts the teacher answers.
+    assert "Start:" not in open(paths["answer_only"]).read()
+    config.data.teacher_misconception = 0.0
+    clean = pipeline._prepare_data(config, str(tmp_path / "clean"))
+    assert not [r for r in map(json.loads, open(clean["teacher_sft"]))
+                if "doubles" in r["prompt"] and " * 2 = " not in r["response"]]
+
+
+def test_a_misconception_outside_0_1_is_refused_before_any_stage(tmp_path):
+    config = demo_cpu.get_config()
+    config.output_dir = str(tmp_path / "demo")
+    config.data.teacher_misconception = 1.5
+    with pytest.raises(ValueError, match=r"config.data.teacher_misconception: 1.5 is not a "
+                                         r"fraction in \[0, 1\]"):
+        pipeline.run(config)
+    assert not os.path.exists(tmp_path / "demo")

@@ -25,9 +25,14 @@ def _write_outputs(out, seed, rates_by_model, problems):
         d = os.path.join(out, "eval", name)
         os.makedirs(d, exist_ok=True)
         with open(os.path.join(d, "per_problem.jsonl"), "w") as f:
-            for k, r in enumerate(rates):
+            for k, (r, p) in enumerate(zip(rates, problems)):
+                # The correct samples work the problem right, the others with the
+                # misconception (doubling read as "+ 2").
+                correct = int(round(4 * r))
+                texts = [p.solution] * correct + [arithmetic.misread_doubles(p).solution] * (
+                    4 - correct)
                 f.write(json.dumps({"prompt_id": f"test-{k}", "samples": 4,
-                                    "correct": int(round(4 * r))}) + "\n")
+                                    "correct": correct, "texts": texts}) + "\n")
     return report.uncertainty(out, list(rates_by_model), seed)
 
 
@@ -84,7 +89,18 @@ def test_one_seed_reports_claims_capacity_and_frontier(tmp_path):
     f = frontier["arms"]["filtered"]
     assert f["on_never_solved"]["estimate"] == 0.0 and f["shown"]
     assert f["on_solved"] == pytest.approx(rates["filtered"][steps < 5].mean())
+    # The misconception's rate in each model's samples: its wrong samples misread
+    # every doubling they reach, its right ones none.
+    problems = arithmetic.make_split(0, 0, 300, TASK)
+    doublings = np.array([p.question.count(" doubles ") for p in problems])
+    for name, r in rates.items():
+        wrong = 4 - np.round(4 * r)
+        misread = results["misread_doubles"][name]
+        assert misread["doublings"] == 4 * doublings.sum()
+        assert misread["rate"] == pytest.approx((wrong * doublings).sum() / (4 * doublings.sum()))
+    assert results["misread_doubles"]["answer_only"]["rate"] == 1.0
     table = report.format_results(results)
+    assert "test samples: teacher 0." in table and "answer_only 1.000" in table
     assert "| filtered_small | 1200 |" in table
     assert "Knowledge frontier" in table and "| 5 |" in table
 

@@ -1,18 +1,18 @@
 """The demo study: every arm of the demo pipeline under three seeds.
 
-  distill-pipeline --config=configs/demo_study.py       # ~60 min on 2 CPU cores
+  distill-pipeline --config=configs/demo_study.py       # ~2.4 h on 2 CPU cores
 
 Each seed re-runs every stage (the task's problems and splits, the tokenizer,
 the teacher, its samples, every student, the evaluation) under
 `output_dir/seed-<s>`; study.{json,md,png} put the seeds side by side: pass@1
 per model with 95% intervals, each claim's paired interval per seed and whether
 it holds in every seed, accuracy by difficulty, the capacity gap and the
-knowledge frontier. The committed copy is under docs/demo_study/.
+knowledge frontier. Two of its seeds are committed under docs/demo_study/.
 
-Same sizes as `make demo` (configs/demo_cpu.py), plus the arms that make the
-remaining claims: kd_offline and on_policy (soft targets), filtered_scratch
-(base matters), filtered_small and filtered_large (capacity gap, each from a
-base of its own size).
+Same sizes as `make demo` (configs/demo_cpu.py), every student from random init
+as there, plus the arms that make the remaining claims: kd_offline and on_policy
+(soft targets), filtered_base (base matters: filtered SFT from a base pre-trained
+on worked arithmetic), filtered_small and filtered_large (capacity gap).
 """
 from distill_jax.demo import pipeline
 from distill_jax.demo.config import demo_config

@@ -7,9 +7,8 @@
   3. generate   n teacher samples per training prompt (distill-generate, with the
                 teacher's top-k logprobs for offline KD);
   4. filter     verification + quality filters (distill-filter), the tfds dataset;
-  5. students   same size, same init (random, or with config.base a base
-                pre-trained on worked arithmetic of another distribution, as R1's
-                students were pre-trained models), one per arm:
+  5. students   one per arm, each the student's shape from the same random init
+                unless the arm says otherwise:
                   answer_only   SFT on the gold answer alone (no reasoning)
                   unfiltered    SFT on every teacher sample
                   filtered      SFT on the rejection-filtered samples (R1)
@@ -18,10 +17,11 @@
                   on_policy     the filtered student, then on-policy distillation: it
                                 samples the training prompts and the teacher scores
                                 every token (reverse KL), for a fixed number of steps
-                  filtered_scratch  filtered SFT from random init instead of the base
+                  filtered_base filtered SFT from a base pre-trained on worked
+                                arithmetic of another distribution (config.base),
+                                as R1's students were pre-trained models
                   filtered_small, filtered_large
-                                filtered SFT of a smaller and a larger student, each
-                                from its own base
+                                filtered SFT of a smaller and a larger student
   6. evaluate   every student and the teacher on the held-out test split
                 (k samples, pass@1 averaged over k);
   7. report     results.json, a table, and results.png (demo/report.py: pass@1
@@ -61,9 +61,9 @@ from distill_jax.training.config import base_config as train_defaults
 from distill_jax.training.run import train
 
 ARMS = ("answer_only", "unfiltered", "filtered", "kd_online", "kd_offline", "on_policy",
-        "filtered_scratch", "filtered_small", "filtered_large")
+        "filtered_base", "filtered_small", "filtered_large")
 # Arms that train on the filtered traces and so cannot run without them.
-_NEED_FILTERED = ("filtered", "kd_online", "kd_offline", "on_policy", "filtered_scratch",
+_NEED_FILTERED = ("filtered", "kd_online", "kd_offline", "on_policy", "filtered_base",
                   "filtered_small", "filtered_large")
 # The prompt of the base's pre-training rows (`_base_corpus`).
 BASE_PROMPT = "Worked arithmetic."
@@ -421,9 +421,9 @@ def _check_arms(config) -> None:
     if "on_policy" in config.arms and "filtered" not in config.arms:
         raise ValueError("config.arms: the on_policy arm starts from the filtered arm's "
                          "student: keep 'filtered' in config.arms")
-    if "filtered_scratch" in config.arms and config.base.train.num_steps <= 0:
-        raise ValueError("config.arms: filtered_scratch is filtered without the base, but "
-                         "config.base.train.num_steps is 0 (no base): drop the arm")
+    if "filtered_base" in config.arms and config.base.train.num_steps <= 0:
+        raise ValueError("config.arms: filtered_base starts from the base, but "
+                         "config.base.train.num_steps is 0 (no base): set it or drop the arm")
     sizes = config.get("student_sizes", {})
     for arm, size in (("filtered_small", "small"), ("filtered_large", "large")):
         if arm in config.arms and size not in sizes:
@@ -479,10 +479,8 @@ def _run_seed(config, out: str) -> dict[str, Any]:
             continue
         section = _student_section(config, arm)
         base = None
-        # Every student but filtered_scratch starts from its base, if there is one.
-        if arm != "filtered_scratch" and config.base.train.num_steps > 0:
-            name = "base" + {"filtered_small": "_small", "filtered_large": "_large"}.get(arm, "")
-            base = stage(name, _train_model, config, os.path.join(out, name),
+        if arm == "filtered_base":
+            base = stage("base", _train_model, config, os.path.join(out, "base"),
                          _base_corpus(config, out), tokenizer, _base_section(config, section))
         exports[arm] = stage(f"student:{arm}", _train_model, config, workdir,
                              data.get(arm, filtered), tokenizer, section, kd.get(arm), base)
@@ -506,9 +504,8 @@ def _run_seed(config, out: str) -> dict[str, Any]:
                    if arm != "on_policy"},
         "stage_seconds": timings, "total_seconds": round(time.monotonic() - start, 1),
     }
-    results["base_curves"] = {name: report.curve(os.path.join(out, name))
-                              for name in ("base", "base_small", "base_large")
-                              if os.path.exists(os.path.join(out, name, "metrics.jsonl"))}
+    if "filtered_base" in arms:
+        results["base_curve"] = report.curve(os.path.join(out, "base"))
     results.update(report.uncertainty(out, list(evals), config.seed))
     results["misread_in_training_data"] = {
         "unfiltered": report.misread_in_data(unfiltered),

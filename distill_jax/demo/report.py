@@ -24,18 +24,18 @@ from distill_jax.evaluation import statistics
 COMPARISONS = (
     ("verification matters: filtered beats unfiltered", "filtered", "unfiltered"),
     ("traces beat answers: filtered beats answer-only", "filtered", "answer_only"),
-    ("base matters: the pre-trained base beats random init", "filtered", "filtered_scratch"),
+    ("base matters: the pre-trained base beats random init", "filtered_base", "filtered"),
     ("capacity gap: the larger student beats the smaller", "filtered_large", "filtered_small"),
     ("online KD on top of filtered SFT", "kd_online", "filtered"),
     ("offline top-k KD on top of filtered SFT", "kd_offline", "filtered"),
     ("on-policy distillation after filtered SFT", "on_policy", "filtered"))
 # The arms trained on the teacher's traces: the knowledge frontier is measured on them.
 TRACE_ARMS = ("unfiltered", "filtered", "kd_online", "kd_offline", "on_policy",
-              "filtered_scratch", "filtered_small", "filtered_large")
+              "filtered_base", "filtered_small", "filtered_large")
 CAPACITY = ("filtered_small", "filtered", "filtered_large")
 # One colour per model in every panel (matplotlib's 10 tab colours, in this order).
 _MODELS = ("teacher", "answer_only", "unfiltered", "filtered", "kd_online", "kd_offline",
-           "on_policy", "filtered_scratch", "filtered_small", "filtered_large")
+           "on_policy", "filtered_base", "filtered_small", "filtered_large")
 
 
 def _color(name: str) -> str | None:

@@ -71,7 +71,7 @@ def test_one_seed_reports_claims_capacity_and_frontier(tmp_path):
     assert same["verdict"] == "not shown at this size"
     # A difference the other way round is reported as such, never as shown.
     assert report.verdict({"low": -0.2, "high": -0.1}) == "reversed: b beats a"
-    assert ("filtered", "filtered_scratch") not in claims      # that arm was not run
+    assert ("filtered_base", "filtered") not in claims         # that arm was not run
     # Capacity: large - small is 0 on the 2- and 3-step buckets, positive on 4 and 5.
     capacity = results["capacity"]
     assert set(capacity) == {"2", "3", "4", "5"}
@@ -194,8 +194,9 @@ def test_bad_task_sizes_and_missing_student_sizes_are_refused_before_any_stage(t
         pipeline.run(config)
     config = demo_config()
     config.output_dir = str(tmp_path / "demo")
-    config.arms = ("filtered", "filtered_scratch")          # make demo's config has no base
-    with pytest.raises(ValueError, match="filtered_scratch is filtered without the base"):
+    config.arms = ("filtered", "filtered_base")             # make demo's config has no base
+    with pytest.raises(ValueError, match="filtered_base starts from the base, but "
+                                         "config.base.train.num_steps is 0"):
         pipeline.run(config)
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['steps'\]"):
         arithmetic.Task.from_config({"steps": 3})

@@ -18,7 +18,6 @@ config.quick = True
 q = config.quick_settings
 q.output_dir = sys.argv[1]
 q.arms = ("answer_only", "filtered")
-q.base.train.num_steps = 0
 q.data.update(teacher_problems=200, train_prompts=12, test_problems=8)
 q.teacher.num_steps = 12
 # The student has the teacher's shape: its training and evaluation load the programs

@@ -7,8 +7,9 @@ A teacher is trained on synthetic multi-step arithmetic with worked solutions
 (40% of those with a doubling misread it as "+ 2"), writes a sample per training
 prompt, the samples are filtered, and students of one size and one init are
 trained under the core arms (answer-only, unfiltered, filtered, filtered +
-online KD), then everyone is evaluated on a held-out split with 95% intervals. The values live in distill_jax/demo/config.py; every arm
-and three seeds: configs/demo_study.py. See distill_jax/demo/pipeline.py.
+online KD), then everyone is evaluated on a held-out split with 95% intervals.
+The values live in distill_jax/demo/config.py; every arm and three seeds:
+configs/demo_study.py. See distill_jax/demo/pipeline.py.
 """
 from distill_jax.demo.config import demo_config
 

@@ -13,7 +13,16 @@ def demo_config():
     c.seed = 0
     c.quick = False
     c.tokenizer_vocab_size = 512
-    c.seq_len = 192
+    # Rows of 224 tokens, packed first-fit from 56 open bins: an example is ~100 tokens,
+    # so 2-3 share a row and 90% of the positions are real tokens (measured). At 192
+    # most rows held one example and a third of every step was padding.
+    c.seq_len = 224
+    c.packing_bins = 56
+    # The user turn is the problem alone: R1's "Please reason step by step, and put
+    # your final answer within \boxed{}." is 17 of the ~112 tokens of an example and
+    # says nothing in a one-task demo, so it is dropped everywhere (the teacher's data,
+    # generation, evaluation, on-policy); data.prompts.R1_MATH_SUFFIX restores it.
+    c.prompt_suffix = ""
     # The core arms; configs/demo_study.py runs every arm (pipeline.ARMS) under 3 seeds.
     c.arms = ("answer_only", "unfiltered", "filtered", "kd_online")
     c.seeds = ()                       # a study: the whole pipeline once per seed
@@ -29,28 +38,32 @@ def demo_config():
     c.data.teacher_problems = 4000     # worked solutions the teacher learns from
     c.data.train_prompts = 4000        # prompts the teacher answers for the students
     c.data.test_problems = 400         # held-out evaluation split
-    # 40% of the teacher's worked solutions with a doubling read "doubles" as "+ 2"
-    # (pipeline._with_misconception): a systematic error, which the teacher then
-    # makes in about that share of its doublings, and which verification removes
-    # (except where both readings agree, at 2). Real teachers' errors are partly
-    # systematic like this. With clean solutions the teacher's only errors are random
-    # slips, which a student averages away, and filtering did not beat unfiltered; at
-    # 0.2 the teacher learned the misconception at 0.115 and at temperature 0.6 it
-    # all but vanished (0.011) (README, "Demo results").
-    c.data.teacher_misconception = 0.4
+    # 35% of the teacher's worked solutions with a doubling read "doubles" as "+ 2"
+    # (pipeline._with_misconception): a systematic error, which the teacher's samples
+    # then carry (in ~28% of their doublings at temperature 1), and which verification
+    # removes (except where both readings agree, at 2). Real teachers' errors are
+    # partly systematic like this. With clean solutions the teacher's only errors are
+    # random slips, which a student averages away, and filtering did not beat
+    # unfiltered; at 0.2 the teacher learned the misconception at 0.115 and at
+    # temperature 0.6 it all but vanished (0.011); at 0.4 the teacher stayed under
+    # 0.6 pass@1 (README, "Demo results").
+    c.data.teacher_misconception = 0.35
 
     c.teacher = ml_collections.ConfigDict(dict(
         preset="tiny-llama", hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
-        num_kv_heads=2, head_dim=32, init_seed=1, batch_size=16, num_steps=900,
+        num_kv_heads=2, head_dim=32, init_seed=1, batch_size=14, num_steps=600,
         learning_rate=3e-3, warmup_steps=30))
+    # The teacher: 600 steps of 14 packed rows, ~28 worked solutions a step (~4 epochs).
     # The student has the teacher's shape (another init) and fewer, mostly other
     # problems. Smaller or shorter-trained students stayed near answer-only accuracy:
     # 96 wide x 3 layers reached 0.14-0.16 pass@1 after 400 steps, this shape 0.49
-    # after 450 with a clean teacher (README, "Demo results"). Every arm but
+    # after 450 with a clean teacher (README, "Demo results"). Steps count more than
+    # rows per step: on the same filtered samples (seed 0) 300 steps of 14 rows gave
+    # 0.225, 420 steps of 10 rows (the same compute) 0.328. Every arm but
     # filtered_base starts from random init.
     c.student = ml_collections.ConfigDict(dict(
         preset="tiny-llama", hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
-        num_kv_heads=2, head_dim=32, init_seed=2, batch_size=16, num_steps=450,
+        num_kv_heads=2, head_dim=32, init_seed=2, batch_size=10, num_steps=420,
         learning_rate=3e-3, warmup_steps=20))
     # filtered_small / filtered_large (the capacity gap): these sizes replace the student's.
     c.student_sizes = ml_collections.ConfigDict(dict(
@@ -84,6 +97,9 @@ def demo_config():
     # quick=True: the variant the tests run; these values replace the ones above.
     c.quick_settings = ml_collections.ConfigDict({
         "output_dir": "artifacts/demo_pipeline_quick",
+        # Shorter rows, so the tests' steps stay cheap: the longest example is ~140
+        # tokens, and the longest prompt (65) plus on-policy's 96 new tokens fits.
+        "seq_len": 176,
         # A clean teacher corpus: the 60-step teacher is near chance, and the few
         # samples that pass the filters should not get fewer.
         "data": {"teacher_problems": 600, "train_prompts": 40, "test_problems": 20,

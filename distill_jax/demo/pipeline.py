@@ -46,7 +46,7 @@ import numpy as np
 
 from distill_jax import models, storage
 from distill_jax.chat import ChatFormat
-from distill_jax.data.prompts import R1_MATH_SUFFIX, load_prompts
+from distill_jax.data.prompts import Prompt, load_prompts
 from distill_jax.demo import arithmetic, report
 from distill_jax.evaluation.runner import sample_and_score, summarize
 from distill_jax.fileio import write_json_atomic, write_text_atomic
@@ -84,6 +84,14 @@ def _write_jsonl(path: str, rows: list[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _user_message(config, question: str) -> str:
+    """A problem's user turn, rendered as the stages render a prompt with
+    `config.prompt_suffix` (generation, evaluation and on-policy take the same
+    suffix), so the teacher learns on exactly what it is later prompted with."""
+    prompt = Prompt(id="", problem=question, kind="math", source="demo", reference={})
+    return prompt.user_message(config.prompt_suffix)
+
+
 def _task(config) -> arithmetic.Task:
     return arithmetic.Task.from_config(config.get("task", {}))
 
@@ -114,7 +122,7 @@ def _prepare_data(config, out: str) -> dict[str, str]:
     teacher = _with_misconception(config, teacher, unseen)
 
     def user(p):
-        return f"{p.question}\n{R1_MATH_SUFFIX}"
+        return _user_message(config, p.question)
     _write_jsonl(paths["teacher_sft"], [
         {"prompt": user(p), "response": _response(p), "prompt_id": f"teacher-{k}",
          "sample_index": 0} for k, p in enumerate(teacher)])
@@ -161,7 +169,7 @@ def _tokenizer(config, out: str) -> str:
     if _done(path):
         return path
     problems = arithmetic.make_split(config.seed, 0, 2000, _task(config), _test_solutions(config))
-    corpus = [f"{p.question}\n{R1_MATH_SUFFIX}\n{_response(p)}" for p in problems]
+    corpus = [f"{_user_message(config, p.question)}\n{_response(p)}" for p in problems]
     return train_sentencepiece(corpus, os.path.join(out, "tokenizer"),
                                vocab_size=config.tokenizer_vocab_size)
 
@@ -177,6 +185,7 @@ def _train_config(config, workdir: str, data_path: str, tokenizer: str, section,
     c.data.tokenizer_path = tokenizer
     c.data.chat_template = "chatml"
     c.data.seq_len = config.seq_len
+    c.data.num_packing_bins = config.packing_bins
     c.model.preset = section.preset
     c.model.dtype = c.model.param_dtype = "float32"
     c.model.init_seed = section.init_seed
@@ -234,6 +243,7 @@ def _on_policy(config, workdir, start, teacher, tokenizer, paths) -> str:
     c.kd.teacher.update(checkpoint=teacher, dtype="float32", param_dtype="float32")
     c.on_policy.prompts.path = paths["train_prompts"]
     c.on_policy.eval_prompts.path = paths["test_prompts"]
+    c.on_policy.prompts.suffix = c.on_policy.eval_prompts.suffix = config.prompt_suffix
     c.on_policy.eval_prompts.limit = oc.eval_prompts
     c.on_policy.eval_every = max(oc.num_steps // 4, 1)
     c.on_policy.update(n=oc.n, max_new_tokens=config.generate.max_new_tokens,
@@ -294,6 +304,7 @@ def _generate(config, out, teacher, tokenizer, prompts_path) -> str:
     g.prompts.path = prompts_path
     g.prompts.format = "jsonl"
     g.prompts.limit = 0
+    g.prompts.suffix = config.prompt_suffix
     g.prompts_per_shard = config.generate.prompts_per_shard
     g.num_slots = config.generate.num_slots
     g.tokenizer.path = tokenizer
@@ -363,7 +374,7 @@ def _evaluate(config, name, checkpoint, tokenizer_path, prompts_path, out) -> di
     sp = SamplingParams(n=ec.k, temperature=ec.temperature, top_p=ec.top_p,
                         max_new_tokens=ec.max_new_tokens, seed=config.seed,
                         stop_token_ids=fmt.stop_token_ids())
-    results = sample_and_score(sampler, fmt, prompts, sp)
+    results = sample_and_score(sampler, fmt, prompts, sp, suffix=config.prompt_suffix)
     summary = summarize(results, ks=(1, ec.k))
     write_results(os.path.dirname(path), results, summary)
     return summary

@@ -61,7 +61,8 @@ def test_notebook_runs_the_quick_pipeline_through_every_stage_and_arm(tmp_path, 
     # The students' prompts are the teacher's, as generation rendered them (the demo
     # drops R1's suffix everywhere): a gold-answer row and a teacher sample of the
     # same training prompt share their user turn word for word.
-    gold = {r["prompt_id"]: r["prompt"] for r in map(json.loads, open(out / "data/answer_only.jsonl"))}
+    gold = {r["prompt_id"]: r["prompt"]
+            for r in map(json.loads, open(out / "data/answer_only.jsonl"))}
     sampled = list(map(json.loads, open(out / "data/unfiltered.jsonl")))
     assert sampled and all(r["prompt"] == gold[r["prompt_id"]] for r in sampled)
     assert "step by step" not in sampled[0]["prompt"]

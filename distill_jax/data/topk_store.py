@@ -35,6 +35,7 @@ from __future__ import annotations
 import collections
 import io
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -165,13 +166,24 @@ class TopKReader:
     """Reads the rows a ref names, through a small cache of memory-mapped sidecars.
 
     A cached local file is reopened if it was replaced on disk (another inode or
-    mtime), so a long-lived reader never serves a stale mapping; a bucket sidecar is
-    copied to `downloads` once (see the module docstring).
+    mtime), so a long-lived reader never serves a stale mapping. One reader is shared
+    by grain's pool of map threads, so the cache is touched only under a lock (without
+    it, concurrent evictions raise KeyError); opening a file happens outside it.
     """
 
     def __init__(self, max_open: int = 32):
         self.max_open = max_open
         self._open: collections.OrderedDict[str, tuple] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def _cached(self, ids_path: str, stamp):
+        """The cached (ids, logprobs) of `ids_path` if opened with `stamp`, else None."""
+        with self._lock:
+            cached = self._open.get(ids_path)
+            if cached is None or cached[0] != stamp:
+                return None
+            self._open.move_to_end(ids_path)
+            return cached[1], cached[2]
 
     def _arrays(self, directory: str, stem: str, where: str):
         ids_path, lp_path = sidecar_paths(directory, stem)
@@ -183,20 +195,18 @@ class TopKReader:
         except FileNotFoundError:
             raise FileNotFoundError(f"top-k sidecar {ids_path} of {where} does not exist") \
                 from None
-        cached = self._open.get(ids_path)
-        if cached is not None and cached[0] == stamp:
-            self._open.move_to_end(ids_path)
-            return cached[1], cached[2], ids_path
+        cached = self._cached(ids_path, stamp)
+        if cached is not None:
+            return (*cached, ids_path)
         if not os.path.exists(lp_path):
             raise FileNotFoundError(f"top-k sidecar {lp_path} of {where} does not exist")
         return self._cache(ids_path, np.load(ids_path, mmap_mode="r", allow_pickle=False),
                            np.load(lp_path, mmap_mode="r", allow_pickle=False), stamp)
 
     def _remote_arrays(self, ids_path: str, lp_path: str, where: str):
-        cached = self._open.get(ids_path)
+        cached = self._cached(ids_path, None)
         if cached is not None:
-            self._open.move_to_end(ids_path)
-            return cached[1], cached[2], ids_path
+            return (*cached, ids_path)
         for path in (ids_path, lp_path):
             if not storage.exists(path):
                 raise FileNotFoundError(f"top-k sidecar {path} of {where} does not exist")
@@ -209,9 +219,11 @@ class TopKReader:
             raise ValueError(f"top-k sidecar {ids_path}: ids {ids.dtype}{list(ids.shape)} and "
                              f"logprobs {logprobs.dtype}{list(logprobs.shape)} do not form a "
                              "pair of [rows, K] arrays")
-        self._open[ids_path] = (stamp, ids, logprobs)
-        while len(self._open) > self.max_open:
-            self._open.popitem(last=False)
+        with self._lock:
+            self._open[ids_path] = (stamp, ids, logprobs)
+            self._open.move_to_end(ids_path)
+            while len(self._open) > self.max_open:
+                self._open.popitem(last=False)
         return ids, logprobs, ids_path
 
     def read(self, ref: dict[str, Any], base_dir: str, where: str = "a record"

@@ -176,3 +176,27 @@ def test_curated_tfds_from_sidecar_refs_reads_back_the_same_arrays(tmp_path):
                                           reader.read(ref, str(tmp_path))[1])
     assert rows["d"]["top_k_ids"].shape == (0, 0)
     assert "tensorflow" not in sys.modules
+
+
+def test_one_reader_shared_by_threads_past_its_cache_size(tmp_path):
+    """Grain maps records on a pool of threads that share the pipeline's one reader;
+    with more sidecars than it keeps open, its evictions ran concurrently and an
+    800-sample study crashed with KeyError in the cache. Every read must stay exact."""
+    import concurrent.futures
+
+    refs = []
+    for s in range(6):
+        writer = TopKWriter(str(tmp_path), f"s{s}", k=2)
+        refs += [(writer.add([[s, j]] * 3, [[-1.0, -2.0]] * 3), s, j) for j in range(4)]
+        writer.commit()
+    reader = TopKReader(max_open=2)
+    order = np.random.default_rng(0).integers(0, len(refs), 6000)
+
+    def read(i):
+        ref, s, j = refs[i]
+        ids, _ = reader.read(ref, str(tmp_path))
+        return ids.tolist() == [[s, j]] * 3
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(read, order))
+    assert len(reader._open) <= 2

@@ -1,13 +1,13 @@
 """The demo study: every arm of the demo pipeline under three seeds.
 
-  distill-pipeline --config=configs/demo_study.py       # ~75 min on 2 CPU cores (projected)
+  distill-pipeline --config=configs/demo_study.py       # ~85 min on 2 CPU cores
 
 Each seed re-runs every stage (the task's problems and splits, the tokenizer,
 the teacher, its samples, every student, the evaluation) under
 `output_dir/seed-<s>`; study.{json,md,png} put the seeds side by side: pass@1
 per model with 95% intervals, each claim's paired interval per seed and whether
 it holds in every seed, accuracy by difficulty, the capacity gap and the
-knowledge frontier. Two of its seeds are committed under docs/demo_study/.
+knowledge frontier. Its three seeds are committed under docs/demo_study/.
 
 Same sizes as `make demo` (configs/demo_cpu.py), every student from random init
 as there, plus the arms that make the remaining claims: kd_offline and on_policy
@@ -23,7 +23,7 @@ def get_config():
     c.output_dir = "artifacts/demo_study"
     c.arms = pipeline.ARMS
     c.seeds = (0, 1, 2)
-    c.base.train.num_steps = 150       # every student from a pre-trained base
+    c.base.train.num_steps = 150       # the filtered_base arm's pre-trained base
     c.quick_settings.output_dir = "artifacts/demo_study_quick"
     c.quick_settings.seeds = (0, 1)
     return c

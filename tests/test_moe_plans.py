@@ -342,8 +342,8 @@ import memory_plan_vs_measured as bench
 from distill_jax.models import MoeConfig
 overrides = dict(model_type="qwen3_moe", qk_norm=True, remat_policy="full",
                  moe=MoeConfig(num_experts=8, experts_per_token=2, expert_intermediate_size=512))
-print(json.dumps({**bench.measure(overrides, 4, 256, 1),
-                  "planned": bench.estimate(overrides, 4, 256, 1)["planned"]}))
+print(json.dumps({**bench.measure(overrides, 2, 256, 1),
+                  "planned": bench.estimate(overrides, 2, 256, 1)["planned"]}))
 """
 
 

@@ -1,7 +1,7 @@
 """Multi-host runs: 2 local processes x 2 CPU devices (gloo collectives) against
 one process with 4 devices — generate, filter, train with a kill and a resume,
-evaluate; then generate, filter and evaluate again with their outputs in a bucket
-(the fake object store) instead of a shared directory.
+evaluate. The 2-host generate, filter and evaluate keep their outputs in a bucket
+(the fake object store); training's workdir is a shared local directory.
 
 Every stage is launched through its CLI with --coordinator_address /
 --num_processes / --process_id, the way a GPU cluster launches it.
@@ -122,16 +122,25 @@ def _losses(workdir):
 @pytest.mark.slow
 def test_two_hosts_equal_one_host_generate_filter_train_resume_evaluate(setup, shared_data,
                                                                       tmp_path, monkeypatch):
+    """Each stage runs once as one process with 4 devices (the reference, in a local
+    directory) and once as 2 hosts x 2 devices: generate, filter and evaluate with
+    their outputs in a bucket (fake_bucket.py: whole objects, no rename; generation
+    and the filter also read their inputs from it), training in a shared local
+    workdir (checkpoints and the export written by the hosts to local disk)."""
     root, sp = setup
     monkeypatch.setenv(fake_bucket.ROOT_ENV, str(tmp_path))     # the subprocesses' bucket
     one, two = root / "one", root / "two"
+    bucket = f"fakebucket://pod/{root.name}"
+
+    def bucket_files(path):
+        return {f: storage.read_bytes(f"{path}/{f}") for f in storage.walk_files(path)}
 
     # ---- distill-generate: disjoint shards per host, the same bytes as one host.
     _launch("generate", "generate_gsm8k.py", _generate_overrides(root, sp, shared_data,
                                                                   one / "traces"), 1, 4)
     gen = _launch("generate", "generate_gsm8k.py", _generate_overrides(root, sp, shared_data,
-                                                                        two / "traces"), 2, 2)
-    single, double = _files(one / "traces"), _files(two / "traces")
+                                                                        f"{bucket}/traces"), 2, 2)
+    single, double = _files(one / "traces"), bucket_files(f"{bucket}/traces")
     for k in range(5):
         assert single[shard_name(k, 5)] == double[shard_name(k, 5)], k
     assert json.loads(double["manifest.json"]) == json.loads(single["manifest.json"])
@@ -141,12 +150,18 @@ def test_two_hosts_equal_one_host_generate_filter_train_resume_evaluate(setup, s
     assert _reports(gen[0].stdout, "generate") and not _reports(gen[1].stdout, "generate")
 
     # ---- distill-filter: host CPU work, done once by process 0 while the other waits.
+    _launch("filter", "filter_default.py", {
+        "input.path": one / "traces", "output_dir": one / "curated",
+        "decontamination.data_dir": shared_data, "num_workers": 1}, 1, 4)
     filt = _launch("filter", "filter_default.py", {
-        "input.path": two / "traces", "output_dir": two / "curated",
+        "input.path": f"{bucket}/traces", "output_dir": f"{bucket}/curated",
         "decontamination.data_dir": shared_data, "num_workers": 1}, 2, 2)
-    report = json.loads((two / "curated" / "report.json").read_text())
+    assert storage.is_committed(f"{bucket}/curated")
+    report = json.loads(storage.read_text(f"{bucket}/curated/report.json"))
     assert report["input"]["samples"] == 2 * NUM_PROMPTS
     assert _reports(filt[0].stdout, "filter") and not _reports(filt[1].stdout, "filter")
+    assert storage.read_bytes(f"{bucket}/curated/curated.jsonl") == \
+        (one / "curated" / "curated.jsonl").read_bytes()
 
     # ---- distill-train: a kill after step 3 (checkpoint at 2), then a resume.
     _launch("train", "sft_tiny_cpu.py", _train_overrides(root, sp, one / "run"), 1, 4)
@@ -170,29 +185,9 @@ def test_two_hosts_equal_one_host_generate_filter_train_resume_evaluate(setup, s
     _launch("evaluate", "evaluate_gsm8k.py",
             _evaluate_overrides(shared_data, one / "run" / "export", one / "eval"), 1, 4)
     _launch("evaluate", "evaluate_gsm8k.py",
-            _evaluate_overrides(shared_data, one / "run" / "export", two / "eval"), 2, 2)
-    assert _files(two / "eval") == _files(one / "eval")
-    assert len((two / "eval" / "gsm8k" / "per_problem.jsonl").read_text().splitlines()) == 5
-
-    # ---- The two hosts again, sharing nothing but a bucket for their outputs
-    # (fake_bucket.py: whole objects, no rename; generation and the filter also read
-    # their inputs from it): the same bytes as the local runs above.
-    bucket = f"fakebucket://pod/{root.name}"
-    _launch("generate", "generate_gsm8k.py", _generate_overrides(root, sp, shared_data,
-                                                                  f"{bucket}/traces"), 2, 2)
-    for k in range(5):
-        assert storage.read_bytes(f"{bucket}/traces/{shard_name(k, 5)}") == single[
-            shard_name(k, 5)], k
-    _launch("filter", "filter_default.py", {
-        "input.path": f"{bucket}/traces", "output_dir": f"{bucket}/curated",
-        "decontamination.data_dir": shared_data, "num_workers": 1}, 2, 2)
-    assert storage.is_committed(f"{bucket}/curated")
-    assert storage.read_bytes(f"{bucket}/curated/curated.jsonl") == \
-        (two / "curated" / "curated.jsonl").read_bytes()
-    _launch("evaluate", "evaluate_gsm8k.py",
             _evaluate_overrides(shared_data, one / "run" / "export", f"{bucket}/eval"), 2, 2)
-    assert {f: storage.read_bytes(f"{bucket}/eval/{f}")
-            for f in storage.walk_files(f"{bucket}/eval")} == _files(one / "eval")
+    assert bucket_files(f"{bucket}/eval") == _files(one / "eval")
+    assert len((one / "eval" / "gsm8k" / "per_problem.jsonl").read_text().splitlines()) == 5
 
 
 def test_cluster_flags_are_checked():

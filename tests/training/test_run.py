@@ -1,6 +1,7 @@
 """distill-train end to end: overfitting + HF export, kill-and-resume, bad input, KD."""
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -75,28 +76,36 @@ def test_kill_and_resume_continues_bitwise(tmp_path, tokenizer_path):
     assert _losses(tmp_path / "resumed") == straight     # bitwise: same floats, same steps
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tokenizer_path):
+@pytest.fixture(scope="module")
+def nan_run(tmp_path_factory, tokenizer_path):
+    """A tiny-llama run whose loss goes nan after a few checkpointed steps: its error
+    and its config (the work directory keeps the good checkpoints)."""
+    tmp_path = tmp_path_factory.mktemp("nan")
     write_traces(tmp_path / "t.jsonl", 16)
     c = _config(tmp_path, tokenizer_path, tmp_path / "t.jsonl", **{
         "train.learning_rate": 1e30, "train.max_grad_norm": 0.0, "train.warmup_steps": 0,
         "train.checkpoint_every": 1, "train.num_steps": 8})
-    with pytest.raises(FloatingPointError, match=r"loss is nan at step (\d+).*last good "
-                                                  r"checkpoint is step (\d+)") as e:
+    with pytest.raises(FloatingPointError) as e:
         train(c)
-    import re
-    bad, good = map(int, re.search(r"step (\d+).*step (\d+)", str(e.value)).groups())
+    return c, e.value, tmp_path
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(nan_run):
+    c, error, _ = nan_run
+    assert re.search(r"loss is nan at step (\d+).*last good checkpoint is step (\d+)",
+                     str(error)), str(error)
+    bad, good = map(int, re.search(r"step (\d+).*step (\d+)", str(error)).groups())
     assert good == bad - 1
     steps = sorted(int(d) for d in os.listdir(os.path.join(c.workdir, "checkpoints"))
                    if d.isdigit())
     assert steps[-1] == good
 
 
-def test_checkpoint_of_another_model_is_refused(tmp_path, tokenizer_path):
-    write_traces(tmp_path / "t.jsonl", 8)
-    c = _config(tmp_path, tokenizer_path, tmp_path / "t.jsonl", **{"train.num_steps": 2})
-    train(c)
+def test_checkpoint_of_another_model_is_refused(nan_run, tokenizer_path):
+    # The nan run's work directory holds tiny-llama checkpoints (its good steps).
+    _, _, tmp_path = nan_run
     other = _config(tmp_path, tokenizer_path, tmp_path / "t.jsonl",
-                    **{"train.num_steps": 4, "model.preset": "tiny-qwen2"})
+                    **{"train.num_steps": 8, "model.preset": "tiny-qwen2"})
     with pytest.raises(ValueError, match="different model"):
         train(other)
 

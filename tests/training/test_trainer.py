@@ -58,10 +58,27 @@ def _run(mesh_shape, batches, microbatches=1):
     return losses, state
 
 
+@pytest.fixture(scope="module")
+def single_device_run():
+    """The single-device reference, stepped once for the module: 5 steps of a state
+    made from host params (numpy, as a checkpoint loads them). Returns the losses,
+    the params after 3 steps (on the host) and the trainer (its compiled steps)."""
+    tx, schedule = make_optimizer(OPT, 10)
+    trainer = Trainer(CFG, tx, schedule)
+    state = trainer.init_state(_initial_params())          # numpy arrays
+    losses, after_3 = [], None
+    for k, batch in enumerate(_batches(5)):
+        state, metrics = trainer.step(state, batch)
+        losses.append(float(metrics["loss"]))
+        if k == 2:
+            after_3 = jax.tree_util.tree_map(np.array, state.params)
+    return losses, after_3, trainer
+
+
 @pytest.mark.slow
-def test_losses_on_meshes_equal_single_device():
+def test_losses_on_meshes_equal_single_device(single_device_run):
     batches = _batches(5)
-    reference, _ = _run(None, batches)
+    reference, _, _ = single_device_run
     assert reference[-1] < reference[0] or len(set(reference)) > 1
     for shape in [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]:
         losses, state = _run(shape, batches)
@@ -72,14 +89,15 @@ def test_losses_on_meshes_equal_single_device():
             assert len(kernel.sharding.device_set) == 8 and not kernel.sharding.is_fully_replicated
 
 
-def test_gradient_accumulation_equals_one_big_batch():
+def test_gradient_accumulation_equals_one_big_batch(single_device_run):
     """4 microbatches of 2 rows vs one batch of 8: same loss and update (fp32, atol 1e-6)."""
-    batches = _batches(3)
-    full, state_full = _run(None, batches, microbatches=1)
+    batches = _batches(3)            # the first 3 of the reference's 5 (same seed)
+    losses, params_full, _ = single_device_run
+    full = losses[:3]
     accum, state_accum = _run(None, batches, microbatches=4)
     np.testing.assert_allclose(accum, full, atol=1e-6, rtol=0)
     for a, b in zip(jax.tree_util.tree_leaves(state_accum.params),
-                    jax.tree_util.tree_leaves(state_full.params)):
+                    jax.tree_util.tree_leaves(params_full)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)
     # Normalization is per token of the whole batch: a mean of per-microbatch means
     # would differ here, because microbatches hold different numbers of target tokens.
@@ -151,13 +169,9 @@ def test_flops_per_token_count_the_active_weights(name):
         2 * (models.count_active_params(cfg) - not_matmul)
 
 
-def test_a_state_from_host_params_compiles_the_step_once():
+def test_a_state_from_host_params_compiles_the_step_once(single_device_run):
     """Params as a checkpoint loads them (host arrays, uncommitted) give a state
-    placed like the step's outputs: steps 1 and 2 run the same program."""
-    tx, schedule = make_optimizer(OPT, 10)
-    trainer = Trainer(CFG, tx, schedule)
-    state = trainer.init_state(_initial_params())          # numpy arrays
-    for batch in _batches(2):
-        state, _ = trainer.step(state, batch)
+    placed like the step's outputs: steps 1 to 5 run the same program."""
+    _, _, trainer = single_device_run       # its state came from numpy params
     (step,) = trainer._steps.values()
     assert step._cache_size() == 1

@@ -1,13 +1,15 @@
 """The demo study: every arm of the demo pipeline under three seeds.
 
-  distill-pipeline --config=configs/demo_study.py       # ~85 min on 2 CPU cores
+  distill-pipeline --config=configs/demo_study.py       # ~2.5 h on 2 CPU cores
 
 Each seed re-runs every stage (the task's problems and splits, the tokenizer,
 the teacher, its samples, every student, the evaluation) under
 `output_dir/seed-<s>`; study.{json,md,png} put the seeds side by side: pass@1
 per model with 95% intervals, each claim's paired interval per seed and whether
 it holds in every seed, accuracy by difficulty, the capacity gap and the
-knowledge frontier. Its three seeds are committed under docs/demo_study/.
+knowledge frontier. The core arms' three seeds at this config are committed under
+docs/demo_study/, every arm's at the previous one (students of 420 steps) under
+docs/demo_study/students_420/.
 
 Same sizes as `make demo` (configs/demo_cpu.py), every student from random init
 as there, plus the arms that make the remaining claims: kd_offline and on_policy

@@ -59,11 +59,16 @@ def demo_config():
     # 96 wide x 3 layers reached 0.14-0.16 pass@1 after 400 steps, this shape 0.49
     # after 450 with a clean teacher (README, "Demo results"). Steps count more than
     # rows per step: on the same filtered samples (seed 0) 300 steps of 14 rows gave
-    # 0.225, 420 steps of 10 rows (the same compute) 0.328. Every arm but
-    # filtered_base starts from random init.
+    # 0.225, 420 steps of 10 rows (the same compute) 0.328. And 420 steps were not
+    # enough: a student that short sits at the point where it either learns to
+    # compute the chain or stays at answer-only accuracy, and in one seed of three
+    # the filtered student stayed (0.134 pass@1, claims 1-2 failed). At 840 steps
+    # the same seed's filtered student reached its teacher (0.607 against 0.636).
+    # It costs time: 4.5-6 min a student here, `make demo` 23-28 min (README, "Time").
+    # Every arm but filtered_base starts from random init.
     c.student = ml_collections.ConfigDict(dict(
         preset="tiny-llama", hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
-        num_kv_heads=2, head_dim=32, init_seed=2, batch_size=10, num_steps=420,
+        num_kv_heads=2, head_dim=32, init_seed=2, batch_size=10, num_steps=840,
         learning_rate=3e-3, warmup_steps=20))
     # filtered_small / filtered_large (the capacity gap): these sizes replace the student's.
     c.student_sizes = ml_collections.ConfigDict(dict(

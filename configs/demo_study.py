@@ -7,9 +7,10 @@ the teacher, its samples, every student, the evaluation) under
 `output_dir/seed-<s>`; study.{json,md,png} put the seeds side by side: pass@1
 per model with 95% intervals, each claim's paired interval per seed and whether
 it holds in every seed, accuracy by difficulty, the capacity gap and the
-knowledge frontier. The core arms' three seeds at this config are committed under
-docs/demo_study/, every arm's at the previous one (students of 420 steps) under
-docs/demo_study/students_420/.
+knowledge frontier. Every arm's three seeds at this config are committed under
+docs/demo_study/ (README, "The study"), the previous config's (students of 420
+steps) under docs/demo_study/students_420/, and the core arms trained a second
+time under other float rounding under docs/demo_study/float_rounding/.
 
 Same sizes as `make demo` (configs/demo_cpu.py), every student from random init
 as there, plus the arms that make the remaining claims: kd_offline and on_policy

@@ -1,0 +1,122 @@
+"""CPU training step with and without huge pages for malloc'd memory (the Makefile's
+GLIBC_TUNABLES=glibc.malloc.hugetlb=1).
+
+XLA's CPU backend allocates a step's temporaries afresh on every call (180 MiB for
+the demo student's step); glibc serves allocations that large with mmap and unmaps
+them on free, so every step faults them back in, 4 KiB at a time, and the kernel
+zeroes each page. With `glibc.malloc.hugetlb=1` glibc asks for transparent huge pages
+on those mappings and the faults come 2 MiB at a time.
+
+The tunable is read when a process starts, so each variant runs in its own child
+process; the children alternate (plain, huge pages, plain, ...) so that a shared
+machine's drifts hit both. Each child times `--steps` steps of the demo student
+(128 wide x 4 layers, vocab 512, 10 packed rows of 224 tokens, Adam) and counts its
+page faults per step. Reports the median per variant and the ratio.
+
+  python benchmarks/cpu_malloc_huge_pages.py [--rounds 3] [--steps 40] [--write]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+TUNABLE = "glibc.malloc.hugetlb=1"
+
+
+def _child(steps: int) -> dict:
+    import jax
+    import ml_collections
+    import numpy as np
+
+    from distill_jax import models
+    from distill_jax.training.optimizer import make_optimizer
+    from distill_jax.training.trainer import Trainer
+
+    # The demo student (distill_jax/demo/config.py) and one of its packed batches.
+    cfg = models.get_config("tiny-llama").replace(
+        vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
+        num_kv_heads=2, head_dim=32, max_position_embeddings=512)
+    rows, length = 10, 224
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, cfg.vocab_size, (rows, length + 1)).astype(np.int32)
+    lengths = (100, 100, 24)                           # ~2-3 examples share a row
+    segments = np.concatenate([np.full(n, s + 1) for s, n in enumerate(lengths)])
+    positions = np.concatenate([np.arange(n) for n in lengths])
+    batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:],
+             "loss_mask": np.ones((rows, length), np.int32),
+             "segment_ids": np.tile(segments, (rows, 1)).astype(np.int32),
+             "positions": np.tile(positions, (rows, 1)).astype(np.int32)}
+    opt = ml_collections.ConfigDict(dict(learning_rate=1e-3, warmup_steps=0, final_lr_fraction=1.0,
+                                         weight_decay=0.0, b1=0.9, b2=0.95, eps=1e-8,
+                                         max_grad_norm=1.0))
+    tx, schedule = make_optimizer(opt, 1000)
+    trainer = Trainer(cfg, tx, schedule)
+    state = trainer.init_state(models.init_params(cfg, jax.random.key(0)))
+    for _ in range(3):                                 # compile, warm up
+        state, metrics = trainer.step(state, batch)
+    jax.block_until_ready(metrics["loss"])
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = trainer.step(state, batch)
+    jax.block_until_ready(metrics["loss"])
+    seconds = (time.perf_counter() - start) / steps
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
+    return {"ms_per_step": seconds * 1e3, "faults_per_step": faults,
+            "loss": float(metrics["loss"])}
+
+
+def _run_child(steps: int, huge_pages: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    if huge_pages:
+        env["GLIBC_TUNABLES"] = TUNABLE
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", str(steps)],
+                         env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3, help="child processes per variant")
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per child")
+    parser.add_argument("--write", action="store_true", help="append results to BENCHMARKS.md")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(_child(args.child)))
+        return
+    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+        thp = f.read().split("[")[1].split("]")[0]
+    print(f"transparent huge pages: {thp}")
+    runs = {"plain": [], "huge pages": []}
+    for _ in range(args.rounds):
+        for name in runs:
+            runs[name].append(_run_child(args.steps, name == "huge pages"))
+            print(f"  {name:10s} {runs[name][-1]}")
+    med = {name: {k: statistics.median(r[k] for r in rs) for k in ("ms_per_step", "faults_per_step")}
+           for name, rs in runs.items()}
+    # The same program on the same data: the allocator must not change a number.
+    same = runs["plain"][0]["loss"] == runs["huge pages"][0]["loss"]
+    ratio = med["plain"]["ms_per_step"] / med["huge pages"]["ms_per_step"]
+    for name, m in med.items():
+        print(f"{name:10s} {m['ms_per_step']:7.1f} ms/step, {m['faults_per_step']:8.0f} page faults/step")
+    print(f"ratio (plain / huge pages): {ratio:.2f}x; losses after the steps equal: {same}")
+    if args.write:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from common import append_row
+        append_row([f"demo student train step (0.9M, 10 x 224 packed), THP {thp}, "
+                    f"median of {args.rounds} processes x {args.steps} steps",
+                    f"{med['huge pages']['ms_per_step']:.1f} ms, "
+                    f"{med['huge pages']['faults_per_step']:,.0f} faults",
+                    f"{med['plain']['ms_per_step']:.1f} ms, {med['plain']['faults_per_step']:,.0f} faults",
+                    f"{ratio:.2f}x", "losses equal" if same else "LOSSES DIFFER"])
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,8 @@ it holds in every seed, accuracy by difficulty, the capacity gap and the
 knowledge frontier. Every arm's three seeds at this config are committed under
 docs/demo_study/ (README, "The study"), the previous config's (students of 420
 steps) under docs/demo_study/students_420/, and the core arms trained a second
-time under other float rounding under docs/demo_study/float_rounding/.
+time under other float rounding (one XLA thread) and rerun from scratch on an
+Intel CPU under docs/demo_study/float_rounding/.
 
 Same sizes as `make demo` (configs/demo_cpu.py), every student from random init
 as there, plus the arms that make the remaining claims: kd_offline and on_policy

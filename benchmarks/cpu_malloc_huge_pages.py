@@ -91,8 +91,11 @@ def main():
     if args.child:
         print(json.dumps(_child(args.child)))
         return
-    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-        thp = f.read().split("[")[1].split("]")[0]
+    try:      # Linux only; elsewhere the tunable is a no-op and both variants are plain
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            thp = f.read().split("[")[1].split("]")[0]
+    except OSError:
+        thp = "absent"
     print(f"transparent huge pages: {thp}")
     runs = {"plain": [], "huge pages": []}
     for _ in range(args.rounds):

@@ -35,17 +35,20 @@ def _child(steps: int) -> dict:
     import numpy as np
 
     from distill_jax import models
+    from distill_jax.demo import pipeline
+    from distill_jax.demo.config import demo_config
     from distill_jax.training.optimizer import make_optimizer
     from distill_jax.training.trainer import Trainer
 
-    # The demo student (distill_jax/demo/config.py) and one of its packed batches.
-    cfg = models.get_config("tiny-llama").replace(
-        vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
-        num_kv_heads=2, head_dim=32, max_position_embeddings=512)
-    rows, length = 10, 224
+    # `make demo`'s student, built from its config as the pipeline builds it (the vocab
+    # is its tokenizer's), and a batch of its shape: packed rows of ~100-token examples.
+    demo = demo_config()
+    cfg = models.get_config(demo.student.preset).replace(
+        vocab_size=demo.tokenizer_vocab_size, **pipeline._model_overrides(demo.student))
+    rows, length = demo.student.batch_size, demo.seq_len
     rng = np.random.default_rng(0)
     ids = rng.integers(0, cfg.vocab_size, (rows, length + 1)).astype(np.int32)
-    lengths = (100, 100, 24)                           # ~2-3 examples share a row
+    lengths = (100, 100, length - 200)                 # ~2-3 examples share a row
     segments = np.concatenate([np.full(n, s + 1) for s, n in enumerate(lengths)])
     positions = np.concatenate([np.arange(n) for n in lengths])
     batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:],

@@ -47,7 +47,7 @@ import numpy as np
 from distill_jax import models, storage
 from distill_jax.chat import ChatFormat
 from distill_jax.data.prompts import Prompt, load_prompts
-from distill_jax.demo import arithmetic, report
+from distill_jax.demo import arithmetic, jobs, report
 from distill_jax.evaluation.runner import sample_and_score, summarize
 from distill_jax.fileio import write_json_atomic, write_text_atomic
 from distill_jax.filters.config import default_config as filter_defaults
@@ -395,6 +395,7 @@ def run(config) -> dict[str, Any]:
                          "pipeline writes to a local directory (the stages, distill-generate, "
                          "-filter, -train and -evaluate, take bucket paths)")
     _check_arms(config)
+    jobs.resolve_workers(config.get("workers", -1), 1)
     _task(config)                       # a bad task section fails here, before any stage
     _misconception(config)
     out = os.path.abspath(config.output_dir)
@@ -481,25 +482,15 @@ def _run_seed(config, out: str) -> dict[str, Any]:
         skipped = {arm: "no teacher sample passed the filters" for arm in arms
                    if arm in _NEED_FILTERED}
         arms = [a for a in arms if a not in skipped]
-    exports = {}
-    for arm in arms:
-        workdir = os.path.join(out, "students", arm)
-        if arm == "on_policy":
-            exports[arm] = stage(f"student:{arm}", _on_policy, config, workdir,
-                                 exports["filtered"], teacher, tokenizer, paths)
-            continue
-        section = _student_section(config, arm)
-        base = None
-        if arm == "filtered_base":
-            base = stage("base", _train_model, config, os.path.join(out, "base"),
-                         _base_corpus(config, out), tokenizer, _base_section(config, section))
-        exports[arm] = stage(f"student:{arm}", _train_model, config, workdir,
-                             data.get(arm, filtered), tokenizer, section, kd.get(arm), base)
-    evals = {"teacher": stage("eval:teacher", _evaluate, config, "teacher", teacher, tokenizer,
-                              paths["test_prompts"], out)}
-    for arm in arms:
-        evals[arm] = stage(f"eval:{arm}", _evaluate, config, arm, exports[arm], tokenizer,
-                           paths["test_prompts"], out)
+    work = _arm_jobs(config, out, arms, data, kd, teacher, tokenizer, paths, filtered)
+    workers = jobs.resolve_workers(config.get("workers", -1), len(work))
+    start_jobs = time.monotonic()
+    print(f"pipeline: students and evaluations, {len(work)} jobs "
+          + (f"in {workers} worker processes" if workers else "in this process"), flush=True)
+    done, seconds = jobs.run_jobs(work, workers)
+    timings.update(seconds)
+    timings["students and evaluations"] = round(time.monotonic() - start_jobs, 1)
+    evals = {name: done[f"eval:{name}"] for name in ["teacher", *arms]}
     results = {
         "test_problems": config.data.test_problems, "samples_per_problem": config.evaluate.k,
         "seed": config.seed, "accuracy": {name: e["pass@1"] for name, e in evals.items()},
@@ -531,6 +522,72 @@ def _run_seed(config, out: str) -> dict[str, Any]:
             "train_reverse_kl": report.curve(workdir, "reverse_kl")}
     _publish(out, "results", results, report.format_results, report.plot_results)
     return results
+
+
+def _arm_jobs(config, out, arms, data, kd, teacher, tokenizer, paths,
+              filtered) -> list[jobs.Job]:
+    """The students (one per arm, and filtered_base's base) and the evaluations of the
+    teacher and of every student, as jobs (demo/jobs.py): each names the jobs it
+    waits on and writes its log in its own directory."""
+    def trained(workdir):
+        return _done(os.path.join(workdir, "summary.json"))
+
+    def export(workdir):
+        return os.path.join(workdir, "export")
+
+    work = []
+    for arm in arms:
+        workdir = os.path.join(out, "students", arm)
+        log = os.path.join(workdir, "log.txt")
+        if arm == "on_policy":
+            # The filtered student, trained further: sampling and the teacher in
+            # every step cost about three SFT steps each.
+            work.append(jobs.Job(
+                f"student:{arm}", _on_policy,
+                (config, workdir, export(os.path.join(out, "students", "filtered")), teacher,
+                 tokenizer, paths),
+                log, after=("student:filtered",), done=trained(workdir),
+                cost=3 * _training_cost(config.student, config.on_policy.num_steps,
+                                        config.on_policy.batch_size)))
+            continue
+        section = _student_section(config, arm)
+        start, after = None, ()
+        if arm == "filtered_base":
+            base_dir = os.path.join(out, "base")
+            base = _base_section(config, section)
+            work.append(jobs.Job(
+                "base", _train_model,
+                (config, base_dir, _base_corpus(config, out), tokenizer, base),
+                os.path.join(base_dir, "log.txt"), done=trained(base_dir),
+                cost=_training_cost(base, base.num_steps, base.batch_size)))
+            start, after = export(base_dir), ("base",)
+        # Online KD runs the teacher's forward pass in every step as well.
+        online = kd.get(arm, {}).get("mode") == "online"
+        work.append(jobs.Job(
+            f"student:{arm}", _train_model,
+            (config, workdir, data.get(arm, filtered), tokenizer, section, kd.get(arm), start),
+            log, after=after, done=trained(workdir),
+            cost=(1.3 if online else 1.0) * _training_cost(section, section.num_steps,
+                                                           section.batch_size)))
+    for name in ["teacher", *arms]:
+        checkpoint = teacher if name == "teacher" else export(os.path.join(out, "students",
+                                                                           name))
+        directory = os.path.join(out, "eval", name)
+        # Sampling the test split costs a small fraction of training a student: the
+        # evaluations start when a worker has no student left to train.
+        work.append(jobs.Job(
+            f"eval:{name}", _evaluate,
+            (config, name, checkpoint, tokenizer, paths["test_prompts"], out),
+            os.path.join(directory, "log.txt"),
+            after=() if name == "teacher" else (f"student:{name}",),
+            done=_done(os.path.join(directory, "summary.json")), cost=0.0))
+    return work
+
+
+def _training_cost(section, steps: int, rows: int) -> float:
+    """A training run's relative cost, for the order the jobs start in: its rows
+    times the model's per-token work (width squared times depth)."""
+    return float(steps * rows * section.hidden_size ** 2 * section.num_layers)
 
 
 def _base_section(config, student):

@@ -1,0 +1,217 @@
+"""The demo pipeline's independent jobs (the students, the base, the evaluations),
+run side by side in worker processes with one XLA thread each.
+
+Why processes: the demo's models are 128 wide, and XLA's CPU backend spends a
+step of one of them mostly on per-op overhead rather than on the matmuls (README,
+"Time"), so a second thread speeds a step up by far less than 2x. Two one-thread
+processes training two students side by side give 1.2-1.3x the throughput of one
+process training them one after another on both cores (measured on the AMD and the
+Intel VM, README "Time").
+
+Why one thread: a job's floating-point sums then do not depend on how many cores
+the machine has or how many workers run, so the students and their evaluations are
+the same whether `workers` is 2 or 16 (on one CPU type; another ISA rounds
+differently, README "Float rounding").
+
+A job whose output is already complete (a rerun, a resumed run) only reads it, so
+it runs in this process without starting a worker. Jobs start in order of the
+longest chain of work they head (`Job.cost` plus their dependents'), so a long
+student does not start last. Each job's output goes to its own log file; this
+process prints when a job starts and ends and, while jobs run, their latest
+progress line (steps/s, ETA) every `poll_s` seconds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any, Callable
+
+# One thread for XLA's CPU backend: its Eigen pool and its intra-op parallelism.
+ONE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One unit of the pipeline's work. `fn(*args)` must be a module-level function
+    (a worker imports it); `after`: jobs that must finish first; `cost`: a relative
+    estimate of its run time (only the order of jobs depends on it); `done`: its
+    output is complete, so running it only reads it."""
+    name: str
+    fn: Callable[..., Any]
+    args: tuple
+    log: str
+    after: tuple[str, ...] = ()
+    cost: float = 1.0
+    done: bool = False
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                       # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_workers(workers: int, jobs: int) -> int:
+    """`workers` from a config: -1 one per core this process may use; never more
+    than there are jobs; 0 (run every job in this process) stays 0."""
+    if workers < -1:
+        raise ValueError(f"config.workers: {workers}; use -1 (one per core), 0 (no worker "
+                         "processes) or a number of worker processes")
+    if workers == 0:
+        return 0
+    return max(1, min(available_cores() if workers == -1 else workers, jobs))
+
+
+def run_jobs(jobs: list[Job], workers: int, poll_s: float = 30.0,
+             echo: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, float]]:
+    """Runs `jobs` respecting `after`; returns ({name: fn's result}, {name: seconds}).
+
+    workers=0: every job in this process, in order, output not redirected (with this
+    process's XLA threads, so other float rounding than in a worker). Otherwise up to
+    `workers` spawned processes. A failed job fails the run, naming the job and its
+    log, after the jobs already running have finished (their outputs are complete and
+    a rerun reuses them)."""
+    _check(jobs)
+    results: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    priority = _priorities(jobs)
+    pending = sorted(jobs, key=lambda job: priority[job.name], reverse=True)
+    if workers == 0 or all(job.done for job in jobs):
+        for job in _topological(pending):
+            start = time.monotonic()
+            if not job.done:
+                echo(f"pipeline: {job.name} ...")
+            results[job.name] = job.fn(*job.args)
+            seconds[job.name] = round(time.monotonic() - start, 1)
+        return results, seconds
+    context = multiprocessing.get_context("spawn")
+    running: dict[Future, tuple[Job, float]] = {}
+    failure: tuple[Job, BaseException] | None = None
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                             initargs=(ONE_THREAD_XLA_FLAGS,)) as pool:
+        while (pending and failure is None) or running:
+            for job in [j for j in pending if all(a in results for a in j.after)]:
+                if failure is not None:
+                    break
+                if job.done:                         # only reads its output: no worker
+                    pending.remove(job)
+                    results[job.name], seconds[job.name] = job.fn(*job.args), 0.0
+                    continue
+                if len(running) >= workers:          # submit lazily: priorities hold
+                    break
+                pending.remove(job)
+                os.makedirs(os.path.dirname(job.log), exist_ok=True)
+                echo(f"pipeline: {job.name} ... (in a worker; log {job.log})")
+                running[pool.submit(_run_in_worker, job.fn, job.args, job.log)] = (
+                    job, time.monotonic())
+            if not running:
+                continue
+            finished, _ = wait(running, timeout=poll_s, return_when=FIRST_COMPLETED)
+            if not finished:
+                for job, start in running.values():
+                    echo(f"pipeline:   {job.name}: {_last_progress_line(job.log)}")
+                continue
+            for future in finished:
+                job, start = running.pop(future)
+                try:
+                    results[job.name] = future.result()
+                except BaseException as e:           # noqa: B902 - reported below
+                    failure = failure or (job, e)
+                    echo(f"pipeline: {job.name} FAILED ({type(e).__name__}: {e}); log "
+                         f"{job.log}" + ("; waiting for the jobs still running"
+                                         if running else ""))
+                    continue
+                seconds[job.name] = round(time.monotonic() - start, 1)
+                echo(f"pipeline: {job.name} done in {seconds[job.name]:.0f} s "
+                     f"({len(results)} of {len(jobs)} jobs)")
+    if failure is not None:
+        job, error = failure
+        raise RuntimeError(f"pipeline: job {job.name} failed: {type(error).__name__}: "
+                           f"{error} (its output: {job.log}); the jobs that finished are "
+                           "kept and a rerun reuses them") from error
+    return results, seconds
+
+
+def _check(jobs: list[Job]) -> None:
+    names = [job.name for job in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"jobs: duplicate names in {names}")
+    for job in jobs:
+        unknown = [a for a in job.after if a not in names]
+        if unknown:
+            raise ValueError(f"job {job.name}: runs after unknown job(s) {unknown}")
+    _topological(jobs)
+
+
+def _topological(jobs: list[Job]) -> list[Job]:
+    """`jobs` in their order, each moved after the jobs it needs; raises on a cycle."""
+    placed: list[Job] = []
+    names: set[str] = set()
+    rest = list(jobs)
+    while rest:
+        ready = next((j for j in rest if all(a in names for a in j.after)), None)
+        if ready is None:
+            raise ValueError(f"jobs: {[j.name for j in rest]} wait on each other")
+        rest.remove(ready)
+        placed.append(ready)
+        names.add(ready.name)
+    return placed
+
+
+def _priorities(jobs: list[Job]) -> dict[str, float]:
+    """Each job's cost plus the longest chain of jobs that wait on it, by name."""
+    waiting: dict[str, list[Job]] = {job.name: [] for job in jobs}
+    for job in jobs:
+        for name in job.after:
+            waiting[name].append(job)
+    chain: dict[str, float] = {}
+
+    def length(job: Job) -> float:
+        if job.name not in chain:
+            chain[job.name] = job.cost + max((length(j) for j in waiting[job.name]), default=0.0)
+        return chain[job.name]
+    return {job.name: length(job) for job in jobs}
+
+
+def _start_worker(xla_flags: str) -> None:
+    # Before anything in the worker makes an array: XLA reads its flags once, when
+    # its CPU client starts.
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {xla_flags}".strip()
+
+
+def _run_in_worker(fn: Callable[..., Any], args: tuple, log: str) -> Any:
+    """Runs one job in a worker with its stdout and stderr (Python's and the C
+    libraries') appended to `log`."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "a") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            return fn(*args)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _last_progress_line(log: str, tail_bytes: int = 4096) -> str:
+    """The latest progress line a job wrote (progress bars redraw with '\\r')."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(os.path.getsize(log) - tail_bytes, 0))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return "(no output yet)"
+    lines = [part.strip() for line in text.splitlines() for part in line.split("\r")]
+    lines = [line for line in lines if line]
+    return lines[-1] if lines else "(no output yet)"

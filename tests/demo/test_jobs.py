@@ -1,0 +1,129 @@
+"""demo/jobs.py: the pipeline's students and evaluations as jobs, run side by side
+in one-thread worker processes (the pipeline itself runs them in
+tests/demo/test_pipeline.py and test_reproducible.py)."""
+import json
+import os
+
+import pytest
+
+from distill_jax.demo import jobs
+
+
+def record(path, name, value):
+    """A job: appends what it saw to `path` and prints to its log."""
+    print(f"{name} running")
+    with open(path, "a") as f:
+        f.write(json.dumps({"name": name, "pid": os.getpid(),
+                            "cores": len(os.sched_getaffinity(0))}) + "\n")
+    return value
+
+
+def xla_cpu_time_over_wall_time():
+    """A job: CPU time over wall time of a chain of matmuls (about the number of
+    threads XLA computes them on)."""
+    import time
+
+    import jax.numpy as jnp
+    x = jnp.ones((1024, 1024))
+    (x @ x).block_until_ready()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(40):
+        x = (x @ x) * 1e-3
+    x.block_until_ready()
+    return (time.process_time() - cpu) / (time.perf_counter() - wall)
+
+
+def fail(message):
+    print("about to fail")
+    raise ValueError(message)
+
+
+def _job(tmp_path, name, fn=record, args=None, **kw):
+    args = (str(tmp_path / "seen.jsonl"), name, name.upper()) if args is None else args
+    return jobs.Job(name, fn, args, str(tmp_path / name / "log.txt"), **kw)
+
+
+def _seen(tmp_path):
+    return [json.loads(line) for line in open(tmp_path / "seen.jsonl")]
+
+
+def test_jobs_run_in_one_thread_workers_after_what_they_wait_on(tmp_path):
+    work = [_job(tmp_path, "a"), _job(tmp_path, "b", after=("a",)),
+            _job(tmp_path, "c"), _job(tmp_path, "d", after=("b", "c"))]
+    lines = []
+    results, seconds = jobs.run_jobs(work, workers=2, echo=lines.append)
+    assert results == {"a": "A", "b": "B", "c": "C", "d": "D"}
+    assert set(seconds) == {"a", "b", "c", "d"}
+    seen = _seen(tmp_path)
+    order = [s["name"] for s in seen]
+    assert order.index("a") < order.index("b") < order.index("d")
+    assert order.index("c") < order.index("d")
+    for s in seen:                      # in a worker, pinned to one core
+        assert s["pid"] != os.getpid() and s["cores"] == 1
+    assert (tmp_path / "b" / "log.txt").read_text() == "b running\n"
+    assert any("b done in" in line and "of 4 jobs" in line for line in lines)
+
+
+@pytest.mark.skipif(jobs.available_cores() < 2 or not hasattr(os, "sched_setaffinity"),
+                    reason="pins workers to cores (Linux), on 2+ cores")
+def test_a_worker_computes_on_one_thread(tmp_path):
+    """XLA sizes its thread pool to the cores a process may use when it starts: a
+    worker pinned before computing uses one thread (unpinned, or pinned after its
+    first computation, two: 1.6-1.8x CPU time over wall time on 2 cores)."""
+    work = [jobs.Job("xla", xla_cpu_time_over_wall_time, (), str(tmp_path / "log.txt"))]
+    assert jobs.run_jobs(work, workers=1, echo=lambda line: None)[0]["xla"] < 1.2
+
+
+def test_the_longest_chain_starts_first(tmp_path):
+    work = [_job(tmp_path, "short", cost=1.0), _job(tmp_path, "long", cost=5.0),
+            _job(tmp_path, "tail", cost=1.0, after=("short",))]
+    jobs.run_jobs(work, workers=1, echo=lambda line: None)
+    assert [s["name"] for s in _seen(tmp_path)] == ["long", "short", "tail"]
+    # The chain counts, not a job's own cost: short (1) heads short -> tail (1 + 5).
+    (tmp_path / "seen.jsonl").unlink()
+    work[2] = _job(tmp_path, "tail", cost=5.0, after=("short",))
+    jobs.run_jobs(work, workers=1, echo=lambda line: None)
+    assert [s["name"] for s in _seen(tmp_path)] == ["short", "long", "tail"]
+
+
+def test_finished_jobs_and_workers_0_run_in_this_process(tmp_path):
+    work = [_job(tmp_path, "a", done=True), _job(tmp_path, "b", after=("a",), done=True)]
+    assert jobs.run_jobs(work, workers=2, echo=lambda line: None)[0] == {"a": "A", "b": "B"}
+    work = [_job(tmp_path, "c"), _job(tmp_path, "d", after=("c",))]
+    assert jobs.run_jobs(work, workers=0, echo=lambda line: None)[0] == {"c": "C", "d": "D"}
+    assert {s["pid"] for s in _seen(tmp_path)} == {os.getpid()}
+    assert not (tmp_path / "c").exists()          # no log: its output is this process's
+
+
+def test_a_failed_job_names_itself_and_its_log_and_the_running_ones_finish(tmp_path):
+    work = [_job(tmp_path, "bad", fail, ("no good",), cost=2.0), _job(tmp_path, "ok"),
+            _job(tmp_path, "later", after=("bad",))]
+    lines = []
+    with pytest.raises(RuntimeError, match=r"job bad failed: ValueError: no good \(its "
+                                           r"output: .*bad/log.txt\)"):
+        jobs.run_jobs(work, workers=2, echo=lines.append)
+    assert [s["name"] for s in _seen(tmp_path)] == ["ok"]      # finished, not "later"
+    assert "about to fail" in (tmp_path / "bad" / "log.txt").read_text()
+    assert any("bad FAILED" in line for line in lines)
+
+
+def test_bad_jobs_and_worker_counts_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="runs after unknown job"):
+        jobs.run_jobs([_job(tmp_path, "a", after=("zz",))], workers=0)
+    with pytest.raises(ValueError, match="wait on each other"):
+        jobs.run_jobs([_job(tmp_path, "a", after=("b",)), _job(tmp_path, "b", after=("a",))],
+                      workers=0)
+    with pytest.raises(ValueError, match="duplicate names"):
+        jobs.run_jobs([_job(tmp_path, "a"), _job(tmp_path, "a")], workers=0)
+    with pytest.raises(ValueError, match="config.workers: -2"):
+        jobs.resolve_workers(-2, 4)
+    assert jobs.resolve_workers(0, 4) == 0
+    assert jobs.resolve_workers(8, 3) == 3
+    assert 1 <= jobs.resolve_workers(-1, 100) == min(jobs.available_cores(), 100)
+
+
+def test_the_latest_progress_line_is_read_from_a_redrawn_log(tmp_path):
+    log = tmp_path / "log.txt"
+    assert jobs._last_progress_line(str(log)) == "(no output yet)"
+    log.write_text("data: 10 rows\ntrain 1/9 steps\rtrain 2/9 steps | ETA 00:03\r")
+    assert jobs._last_progress_line(str(log)) == "train 2/9 steps | ETA 00:03"

@@ -27,10 +27,11 @@ def demo_config():
     c.arms = ("answer_only", "unfiltered", "filtered", "kd_online")
     c.seeds = ()                       # a study: the whole pipeline once per seed
     # The students and the evaluations run side by side in this many worker processes,
-    # one XLA thread each (demo/jobs.py): -1 one per core, 0 all in this process (with
-    # its threads: other float rounding). On 2 cores, two one-thread students side by
-    # side train 1.2-1.3x faster than one after the other on both cores (README, "Time"),
-    # and one thread per job makes them independent of the number of cores and workers.
+    # each pinned to one core, so XLA computes on one thread (demo/jobs.py): -1 one per
+    # core, 0 all in this process (with its threads: other float rounding). A narrow
+    # model's step gains little from a second thread, so two one-core students side by
+    # side train faster than one after the other on both cores (README, "Time"), and
+    # one thread per job makes them independent of the number of cores and workers.
     c.workers = -1
 
     # The task's sizes (demo/arithmetic.py): small numbers, so a 1M-parameter teacher

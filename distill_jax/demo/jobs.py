@@ -1,12 +1,11 @@
 """The demo pipeline's independent jobs (the students, the base, the evaluations),
-run side by side in worker processes with one XLA thread each.
+run side by side in worker processes, each pinned to one core.
 
 Why processes: the demo's models are 128 wide, and XLA's CPU backend spends a
 step of one of them mostly on per-op overhead rather than on the matmuls (README,
-"Time"), so a second thread speeds a step up by far less than 2x. Two one-thread
-processes training two students side by side give 1.2-1.3x the throughput of one
-process training them one after another on both cores (measured on the AMD and the
-Intel VM, README "Time").
+"Time"), so a second thread speeds a step up by far less than 2x. Two one-core
+processes training two students side by side give more throughput than one process
+training them one after another on both cores (README, "Time").
 
 Why one core each: XLA's CPU client sizes its thread pool to the cores the process
 may run on when it starts, so a worker pinned to one core (before it computes
@@ -58,12 +57,21 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def resolve_workers(workers: int, jobs: int) -> int:
+def resolve_workers(workers: int, jobs: int, platform: str = "cpu") -> int:
     """`workers` from a config: -1 one per core this process may use; never more
-    than there are jobs; 0 (run every job in this process) stays 0."""
+    than there are jobs; 0 (run every job in this process) stays 0. Workers are a
+    CPU strategy: on an accelerator (`platform`, jax's default backend) the jobs run
+    in this process, which holds the device (a TPU opens in one process only)."""
     if workers < -1:
         raise ValueError(f"config.workers: {workers}; use -1 (one per core), 0 (no worker "
                          "processes) or a number of worker processes")
+    if platform != "cpu":
+        if workers > 0:
+            raise ValueError(f"config.workers: {workers} worker processes, but this run "
+                             f"computes on {platform}: workers are one-core CPU processes, "
+                             "and this process holds the device; use 0 or -1 (both run the "
+                             "jobs here)")
+        return 0
     if workers == 0:
         return 0
     return max(1, min(available_cores() if workers == -1 else workers, jobs))

@@ -395,7 +395,7 @@ def run(config) -> dict[str, Any]:
                          "pipeline writes to a local directory (the stages, distill-generate, "
                          "-filter, -train and -evaluate, take bucket paths)")
     _check_arms(config)
-    jobs.resolve_workers(config.get("workers", -1), 1)
+    jobs.resolve_workers(config.get("workers", -1), 1, jax.default_backend())
     _task(config)                       # a bad task section fails here, before any stage
     _misconception(config)
     out = os.path.abspath(config.output_dir)
@@ -483,7 +483,7 @@ def _run_seed(config, out: str) -> dict[str, Any]:
                    if arm in _NEED_FILTERED}
         arms = [a for a in arms if a not in skipped]
     work = _arm_jobs(config, out, arms, data, kd, teacher, tokenizer, paths, filtered)
-    workers = jobs.resolve_workers(config.get("workers", -1), len(work))
+    workers = jobs.resolve_workers(config.get("workers", -1), len(work), jax.default_backend())
     start_jobs = time.monotonic()
     print(f"pipeline: students and evaluations, {len(work)} jobs "
           + (f"in {workers} worker processes" if workers else "in this process"), flush=True)

@@ -120,6 +120,11 @@ def test_bad_jobs_and_worker_counts_are_refused(tmp_path):
     assert jobs.resolve_workers(0, 4) == 0
     assert jobs.resolve_workers(8, 3) == 3
     assert 1 <= jobs.resolve_workers(-1, 100) == min(jobs.available_cores(), 100)
+    # On an accelerator the jobs run in the process that holds it.
+    assert jobs.resolve_workers(-1, 4, "tpu") == jobs.resolve_workers(0, 4, "gpu") == 0
+    with pytest.raises(ValueError, match="config.workers: 2 worker processes, but this run "
+                                         "computes on tpu"):
+        jobs.resolve_workers(2, 4, "tpu")
 
 
 def test_the_latest_progress_line_is_read_from_a_redrawn_log(tmp_path):

@@ -39,7 +39,8 @@ $(VENV)/.test: $(VENV)/.core
 demo: $(VENV)/.core
 	$(VENV)/bin/distill-pipeline --config=configs/demo_cpu.py
 
-# Every arm of the demo under three seeds (about 2.5 h on 2 AMD EPYC cores: ~50 min a seed).
+# Every arm of the demo under three seeds (about 2.5 h on 2 AMD EPYC cores, ~50 min a seed,
+# measured before the students ran side by side in one-core workers; not remeasured).
 study: $(VENV)/.core
 	$(VENV)/bin/distill-pipeline --config=configs/demo_study.py
 

@@ -78,7 +78,8 @@ def resolve_workers(workers: int, jobs: int, platform: str = "cpu") -> int:
 
 
 def run_jobs(jobs: list[Job], workers: int, poll_s: float = 30.0,
-             echo: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, float]]:
+             echo: Callable[[str], None] | None = None
+             ) -> tuple[dict[str, Any], dict[str, float]]:
     """Runs `jobs` respecting `after`; returns ({name: fn's result}, {name: seconds}).
 
     workers=0: every job in this process, in order, output not redirected (with this
@@ -87,6 +88,7 @@ def run_jobs(jobs: list[Job], workers: int, poll_s: float = 30.0,
     log, after the jobs already running have finished (their outputs are complete and
     a rerun reuses them)."""
     _check(jobs)
+    echo = echo or _print_now
     results: dict[str, Any] = {}
     seconds: dict[str, float] = {}
     priority = _priorities(jobs)
@@ -189,6 +191,10 @@ def _priorities(jobs: list[Job]) -> dict[str, float]:
             chain[job.name] = job.cost + max((length(j) for j in waiting[job.name]), default=0.0)
         return chain[job.name]
     return {job.name: length(job) for job in jobs}
+
+
+def _print_now(line: str) -> None:
+    print(line, flush=True)           # stdout may be a file: show the line now
 
 
 def _cores() -> list[int]:

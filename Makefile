@@ -39,8 +39,8 @@ $(VENV)/.test: $(VENV)/.core
 demo: $(VENV)/.core
 	$(VENV)/bin/distill-pipeline --config=configs/demo_cpu.py
 
-# Every arm of the demo under three seeds (about 2.5 h on 2 AMD EPYC cores, ~50 min a seed,
-# measured before the students ran side by side in one-core workers; not remeasured).
+# Every arm of the demo under three seeds: ~100 min on 2 Intel Xeon cores (estimated: ~33 min a seed,
+# the students side by side in one-core workers; README "How the seeds were run").
 study: $(VENV)/.core
 	$(VENV)/bin/distill-pipeline --config=configs/demo_study.py
 

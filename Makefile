@@ -54,6 +54,7 @@ bench: $(VENV)/.test
 	$(PY) benchmarks/math_verifier_throughput.py
 	$(PY) benchmarks/code_judge_throughput.py
 	$(PY) benchmarks/cpu_malloc_huge_pages.py
+	$(PY) benchmarks/demo_workers_throughput.py
 
 clean:
 	rm -rf $(VENV) artifacts

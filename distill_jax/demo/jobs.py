@@ -128,7 +128,7 @@ def run_jobs(jobs: list[Job], workers: int, poll_s: float = 30.0,
                 continue
             finished, _ = wait(running, timeout=poll_s, return_when=FIRST_COMPLETED)
             if not finished:
-                for job, start in running.values():
+                for job, _ in running.values():
                     echo(f"pipeline:   {job.name}: {_last_progress_line(job.log)}")
                 continue
             for future in finished:

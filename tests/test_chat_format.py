@@ -84,3 +84,21 @@ def test_a_template_that_renders_generation_and_finished_turns_differently_is_re
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
     with pytest.raises(ChatFormatError, match="opens the assistant turn differently"):
         ChatFormat.create(r1_like, qwen3_like)
+
+
+def test_a_template_is_compiled_once_not_per_example(qwen_like, monkeypatch):
+    # ChatFormat renders every SFT example, prompt and evaluation through a template
+    # passed by name; compiling it per call was most of the data pipeline's time.
+    import jinja2.sandbox
+    compiled = []
+    real = jinja2.sandbox.ImmutableSandboxedEnvironment.from_string
+    monkeypatch.setattr(jinja2.sandbox.ImmutableSandboxedEnvironment, "from_string",
+                        lambda self, source, *a, **k: compiled.append(source) or real(
+                            self, source, *a, **k))
+    fmt = ChatFormat.create(qwen_like, "chatml")
+    first = fmt.generation_prompt(USER)
+    compiled.clear()
+    renders = [fmt.generation_prompt(f"{USER} ({i})") for i in range(20)]
+    renders += [fmt.head(f"{USER} ({i})") for i in range(20)]
+    assert compiled == []
+    assert renders[0] == first.replace(USER, f"{USER} (0)")

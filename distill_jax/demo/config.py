@@ -91,9 +91,13 @@ def demo_config():
         examples=3000, equations_per_example=8,
         train=dict(num_steps=0, batch_size=16, learning_rate=3e-3, warmup_steps=15)))
 
+    # 256 slots decode 1.27x faster than 64 on the two cores (1000 prompts: 29 s against
+    # 37 s; 512: 40 s), and shards of 500 prompts fill them. Samples are seeded per row,
+    # so they are the same bits at any slot count (checked: texts, logprobs, top-k).
+    # Evaluation keeps 64: in a one-core worker 256 slots were slower (34 s against 26).
     c.generate = ml_collections.ConfigDict(dict(
         n=1, temperature=1.0, top_p=1.0, max_new_tokens=96, return_top_k=8,
-        prompts_per_shard=100, num_slots=64))
+        prompts_per_shard=500, num_slots=256))
     c.filter = ml_collections.ConfigDict(dict(num_workers=2, max_per_prompt=4,
                                               min_overlap_fraction=0.8))
     c.kd = ml_collections.ConfigDict(dict(alpha=0.5, temperature=1.0))
@@ -134,6 +138,6 @@ def demo_config():
         # skipped. At 0.0-0.3 a few pass (3 at 0.2), so the quick run trains every arm.
         # (Those few are near-chance answers: the quick run checks the wiring, the full
         # run the method.)
-        "generate": {"n": 2, "temperature": 0.2},
+        "generate": {"n": 2, "temperature": 0.2, "num_slots": 64},
         "evaluate": {"k": 1}, "filter": {"num_workers": 1}})
     return c

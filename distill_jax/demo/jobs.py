@@ -16,6 +16,17 @@ ISA rounds differently, README "Float rounding"). (XLA_FLAGS'
 `--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1` do not do it:
 a 1024x1024 matmul chain still ran on two threads with them, measured.)
 
+The workers share a persistent XLA compilation cache (`compile_cache`): the demo's
+students of one shape run one training program and its evaluations one sampler (the
+teacher and the students have the same shape), so the first worker to compile a
+program saves it and the others load it (~7 s a compile for an evaluation on one
+core, measured). A loaded executable is the binary the first compile produced, so
+the results are the same bits (checked: `make demo` with the cache gave every
+evaluation's samples and every student's metrics as without it). The cache lives
+under a directory per core count, so a program compiled in a one-core worker is
+never served to a process with more threads (whether XLA's CPU compiler plans work
+by thread count was not checked: this rules it out).
+
 A job whose output is already complete (a rerun, a resumed run) only reads it, so
 it runs in this process without starting a worker. Jobs start in order of the
 longest chain of work they head (`Job.cost` plus their dependents'), so a long
@@ -78,15 +89,17 @@ def resolve_workers(workers: int, jobs: int, platform: str = "cpu") -> int:
 
 
 def run_jobs(jobs: list[Job], workers: int, poll_s: float = 30.0,
-             echo: Callable[[str], None] | None = None
+             echo: Callable[[str], None] | None = None, compile_cache: str | None = None
              ) -> tuple[dict[str, Any], dict[str, float]]:
     """Runs `jobs` respecting `after`; returns ({name: fn's result}, {name: seconds}).
 
     workers=0: every job in this process, in order, output not redirected (with this
     process's XLA threads, so other float rounding than in a worker). Otherwise up to
-    `workers` spawned processes. A failed job fails the run, naming the job and its
-    log, after the jobs already running have finished (their outputs are complete and
-    a rerun reuses them)."""
+    `workers` spawned processes, sharing the XLA compilation cache under
+    `compile_cache` (if given, and unless JAX_COMPILATION_CACHE_DIR names the user's
+    own). A failed job fails the run, naming the job and its log, after the jobs
+    already running have finished (their outputs are complete and a rerun reuses
+    them)."""
     _check(jobs)
     echo = echo or _print_now
     results: dict[str, Any] = {}
@@ -107,8 +120,8 @@ def run_jobs(jobs: list[Job], workers: int, poll_s: float = 30.0,
         queue.put(cores[k % len(cores)] if cores else None)
     running: dict[Future, tuple[Job, float]] = {}
     failure: tuple[Job, BaseException] | None = None
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_pin_worker,
-                             initargs=(queue,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                             initargs=(queue, compile_cache)) as pool:
         while (pending and failure is None) or running:
             for job in [j for j in pending if all(a in results for a in j.after)]:
                 if failure is not None:
@@ -204,13 +217,24 @@ def _cores() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
-def _pin_worker(cores) -> None:
+def _start_worker(cores, compile_cache: str | None) -> None:
     """A worker's first act: pin itself to one core, before XLA's CPU client starts
     (at the first computation) and sizes its thread pool. Pinned later, the pool
-    keeps its threads on that one core (measured: 1.6x CPU time over wall time)."""
+    keeps its threads on that one core (measured: 1.6x CPU time over wall time).
+    Then it joins the workers' compilation cache."""
     core = cores.get()
     if core is not None:
         os.sched_setaffinity(0, {core})
+    if compile_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        import jax
+        directory = os.path.join(compile_cache, f"{available_cores()}-core")
+        jax.config.update("jax_compilation_cache_dir", directory)
+        # Every program, however quick to compile (the demo's take seconds each).
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        # A size limit turns on jax's file lock: two workers may write and read one
+        # entry at the same moment, and an entry is not written atomically otherwise.
+        jax.config.update("jax_compilation_cache_max_size", 4 << 30)
 
 
 def _run_in_worker(fn: Callable[..., Any], args: tuple, log: str) -> Any:

@@ -487,7 +487,7 @@ def _run_seed(config, out: str) -> dict[str, Any]:
     start_jobs = time.monotonic()
     print(f"pipeline: students and evaluations, {len(work)} jobs "
           + (f"in {workers} worker processes" if workers else "in this process"), flush=True)
-    done, seconds = jobs.run_jobs(work, workers)
+    done, seconds = jobs.run_jobs(work, workers, compile_cache=os.path.join(out, "xla_cache"))
     timings.update(seconds)
     timings["students and evaluations"] = round(time.monotonic() - start_jobs, 1)
     evals = {name: done[f"eval:{name}"] for name in ["teacher", *arms]}

@@ -132,3 +132,21 @@ def test_the_latest_progress_line_is_read_from_a_redrawn_log(tmp_path):
     assert jobs._last_progress_line(str(log)) == "(no output yet)"
     log.write_text("data: 10 rows\ntrain 1/9 steps\rtrain 2/9 steps | ETA 00:03\r")
     assert jobs._last_progress_line(str(log)) == "train 2/9 steps | ETA 00:03"
+
+
+def compile_and_report_cache():
+    """A job: compiles a function and says where jax keeps compiled programs."""
+    import jax
+    import jax.numpy as jnp
+    jax.jit(lambda x: jnp.tanh(x) @ x)(jnp.ones((64, 64))).block_until_ready()
+    return jax.config.jax_compilation_cache_dir
+
+
+def test_workers_share_a_compilation_cache_per_core_count(tmp_path, monkeypatch):
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    cache = tmp_path / "xla_cache"
+    work = [_job(tmp_path, name, fn=compile_and_report_cache, args=()) for name in "ab"]
+    results, _ = jobs.run_jobs(work, workers=2, echo=lambda line: None,
+                               compile_cache=str(cache))
+    assert set(results.values()) == {str(cache / "1-core")}
+    assert [p for p in os.listdir(cache / "1-core") if p.endswith("-cache")]

@@ -225,7 +225,7 @@ def _start_worker(cores, compile_cache: str | None) -> None:
     core = cores.get()
     if core is not None:
         os.sched_setaffinity(0, {core})
-    if compile_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    if compile_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR") and _has_filelock():
         import jax
         directory = os.path.join(compile_cache, f"{available_cores()}-core")
         jax.config.update("jax_compilation_cache_dir", directory)
@@ -235,6 +235,13 @@ def _start_worker(cores, compile_cache: str | None) -> None:
         # A size limit turns on jax's file lock: two workers may write and read one
         # entry at the same moment, and an entry is not written atomically otherwise.
         jax.config.update("jax_compilation_cache_max_size", 4 << 30)
+
+
+def _has_filelock() -> bool:
+    """jax locks its cache files with the filelock package (installed with
+    huggingface_hub); without it the workers do not share a cache."""
+    import importlib.util
+    return importlib.util.find_spec("filelock") is not None
 
 
 def _run_in_worker(fn: Callable[..., Any], args: tuple, log: str) -> Any:

@@ -39,7 +39,7 @@ $(VENV)/.test: $(VENV)/.core
 demo: $(VENV)/.core
 	$(VENV)/bin/distill-pipeline --config=configs/demo_cpu.py
 
-# Every arm of the demo under three seeds: ~100 min on 2 Intel Xeon cores (estimated: ~33 min a seed,
+# Every arm of the demo under three seeds: ~85 min on 2 Intel Xeon cores (estimated: ~28 min a seed,
 # the students side by side in one-core workers; README "How the seeds were run").
 study: $(VENV)/.core
 	$(VENV)/bin/distill-pipeline --config=configs/demo_study.py

@@ -71,7 +71,7 @@ def demo_config():
     # compute the chain or stays at answer-only accuracy, and in one seed of three
     # the filtered student stayed (0.134 pass@1, claims 1-2 failed). At 840 steps
     # the same seed's filtered student reached its teacher (0.607 against 0.636).
-    # It costs time: 5.5-6.5 min a one-core student, `make demo` 17.5-18.6 min (README, "Time").
+    # It costs time: 4.3-5.6 min a one-core student, `make demo` 14.8 min (README, "Time").
     # Every arm but filtered_base starts from random init.
     c.student = ml_collections.ConfigDict(dict(
         preset="tiny-llama", hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,

@@ -95,8 +95,8 @@ def compile_chat_template(source: str) -> jinja2.Template:
     """The compiled template of `source`, compiled once per process: rendering a
     template passed by name or source (`apply_chat_template(template=...)`, what
     ChatFormat does for every example it formats) reuses it. Compiling is ~3 ms of
-    jinja parsing, ~40x the render itself; per example of an SFT epoch that was most
-    of the data pipeline's time (BENCHMARKS.md, "Chat template: compiled once").
+    jinja parsing and code generation (the render itself was not timed); per example
+    of an SFT epoch that was most of the data pipeline's time (BENCHMARKS.md, "Chat template: compiled once").
     Compiled templates are immutable; rendering them from several threads is safe."""
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])

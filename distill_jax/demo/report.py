@@ -367,7 +367,11 @@ def study_summary(per_seed: Mapping[int, dict[str, Any]]) -> dict[str, Any]:
         a in f["arms"] and f["arms"][a]["shown"] for f in frontier.values())
         for a in frontier_arms}
     capacity = {str(s): per_seed[s]["capacity"] for s in seeds if "capacity" in per_seed[s]}
-    return {"seeds": seeds, "accuracy": accuracy, "claims": claims,
+    # What each seed's run took on this invocation's clock (a stage it reused counts
+    # 0 s, so a rerun that reuses every stage shows how little it redid, not the study).
+    seconds = {str(s): per_seed[s]["total_seconds"] for s in seeds
+               if "total_seconds" in per_seed[s]}
+    return {"seeds": seeds, "accuracy": accuracy, "claims": claims, "seconds": seconds,
             "by_difficulty": by_difficulty, "frontier": frontier,
             "frontier_shown_in_every_seed": frontier_every_seed, "capacity": capacity,
             "curves": per_seed[seeds[0]].get("curves", {}),
@@ -424,6 +428,11 @@ def format_study(study: dict[str, Any]) -> str:
         counts = ", ".join(f"seed {s}: {f['teacher_never_solved']} never / "
                            f"{f['teacher_solved']} solved" for s, f in study["frontier"].items())
         lines += ["", f"Problems the teacher never solved: {counts}."]
+    seconds = study.get("seconds", {})
+    if seconds:
+        each = ", ".join(f"seed {s} {t:.0f} s" for s, t in seconds.items())
+        lines += ["", f"Wall clock: {each}; {sum(seconds.values()) / 60:.1f} min in all "
+                      "(on this invocation's clock: a stage it reused counts 0 s)."]
     return "\n".join(lines)
 
 

@@ -57,7 +57,8 @@ def _seed_outputs(tmp_path, seed, n=300):
                     "test_problems": n, "samples_per_problem": 4, "seed": seed,
                     "training_examples": {"answer_only": 400, "unfiltered": 1600,
                                           "filtered": 1200},
-                    "curves": {"filtered": [(5, 2.0), (10, 1.0)]}})
+                    "curves": {"filtered": [(5, 2.0), (10, 1.0)]},
+                    "total_seconds": 600.0 + 30.0 * seed})
     return results, steps, rates
 
 
@@ -126,6 +127,9 @@ def test_a_study_states_each_claim_per_seed_and_in_every_seed(tmp_path):
     assert "| traces beat answers: filtered beats answer-only (filtered - answer_only) |" in table
     assert "shown in every seed |" in table and "shown in 2 of 3 seeds |" in table
     assert "not shown at this size |" in table
+    # Each seed's wall clock, and the study's.
+    assert study["seconds"] == {"0": 600.0, "1": 630.0, "2": 660.0}
+    assert "Wall clock: seed 0 600 s, seed 1 630 s, seed 2 660 s; 31.5 min in all" in table
     # If seed 1's unfiltered arm beat filtered, the claim is reversed there.
     for c in per_seed[1]["comparisons"]:
         if (c["a"], c["b"]) == ("filtered", "unfiltered"):

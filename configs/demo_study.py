@@ -1,6 +1,6 @@
 """The demo study: every arm of the demo pipeline under three seeds.
 
-  distill-pipeline --config=configs/demo_study.py       # ~85 min on 2 CPU cores (estimated)
+  distill-pipeline --config=configs/demo_study.py       # 72 min on 2 Intel Xeon cores (measured)
 
 Each seed re-runs every stage (the task's problems and splits, the tokenizer,
 the teacher, its samples, every student, the evaluation) under
@@ -8,7 +8,9 @@ the teacher, its samples, every student, the evaluation) under
 per model with 95% intervals, each claim's paired interval per seed and whether
 it holds in every seed, accuracy by difficulty, the capacity gap and the
 knowledge frontier. Every arm's three seeds at this config are committed under
-docs/demo_study/ (README, "The study"), the previous config's (students of 420
+docs/demo_study/ (README, "The study"; AMD, pieced together from several
+invocations) and docs/demo_study/intel_make_study/ (one `make study` from a
+fresh clone on an Intel CPU), the previous config's (students of 420
 steps) under docs/demo_study/students_420/, and the core arms trained a second
 time under other float rounding (one XLA thread) and rerun from scratch on an
 Intel CPU under docs/demo_study/float_rounding/.

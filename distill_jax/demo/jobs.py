@@ -89,9 +89,13 @@ def resolve_workers(workers: int, jobs: int, platform: str = "cpu") -> int:
 
 
 def run_jobs(jobs: list[Job], workers: int, poll_s: float = 30.0,
-             echo: Callable[[str], None] | None = None, compile_cache: str | None = None
+             echo: Callable[[str], None] | None = None, compile_cache: str | None = None,
+             on_finish: Callable[[str, float], None] | None = None
              ) -> tuple[dict[str, Any], dict[str, float]]:
-    """Runs `jobs` respecting `after`; returns ({name: fn's result}, {name: seconds}).
+    """Runs `jobs` respecting `after`; returns ({name: fn's result}, {name: seconds}),
+    the seconds for the jobs it ran (a `done` job only reads its output: it has no
+    time here). `on_finish(name, seconds)` is called as each job it ran finishes, so
+    a caller can keep the time even if a later job fails.
 
     workers=0: every job in this process, in order, output not redirected (with this
     process's XLA threads, so other float rounding than in a worker). Otherwise up to
@@ -112,7 +116,8 @@ def run_jobs(jobs: list[Job], workers: int, poll_s: float = 30.0,
             if not job.done:
                 echo(f"pipeline: {job.name} ...")
             results[job.name] = job.fn(*job.args)
-            seconds[job.name] = round(time.monotonic() - start, 1)
+            if not job.done:
+                _finished(job, start, seconds, on_finish)
         return results, seconds
     context = multiprocessing.get_context("spawn")
     cores, queue = _cores(), context.Queue()
@@ -128,7 +133,7 @@ def run_jobs(jobs: list[Job], workers: int, poll_s: float = 30.0,
                     break
                 if job.done:                         # only reads its output: no worker
                     pending.remove(job)
-                    results[job.name], seconds[job.name] = job.fn(*job.args), 0.0
+                    results[job.name] = job.fn(*job.args)
                     continue
                 if len(running) >= workers:          # submit lazily: priorities hold
                     break
@@ -154,7 +159,7 @@ def run_jobs(jobs: list[Job], workers: int, poll_s: float = 30.0,
                          f"{job.log}" + ("; waiting for the jobs still running"
                                          if running else ""))
                     continue
-                seconds[job.name] = round(time.monotonic() - start, 1)
+                _finished(job, start, seconds, on_finish)
                 echo(f"pipeline: {job.name} done in {seconds[job.name]:.0f} s "
                      f"({len(results)} of {len(jobs)} jobs)")
     if failure is not None:
@@ -163,6 +168,13 @@ def run_jobs(jobs: list[Job], workers: int, poll_s: float = 30.0,
                            f"{error} (its output: {job.log}); the jobs that finished are "
                            "kept and a rerun reuses them") from error
     return results, seconds
+
+
+def _finished(job: Job, start: float, seconds: dict[str, float],
+              on_finish: Callable[[str, float], None] | None) -> None:
+    seconds[job.name] = round(time.monotonic() - start, 1)
+    if on_finish is not None:
+        on_finish(job.name, seconds[job.name])
 
 
 def _check(jobs: list[Job]) -> None:

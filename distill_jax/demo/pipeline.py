@@ -30,7 +30,8 @@
 
 Every stage writes into its own directory under `output_dir` and is skipped on
 a rerun when its output is complete, so an interrupted pipeline resumes where
-it stopped. With `config.seeds` (a study) the whole pipeline runs once per seed
+it stopped; its build time is kept in `stage_seconds.json` (demo/stage_times.py),
+so results.json reports it on a rerun too and names the stages it reused. With `config.seeds` (a study) the whole pipeline runs once per seed
 under `output_dir/seed-<s>` and study.{json,md,png} put the seeds side by side.
 """
 from __future__ import annotations
@@ -47,7 +48,7 @@ import numpy as np
 from distill_jax import models, storage
 from distill_jax.chat import ChatFormat
 from distill_jax.data.prompts import Prompt, load_prompts
-from distill_jax.demo import arithmetic, jobs, report
+from distill_jax.demo import arithmetic, jobs, report, stage_times
 from distill_jax.evaluation.runner import sample_and_score, summarize
 from distill_jax.fileio import write_json_atomic, write_text_atomic
 from distill_jax.filters.config import default_config as filter_defaults
@@ -447,22 +448,30 @@ def _run_seed(config, out: str) -> dict[str, Any]:
     """One seed of the pipeline, every stage under `out`."""
     start = time.monotonic()
     os.makedirs(out, exist_ok=True)
-    timings: dict[str, float] = {}
+    times = stage_times.StageTimes(out)
 
-    def stage(name, fn, *args, **kwargs):
+    def stage(name, marker, fn, *args):
+        """Runs a stage, which reads its output back when `marker` (the file it
+        writes last) exists: then its time is the one recorded when it was built."""
+        if os.path.exists(os.path.join(out, marker)):
+            print(f"pipeline: {name}: reusing its output ({marker} exists)", flush=True)
+            times.reuse(name)
+            return fn(*args)
         t = time.monotonic()
         print(f"pipeline: {name} ...", flush=True)
-        result = fn(*args, **kwargs)
-        timings[name] = round(time.monotonic() - t, 1)
+        result = fn(*args)
+        times.built(name, time.monotonic() - t)
         return result
 
-    tokenizer = stage("tokenizer", _tokenizer, config, out)
-    paths = stage("data", _prepare_data, config, out)
-    teacher = stage("teacher", _train_model, config, os.path.join(out, "teacher"),
-                    paths["teacher_sft"], tokenizer, config.teacher)
-    traces = stage("generate", _generate, config, out, teacher, tokenizer,
-                   paths["train_prompts"])
-    curated = stage("filter", _filter, config, out, traces, paths["test_prompts"])
+    tokenizer = stage("tokenizer", "tokenizer.model", _tokenizer, config, out)
+    paths = stage("data", "data/test_prompts.jsonl", _prepare_data, config, out)
+    teacher = stage("teacher", "teacher/summary.json", _train_model, config,
+                    os.path.join(out, "teacher"), paths["teacher_sft"], tokenizer,
+                    config.teacher)
+    traces = stage("generate", "traces/summary.json", _generate, config, out, teacher,
+                   tokenizer, paths["train_prompts"])
+    curated = stage("filter", "curated/report.json", _filter, config, out, traces,
+                    paths["test_prompts"])
     unfiltered = _unfiltered(out, traces)
     filtered = os.path.join(curated, "tfds")
     data = {"answer_only": paths["answer_only"], "unfiltered": unfiltered,
@@ -487,9 +496,20 @@ def _run_seed(config, out: str) -> dict[str, Any]:
     start_jobs = time.monotonic()
     print(f"pipeline: students and evaluations, {len(work)} jobs "
           + (f"in {workers} worker processes" if workers else "in this process"), flush=True)
-    done, seconds = jobs.run_jobs(work, workers, compile_cache=os.path.join(out, "xla_cache"))
-    timings.update(seconds)
-    timings["students and evaluations"] = round(time.monotonic() - start_jobs, 1)
+    for job in work:
+        if job.done:
+            times.reuse(job.name)
+    done, _ = jobs.run_jobs(work, workers, compile_cache=os.path.join(out, "xla_cache"),
+                            on_finish=times.built)
+    # The phase's wall clock, when this run did all of it (a resumed phase's would
+    # be only the part it redid).
+    phase = "students and evaluations"
+    if not any(job.done for job in work):
+        times.built(phase, time.monotonic() - start_jobs)
+    elif all(job.done for job in work):
+        times.reuse(phase)
+    else:
+        times.forget(phase)
     evals = {name: done[f"eval:{name}"] for name in ["teacher", *arms]}
     results = {
         "test_problems": config.data.test_problems, "samples_per_problem": config.evaluate.k,
@@ -504,7 +524,10 @@ def _run_seed(config, out: str) -> dict[str, Any]:
         "teacher_pass_at_1_on_train_prompts": filter_report["teacher"]["pass_at_k"].get("1"),
         "curves": {arm: report.curve(os.path.join(out, "students", arm)) for arm in arms
                    if arm != "on_policy"},
-        "stage_seconds": timings, "total_seconds": round(time.monotonic() - start, 1),
+        # Each stage's time in the run that built it; the stages this run read back
+        # instead (a rerun, a resumed run); this run's own wall clock.
+        "stage_seconds": times.report(), "reused_stages": times.reused,
+        "total_seconds": round(time.monotonic() - start, 1),
     }
     if "filtered_base" in arms:
         results["base_curve"] = report.curve(os.path.join(out, "base"))

@@ -367,11 +367,15 @@ def study_summary(per_seed: Mapping[int, dict[str, Any]]) -> dict[str, Any]:
         a in f["arms"] and f["arms"][a]["shown"] for f in frontier.values())
         for a in frontier_arms}
     capacity = {str(s): per_seed[s]["capacity"] for s in seeds if "capacity" in per_seed[s]}
-    # What each seed's run took on this invocation's clock (a stage it reused counts
-    # 0 s, so a rerun that reuses every stage shows how little it redid, not the study).
+    # What each seed's run took on this invocation's clock, and the stages it read
+    # back from an earlier one instead of building them (that clock does not count
+    # them; each seed's results.json keeps the time they took to build).
     seconds = {str(s): per_seed[s]["total_seconds"] for s in seeds
                if "total_seconds" in per_seed[s]}
+    reused = {str(s): per_seed[s]["reused_stages"] for s in seeds
+              if per_seed[s].get("reused_stages")}
     return {"seeds": seeds, "accuracy": accuracy, "claims": claims, "seconds": seconds,
+            "reused_stages": reused,
             "by_difficulty": by_difficulty, "frontier": frontier,
             "frontier_shown_in_every_seed": frontier_every_seed, "capacity": capacity,
             "curves": per_seed[seeds[0]].get("curves", {}),
@@ -431,8 +435,14 @@ def format_study(study: dict[str, Any]) -> str:
     seconds = study.get("seconds", {})
     if seconds:
         each = ", ".join(f"seed {s} {t:.0f} s" for s, t in seconds.items())
-        lines += ["", f"Wall clock: {each}; {sum(seconds.values()) / 60:.1f} min in all "
-                      "(on this invocation's clock: a stage it reused counts 0 s)."]
+        lines += ["", f"Wall clock: {each}; {sum(seconds.values()) / 60:.1f} min in all."]
+        reused = study.get("reused_stages", {})
+        if reused:
+            lines.append("On this invocation's clock, which does not count the stages it "
+                         "reused from an earlier one (their build times are in each seed's "
+                         "results.json, stage_seconds): " + "; ".join(
+                             f"seed {s} reused {len(names)} ({', '.join(names)})"
+                             for s, names in reused.items()) + ".")
     return "\n".join(lines)
 
 

@@ -50,10 +50,11 @@ def _seen(tmp_path):
 def test_jobs_run_in_one_thread_workers_after_what_they_wait_on(tmp_path):
     work = [_job(tmp_path, "a"), _job(tmp_path, "b", after=("a",)),
             _job(tmp_path, "c"), _job(tmp_path, "d", after=("b", "c"))]
-    lines = []
-    results, seconds = jobs.run_jobs(work, workers=2, echo=lines.append)
+    lines, finished = [], {}
+    results, seconds = jobs.run_jobs(work, workers=2, echo=lines.append,
+                                     on_finish=finished.__setitem__)
     assert results == {"a": "A", "b": "B", "c": "C", "d": "D"}
-    assert set(seconds) == {"a", "b", "c", "d"}
+    assert set(seconds) == {"a", "b", "c", "d"} and finished == seconds
     seen = _seen(tmp_path)
     order = [s["name"] for s in seen]
     assert order.index("a") < order.index("b") < order.index("d")
@@ -87,10 +88,17 @@ def test_the_longest_chain_starts_first(tmp_path):
 
 
 def test_finished_jobs_and_workers_0_run_in_this_process(tmp_path):
+    finished = {}
     work = [_job(tmp_path, "a", done=True), _job(tmp_path, "b", after=("a",), done=True)]
-    assert jobs.run_jobs(work, workers=2, echo=lambda line: None)[0] == {"a": "A", "b": "B"}
-    work = [_job(tmp_path, "c"), _job(tmp_path, "d", after=("c",))]
-    assert jobs.run_jobs(work, workers=0, echo=lambda line: None)[0] == {"c": "C", "d": "D"}
+    results, seconds = jobs.run_jobs(work, workers=2, echo=lambda line: None,
+                                     on_finish=finished.__setitem__)
+    assert results == {"a": "A", "b": "B"}
+    assert seconds == finished == {}     # read back, not run: no time of this run's
+    work = [_job(tmp_path, "c"), _job(tmp_path, "d", after=("c",), done=True)]
+    results, seconds = jobs.run_jobs(work, workers=0, echo=lambda line: None,
+                                     on_finish=finished.__setitem__)
+    assert results == {"c": "C", "d": "D"}
+    assert set(seconds) == set(finished) == {"c"}
     assert {s["pid"] for s in _seen(tmp_path)} == {os.getpid()}
     assert not (tmp_path / "c").exists()          # no log: its output is this process's
 
@@ -98,11 +106,12 @@ def test_finished_jobs_and_workers_0_run_in_this_process(tmp_path):
 def test_a_failed_job_names_itself_and_its_log_and_the_running_ones_finish(tmp_path):
     work = [_job(tmp_path, "bad", fail, ("no good",), cost=2.0), _job(tmp_path, "ok"),
             _job(tmp_path, "later", after=("bad",))]
-    lines = []
+    lines, finished = [], {}
     with pytest.raises(RuntimeError, match=r"job bad failed: ValueError: no good \(its "
                                            r"output: .*bad/log.txt\)"):
-        jobs.run_jobs(work, workers=2, echo=lines.append)
+        jobs.run_jobs(work, workers=2, echo=lines.append, on_finish=finished.__setitem__)
     assert [s["name"] for s in _seen(tmp_path)] == ["ok"]      # finished, not "later"
+    assert list(finished) == ["ok"]             # its time was handed on before the raise
     assert "about to fail" in (tmp_path / "bad" / "log.txt").read_text()
     assert any("bad FAILED" in line for line in lines)
 

@@ -129,7 +129,14 @@ def test_a_study_states_each_claim_per_seed_and_in_every_seed(tmp_path):
     assert "not shown at this size |" in table
     # Each seed's wall clock, and the study's.
     assert study["seconds"] == {"0": 600.0, "1": 630.0, "2": 660.0}
-    assert "Wall clock: seed 0 600 s, seed 1 630 s, seed 2 660 s; 31.5 min in all" in table
+    assert "Wall clock: seed 0 600 s, seed 1 630 s, seed 2 660 s; 31.5 min in all." in table
+    assert study["reused_stages"] == {} and "reused" not in table
+    # A resumed study says which stages its clock does not count.
+    per_seed[2]["reused_stages"] = ["teacher", "generate"]
+    resumed = report.study_summary(per_seed)
+    assert resumed["reused_stages"] == {"2": ["teacher", "generate"]}
+    assert "seed 2 reused 2 (teacher, generate)." in report.format_study(resumed)
+    del per_seed[2]["reused_stages"]
     # If seed 1's unfiltered arm beat filtered, the claim is reversed there.
     for c in per_seed[1]["comparisons"]:
         if (c["a"], c["b"]) == ("filtered", "unfiltered"):

@@ -56,6 +56,7 @@ bench: $(VENV)/.test
 	$(PY) benchmarks/cpu_malloc_huge_pages.py
 	$(PY) benchmarks/demo_workers_throughput.py
 	$(PY) benchmarks/chat_template_compile_cache.py
+	$(PY) benchmarks/sft_read_threads.py
 
 clean:
 	rm -rf $(VENV) artifacts

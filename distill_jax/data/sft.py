@@ -88,6 +88,7 @@ from distill_jax.chat import ChatFormat
 from distill_jax.data.sources import (file_identity, fingerprint, load_npz,
                                       save_npz_atomic, slug, write_cache)
 from distill_jax.data.topk_store import TopKReader, topk_arrays
+from distill_jax.host import available_cores
 from distill_jax.progress import Progress
 from distill_jax.tokenizer import Tokenizer
 
@@ -244,7 +245,8 @@ class SFTPipeline:
                  num_epochs: int | None = 1, seed: int = 0, packing: bool = True,
                  overlong: str = "drop", chat_format: ChatFormat | None = None, topk: int = 0, num_packing_bins: int = 16,
                  process_index: int = 0, process_count: int = 1, host_split: str = "rows",
-                 cache_dir: str | None = None, progress: bool | None = None):
+                 cache_dir: str | None = None, progress: bool | None = None,
+                 read_threads: int = -1):
         if overlong not in ("drop", "truncate"):
             raise ValueError(f"overlong must be 'drop' or 'truncate', got {overlong!r}")
         if host_split not in ("rows", "examples"):
@@ -271,6 +273,7 @@ class SFTPipeline:
         self.num_packing_bins = num_packing_bins
         self.process_index, self.process_count = process_index, process_count
         self.cache_dir = cache_dir
+        self.read_options = read_options(read_threads)
         # Keeps the sidecars' memory maps open (bucket sidecars: of their local copies).
         self._topk_reader = TopKReader()
         self._progress = process_index == 0 if progress is None else progress
@@ -416,10 +419,11 @@ class SFTPipeline:
         """Batches of `_built_batch` rows (the global batch with host_split='rows')."""
         ds = self._indices().map(self._stand_in if stand_in else self._example_at)
         if not self.packing:
-            return ds.map(self._pad).to_iter_dataset().batch(self._built_batch,
-                                                             drop_remainder=True)
+            return ds.map(self._pad).to_iter_dataset(self.read_options).batch(
+                self._built_batch, drop_remainder=True)
         # Stand-ins are trivial: read threads would only cost (same elements, same order).
-        it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0) if stand_in else None)
+        it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0) if stand_in
+                                else self.read_options)
         features = ["inputs"] if stand_in else [
             f for f in PACKED_FEATURES
             if f in ("inputs", "targets", "loss_mask", "source_ids") or self.topk]
@@ -505,6 +509,26 @@ class SFTPipeline:
             "host": [self.process_index, self.process_count]
             if self.host_split == "examples" else None})
         return storage.join(self.cache_dir, f"batches-{key}.json")
+
+
+def read_options(read_threads: int = -1) -> grain.ReadOptions | None:
+    """How the examples are read: `read_threads` threads ahead of the packer (grain's
+    ReadOptions; None: its default, 16 threads 500 examples ahead); 0 reads each
+    example when the packer asks for it. -1: 0 in a process that may run on at most
+    2 cores, else grain's default. The elements and their order are the same
+    either way; what differs is the CPU they cost. On a one- or two-core process
+    the threads only compete with the step's own: a batch of the demo's students
+    (10 packed rows of 224 tokens) cost 9.0 ms of CPU with 16 threads against 3.7
+    inline on one core, 13.5 against 3.6 on two (benchmarks/sft_read_threads.py,
+    BENCHMARKS.md). On a TPU or GPU host, whose cores are otherwise idle while the
+    accelerator steps, the threads keep the tokenizing of long traces off the
+    step's path."""
+    if read_threads < -1:
+        raise ValueError(f"data.read_threads: {read_threads}; use -1 (by the cores this "
+                         "process may use), 0 (read inline) or a number of threads")
+    if read_threads == -1:
+        read_threads = 0 if available_cores() <= 2 else None
+    return None if read_threads is None else grain.ReadOptions(num_threads=read_threads)
 
 
 def _tag(k: int, index) -> tuple[int, int]:

@@ -44,6 +44,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Callable
 
+from distill_jax.host import available_cores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,13 +60,6 @@ class Job:
     after: tuple[str, ...] = ()
     cost: float = 1.0
     done: bool = False
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:                       # not Linux
-        return os.cpu_count() or 1
 
 
 def resolve_workers(workers: int, jobs: int, platform: str = "cpu") -> int:

@@ -45,6 +45,10 @@ def base_config():
     # Per-example lengths (and the JSONL line index), computed once and reused by
     # later runs and resumes; "" = workdir/data_cache.
     c.data.cache_dir = ""
+    # Threads reading (and tokenizing) examples ahead of the packer: -1 none in a process
+    # that may use at most 2 cores (they would only compete with the step), else
+    # grain's 16; 0 none. The batches are the same either way (data/sft.py, read_options).
+    c.data.read_threads = -1
 
     # The student: checkpoint or preset, overrides, init_seed, and every ModelConfig
     # field no checkpoint fixes (dtype, param_dtype, remat_policy, scan_unroll,

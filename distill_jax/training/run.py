@@ -226,7 +226,8 @@ def _sft_pipeline(config, sources, tokenizer: Tokenizer, chat_format: ChatFormat
         packing=dc.packing, overlong=dc.overlong, chat_format=chat_format,
         topk=kc.topk if kc.mode == "offline" else 0, num_packing_bins=dc.num_packing_bins,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        host_split=dc.host_split, cache_dir=cache_dir, progress=distributed.is_primary())
+        host_split=dc.host_split, cache_dir=cache_dir, progress=distributed.is_primary(),
+        read_threads=dc.read_threads)
     if distributed.is_primary():
         print(f"train: data {_data_name(config)}: "
               f"{describe(pipeline.stats, dc.seq_len, dc.overlong)}")

@@ -7,6 +7,7 @@ import pytest
 
 from distill_jax import models
 from distill_jax.chat import ChatFormat, missing_chat_markers
+from distill_jax.data import sft
 from distill_jax.data.sft import SFTPipeline, encode_example
 from distill_jax.data.sources import JsonlSource
 from distill_jax.tokenizer import BUILTIN_CHAT_TEMPLATES
@@ -218,3 +219,21 @@ def test_offline_kd_reads_a_binary_sidecar_like_inline_lists(tokenizer, tmp_path
         assert a.keys() == b.keys()
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_read_threads_change_the_cpu_cost_not_the_batches(tokenizer, tmp_path, monkeypatch):
+    write_traces(tmp_path / "t.jsonl", 12)
+    source = JsonlSource(str(tmp_path / "t.jsonl"))
+    runs = {threads: _batches(SFTPipeline(source, tokenizer, seq_len=256, batch_size=2,
+                                          num_epochs=2, read_threads=threads))
+            for threads in (0, 4)}
+    assert len(runs[0]) == len(runs[4]) > 2
+    for a, b in zip(runs[0], runs[4]):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    # -1 reads inline where the process may use at most 2 cores, else with grain's threads.
+    monkeypatch.setattr(sft, "available_cores", lambda: 2)
+    assert sft.read_options(-1).num_threads == 0
+    monkeypatch.setattr(sft, "available_cores", lambda: 8)
+    assert sft.read_options(-1) is None and sft.read_options(3).num_threads == 3
+    with pytest.raises(ValueError, match="data.read_threads: -2"):
+        sft.read_options(-2)

@@ -30,9 +30,11 @@
 
 Every stage writes into its own directory under `output_dir` and is skipped on
 a rerun when its output is complete, so an interrupted pipeline resumes where
-it stopped; its build time is kept in `stage_seconds.json` (demo/stage_times.py),
-so results.json reports it on a rerun too and names the stages it reused. With `config.seeds` (a study) the whole pipeline runs once per seed
-under `output_dir/seed-<s>` and study.{json,md,png} put the seeds side by side.
+it stopped; each stage's build time is kept in `stage_seconds.json`
+(demo/stage_times.py), so results.json reports it on a rerun too and names the
+stages the rerun reused. With `config.seeds` (a study) the whole pipeline runs
+once per seed under `output_dir/seed-<s>` and study.{json,md,png} put the seeds
+side by side.
 """
 from __future__ import annotations
 

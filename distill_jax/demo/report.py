@@ -439,10 +439,11 @@ def format_study(study: dict[str, Any]) -> str:
         reused = study.get("reused_stages", {})
         if reused:
             lines.append("On this invocation's clock, which does not count the stages it "
-                         "reused from an earlier one (their build times are in each seed's "
-                         "results.json, stage_seconds): " + "; ".join(
-                             f"seed {s} reused {len(names)} ({', '.join(names)})"
-                             for s, names in reused.items()) + ".")
+                         "reused from an earlier one (each seed's results.json names them, "
+                         "reused_stages, with the time each took to build, stage_seconds): "
+                         + "; ".join(f"seed {s} reused {len(names)} stage{'s' * (len(names) > 1)}"
+                                     + (f" ({', '.join(names)})" if len(names) <= 5 else "")
+                                     for s, names in reused.items()) + ".")
     return "\n".join(lines)
 
 

@@ -135,7 +135,9 @@ def test_a_study_states_each_claim_per_seed_and_in_every_seed(tmp_path):
     per_seed[2]["reused_stages"] = ["teacher", "generate"]
     resumed = report.study_summary(per_seed)
     assert resumed["reused_stages"] == {"2": ["teacher", "generate"]}
-    assert "seed 2 reused 2 (teacher, generate)." in report.format_study(resumed)
+    assert "seed 2 reused 2 stages (teacher, generate)." in report.format_study(resumed)
+    per_seed[2]["reused_stages"] = [f"student:{k}" for k in range(6)]
+    assert "seed 2 reused 6 stages." in report.format_study(report.study_summary(per_seed))
     del per_seed[2]["reused_stages"]
     # If seed 1's unfiltered arm beat filtered, the claim is reversed there.
     for c in per_seed[1]["comparisons"]:

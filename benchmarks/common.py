@@ -53,3 +53,59 @@ def interleaved(steps: dict, rounds: int, warmups: int = 2) -> dict:
             step()
             times[name].append(time.perf_counter() - start)
     return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def time_demo_batches(variants: dict, rounds: int, batches: int, warmup: int
+                      ) -> tuple[dict, bool]:
+    """`make demo`'s student data pipeline (its teacher corpus of worked solutions,
+    built from the demo's own stages into a temporary directory, rendered through
+    "chatml", tokenized, packed into rows of 224 tokens, batches of 10 rows) under
+    each of `variants`, {name: set_up(config) -> undo or None}, alternating round by
+    round, each round a fresh pipeline timed over `batches` after `warmup`.
+    Returns ({name: (median wall ms, median CPU ms) per batch}, whether every
+    variant gave the same batches, bit for bit)."""
+    import hashlib
+    import statistics
+    import tempfile
+
+    from distill_jax.demo import pipeline
+    from distill_jax.demo.config import demo_config
+    from distill_jax.training import run as training_run
+
+    def one_run(config):
+        run = training_run.prepare(config)
+        state, data, _ = training_run.resume_or_init(run)
+        for step in range(warmup):
+            data.next(step, state)
+        digest = hashlib.sha256()
+        wall, cpu = time.perf_counter(), time.process_time()
+        for step in range(warmup, warmup + batches):
+            batch = data.next(step, state)[0]
+            for key in sorted(batch):
+                digest.update(np.ascontiguousarray(batch[key]).tobytes())
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        return wall / batches * 1e3, cpu / batches * 1e3, digest.hexdigest()
+
+    demo = demo_config()
+    times = {name: [] for name in variants}
+    digests = set()
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = pipeline._tokenizer(demo, tmp)
+        data = pipeline._prepare_data(demo, tmp)["teacher_sft"]
+        for r in range(rounds):
+            for k, (name, set_up) in enumerate(variants.items()):
+                config = pipeline._train_config(demo, os.path.join(tmp, f"run-{r}-{k}"),
+                                                data, tok, demo.student)
+                config.data.cache_dir = os.path.join(tmp, "length_cache")
+                undo = set_up(config)
+                try:
+                    wall, cpu, digest = one_run(config)
+                finally:
+                    if undo is not None:
+                        undo()
+                times[name].append((wall, cpu))
+                digests.add(digest)
+                print(f"  {name:22s} {wall:6.1f} ms/batch wall, {cpu:6.1f} ms CPU", flush=True)
+    medians = {name: (statistics.median(w for w, _ in ts), statistics.median(c for _, c in ts))
+               for name, ts in times.items()}
+    return medians, len(digests) == 1

@@ -2,13 +2,12 @@
 picks on a process that may use at most 2 cores) against grain's default of 16 read
 threads 500 examples ahead (what it picks on more cores).
 
-The data is `make demo`'s teacher corpus (worked arithmetic solutions, ~100 tokens an
-example, built here from the demo's own stages into a temporary directory) read as
-`make demo`'s students read theirs: rendered through "chatml", tokenized, packed into
-rows of 224 tokens, batches of 10 rows. `--cores N` pins this process to N cores
-first (1: a demo worker). Each variant builds a fresh pipeline and times `--batches`
-batches after `--warmup`; variants alternate round by round. Reports wall and
-process CPU milliseconds per batch and checks that both give the same batches.
+The data is `make demo`'s teacher corpus read as `make demo`'s students read theirs
+(`common.time_demo_batches`: rendered through "chatml", tokenized, packed into rows
+of 224 tokens, batches of 10 rows). `--cores N` pins this process to N cores first
+(1: a demo worker). Each variant builds a fresh pipeline and times `--batches`
+batches after `--warmup`; variants alternate round by round. Reports wall and process
+CPU milliseconds per batch and checks that both give the same batches.
 
   python benchmarks/sft_read_threads.py [--cores 1] [--rounds 3] [--batches 200] [--write]
 """
@@ -16,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import tempfile
 
-from chat_template_compile_cache import _time_batches
+from common import append_row, time_demo_batches
+
+from distill_jax.demo.config import demo_config
+from distill_jax.host import available_cores
 
 
 def main():
@@ -31,31 +31,15 @@ def main():
     parser.add_argument("--warmup", type=int, default=10, help="untimed batches per run")
     parser.add_argument("--write", action="store_true", help="append results to BENCHMARKS.md")
     args = parser.parse_args()
-    if args.cores:
+    if args.cores:           # before any computation: XLA sizes its threads to the cores
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.cores])
-    from distill_jax.demo import pipeline
-    from distill_jax.demo.config import demo_config
-    from distill_jax.host import available_cores
-    variants = {"inline": 0, "16 read threads": 16}
-    demo = demo_config()
-    with tempfile.TemporaryDirectory() as tmp:
-        tok = pipeline._tokenizer(demo, tmp)
-        data = pipeline._prepare_data(demo, tmp)["teacher_sft"]
-        results = {name: [] for name in variants}
-        digests = {}
-        for r in range(args.rounds):
-            for name, threads in variants.items():
-                workdir = os.path.join(tmp, f"run-{r}-{threads}")
-                config = pipeline._train_config(demo, workdir, data, tok, demo.student)
-                config.data.cache_dir = os.path.join(tmp, "length_cache")
-                config.data.read_threads = threads
-                wall, cpu, digest = _time_batches(config, args.batches, args.warmup)
-                results[name].append((wall, cpu))
-                digests.setdefault(name, digest)
-                print(f"  {name:16s} {wall:6.1f} ms/batch wall, {cpu:6.1f} ms CPU", flush=True)
-    med = {name: (statistics.median(w for w, _ in rs), statistics.median(c for _, c in rs))
-           for name, rs in results.items()}
-    same = len(set(digests.values())) == 1
+
+    def threads(n):
+        def set_up(config):
+            config.data.read_threads = n
+        return set_up
+    med, same = time_demo_batches({"inline": threads(0), "16 read threads": threads(16)},
+                                  args.rounds, args.batches, args.warmup)
     cores = available_cores()
     for name, (wall, cpu) in med.items():
         print(f"{name:16s} {wall:6.1f} ms/batch wall, {cpu:6.1f} ms CPU")
@@ -65,13 +49,13 @@ def main():
     if not same:
         sys.exit("the two variants produced different batches")
     if args.write:
-        from common import append_row
-        inline, threads = med["inline"], med["16 read threads"]
+        demo = demo_config()
+        inline, threaded = med["inline"], med["16 read threads"]
         append_row([f"demo SFT batches ({demo.student.batch_size} rows of {demo.seq_len}) on "
                     f"{cores} core(s), median of {args.rounds} x {args.batches}",
                     f"{inline[0]:.1f} ms wall, {inline[1]:.1f} ms CPU",
-                    f"{threads[0]:.1f} ms wall, {threads[1]:.1f} ms CPU",
-                    f"{ratio:.2f}x CPU, {threads[0] / inline[0]:.2f}x wall",
+                    f"{threaded[0]:.1f} ms wall, {threaded[1]:.1f} ms CPU",
+                    f"{ratio:.2f}x CPU, {threaded[0] / inline[0]:.2f}x wall",
                     "batches identical"])
 
 

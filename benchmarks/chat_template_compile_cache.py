@@ -4,10 +4,10 @@ did before `tokenizer.compile_chat_template` was cached).
 
 The data is `make demo`'s teacher corpus read as `make demo`'s students read theirs
 (`common.time_demo_batches`: rendered through the "chatml" template by name,
-tokenized, packed into rows of 224 tokens, batches of 10 rows). Each variant builds a
-fresh pipeline and times `--batches` batches after `--warmup`; variants alternate
-round by round. Reports wall and process CPU milliseconds per batch and checks that
-both variants produce the same batches, bit for bit.
+tokenized, packed into rows of 224 tokens, batches of 10 rows, 16 read threads).
+Each variant builds a fresh pipeline and times `--batches` batches after `--warmup`;
+variants alternate round by round. Reports wall and process CPU milliseconds per
+batch and checks that both variants produce the same batches, bit for bit.
 
   python benchmarks/chat_template_compile_cache.py [--rounds 3] [--batches 100] [--write]
 """
@@ -33,6 +33,9 @@ def main():
 
     def uses(compile_fn):
         def set_up(config):
+            # grain's 16 read threads, as when the rows in BENCHMARKS.md were measured
+            # (the default now reads inline on 1-2 cores: benchmarks/sft_read_threads.py).
+            config.data.read_threads = 16
             tokenizer_module.compile_chat_template = compile_fn
 
             def undo():

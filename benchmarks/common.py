@@ -8,7 +8,6 @@ import time
 
 import jax
 import numpy as np
-import torch
 
 from distill_jax import models
 
@@ -26,6 +25,7 @@ def bench_model_config(large: bool = False) -> models.ModelConfig:
 
 
 def machine() -> str:
+    import torch        # here: the benchmarks without a torch reference run without it
     return (f"{platform.machine()} CPU x{os.cpu_count()}, jax {jax.__version__}, "
             f"torch {torch.__version__}")
 

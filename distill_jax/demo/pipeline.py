@@ -452,27 +452,34 @@ def _run_seed(config, out: str) -> dict[str, Any]:
     os.makedirs(out, exist_ok=True)
     times = stage_times.StageTimes(out)
 
-    def stage(name, marker, fn, *args):
-        """Runs a stage, which reads its output back when `marker` (the file it
-        writes last) exists: then its time is the one recorded when it was built."""
+    def stage(name, marker, resumes, fn, *args):
+        """Runs a stage, which reads its output back when `marker` exists (the file
+        its function checks for that): then its time is the one recorded when it was
+        built. `resumes`: an earlier attempt left output this one continues from, so
+        that its time covers only part of the stage."""
         if os.path.exists(os.path.join(out, marker)):
             print(f"pipeline: {name}: reusing its output ({marker} exists)", flush=True)
             times.reuse(name)
             return fn(*args)
         t = time.monotonic()
-        print(f"pipeline: {name} ...", flush=True)
+        print(f"pipeline: {name} ..." + (" (resuming an earlier attempt)" if resumes else ""),
+              flush=True)
         result = fn(*args)
-        times.built(name, time.monotonic() - t)
+        times.built(name, time.monotonic() - t, resumed=resumes)
         return result
 
-    tokenizer = stage("tokenizer", "tokenizer.model", _tokenizer, config, out)
-    paths = stage("data", "data/test_prompts.jsonl", _prepare_data, config, out)
-    teacher = stage("teacher", "teacher/summary.json", _train_model, config,
-                    os.path.join(out, "teacher"), paths["teacher_sft"], tokenizer,
+    tokenizer = stage("tokenizer", "tokenizer.model", False, _tokenizer, config, out)
+    paths = stage("data", "data/test_prompts.jsonl", False, _prepare_data, config, out)
+    teacher_dir = os.path.join(out, "teacher")
+    teacher = stage("teacher", "teacher/summary.json", _has_checkpoint(teacher_dir),
+                    _train_model, config, teacher_dir, paths["teacher_sft"], tokenizer,
                     config.teacher)
-    traces = stage("generate", "traces/summary.json", _generate, config, out, teacher,
-                   tokenizer, paths["train_prompts"])
-    curated = stage("filter", "curated/report.json", _filter, config, out, traces,
+    traces_dir = os.path.join(out, "traces")
+    traces = stage("generate", "traces/summary.json", os.path.isdir(traces_dir) and any(
+        n.startswith("shard-") for n in os.listdir(traces_dir)), _generate, config, out,
+        teacher, tokenizer, paths["train_prompts"])
+    # (The filter resumes too, from its own work directory; it takes seconds.)
+    curated = stage("filter", "curated/report.json", False, _filter, config, out, traces,
                     paths["test_prompts"])
     unfiltered = _unfiltered(out, traces)
     filtered = os.path.join(curated, "tfds")
@@ -498,18 +505,25 @@ def _run_seed(config, out: str) -> dict[str, Any]:
     start_jobs = time.monotonic()
     print(f"pipeline: students and evaluations, {len(work)} jobs "
           + (f"in {workers} worker processes" if workers else "in this process"), flush=True)
+    # A training job whose directory holds a checkpoint resumes from it.
+    resuming = {job.name for job in work
+                if not job.done and _has_checkpoint(os.path.dirname(job.log))}
     for job in work:
         if job.done:
             times.reuse(job.name)
+
+    def finished(name, seconds):
+        times.built(name, seconds, resumed=name in resuming)
     done, _ = jobs.run_jobs(work, workers, compile_cache=os.path.join(out, "xla_cache"),
-                            on_finish=times.built)
+                            on_finish=finished)
     # The phase's wall clock, when this run did all of it (a resumed phase's would
-    # be only the part it redid).
-    phase = "students and evaluations"
+    # be only the part it redid), kept with the jobs it covers.
+    phase, names = "students and evaluations", [job.name for job in work]
     if not any(job.done for job in work):
-        times.built(phase, time.monotonic() - start_jobs)
+        times.built(phase, time.monotonic() - start_jobs, resumed=bool(resuming),
+                    parts=names)
     elif all(job.done for job in work):
-        times.reuse(phase)
+        times.reuse(phase, parts=names)
     else:
         times.forget(phase)
     evals = {name: done[f"eval:{name}"] for name in ["teacher", *arms]}
@@ -526,10 +540,10 @@ def _run_seed(config, out: str) -> dict[str, Any]:
         "teacher_pass_at_1_on_train_prompts": filter_report["teacher"]["pass_at_k"].get("1"),
         "curves": {arm: report.curve(os.path.join(out, "students", arm)) for arm in arms
                    if arm != "on_policy"},
-        # Each stage's time in the run that built it; the stages this run read back
-        # instead (a rerun, a resumed run); this run's own wall clock.
-        "stage_seconds": times.report(), "reused_stages": times.reused,
-        "total_seconds": round(time.monotonic() - start, 1),
+        # Each stage's time in the run that built it, the stages this run read back
+        # instead (a rerun, a resumed run) and the ones resumed from an unfinished
+        # attempt (demo/stage_times.py); this run's own wall clock.
+        **times.report(), "total_seconds": round(time.monotonic() - start, 1),
     }
     if "filtered_base" in arms:
         results["base_curve"] = report.curve(os.path.join(out, "base"))
@@ -547,6 +561,12 @@ def _run_seed(config, out: str) -> dict[str, Any]:
             "train_reverse_kl": report.curve(workdir, "reverse_kl")}
     _publish(out, "results", results, report.format_results, report.plot_results)
     return results
+
+
+def _has_checkpoint(workdir: str) -> bool:
+    """A training run in `workdir` saved a checkpoint (orbax: a directory per step)."""
+    d = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
 
 
 def _arm_jobs(config, out, arms, data, kd, teacher, tokenizer, paths,

@@ -94,12 +94,18 @@ def test_finished_jobs_and_workers_0_run_in_this_process(tmp_path):
                                      on_finish=finished.__setitem__)
     assert results == {"a": "A", "b": "B"}
     assert seconds == finished == {}     # read back, not run: no time of this run's
+    work = [_job(tmp_path, "e", done=True), _job(tmp_path, "f", after=("e",))]
+    results, seconds = jobs.run_jobs(work, workers=2, echo=lambda line: None,
+                                     on_finish=finished.__setitem__)
+    assert results == {"e": "E", "f": "F"} and set(seconds) == set(finished) == {"f"}
+    finished.clear()
     work = [_job(tmp_path, "c"), _job(tmp_path, "d", after=("c",), done=True)]
     results, seconds = jobs.run_jobs(work, workers=0, echo=lambda line: None,
                                      on_finish=finished.__setitem__)
     assert results == {"c": "C", "d": "D"}
     assert set(seconds) == set(finished) == {"c"}
-    assert {s["pid"] for s in _seen(tmp_path)} == {os.getpid()}
+    assert {s["name"]: s["pid"] == os.getpid() for s in _seen(tmp_path)} == {
+        "a": True, "b": True, "e": True, "f": False, "c": True, "d": True}
     assert not (tmp_path / "c").exists()          # no log: its output is this process's
 
 

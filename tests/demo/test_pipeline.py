@@ -103,7 +103,7 @@ def test_notebook_runs_the_quick_pipeline_through_every_stage_and_arm(tmp_path, 
     assert again["accuracy"] == results["accuracy"]
     assert time.monotonic() - start < 30
     # It reports each stage's time from the run that built it, not its ~0 s of reading.
-    assert results["reused_stages"] == []
+    assert results["reused_stages"] == results["resumed_stages"] == []
     assert again["stage_seconds"] == results["stage_seconds"]
     assert set(again["reused_stages"]) == set(results["stage_seconds"])
     assert results["stage_seconds"]["teacher"] > 1 and "student:filtered" in again["reused_stages"]

@@ -1,6 +1,8 @@
 """The SFT input pipeline: completion masks per template, packing, overlong examples,
 host sharding and resumable iterator state."""
 import json
+
+import grain
 import jax
 import numpy as np
 import pytest
@@ -224,9 +226,19 @@ def test_offline_kd_reads_a_binary_sidecar_like_inline_lists(tokenizer, tmp_path
 def test_read_threads_change_the_cpu_cost_not_the_batches(tokenizer, tmp_path, monkeypatch):
     write_traces(tmp_path / "t.jsonl", 12)
     source = JsonlSource(str(tmp_path / "t.jsonl"))
-    runs = {threads: _batches(SFTPipeline(source, tokenizer, seq_len=256, batch_size=2,
-                                          num_epochs=2, read_threads=threads))
-            for threads in (0, 4)}
+    pipes = {threads: SFTPipeline(source, tokenizer, seq_len=256, batch_size=2, num_epochs=2,
+                                  read_threads=threads) for threads in (0, 4)}
+    assert [pipes[t].read_options.num_threads for t in (0, 4)] == [0, 4]
+    # The options reach grain: each run reads with its own.
+    used, to_iter = [], grain.MapDataset.to_iter_dataset
+
+    def recording(self, read_options=None, **kw):
+        used.append(read_options and read_options.num_threads)
+        return to_iter(self, read_options, **kw)
+    monkeypatch.setattr(grain.MapDataset, "to_iter_dataset", recording)
+    runs = {threads: _batches(pipe) for threads, pipe in pipes.items()}
+    assert used == [0, 4]
+    monkeypatch.undo()
     assert len(runs[0]) == len(runs[4]) > 2
     for a, b in zip(runs[0], runs[4]):
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

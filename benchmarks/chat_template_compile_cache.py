@@ -14,9 +14,8 @@ batch and checks that both variants produce the same batches, bit for bit.
 from __future__ import annotations
 
 import argparse
-import sys
 
-from common import append_row, time_demo_batches
+from common import report_demo_batches, time_demo_batches
 
 from distill_jax import tokenizer as tokenizer_module
 from distill_jax.demo.config import demo_config
@@ -45,22 +44,10 @@ def main():
     med, same = time_demo_batches({"compiled once": uses(cached),
                                    "compiled per example": uses(cached.__wrapped__)},
                                   args.rounds, args.batches, args.warmup)
-    for name, (wall, cpu) in med.items():
-        print(f"{name:22s} {wall:6.1f} ms/batch wall, {cpu:6.1f} ms CPU")
-    ratio = med["compiled per example"][1] / med["compiled once"][1]
-    print(f"CPU per batch, per example / once: {ratio:.2f}x; batches "
-          + ("identical" if same else "DIFFER"))
-    if not same:
-        sys.exit("the two variants produced different batches")
-    if args.write:
-        demo = demo_config()
-        once, per = med["compiled once"], med["compiled per example"]
-        append_row([f"demo SFT batches ({demo.student.batch_size} rows of {demo.seq_len}), "
-                    f"median of {args.rounds} x {args.batches}",
-                    f"{once[0]:.1f} ms wall, {once[1]:.1f} ms CPU",
-                    f"{per[0]:.1f} ms wall, {per[1]:.1f} ms CPU",
-                    f"{ratio:.2f}x CPU, {per[0] / once[0]:.2f}x wall", "batches identical"])
-
+    demo = demo_config()
+    report_demo_batches(med, same, "compiled once", "compiled per example",
+                        f"demo SFT batches ({demo.student.batch_size} rows of {demo.seq_len}), "
+                        f"median of {args.rounds} x {args.batches}", args.write)
 
 if __name__ == "__main__":
     main()

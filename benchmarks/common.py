@@ -109,3 +109,22 @@ def time_demo_batches(variants: dict, rounds: int, batches: int, warmup: int
     medians = {name: (statistics.median(w for w, _ in ts), statistics.median(c for _, c in ts))
                for name, ts in times.items()}
     return medians, len(digests) == 1
+
+
+def report_demo_batches(medians: dict, same: bool, base: str, other: str, what: str,
+                        write: bool) -> None:
+    """Prints `time_demo_batches`' medians and the CPU ratio `other` / `base`; stops if
+    the variants' batches differ; with `write`, appends the row (`what` names it)."""
+    import sys
+    for name, (wall, cpu) in medians.items():
+        print(f"{name:22s} {wall:6.1f} ms/batch wall, {cpu:6.1f} ms CPU")
+    (b_wall, b_cpu), (o_wall, o_cpu) = medians[base], medians[other]
+    print(f"CPU per batch, {other} / {base}: {o_cpu / b_cpu:.2f}x; batches "
+          + ("identical" if same else "DIFFER"))
+    if not same:
+        sys.exit("the two variants produced different batches")
+    if write:
+        append_row([what, f"{b_wall:.1f} ms wall, {b_cpu:.1f} ms CPU",
+                    f"{o_wall:.1f} ms wall, {o_cpu:.1f} ms CPU",
+                    f"{o_cpu / b_cpu:.2f}x CPU, {o_wall / b_wall:.2f}x wall",
+                    "batches identical"])

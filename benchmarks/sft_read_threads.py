@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-from common import append_row, time_demo_batches
+from common import report_demo_batches, time_demo_batches
 
 from distill_jax.demo.config import demo_config
 from distill_jax.host import available_cores
@@ -40,24 +39,11 @@ def main():
         return set_up
     med, same = time_demo_batches({"inline": threads(0), "16 read threads": threads(16)},
                                   args.rounds, args.batches, args.warmup)
-    cores = available_cores()
-    for name, (wall, cpu) in med.items():
-        print(f"{name:16s} {wall:6.1f} ms/batch wall, {cpu:6.1f} ms CPU")
-    ratio = med["16 read threads"][1] / med["inline"][1]
-    print(f"{cores} core(s): CPU per batch, 16 threads / inline: {ratio:.2f}x; batches "
-          + ("identical" if same else "DIFFER"))
-    if not same:
-        sys.exit("the two variants produced different batches")
-    if args.write:
-        demo = demo_config()
-        inline, threaded = med["inline"], med["16 read threads"]
-        append_row([f"demo SFT batches ({demo.student.batch_size} rows of {demo.seq_len}) on "
-                    f"{cores} core(s), median of {args.rounds} x {args.batches}",
-                    f"{inline[0]:.1f} ms wall, {inline[1]:.1f} ms CPU",
-                    f"{threaded[0]:.1f} ms wall, {threaded[1]:.1f} ms CPU",
-                    f"{ratio:.2f}x CPU, {threaded[0] / inline[0]:.2f}x wall",
-                    "batches identical"])
-
+    demo = demo_config()
+    report_demo_batches(med, same, "inline", "16 read threads",
+                        f"demo SFT batches ({demo.student.batch_size} rows of {demo.seq_len}) on "
+                        f"{available_cores()} core(s), median of {args.rounds} x {args.batches}",
+                        args.write)
 
 if __name__ == "__main__":
     main()

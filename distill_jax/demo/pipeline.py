@@ -20,8 +20,9 @@
                   filtered_base filtered SFT from a base pre-trained on worked
                                 arithmetic of another distribution (config.base),
                                 as R1's students were pre-trained models
-                  filtered_small, filtered_large
-                                filtered SFT of a smaller and a larger student
+                  filtered_small
+                                filtered SFT of a smaller student (the capacity
+                                gap: against the filtered arm's student)
   6. evaluate   every student and the teacher on the held-out test split
                 (k samples, pass@1 averaged over k);
   7. report     results.json, a table, and results.png (demo/report.py: pass@1
@@ -64,10 +65,10 @@ from distill_jax.training.config import base_config as train_defaults
 from distill_jax.training.run import train
 
 ARMS = ("answer_only", "unfiltered", "filtered", "kd_online", "kd_offline", "on_policy",
-        "filtered_base", "filtered_small", "filtered_large")
+        "filtered_base", "filtered_small")
 # Arms that train on the filtered traces and so cannot run without them.
 _NEED_FILTERED = ("filtered", "kd_online", "kd_offline", "on_policy", "filtered_base",
-                  "filtered_small", "filtered_large")
+                  "filtered_small")
 # The prompt of the base's pre-training rows (`_base_corpus`).
 BASE_PROMPT = "Worked arithmetic."
 
@@ -256,12 +257,11 @@ def _on_policy(config, workdir, start, teacher, tokenizer, paths) -> str:
 
 
 def _student_section(config, arm: str):
-    """The student's section for an arm: filtered_small and filtered_large change
-    its sizes (`config.student_sizes`), every other arm trains the student as is."""
+    """The student's section for an arm: filtered_small changes its sizes
+    (`config.student_sizes.small`), every other arm trains the student as is."""
     section = copy.deepcopy(config.student)
-    size = {"filtered_small": "small", "filtered_large": "large"}.get(arm)
-    if size:
-        section.update(dict(config.student_sizes[size]))
+    if arm == "filtered_small":
+        section.update(dict(config.student_sizes.small))
     return section
 
 
@@ -439,11 +439,9 @@ def _check_arms(config) -> None:
     if "filtered_base" in config.arms and config.base.train.num_steps <= 0:
         raise ValueError("config.arms: filtered_base starts from the base, but "
                          "config.base.train.num_steps is 0 (no base): set it or drop the arm")
-    sizes = config.get("student_sizes", {})
-    for arm, size in (("filtered_small", "small"), ("filtered_large", "large")):
-        if arm in config.arms and size not in sizes:
-            raise ValueError(f"config.arms: {arm} needs config.student_sizes.{size} (the "
-                             "model sizes that replace config.student's)")
+    if "filtered_small" in config.arms and "small" not in config.get("student_sizes", {}):
+        raise ValueError("config.arms: filtered_small needs config.student_sizes.small (the "
+                         "model sizes that replace config.student's)")
 
 
 def _run_seed(config, out: str) -> dict[str, Any]:

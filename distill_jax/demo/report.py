@@ -25,17 +25,18 @@ COMPARISONS = (
     ("verification matters: filtered beats unfiltered", "filtered", "unfiltered"),
     ("traces beat answers: filtered beats answer-only", "filtered", "answer_only"),
     ("base matters: the pre-trained base beats random init", "filtered_base", "filtered"),
-    ("capacity gap: the larger student beats the smaller", "filtered_large", "filtered_small"),
+    ("capacity gap: the student beats a smaller one", "filtered", "filtered_small"),
     ("online KD on top of filtered SFT", "kd_online", "filtered"),
     ("offline top-k KD on top of filtered SFT", "kd_offline", "filtered"),
     ("on-policy distillation after filtered SFT", "on_policy", "filtered"))
 # The arms trained on the teacher's traces: the knowledge frontier is measured on them.
 TRACE_ARMS = ("unfiltered", "filtered", "kd_online", "kd_offline", "on_policy",
-              "filtered_base", "filtered_small", "filtered_large")
-CAPACITY = ("filtered_small", "filtered", "filtered_large")
+              "filtered_base", "filtered_small")
+# The capacity gap's students, smaller first: the same filtered traces, two sizes.
+CAPACITY = ("filtered_small", "filtered")
 # One colour per model in every panel (matplotlib's 10 tab colours, in this order).
 _MODELS = ("teacher", "answer_only", "unfiltered", "filtered", "kd_online", "kd_offline",
-           "on_policy", "filtered_base", "filtered_small", "filtered_large")
+           "on_policy", "filtered_base", "filtered_small")
 
 
 def _color(name: str) -> str | None:
@@ -94,7 +95,7 @@ def uncertainty(out: str, names: list[str], seed: int) -> dict[str, Any]:
     result = {"intervals": intervals, "comparisons": comparisons,
               "by_difficulty": by_difficulty,
               "misread_doubles": {name: misread_rate(out, name, questions) for name in names}}
-    if all(arm in vectors for arm in ("filtered_small", "filtered_large")):
+    if all(arm in vectors for arm in CAPACITY):
         result["capacity"] = _capacity(rates, problems, steps, buckets, seed)
     if "teacher" in rates:
         result["frontier"] = _frontier(rates, problems, seed)
@@ -129,7 +130,7 @@ def _misread_total(counts) -> dict[str, Any]:
 
 def _capacity(rates, problems, steps, buckets, seed) -> dict[str, Any]:
     """Per difficulty: what each student size keeps of the teacher's pass@1, and
-    the paired difference large - small on that bucket's problems."""
+    the paired difference filtered - filtered_small on that bucket's problems."""
     out = {}
     for k in buckets:
         ids = [p for p in problems if steps[p] == k]
@@ -137,10 +138,10 @@ def _capacity(rates, problems, steps, buckets, seed) -> dict[str, Any]:
         for name in ("teacher",) + CAPACITY:
             if name in rates:
                 row[name] = _mean(rates[name][p] for p in ids)
-        diff = statistics.paired_difference([rates["filtered_large"][p] for p in ids],
-                                            [rates["filtered_small"][p] for p in ids],
-                                            seed=seed)
-        row["large_minus_small"] = diff.as_dict()
+        small, large = CAPACITY
+        diff = statistics.paired_difference([rates[large][p] for p in ids],
+                                            [rates[small][p] for p in ids], seed=seed)
+        row["larger_minus_smaller"] = diff.as_dict()
         out[str(k)] = row
     return out
 
@@ -251,14 +252,14 @@ def _capacity_table(capacity: Mapping[str, Any] | None) -> list[str]:
     if not capacity:
         return []
     lines = ["", "Capacity gap by difficulty: pass@1 of the teacher and of each student "
-                 "size on the same filtered traces, and large - small (paired 95% interval):",
-             "", "| steps | teacher | small | medium | large | large - small |",
-             "|---|---|---|---|---|---|"]
+                 "size on the same filtered traces, and filtered - filtered_small (paired "
+                 "95% interval):",
+             "", "| steps | teacher | filtered_small | filtered | filtered - filtered_small |",
+             "|---|---|---|---|---|"]
     for k, row in capacity.items():
-        d = row["large_minus_small"]
-        lines.append(f"| {k} | {row.get('teacher', float('nan')):.3f} | "
-                     f"{row['filtered_small']:.3f} | {row.get('filtered', float('nan')):.3f} | "
-                     f"{row['filtered_large']:.3f} | {d['estimate']:+.3f} "
+        d = row["larger_minus_smaller"]
+        lines.append(f"| {k} | {row.get('teacher', float('nan')):.3f} | {row['filtered_small']:.3f} | "
+                     f"{row['filtered']:.3f} | {d['estimate']:+.3f} "
                      f"[{d['low']:+.3f}, {d['high']:+.3f}] |")
     return lines
 

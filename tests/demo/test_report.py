@@ -39,8 +39,8 @@ def _write_outputs(out, seed, rates_by_model, problems):
 def _seed_outputs(tmp_path, seed, n=300):
     """Made-up rates with known structure: the teacher never solves the problems
     with 5 steps; filtered solves most of what the teacher solves, unfiltered a
-    third less; kd_online equals filtered; the large student beats the small one
-    only on 4-step problems (on 5 steps neither solves any)."""
+    third less; kd_online equals filtered; filtered beats the small student only
+    on 4-step problems (on 5 steps neither solves any)."""
     problems = arithmetic.make_split(seed, 0, n, TASK)
     steps = np.array([arithmetic.num_steps(p.question) for p in problems])
     rng = np.random.default_rng(seed)
@@ -50,7 +50,7 @@ def _seed_outputs(tmp_path, seed, n=300):
     small = np.where(steps >= 4, 0.0, filtered)
     rates = {"teacher": teacher, "answer_only": np.zeros(n), "filtered": filtered,
              "unfiltered": unfiltered, "kd_online": filtered.copy(),
-             "filtered_small": small, "filtered_large": filtered.copy()}
+             "filtered_small": small}
     out = str(tmp_path / f"seed-{seed}")
     results = _write_outputs(out, seed, rates, problems)
     results.update({"accuracy": {m: float(np.mean(r)) for m, r in rates.items()},
@@ -73,20 +73,19 @@ def test_one_seed_reports_claims_capacity_and_frontier(tmp_path):
     # A difference the other way round is reported as such, never as shown.
     assert report.verdict({"low": -0.2, "high": -0.1}) == "reversed: b beats a"
     assert ("filtered_base", "filtered") not in claims         # that arm was not run
-    # Capacity: large - small is 0 on the 2- and 3-step buckets, positive on 4 and 5.
+    # Capacity: filtered - small is 0 on the 2- and 3-step buckets, positive on 4, 0 on 5.
     capacity = results["capacity"]
     assert set(capacity) == {"2", "3", "4", "5"}
     for k in ("2", "3"):
-        assert capacity[k]["large_minus_small"]["estimate"] == 0.0
-    assert capacity["4"]["large_minus_small"]["low"] > 0.0
-    assert capacity["5"]["large_minus_small"]["estimate"] == 0.0
+        assert capacity[k]["larger_minus_smaller"]["estimate"] == 0.0
+    assert capacity["4"]["larger_minus_smaller"]["low"] > 0.0
+    assert capacity["5"]["larger_minus_smaller"]["estimate"] == 0.0
     assert capacity["4"]["teacher"] == pytest.approx(rates["teacher"][steps == 4].mean())
     # Frontier: the teacher never solves the 5-step problems, and neither does any
     # student trained on its traces; only those arms are listed.
     frontier = results["frontier"]
     assert frontier["teacher_never_solved"] == int((steps == 5).sum())
-    assert set(frontier["arms"]) == {"unfiltered", "filtered", "kd_online", "filtered_small",
-                                     "filtered_large"}
+    assert set(frontier["arms"]) == {"unfiltered", "filtered", "kd_online", "filtered_small"}
     f = frontier["arms"]["filtered"]
     assert f["on_never_solved"]["estimate"] == 0.0 and f["shown"]
     assert f["on_solved"] == pytest.approx(rates["filtered"][steps < 5].mean())
@@ -201,9 +200,9 @@ def test_bad_task_sizes_and_missing_student_sizes_are_refused_before_any_stage(t
         pipeline.run(config)
     config = demo_config()
     config.output_dir = str(tmp_path / "demo")
-    config.arms = ("filtered", "filtered_large")
-    del config.student_sizes["large"]
-    with pytest.raises(ValueError, match="filtered_large needs config.student_sizes.large"):
+    config.arms = ("filtered", "filtered_small")
+    del config.student_sizes["small"]
+    with pytest.raises(ValueError, match="filtered_small needs config.student_sizes.small"):
         pipeline.run(config)
     config = demo_config()
     config.output_dir = str(tmp_path / "demo")

@@ -1,5 +1,6 @@
 """Tokenizer backends, chat templates, and parity with transformers' rendering."""
 import json
+import os
 
 import pytest
 import tokenizers
@@ -106,6 +107,22 @@ def test_sentencepiece_backend_round_trips_and_keeps_specials(tmp_path, shared_d
     assert tok.decode(tok.encode("non-ascii: é ✓ 日本")) == "non-ascii: é ✓ 日本"
     assert "<|im_start|>" not in tok.decode(ids, skip_special_tokens=True)
     assert tok.token_to_id("<never-seen-token>") is None
+    assert sorted(os.listdir(tmp_path)) == ["sp.model", "sp.vocab"]    # no scratch left
+
+
+def test_sentencepiece_training_that_stops_midway_leaves_no_model(tmp_path, monkeypatch):
+    """The trainer wrote half a .model and died: the prefix gets nothing, so a demo
+    rerun (which takes the .model as the tokenizer stage's output) trains again."""
+    import sentencepiece as spm
+
+    def dies_writing(model_prefix, **_):
+        with open(model_prefix + ".model", "wb") as f:
+            f.write(b"half a model")
+        raise RuntimeError("killed")
+    monkeypatch.setattr(spm.SentencePieceTrainer, "Train", dies_writing)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_sentencepiece(["1 + 1 = 2"], str(tmp_path / "sp"), vocab_size=64)
+    assert os.listdir(tmp_path) == []
 
 
 def test_bad_paths_name_the_culprit(tmp_path):

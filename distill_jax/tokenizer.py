@@ -568,22 +568,26 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: str, vocab_size: int
 
     Ids: 0 pad, 1 unk, 2 bos, 3 eos; `extra_special_tokens` are user-defined
     symbols, so they always encode as one token. Byte fallback keeps any text encodable.
-    A bucket `model_prefix` gets the .model and .vocab uploaded as whole objects.
-    Locally the trainer writes both into a temporary directory next to them, and
-    they are renamed into place .vocab first: a .model at `model_prefix` is whole,
-    and its .vocab is too (the demo pipeline takes the .model as the sign that the
-    stage is done), whenever the run stopped.
+    A bucket `model_prefix` gets the .vocab, then the .model uploaded as whole
+    objects. Locally the trainer writes both into a scratch directory next to
+    them (`.<name>.training/`, cleared first: a killed attempt's is not left to
+    grow), and they are renamed into place .vocab first: a .model at
+    `model_prefix` is whole, and its .vocab is too (the demo pipeline takes the
+    .model as the sign that the stage is done), whenever the run stopped. The
+    scratch path is fixed by `model_prefix`, so the .model, which records the
+    path it was trained to, is the same bytes from one run to the next.
     """
     if not storage.is_local(model_prefix):
         return _train_sentencepiece_to_bucket(texts, model_prefix, vocab_size,
                                               extra_special_tokens, model_type)
     import sentencepiece as spm
-    directory = os.path.dirname(os.path.abspath(model_prefix))
-    os.makedirs(directory, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=".spm-", dir=directory)
+    directory, name = os.path.split(os.path.abspath(model_prefix))
+    scratch = os.path.join(directory, f".{name}.training")
+    shutil.rmtree(scratch, ignore_errors=True)
+    os.makedirs(scratch)
     try:
         spm.SentencePieceTrainer.Train(
-            sentence_iterator=iter(texts), model_prefix=os.path.join(scratch, "model"),
+            sentence_iterator=iter(texts), model_prefix=os.path.join(scratch, name),
             vocab_size=vocab_size, model_type=model_type,
             user_defined_symbols=list(extra_special_tokens), pad_id=0, unk_id=1, bos_id=2,
             eos_id=3, byte_fallback=True, character_coverage=1.0, split_digits=True,
@@ -591,7 +595,7 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: str, vocab_size: int
             normalization_rule_name="identity", allow_whitespace_only_pieces=True,
             minloglevel=2, num_threads=2)
         for suffix in (".vocab", ".model"):
-            os.replace(os.path.join(scratch, "model" + suffix), model_prefix + suffix)
+            os.replace(os.path.join(scratch, name + suffix), model_prefix + suffix)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return model_prefix + ".model"
@@ -605,7 +609,7 @@ def _train_sentencepiece_to_bucket(texts: Iterable[str], model_prefix: str, voca
     try:
         local_prefix = os.path.join(local_dir, "model")
         train_sentencepiece(texts, local_prefix, vocab_size, extra_special_tokens, model_type)
-        for suffix in (".model", ".vocab"):
+        for suffix in (".vocab", ".model"):
             with open(local_prefix + suffix, "rb") as f:
                 storage.write_bytes_atomic(model_prefix + suffix, f.read())
     finally:

@@ -112,17 +112,35 @@ def test_sentencepiece_backend_round_trips_and_keeps_specials(tmp_path, shared_d
 
 def test_sentencepiece_training_that_stops_midway_leaves_no_model(tmp_path, monkeypatch):
     """The trainer wrote half a .model and died: the prefix gets nothing, so a demo
-    rerun (which takes the .model as the tokenizer stage's output) trains again."""
+    rerun (which takes the .model as the tokenizer stage's output) trains again. The
+    trainer never writes at the prefix itself, and the .model lands after the .vocab."""
     import sentencepiece as spm
+    prefix = str(tmp_path / "sp")
+    os.makedirs(tmp_path / ".sp.training" / "left by a killed attempt")
+    trained_to = []
 
     def dies_writing(model_prefix, **_):
+        trained_to.append(model_prefix)
         with open(model_prefix + ".model", "wb") as f:
             f.write(b"half a model")
         raise RuntimeError("killed")
     monkeypatch.setattr(spm.SentencePieceTrainer, "Train", dies_writing)
     with pytest.raises(RuntimeError, match="killed"):
-        train_sentencepiece(["1 + 1 = 2"], str(tmp_path / "sp"), vocab_size=64)
+        train_sentencepiece(["1 + 1 = 2"], prefix, vocab_size=64)
     assert os.listdir(tmp_path) == []
+    assert trained_to == [str(tmp_path / ".sp.training" / "sp")]
+
+    def writes_both(model_prefix, **_):
+        for suffix in (".model", ".vocab"):
+            with open(model_prefix + suffix, "w") as f:
+                f.write(suffix)
+    renamed = []
+    replace = os.replace
+    monkeypatch.setattr(spm.SentencePieceTrainer, "Train", writes_both)
+    monkeypatch.setattr(os, "replace", lambda a, b: (renamed.append(b), replace(a, b)))
+    assert train_sentencepiece(["1 + 1 = 2"], prefix, vocab_size=64) == prefix + ".model"
+    assert renamed == [prefix + ".vocab", prefix + ".model"]
+    assert sorted(os.listdir(tmp_path)) == ["sp.model", "sp.vocab"]
 
 
 def test_bad_paths_name_the_culprit(tmp_path):

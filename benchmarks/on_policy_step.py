@@ -1,8 +1,9 @@
 """Where the time of one on-policy distillation step goes (kd.mode="on_policy"), on
 the demo's models, and our on-policy sampling vs the `distill-generate` path.
 
-Models: the demo's teacher and small student (distill_jax/demo/config.py: tiny-llama
-shape, teacher hidden 128 / 4 layers, student hidden 96 / 3 layers), **random weights**
+Models: the demo's teacher (distill_jax/demo/config.py: tiny-llama shape, hidden 128 /
+4 layers) and a student of hidden 96 / 3 layers (the demo's small student size when
+these numbers were measured; it is 64 / 2 now), **random weights**
 (preset init, seeds 1 and 2), float32, the demo's SentencePiece tokenizer trained
 here (vocab 512) and its chat template (chatml, R1 math suffix, "<think>\\n"
 opener). The run is built exactly as `distill-train` builds it (`run.prepare`,

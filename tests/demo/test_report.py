@@ -102,6 +102,10 @@ def test_one_seed_reports_claims_capacity_and_frontier(tmp_path):
     table = report.format_results(results)
     assert "test samples: teacher 0." in table and "answer_only 1.000" in table
     assert "| filtered_small | 1200 |" in table
+    gap = claims[("filtered", "filtered_small")]        # the capacity claim: filtered is larger
+    assert gap["estimate"] > 0 and gap["shown"]
+    assert "| steps | teacher | filtered_small | filtered | filtered - filtered_small |" in table
+    assert f"| 4 | {capacity['4']['teacher']:.3f} | 0.000 | " in table
     assert "Knowledge frontier" in table and "| 5 |" in table
 
 

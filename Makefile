@@ -39,8 +39,8 @@ $(VENV)/.test: $(VENV)/.core
 demo: $(VENV)/.core
 	$(VENV)/bin/distill-pipeline --config=configs/demo_cpu.py
 
-# Every arm of the demo under three seeds: 1 h 12 min and 1 h 18 min from fresh clones on 2 Intel Xeon cores
-# (~24-26 min a seed, the students side by side in one-core workers; README "The study from one command").
+# Every arm of the demo under three seeds: 1 h 4 min from a fresh clone on 2 Intel Xeon cores
+# (~21 min a seed, the students side by side in one-core workers; README "The study at this config").
 study: $(VENV)/.core
 	$(VENV)/bin/distill-pipeline --config=configs/demo_study.py
 

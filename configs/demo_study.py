@@ -1,24 +1,28 @@
 """The demo study: every arm of the demo pipeline under three seeds.
 
-  distill-pipeline --config=configs/demo_study.py       # 72-78 min on 2 Intel Xeon cores (measured)
+  distill-pipeline --config=configs/demo_study.py       # 1 h 4 min on 2 Intel Xeon cores (measured, .venv included)
 
 Each seed re-runs every stage (the task's problems and splits, the tokenizer,
 the teacher, its samples, every student, the evaluation) under
 `output_dir/seed-<s>`; study.{json,md,png} put the seeds side by side: pass@1
 per model with 95% intervals, each claim's paired interval per seed and whether
 it holds in every seed, accuracy by difficulty, the capacity gap and the
-knowledge frontier. Every arm's three seeds at this config are committed under
-docs/demo_study/ (README, "The study"; AMD, pieced together from several
-invocations) and docs/demo_study/intel_make_study/ (one `make study` from a
-fresh clone on an Intel CPU), the previous config's (students of 420
-steps) under docs/demo_study/students_420/, and the core arms trained a second
-time under other float rounding (one XLA thread) and rerun from scratch on an
-Intel CPU under docs/demo_study/float_rounding/.
+knowledge frontier. Every arm's three seeds at this config, from one `make
+study` in a fresh clone on an Intel CPU, are committed under
+docs/demo_study/intel_make_study_small64/ (README, "The study at this config").
+The config before it, which also trained a 192-wide filtered_large and a 96 x 3
+small student, under docs/demo_study/ (AMD, pieced together from several
+invocations) and docs/demo_study/intel_make_study/ (one `make study`; every
+other arm is the same bits as the current run's); the one before that
+(students of 420 steps) under docs/demo_study/students_420/; the core arms
+trained a second time under other float rounding (one XLA thread) and rerun
+from scratch on an Intel CPU under docs/demo_study/float_rounding/.
 
 Same sizes as `make demo` (configs/demo_cpu.py), every student from random init
 as there, plus the arms that make the remaining claims: kd_offline and on_policy
 (soft targets), filtered_base (base matters: filtered SFT from a base pre-trained
-on worked arithmetic), filtered_small and filtered_large (capacity gap).
+on worked arithmetic), filtered_small (capacity gap: a 64 x 2 student against
+the filtered arm's 128 x 4).
 """
 from distill_jax.demo import pipeline
 from distill_jax.demo.config import demo_config

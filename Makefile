@@ -57,6 +57,9 @@ bench: $(VENV)/.test
 	$(PY) benchmarks/demo_workers_throughput.py
 	$(PY) benchmarks/chat_template_compile_cache.py
 	$(PY) benchmarks/sft_read_threads.py
+	@# Needs a finished `make demo` (its teacher and data).
+	@if [ -f artifacts/demo_pipeline/results.json ]; then $(PY) benchmarks/demo_idle_cores.py; \
+	else echo "benchmarks/demo_idle_cores.py: skipped, run make demo first"; fi
 
 clean:
 	rm -rf $(VENV) artifacts

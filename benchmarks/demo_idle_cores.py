@@ -14,8 +14,9 @@ buy before anyone restructures the pipeline for it:
     (so neither timed pass pays for compiling: the pipeline's pays once);
   * the same stage while one SCHED_IDLE worker per core, pinned to it, trains the
     demo's answer-only student: the stage's slowdown, and the workers' steps
-    during it, in one-core seconds of that student (its steps/s alone, measured
-    after the stages on the same workers).
+    during it (read from their metrics.jsonl, so to 5 steps), in one-core
+    seconds of that student (its steps/s alone, measured after the stages on
+    the same workers).
 
 The estimate for a pipeline that ran them this way: the work done in the stages'
 shadow shortens the two-worker phase after them by half its one-core seconds,

@@ -79,10 +79,11 @@ def demo_config():
         learning_rate=3e-3, warmup_steps=20))
     # filtered_small (the capacity gap, against the filtered arm's student): these
     # sizes replace the student's. 64 wide and 2 deep has ~1/9 of the student's
-    # weights outside the embeddings (R1's students span 1.5B to 70B) and trains at
-    # 3.3x its steps/s on one core (9.8 against 3.0, measured). Until this config the
-    # study also trained a 192-wide filtered_large, ~410 of the ~2,400 core-seconds
-    # a seed spent in the workers (README, "The study").
+    # weights outside the embeddings (R1's students span 1.5B to 70B) and trains in
+    # 95-99 s against the student's 261-278 s in a one-core worker (the study). Until
+    # this config the study also trained a 192-wide filtered_large, ~410 of the
+    # ~2,400 core-seconds a seed spent in the workers (README, "The study at this
+    # config").
     c.student_sizes = ml_collections.ConfigDict(dict(
         small=dict(hidden_size=64, intermediate_size=160, num_layers=2, head_dim=16)))
     # The filtered_base arm (base matters): the student first pre-trained for num_steps

@@ -258,8 +258,8 @@ def _capacity_table(capacity: Mapping[str, Any] | None) -> list[str]:
              "|---|---|---|---|---|"]
     for k, row in capacity.items():
         d = row["larger_minus_smaller"]
-        lines.append(f"| {k} | {row.get('teacher', float('nan')):.3f} | {row['filtered_small']:.3f} | "
-                     f"{row['filtered']:.3f} | {d['estimate']:+.3f} "
+        lines.append(f"| {k} | {row.get('teacher', float('nan')):.3f} | "
+                     f"{row['filtered_small']:.3f} | {row['filtered']:.3f} | {d['estimate']:+.3f} "
                      f"[{d['low']:+.3f}, {d['high']:+.3f}] |")
     return lines
 

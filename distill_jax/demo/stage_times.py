@@ -43,6 +43,9 @@ class StageTimes:
         with open(self.path) as f:
             try:
                 saved = json.load(f)
+                if isinstance(saved, dict) and "seconds" not in saved:
+                    # The first version's file: {stage: seconds}, nothing resumed.
+                    saved = {"seconds": saved, "resumed": [], "parts": {}}
                 self.seconds = {str(k): float(v) for k, v in saved["seconds"].items()}
                 self.resumed = {str(k) for k in saved["resumed"]}
                 self.parts = {str(k): [str(p) for p in v] for k, v in saved["parts"].items()}

@@ -55,6 +55,17 @@ def test_a_phase_time_is_dropped_for_other_parts_or_a_partial_redo(tmp_path):
     assert "students and evaluations" not in StageTimes(str(tmp_path)).seconds
 
 
+def test_the_first_versions_file_is_read(tmp_path):
+    """An output directory from before `resumed` and `parts`: its times are kept."""
+    (tmp_path / FILE).write_text('{"teacher": 161.5, "students and evaluations": 1198.6}')
+    times = StageTimes(str(tmp_path))
+    times.reuse("teacher")
+    times.reuse("students and evaluations", parts=JOBS)   # no parts recorded: not these
+    assert times.report() == {"stage_seconds": {"teacher": 161.5},
+                              "reused_stages": ["teacher", "students and evaluations"],
+                              "resumed_stages": []}
+
+
 @pytest.mark.parametrize("text", ["[1, 2]", '{"teacher": null}', "{", '{"seconds": {"a": null}, '
                                   '"resumed": [], "parts": {}}'])
 def test_a_broken_times_file_is_named(tmp_path, text):

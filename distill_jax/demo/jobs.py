@@ -1,5 +1,7 @@
-"""The demo pipeline's independent jobs (the students, the base, the evaluations),
-run side by side in worker processes, each pinned to one core.
+"""The demo pipeline's work as one graph of jobs: the stages that take every core
+(the teacher, sampling, the filters) in this process, one after another, and the
+independent ones (the students, the base, the evaluations) side by side in worker
+processes, each computing on one core.
 
 Why processes: the demo's models are 128 wide, and XLA's CPU backend spends a
 step of one of them mostly on per-op overhead rather than on the matmuls (README,
@@ -14,7 +16,21 @@ how many cores the machine has or how many workers run, so the students and thei
 evaluations are the same whether `workers` is 2 or 16 (on one CPU type; another
 ISA rounds differently, README "Float rounding"). (XLA_FLAGS'
 `--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1` do not do it:
-a 1024x1024 matmul chain still ran on two threads with them, measured.)
+a 1024x1024 matmul chain still ran on two threads with them, measured.) Each job
+then moves the worker's threads to a core no other running job has (the thread
+count stays what it was at the start), so a worker job never shares a core with
+another while one stands free.
+
+Beside this process's stages (`Job.here`): those keep ~1.4-1.8 of 2 cores busy
+(the teacher's steps and the sampler wait on Python between XLA's parallel
+parts), so the worker jobs that do not wait on them start at once in workers at
+idle CPU priority (Linux's SCHED_IDLE: a core goes to them only when nothing else
+wants it), and the stages lose ~2-3% of their speed to them (measured,
+`benchmarks/demo_idle_cores.py`). A process cannot raise its priority back
+without privileges, so those workers take no job once the stages have finished;
+a job one of them is running finishes at idle priority (on a busy machine it
+waits for free CPU), and every later job starts in a worker of normal priority.
+Where there is no SCHED_IDLE (not Linux) the worker jobs start after the stages.
 
 The workers share a persistent XLA compilation cache (`compile_cache`): the demo's
 students of one shape run one training program and its evaluations one sampler (the
@@ -28,11 +44,11 @@ never served to a process with more threads (whether XLA's CPU compiler plans wo
 by thread count was not checked: this rules it out).
 
 A job whose output is already complete (a rerun, a resumed run) only reads it, so
-it runs in this process without starting a worker. Jobs start in order of the
-longest chain of work they head (`Job.cost` plus their dependents'), so a long
-student does not start last. Each job's output goes to its own log file; this
-process prints when a job starts and ends and, while jobs run, their latest
-progress line (steps/s, ETA) every `poll_s` seconds.
+it runs in this process without starting a worker. Worker jobs start in order of
+the longest chain of work they head (`Job.cost` plus their dependents'), so a long
+student does not start last. Each worker job's output goes to its own log file;
+this process prints when a job starts and ends and, while worker jobs run, their
+latest progress line (steps/s, ETA) every `poll_s` seconds.
 """
 from __future__ import annotations
 
@@ -40,9 +56,10 @@ import dataclasses
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from distill_jax.host import available_cores
 
@@ -52,14 +69,17 @@ class Job:
     """One unit of the pipeline's work. `fn(*args)` must be a module-level function
     (a worker imports it); `after`: jobs that must finish first; `cost`: a relative
     estimate of its run time (only the order of jobs depends on it); `done`: its
-    output is complete, so running it only reads it."""
+    output is complete, so running it only reads it; `here`: it runs in this
+    process, on every core (a stage such as the teacher's training), never beside
+    another `here` job; `log`: a worker job's output file."""
     name: str
     fn: Callable[..., Any]
     args: tuple
-    log: str
+    log: str = ""
     after: tuple[str, ...] = ()
     cost: float = 1.0
     done: bool = False
+    here: bool = False
 
 
 def resolve_workers(workers: int, jobs: int, platform: str = "cpu") -> int:
@@ -84,91 +104,205 @@ def resolve_workers(workers: int, jobs: int, platform: str = "cpu") -> int:
 
 def run_jobs(jobs: list[Job], workers: int, poll_s: float = 30.0,
              echo: Callable[[str], None] | None = None, compile_cache: str | None = None,
-             on_finish: Callable[[str, float], None] | None = None
+             on_finish: Callable[[str, float], None] | None = None,
+             drop: Callable[[str, Any], Iterable[str]] | None = None,
              ) -> tuple[dict[str, Any], dict[str, float]]:
     """Runs `jobs` respecting `after`; returns ({name: fn's result}, {name: seconds}),
     the seconds for the jobs it ran (a `done` job only reads its output: it has no
     time here). `on_finish(name, seconds)` is called as each job it ran finishes, so
-    a caller can keep the time even if a later job fails.
+    a caller can keep the time even if a later job fails. `drop(name, result)`, called
+    as each job finishes, names jobs not to run after all (a stage found that they
+    have nothing to do); the jobs that wait on those are dropped with them, and one
+    that has already started runs to its end.
 
     workers=0: every job in this process, in order, output not redirected (with this
-    process's XLA threads, so other float rounding than in a worker). Otherwise up to
-    `workers` spawned processes, sharing the XLA compilation cache under
+    process's XLA threads, so other float rounding than in a worker). Otherwise the
+    `here` jobs in this process and the others in up to `workers` spawned processes
+    (see the module's docstring), sharing the XLA compilation cache under
     `compile_cache` (if given, and unless JAX_COMPILATION_CACHE_DIR names the user's
     own). A failed job fails the run, naming the job and its log, after the jobs
     already running have finished (their outputs are complete and a rerun reuses
     them)."""
     _check(jobs)
-    echo = echo or _print_now
-    results: dict[str, Any] = {}
-    seconds: dict[str, float] = {}
-    priority = _priorities(jobs)
-    pending = sorted(jobs, key=lambda job: priority[job.name], reverse=True)
+    schedule = _Schedule(jobs, workers, echo or _print_now, on_finish, drop)
     if workers == 0 or all(job.done for job in jobs):
-        for job in _topological(pending):
+        schedule.run_in_order()
+    else:
+        schedule.run_side_by_side(poll_s, compile_cache)
+    return schedule.results, schedule.seconds
+
+
+@dataclasses.dataclass
+class _Running:
+    job: Job
+    start: float
+    slot: int | None = None          # a worker job's: its core is `_Schedule.core(slot)`
+    thread: threading.Thread | None = None          # a job here's
+
+
+class _Schedule:
+    """One run of a job graph: what waits, runs and has finished."""
+
+    def __init__(self, jobs, workers, echo, on_finish, drop):
+        self.total, self.workers, self.echo = len(jobs), workers, echo
+        self.on_finish, self.drop = on_finish, drop
+        priority = _priorities(jobs)
+        self.pending = sorted(jobs, key=lambda job: priority[job.name], reverse=True)
+        self.results: dict[str, Any] = {}
+        self.seconds: dict[str, float] = {}
+        self.running: dict[Future, _Running] = {}
+        self.failure: tuple[Job, BaseException] | None = None
+        self.free_slots = list(range(workers))
+        self.cores = _cores()
+        self.pools: dict[bool, ProcessPoolExecutor] = {}       # by idle priority
+        self.retired: list[ProcessPoolExecutor] = []           # idle, taking no jobs
+
+    def run_in_order(self) -> None:
+        for job in _topological(self.pending):
+            if job not in self.pending:          # dropped by a job before it
+                continue
+            self.pending.remove(job)
             start = time.monotonic()
             if not job.done:
-                echo(f"pipeline: {job.name} ...")
-            results[job.name] = job.fn(*job.args)
-            if not job.done:
-                _finished(job, start, seconds, on_finish)
-        return results, seconds
-    context = multiprocessing.get_context("spawn")
-    cores, queue = _cores(), context.Queue()
-    for k in range(workers):                         # worker k gets core k (mod cores)
-        queue.put(cores[k % len(cores)] if cores else None)
-    running: dict[Future, tuple[Job, float]] = {}
-    failure: tuple[Job, BaseException] | None = None
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                             initargs=(queue, compile_cache)) as pool:
-        while (pending and failure is None) or running:
-            for job in [j for j in pending if all(a in results for a in j.after)]:
-                if failure is not None:
-                    break
-                if job.done:                         # only reads its output: no worker
-                    pending.remove(job)
-                    results[job.name] = job.fn(*job.args)
-                    continue
-                if len(running) >= workers:          # submit lazily: priorities hold
-                    break
-                pending.remove(job)
-                os.makedirs(os.path.dirname(job.log), exist_ok=True)
-                echo(f"pipeline: {job.name} ... (in a worker; log {job.log})")
-                running[pool.submit(_run_in_worker, job.fn, job.args, job.log)] = (
-                    job, time.monotonic())
-            if not running:
-                continue
-            finished, _ = wait(running, timeout=poll_s, return_when=FIRST_COMPLETED)
-            if not finished:
-                for job, _ in running.values():
-                    echo(f"pipeline:   {job.name}: {_last_progress_line(job.log)}")
-                continue
-            for future in finished:
-                job, start = running.pop(future)
-                try:
-                    results[job.name] = future.result()
-                except BaseException as e:           # noqa: B902 - reported below
-                    failure = failure or (job, e)
-                    echo(f"pipeline: {job.name} FAILED ({type(e).__name__}: {e}); log "
-                         f"{job.log}" + ("; waiting for the jobs still running"
-                                         if running else ""))
-                    continue
-                _finished(job, start, seconds, on_finish)
-                echo(f"pipeline: {job.name} done in {seconds[job.name]:.0f} s "
-                     f"({len(results)} of {len(jobs)} jobs)")
-    if failure is not None:
-        job, error = failure
-        raise RuntimeError(f"pipeline: job {job.name} failed: {type(error).__name__}: "
-                           f"{error} (its output: {job.log}); the jobs that finished are "
-                           "kept and a rerun reuses them") from error
-    return results, seconds
+                self.echo(f"pipeline: {job.name} ...")
+            self._finished(job, start, job.fn(*job.args), timed=not job.done)
 
+    def run_side_by_side(self, poll_s: float, compile_cache: str | None) -> None:
+        self.compile_cache = compile_cache
+        try:
+            while (self.pending and self.failure is None) or self.running:
+                self._start_ready()
+                if not self.running:
+                    continue
+                finished, _ = wait(self.running, timeout=poll_s, return_when=FIRST_COMPLETED)
+                if not finished:
+                    for run in self.running.values():
+                        if not run.job.here:     # a stage here prints its own progress
+                            self.echo(f"pipeline:   {run.job.name}: "
+                                      f"{_last_progress_line(run.job.log)}")
+                    continue
+                for future in finished:
+                    self._collect(future)
+        finally:
+            for pool in [*self.pools.values(), *self.retired]:
+                pool.shutdown(wait=True)
+        if self.failure is not None:
+            job, error = self.failure
+            where = "its output is above" if job.here else f"its output: {job.log}"
+            raise RuntimeError(f"pipeline: job {job.name} failed: {type(error).__name__}: "
+                               f"{error} ({where}); the jobs that finished are kept and a "
+                               "rerun reuses them") from error
 
-def _finished(job: Job, start: float, seconds: dict[str, float],
-              on_finish: Callable[[str, float], None] | None) -> None:
-    seconds[job.name] = round(time.monotonic() - start, 1)
-    if on_finish is not None:
-        on_finish(job.name, seconds[job.name])
+    def _start_ready(self) -> None:
+        for job in [j for j in self.pending if all(a in self.results for a in j.after)]:
+            if self.failure is not None:
+                return
+            if job not in self.pending:          # dropped by a job read back just now
+                continue
+            if job.done:                         # only reads its output: no worker
+                self.pending.remove(job)
+                self._finished(job, time.monotonic(), job.fn(*job.args), timed=False)
+                continue
+            if job.here:
+                if not self._stage_running():
+                    self._start_here(job)
+                continue
+            if not self.free_slots:              # submit lazily: priorities hold
+                continue
+            idle = self._stages_left()
+            if idle and not _can_idle():
+                if self._stage_running():
+                    continue                     # no idle priority: after the stage
+                idle = False                     # the stages wait on worker jobs
+            self._start_in_worker(job, idle)
+
+    def _stage_running(self) -> bool:
+        return any(run.job.here for run in self.running.values())
+
+    def _stages_left(self) -> bool:
+        """A job that runs here is running or has yet to start."""
+        return self._stage_running() or any(job.here for job in self.pending)
+
+    def _start_here(self, job: Job) -> None:
+        self.pending.remove(job)
+        self.echo(f"pipeline: {job.name} ...")
+        future: Future = Future()
+        future.set_running_or_notify_cancel()
+        # A thread, so that this one goes on starting and collecting worker jobs. A
+        # daemon: an interrupted run (Ctrl-C here) does not wait for the stage.
+        thread = threading.Thread(target=_run_here, args=(future, job.fn, job.args),
+                                  name=f"job {job.name}", daemon=True)
+        thread.start()
+        self.running[future] = _Running(job, time.monotonic(), thread=thread)
+
+    def _start_in_worker(self, job: Job, idle: bool) -> None:
+        if not idle and True in self.pools:
+            # The stages are over: the idle-priority workers take no more jobs and
+            # exit once the ones they run have finished.
+            self.retired.append(self.pools.pop(True))
+            self.retired[-1].shutdown(wait=False)
+        self.pending.remove(job)
+        slot = self.free_slots.pop(0)
+        os.makedirs(os.path.dirname(job.log), exist_ok=True)
+        self.echo(f"pipeline: {job.name} ... (in a worker"
+                  + (" at idle priority, beside this process's stages" if idle else "")
+                  + f"; log {job.log})")
+        future = self._pool(idle).submit(_run_in_worker, job.fn, job.args, job.log,
+                                         self.core(slot))
+        self.running[future] = _Running(job, time.monotonic(), slot)
+
+    def core(self, slot: int) -> int | None:
+        """The core of worker slot `slot` (slots beyond the cores share them)."""
+        return self.cores[slot % len(self.cores)] if self.cores else None
+
+    def _pool(self, idle: bool) -> ProcessPoolExecutor:
+        if idle not in self.pools:
+            self.pools[idle] = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_worker,
+                initargs=(self.core(0), self.compile_cache, idle))
+        return self.pools[idle]
+
+    def _collect(self, future: Future) -> None:
+        run = self.running.pop(future)
+        if run.thread is not None:
+            run.thread.join()                    # it has set its result: it is ending
+        if run.slot is not None:
+            self.free_slots.append(run.slot)
+            self.free_slots.sort()
+        try:
+            result = future.result()
+        except BaseException as e:               # noqa: B902 - reported below
+            self.failure = self.failure or (run.job, e)
+            self.echo(f"pipeline: {run.job.name} FAILED ({type(e).__name__}: {e})"
+                      + ("" if run.job.here else f"; log {run.job.log}")
+                      + ("; waiting for the jobs still running" if self.running else ""))
+            return
+        self._finished(run.job, run.start, result, timed=True)
+        self.echo(f"pipeline: {run.job.name} done in {self.seconds[run.job.name]:.0f} s "
+                  f"({len(self.results)} of {self.total} jobs)")
+
+    def _finished(self, job: Job, start: float, result: Any, timed: bool) -> None:
+        self.results[job.name] = result
+        if timed:
+            self.seconds[job.name] = round(time.monotonic() - start, 1)
+            if self.on_finish is not None:
+                self.on_finish(job.name, self.seconds[job.name])
+        if self.drop is not None:
+            self._drop(set(self.drop(job.name, result)))
+
+    def _drop(self, names: set[str]) -> None:
+        """Removes the pending jobs named in `names` and those that wait on them, at
+        any depth. A job that has started is not stopped (nor one that waits on it)."""
+        names = {n for n in names if any(job.name == n for job in self.pending)}
+        while True:
+            gone = [j for j in self.pending if j.name in names or set(j.after) & names]
+            if not gone:
+                return
+            for job in gone:
+                self.pending.remove(job)
+                names.add(job.name)
+                self.total -= 1
 
 
 def _check(jobs: list[Job]) -> None:
@@ -179,6 +313,8 @@ def _check(jobs: list[Job]) -> None:
         unknown = [a for a in job.after if a not in names]
         if unknown:
             raise ValueError(f"job {job.name}: runs after unknown job(s) {unknown}")
+        if not job.here and not job.done and not job.log:
+            raise ValueError(f"job {job.name}: a worker job needs a log file")
     _topological(jobs)
 
 
@@ -223,14 +359,21 @@ def _cores() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
-def _start_worker(cores, compile_cache: str | None) -> None:
+def _can_idle() -> bool:
+    """Worker processes can run at idle CPU priority here (Linux's SCHED_IDLE)."""
+    return hasattr(os, "SCHED_IDLE") and hasattr(os, "sched_setscheduler")
+
+
+def _start_worker(core: int | None, compile_cache: str | None, idle: bool) -> None:
     """A worker's first act: pin itself to one core, before XLA's CPU client starts
-    (at the first computation) and sizes its thread pool. Pinned later, the pool
-    keeps its threads on that one core (measured: 1.6x CPU time over wall time).
-    Then it joins the workers' compilation cache."""
-    core = cores.get()
+    (at the first computation) and sizes its thread pool: one thread. (Pinned later,
+    the pool keeps its threads on that one core: measured 1.6x CPU time over wall
+    time.) At idle priority if `idle`, set now so that every thread XLA starts
+    inherits it. Then it joins the workers' compilation cache."""
     if core is not None:
         os.sched_setaffinity(0, {core})
+    if idle:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     if compile_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR") and _has_filelock():
         import jax
         directory = os.path.join(compile_cache, f"{available_cores()}-core")
@@ -243,6 +386,28 @@ def _start_worker(cores, compile_cache: str | None) -> None:
         jax.config.update("jax_compilation_cache_max_size", 4 << 30)
 
 
+def _pin_threads(core: int) -> None:
+    """Moves every thread of this process to `core` (affinity is a thread's own on
+    Linux: XLA's threads keep the mask they started with otherwise); threads
+    started later inherit it."""
+    try:
+        threads = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        threads = [0]
+    for tid in threads:
+        try:
+            os.sched_setaffinity(tid, {core})
+        except OSError:                          # the thread has exited meanwhile
+            pass
+
+
+def _run_here(future: Future, fn: Callable[..., Any], args: tuple) -> None:
+    try:
+        future.set_result(fn(*args))
+    except BaseException as e:                   # noqa: B902 - the caller reports it
+        future.set_exception(e)
+
+
 def _has_filelock() -> bool:
     """jax locks its cache files with the filelock package (installed with
     huggingface_hub); without it the workers do not share a cache."""
@@ -250,9 +415,11 @@ def _has_filelock() -> bool:
     return importlib.util.find_spec("filelock") is not None
 
 
-def _run_in_worker(fn: Callable[..., Any], args: tuple, log: str) -> Any:
-    """Runs one job in a worker with its stdout and stderr (Python's and the C
-    libraries') appended to `log`."""
+def _run_in_worker(fn: Callable[..., Any], args: tuple, log: str, core: int | None) -> Any:
+    """Runs one job in a worker, on `core`, with its stdout and stderr (Python's and
+    the C libraries') appended to `log`."""
+    if core is not None:
+        _pin_threads(core)
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)

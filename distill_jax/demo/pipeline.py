@@ -450,75 +450,77 @@ def _run_seed(config, out: str) -> dict[str, Any]:
     os.makedirs(out, exist_ok=True)
     times = stage_times.StageTimes(out)
 
-    def stage(name, marker, resumes, fn, *args):
-        """Runs a stage, which reads its output back when `marker` exists (the file
-        its function checks for that): then its time is the one recorded when it was
-        built. `resumes`: an earlier attempt left output this one continues from, so
-        that its time covers only part of the stage."""
+    def stage(name, marker, fn, *args):
+        """Runs a quick stage, which reads its output back when `marker` exists (the
+        file its function checks for that): then its time is the one recorded when
+        it was built."""
         if os.path.exists(os.path.join(out, marker)):
             print(f"pipeline: {name}: reusing its output ({marker} exists)", flush=True)
             times.reuse(name)
             return fn(*args)
         t = time.monotonic()
-        print(f"pipeline: {name} ..." + (" (resuming an earlier attempt)" if resumes else ""),
-              flush=True)
+        print(f"pipeline: {name} ...", flush=True)
         result = fn(*args)
-        times.built(name, time.monotonic() - t, resumed=resumes)
+        times.built(name, time.monotonic() - t)
         return result
 
-    tokenizer = stage("tokenizer", "tokenizer.model", False, _tokenizer, config, out)
-    paths = stage("data", "data/test_prompts.jsonl", False, _prepare_data, config, out)
-    teacher_dir = os.path.join(out, "teacher")
-    teacher = stage("teacher", "teacher/summary.json", _has_checkpoint(teacher_dir),
-                    _train_model, config, teacher_dir, paths["teacher_sft"], tokenizer,
-                    config.teacher)
-    traces_dir = os.path.join(out, "traces")
-    traces = stage("generate", "traces/summary.json", os.path.isdir(traces_dir) and any(
-        n.startswith("shard-") for n in os.listdir(traces_dir)), _generate, config, out,
-        teacher, tokenizer, paths["train_prompts"])
-    # (The filter resumes too, from its own work directory; it takes seconds.)
-    curated = stage("filter", "curated/report.json", False, _filter, config, out, traces,
-                    paths["test_prompts"])
-    unfiltered = _unfiltered(out, traces)
-    filtered = os.path.join(curated, "tfds")
-    data = {"answer_only": paths["answer_only"], "unfiltered": unfiltered,
-            "kd_offline": os.path.join(curated, "curated.jsonl")}
-    kd = {"kd_online": {"mode": "online", "alpha": config.kd.alpha,
-                        "temperature": config.kd.temperature,
-                        "teacher": {"checkpoint": teacher, "dtype": "float32",
-                                    "param_dtype": "float32"}},
-          "kd_offline": {"mode": "offline", "alpha": config.kd.alpha,
-                         "temperature": config.kd.temperature, "topk": config.generate.return_top_k}}
-    with open(os.path.join(curated, "report.json")) as f:
-        filter_report = json.load(f)
+    tokenizer = stage("tokenizer", "tokenizer.model", _tokenizer, config, out)
+    paths = stage("data", "data/test_prompts.jsonl", _prepare_data, config, out)
     arms = [a for a in ARMS if a in config.arms]
-    skipped = {}
-    if filter_report["output"]["samples"] == 0:
-        # Nothing survived the filters: the arms that train on it have no data.
-        skipped = {arm: "no teacher sample passed the filters" for arm in arms
-                   if arm in _NEED_FILTERED}
-        arms = [a for a in arms if a not in skipped]
-    work = _arm_jobs(config, out, arms, data, kd, teacher, tokenizer, paths, filtered)
+    stages = _stage_jobs(config, out, tokenizer, paths)
+    work = _arm_jobs(config, out, arms, tokenizer, paths)
     workers = jobs.resolve_workers(config.get("workers", -1), len(work), jax.default_backend())
-    start_jobs = time.monotonic()
-    print(f"pipeline: students and evaluations, {len(work)} jobs "
-          + (f"in {workers} worker processes" if workers else "in this process"), flush=True)
-    # A training job whose directory holds a checkpoint resumes from it.
-    resuming = {job.name for job in work
-                if not job.done and _has_checkpoint(os.path.dirname(job.log))}
-    for job in work:
+    print(f"pipeline: {', '.join(job.name for job in stages)} in this process; "
+          f"{len(work)} students and evaluations "
+          + (f"in {workers} worker processes, those that do not need the teacher beside "
+             "it" if workers else "after them, in this process"), flush=True)
+    # A training job whose directory holds a checkpoint resumes from it, sampling from
+    # the shards it finished.
+    traces_dir = os.path.join(out, "traces")
+    resuming = {job.name for job in work if not job.done
+                and _has_checkpoint(os.path.dirname(job.log))}
+    if not stages[0].done and _has_checkpoint(os.path.join(out, "teacher")):
+        resuming.add("teacher")
+    if not stages[1].done and os.path.isdir(traces_dir) and any(
+            n.startswith("shard-") for n in os.listdir(traces_dir)):
+        resuming.add("generate")
+    for job in stages + work:
         if job.done:
+            print(f"pipeline: {job.name}: reusing its output", flush=True)
             times.reuse(job.name)
+        elif job.name in resuming:
+            print(f"pipeline: {job.name}: resuming an earlier attempt", flush=True)
+    stages_end = [time.monotonic()] if all(job.done for job in stages) else []
 
     def finished(name, seconds):
         times.built(name, seconds, resumed=name in resuming)
-    done, _ = jobs.run_jobs(work, workers, compile_cache=os.path.join(out, "xla_cache"),
-                            on_finish=finished)
-    # The phase's wall clock, when this run did all of it (a resumed phase's would
-    # be only the part it redid), kept with the jobs it covers.
+        if name == stages[-1].name:
+            stages_end.append(time.monotonic())
+
+    def nothing_to_learn_from(name, curated):
+        """After the filter: with no sample left, the arms that train on them go."""
+        if name != "filter" or _filtered_samples(curated) > 0:
+            return []
+        return ["base", *(f"student:{arm}" for arm in _NEED_FILTERED)]
+    done, _ = jobs.run_jobs(stages + work, workers, compile_cache=os.path.join(out, "xla_cache"),
+                            on_finish=finished, drop=nothing_to_learn_from)
+    curated = done["filter"]
+    unfiltered = _unfiltered(out, done["generate"])
+    with open(os.path.join(curated, "report.json")) as f:
+        filter_report = json.load(f)
+    skipped = {}
+    if filter_report["output"]["samples"] == 0:
+        # Nothing survived the filters: the arms that train on it had no data.
+        skipped = {arm: "no teacher sample passed the filters" for arm in arms
+                   if arm in _NEED_FILTERED}
+        arms = [a for a in arms if a not in skipped]
+    # The phase after this process's stages: the wall clock from the filter's end to
+    # the last job's, when this run did all of it (a resumed phase's would be only
+    # the part it redid), kept with the jobs it covers. (The jobs that started beside
+    # the stages did part of their work before it.)
     phase, names = "students and evaluations", [job.name for job in work]
-    if not any(job.done for job in work):
-        times.built(phase, time.monotonic() - start_jobs, resumed=bool(resuming),
+    if not any(job.done for job in work) and stages_end:
+        times.built(phase, time.monotonic() - stages_end[-1], resumed=bool(resuming),
                     parts=names)
     elif all(job.done for job in work):
         times.reuse(phase, parts=names)
@@ -567,17 +569,65 @@ def _has_checkpoint(workdir: str) -> bool:
     return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
 
 
-def _arm_jobs(config, out, arms, data, kd, teacher, tokenizer, paths,
-              filtered) -> list[jobs.Job]:
+def _stage_jobs(config, out, tokenizer, paths) -> list[jobs.Job]:
+    """The stages that run in this process on every core (demo/jobs.py, `Job.here`):
+    the teacher, its samples of the training prompts and the filters, one after
+    another; each reads its output back when it is complete."""
+    teacher_dir = os.path.join(out, "teacher")
+    teacher = os.path.join(teacher_dir, "export")
+    return [
+        jobs.Job("teacher", _train_model,
+                 (config, teacher_dir, paths["teacher_sft"], tokenizer, config.teacher),
+                 here=True, done=_done(os.path.join(teacher_dir, "summary.json"))),
+        jobs.Job("generate", _sample_for_students,
+                 (config, out, teacher, tokenizer, paths["train_prompts"]), after=("teacher",),
+                 here=True, done=_done(os.path.join(out, "traces", "summary.json"))),
+        jobs.Job("filter", _filter, (config, out, os.path.join(out, "traces"),
+                                     paths["test_prompts"]),
+                 after=("generate",), here=True,
+                 done=_done(os.path.join(out, "curated", "report.json"))),
+    ]
+
+
+def _sample_for_students(config, out, teacher, tokenizer, prompts_path) -> str:
+    """The generate stage: the teacher's samples (`_generate`), and every one of them
+    as the unfiltered arm's training data (`_unfiltered`)."""
+    traces = _generate(config, out, teacher, tokenizer, prompts_path)
+    _unfiltered(out, traces)
+    return traces
+
+
+def _filtered_samples(curated: str) -> int:
+    """How many teacher samples passed the filters (`_filter`'s report)."""
+    with open(os.path.join(curated, "report.json")) as f:
+        return json.load(f)["output"]["samples"]
+
+
+def _arm_jobs(config, out, arms, tokenizer, paths) -> list[jobs.Job]:
     """The students (one per arm, and filtered_base's base) and the evaluations of the
     teacher and of every student, as jobs (demo/jobs.py): each names the jobs it
-    waits on and writes its log in its own directory."""
+    waits on (the stages of `_stage_jobs` among them: answer_only and the base need
+    neither the teacher nor its samples, so they start beside the teacher) and
+    writes its log in its own directory."""
     def trained(workdir):
         return _done(os.path.join(workdir, "summary.json"))
 
     def export(workdir):
         return os.path.join(workdir, "export")
 
+    teacher = export(os.path.join(out, "teacher"))
+    curated = os.path.join(out, "curated")
+    data = {"answer_only": paths["answer_only"],
+            "unfiltered": os.path.join(out, "data", "unfiltered.jsonl"),
+            "kd_offline": os.path.join(curated, "curated.jsonl")}
+    # What each arm's data comes from: the gold answers are there from the start.
+    needs = {"answer_only": (), "unfiltered": ("generate",)}
+    kd = {"kd_online": {"mode": "online", "alpha": config.kd.alpha,
+                        "temperature": config.kd.temperature,
+                        "teacher": {"checkpoint": teacher, "dtype": "float32",
+                                    "param_dtype": "float32"}},
+          "kd_offline": {"mode": "offline", "alpha": config.kd.alpha,
+                         "temperature": config.kd.temperature, "topk": config.generate.return_top_k}}
     work = []
     for arm in arms:
         workdir = os.path.join(out, "students", arm)
@@ -594,7 +644,7 @@ def _arm_jobs(config, out, arms, data, kd, teacher, tokenizer, paths,
                                         config.on_policy.batch_size)))
             continue
         section = _student_section(config, arm)
-        start, after = None, ()
+        start, after = None, needs.get(arm, ("filter",))
         if arm == "filtered_base":
             base_dir = os.path.join(out, "base")
             base = _base_section(config, section)
@@ -603,12 +653,13 @@ def _arm_jobs(config, out, arms, data, kd, teacher, tokenizer, paths,
                 (config, base_dir, _base_corpus(config, out), tokenizer, base),
                 os.path.join(base_dir, "log.txt"), done=trained(base_dir),
                 cost=_training_cost(base, base.num_steps, base.batch_size)))
-            start, after = export(base_dir), ("base",)
+            start, after = export(base_dir), (*after, "base")
         # Online KD runs the teacher's forward pass in every step as well.
         online = kd.get(arm, {}).get("mode") == "online"
         work.append(jobs.Job(
             f"student:{arm}", _train_model,
-            (config, workdir, data.get(arm, filtered), tokenizer, section, kd.get(arm), start),
+            (config, workdir, data.get(arm, os.path.join(curated, "tfds")), tokenizer, section,
+             kd.get(arm), start),
             log, after=after, done=trained(workdir),
             cost=(1.3 if online else 1.0) * _training_cost(section, section.num_steps,
                                                            section.batch_size)))
@@ -622,7 +673,7 @@ def _arm_jobs(config, out, arms, data, kd, teacher, tokenizer, paths,
             f"eval:{name}", _evaluate,
             (config, name, checkpoint, tokenizer, paths["test_prompts"], out),
             os.path.join(directory, "log.txt"),
-            after=() if name == "teacher" else (f"student:{name}",),
+            after=("teacher",) if name == "teacher" else (f"student:{name}",),
             done=_done(os.path.join(directory, "summary.json")), cost=0.0))
     return work
 

@@ -3,6 +3,8 @@ in one-thread worker processes (the pipeline itself runs them in
 tests/demo/test_pipeline.py and test_reproducible.py)."""
 import json
 import os
+import threading
+import time
 
 import pytest
 
@@ -14,8 +16,20 @@ def record(path, name, value):
     print(f"{name} running")
     with open(path, "a") as f:
         f.write(json.dumps({"name": name, "pid": os.getpid(),
-                            "cores": len(os.sched_getaffinity(0))}) + "\n")
+                            "cores": sorted(os.sched_getaffinity(0)),
+                            "idle": os.sched_getscheduler(0) == os.SCHED_IDLE}) + "\n")
     return value
+
+
+def stage_here(path, name, beside, timeout_s=60.0):
+    """A job that runs in the pipeline's process: waits until the job `beside` has
+    run (so that it ran beside this one), then records itself."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if os.path.exists(path) and beside in {s["name"] for s in map(json.loads, open(path))}:
+            break
+        time.sleep(0.05)
+    return record(path, name, name.upper())
 
 
 def xla_cpu_time_over_wall_time():
@@ -60,7 +74,10 @@ def test_jobs_run_in_one_thread_workers_after_what_they_wait_on(tmp_path):
     assert order.index("a") < order.index("b") < order.index("d")
     assert order.index("c") < order.index("d")
     for s in seen:                      # in a worker, pinned to one core
-        assert s["pid"] != os.getpid() and s["cores"] == 1
+        assert s["pid"] != os.getpid() and len(s["cores"]) == 1 and not s["idle"]
+    # a and c start together, each on a core of its own.
+    both = [s["cores"][0] for s in seen if s["name"] in "ac"]
+    assert sorted(both) == jobs._cores()[:2] * (2 // len(jobs._cores()[:2]))
     assert (tmp_path / "b" / "log.txt").read_text() == "b running\n"
     assert any("b done in" in line and "of 4 jobs" in line for line in lines)
 
@@ -107,6 +124,15 @@ def test_finished_jobs_and_workers_0_run_in_this_process(tmp_path):
     assert {s["name"]: s["pid"] == os.getpid() for s in _seen(tmp_path)} == {
         "a": True, "b": True, "e": True, "f": False, "c": True, "d": True}
     assert not (tmp_path / "c").exists()          # no log: its output is this process's
+
+
+def test_a_failed_stage_here_names_itself_and_no_log(tmp_path):
+    work = [_job(tmp_path, "teacher", fail, ("diverged",), here=True),
+            _job(tmp_path, "after", after=("teacher",))]
+    with pytest.raises(RuntimeError, match=r"job teacher failed: ValueError: diverged "
+                                           r"\(its output is above\)"):
+        jobs.run_jobs(work, workers=1, echo=lambda line: None)
+    assert not (tmp_path / "seen.jsonl").exists()
 
 
 def test_a_failed_job_names_itself_and_its_log_and_the_running_ones_finish(tmp_path):
@@ -165,3 +191,67 @@ def test_workers_share_a_compilation_cache_per_core_count(tmp_path, monkeypatch)
                                compile_cache=str(cache))
     assert set(results.values()) == {str(cache / "1-core")}
     assert [p for p in os.listdir(cache / "1-core") if p.endswith("-cache")]
+
+
+@pytest.mark.skipif(not jobs._can_idle(), reason="SCHED_IDLE is Linux's")
+def test_stages_here_run_in_this_process_with_idle_priority_workers_beside_them(tmp_path):
+    """A `here` job runs in this process (a thread of it); the worker jobs that do
+    not wait on it run beside it at idle priority, and those after it at normal
+    priority, never on a core a running job has."""
+    seen = str(tmp_path / "seen.jsonl")
+    work = [_job(tmp_path, "teacher", stage_here, (seen, "teacher", "early"), here=True),
+            _job(tmp_path, "sample", stage_here, (seen, "sample", "late"), here=True,
+                 after=("teacher",)),
+            _job(tmp_path, "early", cost=5.0), _job(tmp_path, "late", after=("teacher",)),
+            _job(tmp_path, "student", after=("sample",))]
+    lines = []
+    results, seconds = jobs.run_jobs(work, workers=2, echo=lines.append)
+    assert results == {n: n.upper() for n in ("teacher", "sample", "early", "late", "student")}
+    assert set(seconds) == set(results)
+    by_name = {s["name"]: s for s in _seen(tmp_path)}
+    assert [s["name"] for s in _seen(tmp_path)] == ["early", "teacher", "late", "sample",
+                                                  "student"]
+    for name in ("teacher", "sample"):
+        assert by_name[name]["pid"] == os.getpid() and not by_name[name]["idle"]
+    assert by_name["early"]["idle"] and by_name["late"]["idle"]      # beside the stages
+    assert not by_name["student"]["idle"]                            # after them
+    assert by_name["student"]["pid"] not in {by_name["early"]["pid"], by_name["late"]["pid"]}
+    assert any("early ... (in a worker at idle priority" in line for line in lines)
+    assert not (tmp_path / "teacher").exists()        # a stage here writes no log of its own
+    assert not [t for t in threading.enumerate() if t.name.startswith("job ")]   # ended
+
+
+def test_stages_here_run_one_at_a_time_and_with_workers_0_in_order(tmp_path):
+    seen = str(tmp_path / "seen.jsonl")
+    work = [_job(tmp_path, "a", stage_here, (seen, "a", "b", 0.5), here=True),
+            _job(tmp_path, "b", stage_here, (seen, "b", "a", 0.5), here=True),
+            _job(tmp_path, "c", after=("a", "b"))]
+    results, _ = jobs.run_jobs(work, workers=1, echo=lambda line: None)
+    assert results == {"a": "A", "b": "B", "c": "C"}
+    # Neither saw the other run beside it: each waited its 0.5 s for nothing.
+    order = [s["name"] for s in _seen(tmp_path)]
+    assert sorted(order[:2]) == ["a", "b"] and order[2] == "c"
+    (tmp_path / "seen.jsonl").unlink()
+    jobs.run_jobs(work, workers=0, echo=lambda line: None)
+    assert all(s["pid"] == os.getpid() for s in _seen(tmp_path))
+
+
+def test_a_finished_job_drops_the_jobs_it_leaves_nothing_to_do(tmp_path):
+    """`drop`: a stage that finds nothing for some jobs (the filter, when no sample
+    passes) drops them and every job that waits on them; started ones run on."""
+    work = [_job(tmp_path, "filter", here=True), _job(tmp_path, "student", after=("filter",)),
+            _job(tmp_path, "eval", after=("student",)), _job(tmp_path, "other",
+                                                             after=("filter",))]
+    asked = []
+
+    def drop(name, result):
+        asked.append((name, result))
+        return ["student", "no such job"] if name == "filter" else []
+    for workers in (0, 2):
+        (tmp_path / "seen.jsonl").unlink(missing_ok=True)
+        lines = []
+        results, _ = jobs.run_jobs(work, workers=workers, echo=lines.append, drop=drop)
+        assert set(results) == {"filter", "other"}
+        assert {s["name"] for s in _seen(tmp_path)} == {"filter", "other"}
+        assert ("filter", "FILTER") in asked
+    assert any("(2 of 2 jobs)" in line for line in lines)

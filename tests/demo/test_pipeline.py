@@ -189,3 +189,25 @@ def test_a_misconception_outside_0_1_is_refused_before_any_stage(tmp_path):
                                          r"fraction in \[0, 1\]"):
         pipeline.run(config)
     assert not os.path.exists(tmp_path / "demo")
+
+
+def test_when_no_sample_passes_the_filters_the_arms_that_need_one_are_skipped(tmp_path):
+    """The filter runs in the same job graph as the students (demo/jobs.py): with no
+    sample left it drops the arms that train on them (and their evaluations), while
+    answer-only, which started beside the teacher, is trained and evaluated."""
+    config = demo_cpu.get_config()
+    config.quick = True
+    q = config.quick_settings
+    q.output_dir = str(tmp_path / "demo")
+    q.arms = ("answer_only", "filtered", "on_policy")
+    # A 2-step teacher sampled at temperature 1: no sample is correct and well formed.
+    q.teacher.num_steps = 2
+    q.student.num_steps = 2
+    q.generate.temperature = 1.0
+    q.data.update(train_prompts=8, test_problems=4)
+    results = pipeline.run(config)
+    assert results["training_examples"]["filtered"] == 0
+    assert set(results["skipped_arms"]) == {"filtered", "on_policy"}
+    assert set(results["accuracy"]) == {"teacher", "answer_only"}
+    assert not (tmp_path / "demo" / "students" / "filtered").exists()
+    assert not (tmp_path / "demo" / "eval" / "filtered").exists()

@@ -44,9 +44,13 @@ never served to a process with more threads (whether XLA's CPU compiler plans wo
 by thread count was not checked: this rules it out).
 
 A job whose output is already complete (a rerun, a resumed run) only reads it, so
-it runs in this process without starting a worker. Worker jobs start in order of
-the longest chain of work they head (`Job.cost` plus their dependents'), so a long
-student does not start last. Each worker job's output goes to its own log file;
+it runs in this process without starting a worker. Beside the stages, worker jobs
+start in order of the longest chain of work they head (`Job.cost` plus their
+dependents'), so a long student does not start last. After them, a free worker
+takes the ready job with which the run would end soonest, simulated from the
+jobs' costs and the running ones' progress (their logs' "N/M steps"): a job
+started beside the stages holds its worker well past them, and the longest chain
+first would then leave the longest job to start last. Each worker job's output goes to its own log file;
 this process prints when a job starts and ends and, while worker jobs run, their
 latest progress line (steps/s, ETA) every `poll_s` seconds.
 """
@@ -55,6 +59,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import re
 import sys
 import threading
 import time
@@ -202,19 +207,36 @@ class _Schedule:
             if job.done:                         # only reads its output: no worker
                 self.pending.remove(job)
                 self._finished(job, time.monotonic(), job.fn(*job.args), timed=False)
-                continue
-            if job.here:
-                if not self._stage_running():
-                    self._start_here(job)
-                continue
-            if not self.free_slots:              # submit lazily: priorities hold
-                continue
+            elif job.here and not self._stage_running():
+                self._start_here(job)
+        while self.free_slots and self.failure is None:
+            ready = [j for j in self.pending if not j.here and not j.done
+                     and all(a in self.results for a in j.after)]
+            if not ready:
+                return
             idle = self._stages_left()
             if idle and not _can_idle():
                 if self._stage_running():
-                    continue                     # no idle priority: after the stage
+                    return                       # no idle priority: after the stage
                 idle = False                     # the stages wait on worker jobs
-            self._start_in_worker(job, idle)
+            # Beside the stages, the longest chain first (what runs after them is not
+            # known yet); after them, the job that ends the run soonest.
+            self._start_in_worker(ready[0] if idle else self._soonest_end(ready), idle)
+
+    def _soonest_end(self, ready: list[Job]) -> Job:
+        """The job of `ready` (in priority order) to start on a free worker so that
+        the run ends soonest, by simulating the rest (`_simulated_end`): jobs that
+        started beside the stages hold their workers past them, so the longest chain
+        first can leave the longest job to start last (the demo's online-KD student
+        beside the answer-only one, measured: 684 s against a 630 s plan)."""
+        running = {run.job.name: run.job.cost * (1.0 - _progress(run.job.log))
+                   for run in self.running.values() if not run.job.here}
+        waiting = [j for j in self.pending if not j.here]
+        free = len(self.free_slots)
+        ends = [_simulated_end(job, waiting, running, free, set(self.results)) for job in ready]
+        tolerance = 1e-6 * max([job.cost for job in waiting] + [1.0])
+        best = min(ends)
+        return next(job for job, end in zip(ready, ends) if end <= best + tolerance)
 
     def _stage_running(self) -> bool:
         return any(run.job.here for run in self.running.values())
@@ -346,6 +368,43 @@ def _priorities(jobs: list[Job]) -> dict[str, float]:
             chain[job.name] = job.cost + max((length(j) for j in waiting[job.name]), default=0.0)
         return chain[job.name]
     return {job.name: length(job) for job in jobs}
+
+
+def _simulated_end(first: Job, waiting: list[Job], running: dict[str, float], free: int,
+                   finished: set[str]) -> float:
+    """When the jobs would end, in `cost` units from now, if `first` started now on
+    one of the `free` workers and every worker that frees up after it took the
+    first ready job of `waiting` (priority order): `running` maps each running job
+    to its cost still to do."""
+    ends = dict(running)
+    workers = sorted(ends.values()) + [0.0] * (free - 1) + [first.cost]
+    ends[first.name] = first.cost
+    left = [job for job in waiting if job is not first]
+    while left:
+        workers.sort()
+        now = workers.pop(0)
+        ready = [job for job in left if all(a in finished or ends.get(a, float("inf")) <= now
+                                            for a in job.after)]
+        if not ready:                            # idle until the next job ends
+            later = [end for end in ends.values() if end > now]
+            if not later:
+                break                            # waits on something never run here
+            workers.append(min(later))
+            continue
+        job = ready[0]
+        left.remove(job)
+        ends[job.name] = now + job.cost
+        workers.append(ends[job.name])
+    return max(ends.values(), default=0.0)
+
+
+def _progress(log: str) -> float:
+    """How far a worker job has got, from its latest progress line ("train 70/840
+    steps ..."): 0 when it has printed none."""
+    match = re.search(r"\b(\d+)/(\d+)\b", _last_progress_line(log) if log else "")
+    if not match or int(match.group(2)) == 0:
+        return 0.0
+    return min(int(match.group(1)) / int(match.group(2)), 1.0)
 
 
 def _print_now(line: str) -> None:

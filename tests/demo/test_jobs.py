@@ -255,3 +255,34 @@ def test_a_finished_job_drops_the_jobs_it_leaves_nothing_to_do(tmp_path):
         assert {s["name"] for s in _seen(tmp_path)} == {"filter", "other"}
         assert ("filter", "FILTER") in asked
     assert any("(2 of 2 jobs)" in line for line in lines)
+
+
+def test_after_the_stages_the_job_that_ends_the_run_soonest_starts():
+    """`make demo` after its stages: answer-only (started beside them) holds one
+    worker for 0.85 of a student still; online KD (1.3) on the free one would start
+    the last student at 1.3 and end at 2.3; a plain student there lets online KD
+    follow answer-only and both workers end near 2.1 (measured: 684 s against a
+    ~630 s plan)."""
+    def job(name, cost, after=()):
+        return jobs.Job(name, record, (), "log", after=after, cost=cost)
+    kd, unfiltered, filtered = job("kd", 1.3), job("unfiltered", 1.0), job("filtered", 1.0)
+    evals = [job(f"eval:{j.name}", 0.0, after=(j.name,)) for j in (kd, unfiltered, filtered)]
+    waiting = [kd, unfiltered, filtered, *evals]
+    running = {"answer_only": 0.85}
+    end = {j.name: jobs._simulated_end(j, waiting, running, 1, {"filter"})
+           for j in (kd, unfiltered, filtered)}
+    assert end["kd"] == pytest.approx(2.3)
+    assert end["unfiltered"] == end["filtered"] == pytest.approx(2.15)
+    # With both workers free (the old order: nothing beside the stages) the longest
+    # chain first is also the soonest end: 1.3 + 1.0 against 1.0 + 1.0 + ...
+    assert jobs._simulated_end(kd, waiting, {}, 2, set()) <= jobs._simulated_end(
+        unfiltered, waiting, {}, 2, set())
+
+
+def test_a_jobs_progress_is_read_from_its_log(tmp_path):
+    log = tmp_path / "log.txt"
+    assert jobs._progress(str(log)) == 0.0
+    log.write_text("train: data /a/b/1/answer_only.jsonl: 4000 examples\n")
+    assert jobs._progress(str(log)) == 0.0
+    log.write_text("train 70/840 steps | 0.49 steps/s\rtrain 210/840 steps | 3.1 steps/s\r")
+    assert jobs._progress(str(log)) == pytest.approx(0.25)

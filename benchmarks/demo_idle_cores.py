@@ -1,12 +1,13 @@
 """Do the demo's main-process stages leave CPU that its other jobs could use?
 
 `make demo` trains the teacher and samples from it in the main process (XLA on
-both cores' threads) before any worker starts: on the 2-core VM the teacher keeps
-~1.83 cores busy and sampling ~1.42 (`/proc/stat`, README "The study at this
-config"). Jobs that do not need the teacher (the answer-only student, the base)
-could run meanwhile in one-core workers at the lowest CPU priority (SCHED_IDLE:
-they get a core only when nothing else wants it). This measures what that would
-buy before anyone restructures the pipeline for it:
+both cores' threads): alone, on the 2-core VM, the teacher keeps ~1.83 cores busy
+and sampling ~1.42 (`/proc/stat`, README "The study at this config"). Jobs that
+do not need the teacher (the answer-only student, the base) can run meanwhile in
+one-core workers at the lowest CPU priority (SCHED_IDLE: they get a core only when
+nothing else wants it). This benchmark measured what that would buy; the pipeline
+has run them so since (demo/jobs.py; end to end, README "Time"). It measures the
+mechanism on its own, on a fixed slice of the stages:
 
   * the main-process stage alone: `--teacher_steps` steps of the demo's teacher
     (its config and data) and sampling `--prompts` of the demo's training prompts

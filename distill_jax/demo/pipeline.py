@@ -29,6 +29,12 @@
                 with 95% intervals, the claims as paired comparisons, accuracy by
                 difficulty, the capacity gap and the knowledge frontier).
 
+Stages 2-6 are one graph of jobs (demo/jobs.py): the teacher, sampling and the
+filters run in this process on every core, one after another, while the jobs
+that need none of them (answer_only, the base) start beside them in one-core
+workers at idle CPU priority; the rest start in one-core workers as what they
+need finishes.
+
 Every stage writes into its own directory under `output_dir` and is skipped on
 a rerun when its output is complete, so an interrupted pipeline resumes where
 it stopped; each stage's build time is kept in `stage_seconds.json`

@@ -221,6 +221,15 @@ def test_stages_here_run_in_this_process_with_idle_priority_workers_beside_them(
     assert not [t for t in threading.enumerate() if t.name.startswith("job ")]   # ended
 
 
+def stage_span(path, name):
+    """A job here: records when it starts and ends, 0.3 s apart."""
+    start = time.monotonic()
+    time.sleep(0.3)
+    with open(path, "a") as f:
+        f.write(json.dumps({"name": name, "start": start, "end": time.monotonic()}) + "\n")
+    return name.upper()
+
+
 def test_stages_here_run_one_at_a_time_and_with_workers_0_in_order(tmp_path):
     seen = str(tmp_path / "seen.jsonl")
     work = [_job(tmp_path, "a", stage_here, (seen, "a", "b", 0.5), here=True),
@@ -231,6 +240,13 @@ def test_stages_here_run_one_at_a_time_and_with_workers_0_in_order(tmp_path):
     # Neither saw the other run beside it: each waited its 0.5 s for nothing.
     order = [s["name"] for s in _seen(tmp_path)]
     assert sorted(order[:2]) == ["a", "b"] and order[2] == "c"
+    # Their spans do not overlap: the second starts after the first has ended.
+    spans = str(tmp_path / "spans.jsonl")
+    jobs.run_jobs([_job(tmp_path, n, stage_span, (spans, n), here=True) for n in "xyz"],
+                  workers=2, echo=lambda line: None)
+    ran = sorted(map(json.loads, open(spans)), key=lambda s: s["start"])
+    assert len(ran) == 3
+    assert all(b["start"] >= a["end"] for a, b in zip(ran, ran[1:]))
     (tmp_path / "seen.jsonl").unlink()
     jobs.run_jobs(work, workers=0, echo=lambda line: None)
     assert all(s["pid"] == os.getpid() for s in _seen(tmp_path))

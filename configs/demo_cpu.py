@@ -4,7 +4,7 @@
   distill-pipeline --config=configs/demo_cpu.py --config.quick=True  # test-sized, ~4 min
 
 A teacher is trained on synthetic multi-step arithmetic with worked solutions
-(35% of those with a doubling misread it as "+ 2"), writes a sample per training
+(30% of those with a doubling misread it as "+ 2"), writes a sample per training
 prompt, the samples are filtered, and students of one size and one init are
 trained under the core arms (answer-only, unfiltered, filtered, filtered +
 online KD; side by side, one worker process per core: config.workers), then

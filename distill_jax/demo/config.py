@@ -45,16 +45,18 @@ def demo_config():
     c.data.teacher_problems = 4000     # worked solutions the teacher learns from
     c.data.train_prompts = 4000        # prompts the teacher answers for the students
     c.data.test_problems = 400         # held-out evaluation split
-    # 35% of the teacher's worked solutions with a doubling read "doubles" as "+ 2"
+    # 30% of the teacher's worked solutions with a doubling read "doubles" as "+ 2"
     # (pipeline._with_misconception): a systematic error, which the teacher's samples
-    # then carry (in ~28% of their doublings at temperature 1), and which verification
+    # then carry (in ~30% of their doublings at temperature 1), and which verification
     # removes (except where both readings agree, at 2). Real teachers' errors are
     # partly systematic like this. With clean solutions the teacher's only errors are
     # random slips, which a student averages away, and filtering did not beat
     # unfiltered; at 0.2 the teacher learned the misconception at 0.115 and at
     # temperature 0.6 it all but vanished (0.011); at 0.4 the teacher stayed under
-    # 0.6 pass@1 (README, "Demo results").
-    c.data.teacher_misconception = 0.35
+    # 0.6 pass@1, and at 0.35 it did in two seeds of three (0.597, 0.595; 0.3 gave
+    # 0.751 and 0.723 in those seeds, while their samples still misread 34% and 29%
+    # of their doublings: README, "Demo results").
+    c.data.teacher_misconception = 0.3
 
     c.teacher = ml_collections.ConfigDict(dict(
         preset="tiny-llama", hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,

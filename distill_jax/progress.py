@@ -2,7 +2,25 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
+
+# The stream a bar last left mid-line (it redraws with "\r" and ends its line only
+# when done), so that `end_open_line` can finish it before another line is printed:
+# the demo's scheduler prints from one thread while a stage's bar draws in another.
+_open_stream = None
+_open_lock = threading.Lock()
+
+
+def end_open_line() -> None:
+    """Ends the line a progress bar left open, if any; call before printing a line
+    of your own to a terminal the bar shares. (The bar redraws on the next line.)"""
+    global _open_stream
+    with _open_lock:
+        stream, _open_stream = _open_stream, None
+    if stream is not None:
+        stream.write("\n")
+        stream.flush()
 
 
 class Progress:
@@ -44,8 +62,12 @@ class Progress:
         if self.enabled and (now - self._last_draw >= self.min_interval_s
                              or self.done >= self.total):
             self._last_draw = now
-            self.stream.write("\r" + self.line() + ("\n" if self.done >= self.total else ""))
-            self.stream.flush()
+            finished = self.done >= self.total
+            global _open_stream
+            with _open_lock:
+                self.stream.write("\r" + self.line() + ("\n" if finished else ""))
+                self.stream.flush()
+                _open_stream = None if finished else self.stream
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.start, 1e-9)

@@ -32,3 +32,18 @@ def test_disabled_progress_counts_but_draws_nothing():
         p.update(1, tokens=10)
     assert stream.getvalue() == "" and p.done == 4
     assert "train 4/4 steps" in p.line()
+
+
+def test_a_line_printed_beside_an_open_bar_starts_a_line_of_its_own():
+    """The demo's scheduler prints while a stage's bar redraws with '\\r': it ends
+    the bar's line first, once, and not after the bar has ended its own."""
+    stream = io.StringIO()
+    p = progress.Progress(2, "steps", "train", stream=stream, min_interval_s=0.0)
+    p.update(1)
+    assert "\n" not in stream.getvalue()      # the bar's line is open
+    progress.end_open_line()
+    progress.end_open_line()                  # nothing open any more: no blank line
+    assert stream.getvalue().startswith("\rtrain 1/2 steps") and stream.getvalue().count("\n") == 1
+    p.update(1)                               # the last draw ends its own line
+    progress.end_open_line()
+    assert stream.getvalue().count("\n") == 2 and stream.getvalue().endswith("\n")

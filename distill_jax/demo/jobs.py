@@ -68,6 +68,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterable
 
+from distill_jax import progress
 from distill_jax.host import available_cores
 
 
@@ -410,6 +411,9 @@ def _progress(log: str) -> float:
 
 
 def _print_now(line: str) -> None:
+    # A stage's progress bar (stderr, this process) may have left its line open;
+    # the scheduler's line starts a line of its own rather than trailing the bar.
+    progress.end_open_line()
     print(line, flush=True)           # stdout may be a file: show the line now
 
 

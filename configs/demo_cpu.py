@@ -1,6 +1,6 @@
 """The embedded default (`make demo`): the R1 recipe end to end on CPU.
 
-  distill-pipeline --config=configs/demo_cpu.py                    # full, ~15 min on 2 cores (14.8 measured)
+  distill-pipeline --config=configs/demo_cpu.py                    # full, ~15 min on 2 cores (14.3-15.1 measured)
   distill-pipeline --config=configs/demo_cpu.py --config.quick=True  # test-sized, ~4 min
 
 A teacher is trained on synthetic multi-step arithmetic with worked solutions

@@ -18,9 +18,13 @@ def end_open_line() -> None:
     global _open_stream
     with _open_lock:
         stream, _open_stream = _open_stream, None
-    if stream is not None:
+    if stream is None:
+        return
+    try:
         stream.write("\n")
         stream.flush()
+    except (ValueError, OSError):     # closed since the bar drew: no line to end
+        pass
 
 
 class Progress:

@@ -47,3 +47,10 @@ def test_a_line_printed_beside_an_open_bar_starts_a_line_of_its_own():
     p.update(1)                               # the last draw ends its own line
     progress.end_open_line()
     assert stream.getvalue().count("\n") == 2 and stream.getvalue().endswith("\n")
+
+
+def test_ending_the_open_line_of_a_closed_stream_is_a_no_op():
+    stream = io.StringIO()
+    progress.Progress(2, "steps", "train", stream=stream, min_interval_s=0.0).update(1)
+    stream.close()
+    progress.end_open_line()                  # the scheduler must not crash on it

@@ -1,6 +1,7 @@
 """demo/jobs.py: the pipeline's students and evaluations as jobs, run side by side
 in one-thread worker processes (the pipeline itself runs them in
 tests/demo/test_pipeline.py and test_reproducible.py)."""
+import io
 import json
 import os
 import threading
@@ -8,6 +9,7 @@ import time
 
 import pytest
 
+from distill_jax import progress
 from distill_jax.demo import jobs
 
 
@@ -302,3 +304,15 @@ def test_a_jobs_progress_is_read_from_its_log(tmp_path):
     assert jobs._progress(str(log)) == 0.0
     log.write_text("train 70/840 steps | 0.49 steps/s\rtrain 210/840 steps | 3.1 steps/s\r")
     assert jobs._progress(str(log)) == pytest.approx(0.25)
+
+
+def test_the_schedulers_lines_end_a_stages_open_progress_line_first(tmp_path, capsys):
+    """A stage's bar (stderr) redraws its line with '\\r'; a line the scheduler
+    prints (stdout) while it is open ends it first instead of trailing it."""
+    bar_stream = io.StringIO()
+    progress.Progress(2, "steps", "teacher", stream=bar_stream, min_interval_s=0.0).update(1)
+    assert "\n" not in bar_stream.getvalue()
+    jobs.run_jobs([_job(tmp_path, "a", stage_span, (str(tmp_path / "spans.jsonl"), "a"),
+                        here=True)], workers=0)      # the default echo: _print_now
+    assert "a" in capsys.readouterr().out
+    assert bar_stream.getvalue().endswith("\n") and bar_stream.getvalue().count("\n") == 1

@@ -29,7 +29,9 @@ import time
 TUNABLE = "glibc.malloc.hugetlb=1"
 
 
-def _child(steps: int) -> dict:
+def _child(steps: int, overrides: dict | None = None) -> dict:
+    """Times `steps` steps of the demo student; `overrides`: ModelConfig fields that
+    replace the student's (benchmarks/demo_step_variants.py: scan unroll, remat)."""
     import jax
     import ml_collections
     import numpy as np
@@ -45,6 +47,7 @@ def _child(steps: int) -> dict:
     demo = demo_config()
     cfg = models.get_config(demo.student.preset).replace(
         vocab_size=demo.tokenizer_vocab_size, **pipeline._model_overrides(demo.student))
+    cfg = cfg.replace(**(overrides or {}))
     rows, length = demo.student.batch_size, demo.seq_len
     rng = np.random.default_rng(0)
     ids = rng.integers(0, cfg.vocab_size, (rows, length + 1)).astype(np.int32)
@@ -90,9 +93,10 @@ def main():
     parser.add_argument("--steps", type=int, default=40, help="timed steps per child")
     parser.add_argument("--write", action="store_true", help="append results to BENCHMARKS.md")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_child(args.child)))
+        print(json.dumps(_child(args.child, json.loads(args.overrides))))
         return
     try:      # Linux only; elsewhere the tunable is a no-op and both variants are plain
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:

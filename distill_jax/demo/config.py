@@ -108,6 +108,17 @@ def demo_config():
         prompts_per_shard=500, num_slots=256))
     c.filter = ml_collections.ConfigDict(dict(num_workers=2, max_per_prompt=4,
                                               min_overlap_fraction=0.8))
+    # How XLA lays out every training step here (not what it computes): the layers
+    # unrolled instead of scanned, and the backward pass recomputing all but the
+    # matmuls without batch dimensions. On one core the scan's stacking of each layer's
+    # activations costs more than the recomputing: two real students side by side
+    # (one per core, as the study runs them) trained 1.06x faster, 3.31-3.39 steps/s
+    # against 3.10-3.19 (rounds alternated), the bare step 1.07-1.09x
+    # (benchmarks/demo_step_variants.py, BENCHMARKS.md); the teacher's two-thread step
+    # 1.03x. Other rounding, so other bits than the scanned step. Sampling keeps the
+    # scan: unrolled, a one-core decode took 1.4x as long.
+    c.train_layout = ml_collections.ConfigDict(dict(unroll_layers=True,
+                                                     remat_policy="dots_with_no_batch_dims"))
     c.kd = ml_collections.ConfigDict(dict(alpha=0.5, temperature=1.0))
     # The on_policy arm: the filtered student, then num_steps steps of batch_size own
     # samples (n per prompt) graded by the teacher; eval_prompts held-out prompts

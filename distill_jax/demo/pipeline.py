@@ -198,6 +198,8 @@ def _train_config(config, workdir: str, data_path: str, tokenizer: str, section,
     c.data.num_packing_bins = config.packing_bins
     c.model.preset = section.preset
     c.model.dtype = c.model.param_dtype = "float32"
+    c.model.scan_unroll = section.num_layers if config.train_layout.unroll_layers else 1
+    c.model.remat_policy = config.train_layout.remat_policy
     c.model.init_seed = section.init_seed
     c.model.overrides = _model_overrides(section)
     c.train.batch_size = section.batch_size
@@ -249,6 +251,8 @@ def _on_policy(config, workdir, start, teacher, tokenizer, paths) -> str:
     section.update(num_steps=oc.num_steps, batch_size=oc.batch_size,
                    learning_rate=oc.learning_rate, warmup_steps=oc.warmup_steps)
     c = _train_config(config, workdir, "", tokenizer, section, start)
+    # It samples with the model it trains, and a decode step is slower unrolled.
+    c.model.scan_unroll = 1
     c.kd.mode, c.kd.kind = "on_policy", oc.kind
     c.kd.teacher.update(checkpoint=teacher, dtype="float32", param_dtype="float32")
     c.on_policy.prompts.path = paths["train_prompts"]
@@ -416,7 +420,11 @@ def run(config) -> dict[str, Any]:
         c = copy.deepcopy(config)
         c.seed = seed
         print(f"pipeline: study seed {seed} ({len(per_seed) + 1} of {len(seeds)})", flush=True)
-        per_seed[seed] = _run_seed(c, os.path.join(out, f"seed-{seed}"))
+        # One compilation cache for every seed: the seeds run the same programs, so
+        # the later seeds load what the first compiled (the same binaries, so the
+        # same bits: demo/jobs.py).
+        per_seed[seed] = _run_seed(c, os.path.join(out, f"seed-{seed}"),
+                                   xla_cache=os.path.join(out, "xla_cache"))
     study = report.study_summary(per_seed)
     _publish(out, "study", study, report.format_study, report.plot_study)
     return study
@@ -450,8 +458,9 @@ def _check_arms(config) -> None:
                          "model sizes that replace config.student's)")
 
 
-def _run_seed(config, out: str) -> dict[str, Any]:
-    """One seed of the pipeline, every stage under `out`."""
+def _run_seed(config, out: str, xla_cache: str | None = None) -> dict[str, Any]:
+    """One seed of the pipeline, every stage under `out`; the worker processes'
+    compilation cache in `xla_cache` (default `out`/xla_cache)."""
     start = time.monotonic()
     os.makedirs(out, exist_ok=True)
     times = stage_times.StageTimes(out)
@@ -508,7 +517,8 @@ def _run_seed(config, out: str) -> dict[str, Any]:
         if name != "filter" or _filtered_samples(curated) > 0:
             return []
         return ["base", *(f"student:{arm}" for arm in _NEED_FILTERED)]
-    done, _ = jobs.run_jobs(stages + work, workers, compile_cache=os.path.join(out, "xla_cache"),
+    done, _ = jobs.run_jobs(stages + work, workers,
+                            compile_cache=xla_cache or os.path.join(out, "xla_cache"),
                             on_finish=finished, drop=nothing_to_learn_from)
     curated = done["filter"]
     unfiltered = _unfiltered(out, done["generate"])

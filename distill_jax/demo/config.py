@@ -74,11 +74,26 @@ def demo_config():
     # the filtered student stayed (0.134 pass@1, claims 1-2 failed). At 840 steps
     # the same seed's filtered student reached its teacher (0.607 against 0.636).
     # It costs time: 4.3-5.6 min a one-core student, `make demo` 14.8 min (README, "Time").
+    # So a step has 9 rows, not 10: 0.9x the compute, for the study's hour (README,
+    # "Now: 9 rows"). At 9 rows and another teacher (seed 1, 0.667), filtered -
+    # unfiltered was +0.127 [+0.089, +0.164]; at 7 rows it was not shown in seed 0.
     # Every arm but filtered_base starts from random init.
+    #
+    # How XLA lays out a student's step (not what it computes): its layers unrolled
+    # instead of scanned, the backward pass recomputing all but the matmuls without
+    # batch dimensions. On one core the scan's stacking of each layer's activations
+    # costs more than the recomputing: two students side by side (one per core, as the
+    # workers run them) trained 1.06x faster, 3.31-3.39 steps/s against 3.10-3.19
+    # (benchmarks/demo_step_variants.py, BENCHMARKS.md). The same model, other
+    # rounding. The teacher keeps the scan (its two-thread step gained only 1.03x,
+    # and a teacher of other bits scored 0.667 instead of 0.751 in seed 1: its
+    # accuracy moves that much with rounding alone); every model samples with it (a
+    # one-core decode took 1.4x as long unrolled).
     c.student = ml_collections.ConfigDict(dict(
         preset="tiny-llama", hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
-        num_kv_heads=2, head_dim=32, init_seed=2, batch_size=10, num_steps=840,
-        learning_rate=3e-3, warmup_steps=20))
+        num_kv_heads=2, head_dim=32, init_seed=2, batch_size=9, num_steps=840,
+        learning_rate=3e-3, warmup_steps=20, unroll_layers=True,
+        remat_policy="dots_with_no_batch_dims"))
     # filtered_small (the capacity gap, against the filtered arm's student): these
     # sizes replace the student's. 64 wide and 2 deep has ~1/9 of the student's
     # weights outside the embeddings (R1's students span 1.5B to 70B) and trains in
@@ -108,17 +123,6 @@ def demo_config():
         prompts_per_shard=500, num_slots=256))
     c.filter = ml_collections.ConfigDict(dict(num_workers=2, max_per_prompt=4,
                                               min_overlap_fraction=0.8))
-    # How XLA lays out every training step here (not what it computes): the layers
-    # unrolled instead of scanned, and the backward pass recomputing all but the
-    # matmuls without batch dimensions. On one core the scan's stacking of each layer's
-    # activations costs more than the recomputing: two real students side by side
-    # (one per core, as the study runs them) trained 1.06x faster, 3.31-3.39 steps/s
-    # against 3.10-3.19 (rounds alternated), the bare step 1.07-1.09x
-    # (benchmarks/demo_step_variants.py, BENCHMARKS.md); the teacher's two-thread step
-    # 1.03x. Other rounding, so other bits than the scanned step. Sampling keeps the
-    # scan: unrolled, a one-core decode took 1.4x as long.
-    c.train_layout = ml_collections.ConfigDict(dict(unroll_layers=True,
-                                                     remat_policy="dots_with_no_batch_dims"))
     c.kd = ml_collections.ConfigDict(dict(alpha=0.5, temperature=1.0))
     # The on_policy arm: the filtered student, then num_steps steps of batch_size own
     # samples (n per prompt) graded by the teacher; eval_prompts held-out prompts

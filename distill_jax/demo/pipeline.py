@@ -198,8 +198,9 @@ def _train_config(config, workdir: str, data_path: str, tokenizer: str, section,
     c.data.num_packing_bins = config.packing_bins
     c.model.preset = section.preset
     c.model.dtype = c.model.param_dtype = "float32"
-    c.model.scan_unroll = section.num_layers if config.train_layout.unroll_layers else 1
-    c.model.remat_policy = config.train_layout.remat_policy
+    # The section's layout of the step (config.student's comment); the teacher's has none.
+    c.model.scan_unroll = section.num_layers if section.get("unroll_layers") else 1
+    c.model.remat_policy = section.get("remat_policy") or "none"
     c.model.init_seed = section.init_seed
     c.model.overrides = _model_overrides(section)
     c.train.batch_size = section.batch_size

@@ -211,3 +211,27 @@ def test_when_no_sample_passes_the_filters_the_arms_that_need_one_are_skipped(tm
     assert set(results["accuracy"]) == {"teacher", "answer_only"}
     assert not (tmp_path / "demo" / "students" / "filtered").exists()
     assert not (tmp_path / "demo" / "eval" / "filtered").exists()
+
+
+def test_students_train_with_their_sections_layout_and_on_policy_samples_from_the_scan(
+        monkeypatch):
+    """A student's section lays its step out unrolled with remat dots_with_no_batch_dims,
+    and so do the sections made from it (the small student, the base); the teacher's
+    section keeps the scan; on-policy, which samples with the model it trains, keeps
+    the scan too, where a decode step is faster."""
+    config = demo_cpu.get_config()
+    c = pipeline._train_config(config, "/w", "/d.jsonl", "/t.model", config.teacher)
+    assert (c.model.scan_unroll, c.model.remat_policy) == (1, "none")
+    small = pipeline._student_section(config, "filtered_small")
+    base = pipeline._base_section(config, config.student)
+    for section, layers in ((config.student, 4), (small, 2), (base, 4)):
+        c = pipeline._train_config(config, "/w", "/d.jsonl", "/t.model", section, start="/ckpt")
+        assert (c.model.checkpoint, c.model.scan_unroll, c.model.remat_policy) == \
+            ("/ckpt", layers, "dots_with_no_batch_dims")
+    seen = []
+    monkeypatch.setattr(pipeline, "train", seen.append)
+    pipeline._on_policy(config, "/nowhere/on_policy", "/ckpt", "/teacher", "/t.model",
+                        {"train_prompts": "/p.jsonl", "test_prompts": "/q.jsonl"})
+    (c,) = seen
+    assert (c.kd.mode, c.model.scan_unroll, c.model.remat_policy) == \
+        ("on_policy", 1, "dots_with_no_batch_dims")

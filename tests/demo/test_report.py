@@ -155,10 +155,12 @@ def test_a_study_states_each_claim_per_seed_and_in_every_seed(tmp_path):
 
 def test_a_study_runs_every_seed_in_its_own_directory(tmp_path, monkeypatch):
     """`config.seeds`: the pipeline once per seed under output_dir/seed-<s> (stubbed
-    here with the made-up outputs), then study.{json,md,png}."""
+    here with the made-up outputs), then study.{json,md,png}. The seeds share one
+    compilation cache: they run the same programs."""
     seen = []
 
-    def fake_seed(config, out):
+    def fake_seed(config, out, xla_cache):
+        assert xla_cache == str(tmp_path / "study" / "xla_cache")
         seen.append((config.seed, out))
         return _seed_outputs(tmp_path / "fake", config.seed)[0]
     monkeypatch.setattr(pipeline, "_run_seed", fake_seed)

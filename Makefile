@@ -55,6 +55,7 @@ bench: $(VENV)/.test
 	$(PY) benchmarks/code_judge_throughput.py
 	$(PY) benchmarks/cpu_malloc_huge_pages.py
 	$(PY) benchmarks/demo_workers_throughput.py
+	$(PY) benchmarks/demo_step_variants.py
 	$(PY) benchmarks/chat_template_compile_cache.py
 	$(PY) benchmarks/sft_read_threads.py
 	@# Needs a finished `make demo` (its teacher and data).

@@ -18,14 +18,13 @@ changes it trains other bits (the same model, other rounding).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CHILD = os.path.join(HERE, "cpu_malloc_huge_pages.py")
+sys.path.insert(0, HERE)
+from demo_workers_throughput import children_at_once  # noqa: E402
 
 # name -> ModelConfig fields over the demo student's (4 layers: unroll 4 is all of them)
 VARIANTS = {
@@ -38,22 +37,6 @@ VARIANTS = {
     "unrolled+full": {"scan_unroll": 4, "remat_policy": "full"},
     "unrolled+xla": {"scan_unroll": 4, "attention_impl": "xla"},
 }
-
-
-def _pair(steps: int, overrides: dict, cores: list[int]) -> list[dict]:
-    procs = []
-    for core in cores:
-        procs.append(subprocess.Popen(
-            [sys.executable, CHILD, "--child", str(steps), "--overrides", json.dumps(overrides)],
-            stdout=subprocess.PIPE, text=True,
-            preexec_fn=lambda c=core: os.sched_setaffinity(0, {c})))
-    results = []
-    for proc in procs:
-        out, _ = proc.communicate()
-        if proc.returncode:
-            raise RuntimeError(f"child {overrides} failed with exit status {proc.returncode}")
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    return results
 
 
 def main():
@@ -75,7 +58,7 @@ def main():
     losses: dict[str, float] = {}
     for r in range(args.rounds):
         for name in names:
-            children = _pair(args.steps, VARIANTS[name], cores)
+            children = children_at_once(args.steps, cores, VARIANTS[name])
             rates[name].append(sum(1e3 / c["ms_per_step"] for c in children))
             losses[name] = children[0]["loss"]
             each = ", ".join(f"{c['ms_per_step']:.0f}" for c in children)
@@ -91,7 +74,6 @@ def main():
               f"loss {losses[name]:.6f} ({'same bits' if same else 'other bits'})")
         rows.append((name, ratio, same))
     if args.write:
-        sys.path.insert(0, HERE)
         from common import append_row
         for name, ratio, same in rows[1:]:
             append_row([f"demo student step, {name} vs {ref} ({len(cores)} one-core processes "

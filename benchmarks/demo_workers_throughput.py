@@ -24,18 +24,22 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CHILD = os.path.join(HERE, "cpu_malloc_huge_pages.py")
 
 
-def _children(steps: int, cores: list[int | None]) -> list[dict]:
-    """One child per entry of `cores`, all at once; an int pins that child to it."""
+def children_at_once(steps: int, cores: list[int | None],
+                     overrides: dict | None = None) -> list[dict]:
+    """One child per entry of `cores`, all at once; an int pins that child to it.
+    `overrides`: ModelConfig fields over the demo student's (cpu_malloc_huge_pages)."""
     procs = []
     for core in cores:
         pin = (lambda c=core: os.sched_setaffinity(0, {c})) if core is not None else None
-        procs.append(subprocess.Popen([sys.executable, CHILD, "--child", str(steps)],
-                                      stdout=subprocess.PIPE, text=True, preexec_fn=pin))
+        procs.append(subprocess.Popen(
+            [sys.executable, CHILD, "--child", str(steps),
+             "--overrides", json.dumps(overrides or {})],
+            stdout=subprocess.PIPE, text=True, preexec_fn=pin))
     results = []
     for proc in procs:
         out, _ = proc.communicate()
         if proc.returncode:
-            raise RuntimeError(f"child failed with exit status {proc.returncode}")
+            raise RuntimeError(f"child {overrides or ''} failed with exit status {proc.returncode}")
         results.append(json.loads(out.strip().splitlines()[-1]))
     return results
 
@@ -54,7 +58,7 @@ def main():
     losses = {}
     for _ in range(args.rounds):
         for name, pins in variants.items():
-            children = _children(args.steps, pins)
+            children = children_at_once(args.steps, pins)
             rates[name].append(sum(1e3 / c["ms_per_step"] for c in children))
             losses[name] = children[0]["loss"]
             each = ", ".join(f"{c['ms_per_step']:.0f}" for c in children)

@@ -74,26 +74,21 @@ def demo_config():
     # the filtered student stayed (0.134 pass@1, claims 1-2 failed). At 840 steps
     # the same seed's filtered student reached its teacher (0.607 against 0.636).
     # It costs time: 4.3-5.6 min a one-core student, `make demo` 14.8 min (README, "Time").
-    # So a step has 9 rows, not 10: 0.9x the compute, for the study's hour (README,
-    # "Now: 9 rows"). At 9 rows and another teacher (seed 1, 0.667), filtered -
-    # unfiltered was +0.127 [+0.089, +0.164]; at 7 rows it was not shown in seed 0.
-    # Every arm but filtered_base starts from random init.
     #
-    # How XLA lays out a student's step (not what it computes): its layers unrolled
-    # instead of scanned, the backward pass recomputing all but the matmuls without
-    # batch dimensions. On one core the scan's stacking of each layer's activations
-    # costs more than the recomputing: two students side by side (one per core, as the
-    # workers run them) trained 1.06x faster, 3.31-3.39 steps/s against 3.10-3.19
-    # (benchmarks/demo_step_variants.py, BENCHMARKS.md). The same model, other
-    # rounding. The teacher keeps the scan (its two-thread step gained only 1.03x,
-    # and a teacher of other bits scored 0.667 instead of 0.751 in seed 1: its
-    # accuracy moves that much with rounding alone); every model samples with it (a
-    # one-core decode took 1.4x as long unrolled).
+    # unroll_layers / remat_policy: how XLA lays out a student's step (not what it
+    # computes). Unrolled, with remat "dots_with_no_batch_dims", two students side by
+    # side (one per core, as the workers run them) trained 1.06x faster, 3.31-3.39
+    # steps/s against 3.10-3.19 (benchmarks/demo_step_variants.py, BENCHMARKS.md),
+    # but in other rounding: other students. The demo keeps the scan, the layout its
+    # study was verified in. Together with 9 rows a step instead of 10, that layout
+    # made `make study` 57 min 15 s, and claim 1 reversed in seed 1 (filtered 0.458
+    # against unfiltered 0.575; README, "Tried: 9 rows, unrolled steps"). Sampling
+    # always keeps the scan: a one-core decode took 1.4x as long unrolled.
+    # Every arm but filtered_base starts from random init.
     c.student = ml_collections.ConfigDict(dict(
         preset="tiny-llama", hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
-        num_kv_heads=2, head_dim=32, init_seed=2, batch_size=9, num_steps=840,
-        learning_rate=3e-3, warmup_steps=20, unroll_layers=True,
-        remat_policy="dots_with_no_batch_dims"))
+        num_kv_heads=2, head_dim=32, init_seed=2, batch_size=10, num_steps=840,
+        learning_rate=3e-3, warmup_steps=20, unroll_layers=False, remat_policy="none"))
     # filtered_small (the capacity gap, against the filtered arm's student): these
     # sizes replace the student's. 64 wide and 2 deep has ~1/9 of the student's
     # weights outside the embeddings (R1's students span 1.5B to 70B) and trains in

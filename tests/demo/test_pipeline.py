@@ -213,15 +213,17 @@ def test_when_no_sample_passes_the_filters_the_arms_that_need_one_are_skipped(tm
     assert not (tmp_path / "demo" / "eval" / "filtered").exists()
 
 
-def test_students_train_with_their_sections_layout_and_on_policy_samples_from_the_scan(
+def test_a_students_layout_reaches_its_training_and_on_policy_samples_from_the_scan(
         monkeypatch):
-    """A student's section lays its step out unrolled with remat dots_with_no_batch_dims,
-    and so do the sections made from it (the small student, the base); the teacher's
-    section keeps the scan; on-policy, which samples with the model it trains, keeps
-    the scan too, where a decode step is faster."""
+    """config.student's unroll_layers/remat_policy lay out its step (the demo's own:
+    the scan, no remat), and the sections made from it (the small student, the base)
+    follow; the teacher's section has none; on-policy, which samples with the model it
+    trains, keeps the scan, where a decode step is faster."""
     config = demo_cpu.get_config()
-    c = pipeline._train_config(config, "/w", "/d.jsonl", "/t.model", config.teacher)
-    assert (c.model.scan_unroll, c.model.remat_policy) == (1, "none")
+    for section in (config.teacher, config.student):
+        c = pipeline._train_config(config, "/w", "/d.jsonl", "/t.model", section)
+        assert (c.model.scan_unroll, c.model.remat_policy) == (1, "none")
+    config.student.update(unroll_layers=True, remat_policy="dots_with_no_batch_dims")
     small = pipeline._student_section(config, "filtered_small")
     base = pipeline._base_section(config, config.student)
     for section, layers in ((config.student, 4), (small, 2), (base, 4)):

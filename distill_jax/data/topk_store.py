@@ -48,6 +48,13 @@ LOGPROBS_SUFFIX = ".topk_logprobs.npy"
 # Name in the ref -> dtype of the stored .npy (bfloat16 is stored as its uint16 bits).
 STORED_DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(np.uint16),
                  "float32": np.dtype(np.float32)}
+# numpy parses a .npy header with ast.literal_eval. On CPython 3.11 two threads
+# building ASTs at once can corrupt the interpreter-wide AST recursion counter
+# ("SystemError: AST constructor recursion depth mismatch", python/cpython#106905),
+# and one TopKReader serves grain's pool of map threads. So every header parse here
+# holds this lock (a local np.load under it only maps the file; a bucket's ranged read
+# happens outside it). Opening a sidecar is rare: once per cache miss.
+_NPY_HEADER_LOCK = threading.Lock()
 
 
 def sidecar_paths(directory: str, stem: str) -> tuple[str, str]:
@@ -142,7 +149,8 @@ class _RemoteRows:
             version = np.lib.format.read_magic(prefix)
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                            else np.lib.format.read_array_header_2_0)
-            self.shape, fortran_order, self.dtype = read_header(prefix)
+            with _NPY_HEADER_LOCK:
+                self.shape, fortran_order, self.dtype = read_header(prefix)
         except ValueError as e:
             raise ValueError(f"top-k sidecar {path}: not a .npy array ({e})") from e
         if fortran_order:
@@ -168,7 +176,8 @@ class TopKReader:
     A cached local file is reopened if it was replaced on disk (another inode or
     mtime), so a long-lived reader never serves a stale mapping. One reader is shared
     by grain's pool of map threads, so the cache is touched only under a lock (without
-    it, concurrent evictions raise KeyError); opening a file happens outside it.
+    it, concurrent evictions raise KeyError); opening a file happens outside it, with
+    only its .npy header parse serialised (`_NPY_HEADER_LOCK`).
     """
 
     def __init__(self, max_open: int = 32):
@@ -200,8 +209,10 @@ class TopKReader:
             return (*cached, ids_path)
         if not os.path.exists(lp_path):
             raise FileNotFoundError(f"top-k sidecar {lp_path} of {where} does not exist")
-        return self._cache(ids_path, np.load(ids_path, mmap_mode="r", allow_pickle=False),
-                           np.load(lp_path, mmap_mode="r", allow_pickle=False), stamp)
+        with _NPY_HEADER_LOCK:
+            ids = np.load(ids_path, mmap_mode="r", allow_pickle=False)
+            logprobs = np.load(lp_path, mmap_mode="r", allow_pickle=False)
+        return self._cache(ids_path, ids, logprobs, stamp)
 
     def _remote_arrays(self, ids_path: str, lp_path: str, where: str):
         cached = self._cached(ids_path, None)

@@ -200,3 +200,44 @@ def test_one_reader_shared_by_threads_past_its_cache_size(tmp_path):
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         assert all(pool.map(read, order))
     assert len(reader._open) <= 2
+
+
+def test_a_shared_reader_parses_one_npy_header_at_a_time(tmp_path, monkeypatch):
+    """numpy parses .npy headers with ast.literal_eval, and on CPython 3.11 two
+    threads doing so at once can raise "SystemError: AST constructor recursion depth
+    mismatch" (python/cpython#106905; it failed the test above once in CI). The
+    reader's threads must therefore never be inside a header parse together."""
+    import concurrent.futures
+    import threading
+    import time
+
+    # The module numpy's .npy reader lives in (numpy.lib.format, or _format_impl).
+    fmt = np.lib.format.open_memmap.__globals__
+    parse, guard, inside, most = fmt["_read_array_header"], threading.Lock(), [0], [0]
+
+    def watched_parse(*args, **kwargs):
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.002)         # widens the window two unserialised parses would share
+        try:
+            return parse(*args, **kwargs)
+        finally:
+            with guard:
+                inside[0] -= 1
+
+    monkeypatch.setitem(fmt, "_read_array_header", watched_parse)
+    refs = []
+    for s in range(8):
+        writer = TopKWriter(str(tmp_path), f"s{s}", k=2)
+        refs.append((writer.add([[s, 0]], [[-1.0, -2.0]]), s))
+        writer.commit()
+    reader = TopKReader(max_open=1)   # every read of another sidecar reopens it
+
+    def read(i):
+        ref, s = refs[i % len(refs)]
+        return reader.read(ref, str(tmp_path))[0].tolist() == [[s, 0]]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(read, range(200)))
+    assert most[0] == 1

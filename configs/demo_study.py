@@ -1,6 +1,6 @@
 """The demo study: every arm of the demo pipeline under three seeds.
 
-  distill-pipeline --config=configs/demo_study.py       # 1 h 4-7 min on 2 Intel Xeon cores (measured, .venv included)
+  distill-pipeline --config=configs/demo_study.py       # 1 h 3-7 min on 2 Intel Xeon cores (measured, .venv included)
 
 Each seed re-runs every stage (the task's problems and splits, the tokenizer,
 the teacher, its samples, every student, the evaluation) under

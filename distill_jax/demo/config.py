@@ -18,6 +18,14 @@ def demo_config():
     # most rows held one example and a third of every step was padding.
     c.seq_len = 224
     c.packing_bins = 56
+    # The answer_only arm's rows: its examples (the problem and the bare answer) are 66
+    # tokens on average and 78 at most (seed 0), so two share a row of 144, and each
+    # step sees ~20 examples, as the trace arms' steps do (two ~102-token examples to a
+    # row of 224). In rows of 224 it took three to a row, 1.5x the trace arms' examples
+    # per step, at 1.8x the cost of a step of 144 (298 against 162 ms on one core, two
+    # at once). An example longer than its row is dropped (and counted in the arm's
+    # training log).
+    c.answer_only_seq_len = 144
     # The user turn is the problem alone: R1's "Please reason step by step, and put
     # your final answer within \boxed{}." is 17 of the ~112 tokens of an example and
     # says nothing in a one-task demo, so it is dropped everywhere (the teacher's data,

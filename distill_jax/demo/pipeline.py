@@ -194,7 +194,7 @@ def _train_config(config, workdir: str, data_path: str, tokenizer: str, section,
     c.data.path = data_path
     c.data.tokenizer_path = tokenizer
     c.data.chat_template = "chatml"
-    c.data.seq_len = config.seq_len
+    c.data.seq_len = _seq_len(config, section)
     c.data.num_packing_bins = config.packing_bins
     c.model.preset = section.preset
     c.model.dtype = c.model.param_dtype = "float32"
@@ -218,6 +218,11 @@ def _train_config(config, workdir: str, data_path: str, tokenizer: str, section,
     if start:
         c.model.preset, c.model.overrides, c.model.checkpoint = "", {}, start
     return c
+
+
+def _seq_len(config, section) -> int:
+    """A model's row length: its section's own (answer_only's), else the demo's."""
+    return section.get("seq_len") or config.seq_len
 
 
 def _model_overrides(section) -> dict[str, Any]:
@@ -269,10 +274,13 @@ def _on_policy(config, workdir, start, teacher, tokenizer, paths) -> str:
 
 def _student_section(config, arm: str):
     """The student's section for an arm: filtered_small changes its sizes
-    (`config.student_sizes.small`), every other arm trains the student as is."""
+    (`config.student_sizes.small`), answer_only its rows' length
+    (`config.answer_only_seq_len`), every other arm trains the student as is."""
     section = copy.deepcopy(config.student)
     if arm == "filtered_small":
         section.update(dict(config.student_sizes.small))
+    if arm == "answer_only":
+        section.seq_len = config.answer_only_seq_len
     return section
 
 
@@ -657,7 +665,7 @@ def _arm_jobs(config, out, arms, tokenizer, paths) -> list[jobs.Job]:
                 (config, workdir, export(os.path.join(out, "students", "filtered")), teacher,
                  tokenizer, paths),
                 log, after=("student:filtered",), done=trained(workdir),
-                cost=3 * _training_cost(config.student, config.on_policy.num_steps,
+                cost=3 * _training_cost(config, config.student, config.on_policy.num_steps,
                                         config.on_policy.batch_size)))
             continue
         section = _student_section(config, arm)
@@ -669,7 +677,7 @@ def _arm_jobs(config, out, arms, tokenizer, paths) -> list[jobs.Job]:
                 "base", _train_model,
                 (config, base_dir, _base_corpus(config, out), tokenizer, base),
                 os.path.join(base_dir, "log.txt"), done=trained(base_dir),
-                cost=_training_cost(base, base.num_steps, base.batch_size)))
+                cost=_training_cost(config, base, base.num_steps, base.batch_size)))
             start, after = export(base_dir), (*after, "base")
         # Online KD runs the teacher's forward pass in every step as well.
         online = kd.get(arm, {}).get("mode") == "online"
@@ -678,7 +686,7 @@ def _arm_jobs(config, out, arms, tokenizer, paths) -> list[jobs.Job]:
             (config, workdir, data.get(arm, os.path.join(curated, "tfds")), tokenizer, section,
              kd.get(arm), start),
             log, after=after, done=trained(workdir),
-            cost=(1.3 if online else 1.0) * _training_cost(section, section.num_steps,
+            cost=(1.3 if online else 1.0) * _training_cost(config, section, section.num_steps,
                                                            section.batch_size)))
     for name in ["teacher", *arms]:
         checkpoint = teacher if name == "teacher" else export(os.path.join(out, "students",
@@ -695,10 +703,11 @@ def _arm_jobs(config, out, arms, tokenizer, paths) -> list[jobs.Job]:
     return work
 
 
-def _training_cost(section, steps: int, rows: int) -> float:
-    """A training run's relative cost, for the order the jobs start in: its rows
-    times the model's per-token work (width squared times depth)."""
-    return float(steps * rows * section.hidden_size ** 2 * section.num_layers)
+def _training_cost(config, section, steps: int, rows: int) -> float:
+    """A training run's relative cost, for the order the jobs start in: its tokens
+    (rows of `_seq_len`) times the model's per-token work (width squared times depth)."""
+    return float(steps * rows * _seq_len(config, section) * section.hidden_size ** 2
+                 * section.num_layers)
 
 
 def _base_section(config, student):

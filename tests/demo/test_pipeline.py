@@ -237,3 +237,21 @@ def test_a_students_layout_reaches_its_training_and_on_policy_samples_from_the_s
     (c,) = seen
     assert (c.kd.mode, c.model.scan_unroll, c.model.remat_policy) == \
         ("on_policy", 1, "dots_with_no_batch_dims")
+
+
+def test_answer_only_packs_its_short_examples_into_shorter_rows():
+    """answer_only's rows are config.answer_only_seq_len long (its examples are
+    problem + bare answer), every other model's config.seq_len; the jobs' costs, which
+    order their starts, count the tokens."""
+    config = demo_cpu.get_config()
+    assert config.answer_only_seq_len < config.seq_len
+    lengths = {arm: pipeline._train_config(config, "/w", "/d.jsonl", "/t.model",
+                                           pipeline._student_section(config, arm)).data.seq_len
+               for arm in ("answer_only", "unfiltered", "filtered", "filtered_small")}
+    assert lengths == {"answer_only": config.answer_only_seq_len, "unfiltered": config.seq_len,
+                       "filtered": config.seq_len, "filtered_small": config.seq_len}
+    assert pipeline._train_config(config, "/w", "/d.jsonl", "/t.model",
+                                  config.teacher).data.seq_len == config.seq_len
+    costs = {arm: pipeline._training_cost(config, pipeline._student_section(config, arm), 10, 4)
+             for arm in ("answer_only", "filtered")}
+    assert costs["answer_only"] / costs["filtered"] == config.answer_only_seq_len / config.seq_len

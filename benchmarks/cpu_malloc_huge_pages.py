@@ -5,11 +5,15 @@ XLA's CPU backend allocates a step's temporaries afresh on every call (180 MiB f
 the demo student's step); glibc serves allocations that large with mmap and unmaps
 them on free, so every step faults them back in, 4 KiB at a time, and the kernel
 zeroes each page. With `glibc.malloc.hugetlb=1` glibc asks for transparent huge pages
-on those mappings and the faults come 2 MiB at a time.
+on those mappings and the faults come 2 MiB at a time. A third variant keeps the
+memory instead: no mmap for any size, nothing trimmed back to the kernel and one
+arena (`glibc.malloc.mmap_max=0:trim_threshold=2**40:arena_max=1`), so a step reuses
+the last step's pages with no fault and no zeroing; it shows whether the kernel's
+zeroing is worth removing (the system time per step is reported with the user time).
 
 The tunable is read when a process starts, so each variant runs in its own child
 process; the children alternate (plain, huge pages, plain, ...) so that a shared
-machine's drifts hit both. Each child times `--steps` steps of the demo student
+machine's drifts hit all of them. Each child times `--steps` steps of the demo student
 (128 wide x 4 layers, vocab 512, 10 packed rows of 224 tokens, Adam) and counts its
 page faults per step. Reports the median per variant and the ratio.
 
@@ -27,6 +31,10 @@ import sys
 import time
 
 TUNABLE = "glibc.malloc.hugetlb=1"
+# GLIBC_TUNABLES per variant (None: unset); "plain" is the reference.
+VARIANTS = {"plain": None, "huge pages": TUNABLE,
+            "reused heap": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776:"
+                           "glibc.malloc.arena_max=1"}
 
 
 def _child(steps: int, overrides: dict | None = None) -> dict:
@@ -67,21 +75,24 @@ def _child(steps: int, overrides: dict | None = None) -> dict:
     for _ in range(3):                                 # compile, warm up
         state, metrics = trainer.step(state, batch)
     jax.block_until_ready(metrics["loss"])
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     for _ in range(steps):
         state, metrics = trainer.step(state, batch)
     jax.block_until_ready(metrics["loss"])
     seconds = (time.perf_counter() - start) / steps
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
-    return {"ms_per_step": seconds * 1e3, "faults_per_step": faults,
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return {"ms_per_step": seconds * 1e3,
+            "faults_per_step": (after.ru_minflt - before.ru_minflt) / steps,
+            "user_ms": (after.ru_utime - before.ru_utime) * 1e3 / steps,
+            "sys_ms": (after.ru_stime - before.ru_stime) * 1e3 / steps,
             "loss": float(metrics["loss"])}
 
 
-def _run_child(steps: int, huge_pages: bool) -> dict:
+def _run_child(steps: int, tunables: str | None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    if huge_pages:
-        env["GLIBC_TUNABLES"] = TUNABLE
+    if tunables:
+        env["GLIBC_TUNABLES"] = tunables
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", str(steps)],
                          env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -104,29 +115,33 @@ def main():
     except OSError:
         thp = "absent"
     print(f"transparent huge pages: {thp}")
-    runs = {"plain": [], "huge pages": []}
+    runs = {name: [] for name in VARIANTS}
     for _ in range(args.rounds):
-        for name in runs:
-            runs[name].append(_run_child(args.steps, name == "huge pages"))
-            print(f"  {name:10s} {runs[name][-1]}")
-    med = {name: {k: statistics.median(r[k] for r in rs) for k in ("ms_per_step", "faults_per_step")}
+        for name, tunables in VARIANTS.items():
+            runs[name].append(_run_child(args.steps, tunables))
+            print(f"  {name:11s} {runs[name][-1]}")
+    keys = ("ms_per_step", "faults_per_step", "user_ms", "sys_ms")
+    med = {name: {k: statistics.median(r[k] for r in rs) for k in keys}
            for name, rs in runs.items()}
-    # The same program on the same data: the allocator must not change a number.
-    same = runs["plain"][0]["loss"] == runs["huge pages"][0]["loss"]
-    ratio = med["plain"]["ms_per_step"] / med["huge pages"]["ms_per_step"]
     for name, m in med.items():
-        print(f"{name:10s} {m['ms_per_step']:7.1f} ms/step, {m['faults_per_step']:8.0f} page faults/step")
-    print(f"ratio (plain / huge pages): {ratio:.2f}x; losses after the steps equal: {same}")
+        # The same program on the same data: the allocator must not change a number.
+        same = runs[name][0]["loss"] == runs["plain"][0]["loss"]
+        m.update(ratio=med["plain"]["ms_per_step"] / m["ms_per_step"], same=same)
+        print(f"{name:11s} {m['ms_per_step']:7.1f} ms/step ({m['user_ms']:.0f} user, "
+              f"{m['sys_ms']:.0f} system), {m['faults_per_step']:8.0f} page faults/step; "
+              f"{m['ratio']:.2f}x plain; loss {'equal' if same else 'DIFFERS'}")
     if args.write:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from common import append_row
-        append_row([f"demo student train step (0.9M, 10 x 224 packed), THP {thp}, "
-                    f"median of {args.rounds} processes x {args.steps} steps",
-                    f"{med['huge pages']['ms_per_step']:.1f} ms, "
-                    f"{med['huge pages']['faults_per_step']:,.0f} faults",
-                    f"{med['plain']['ms_per_step']:.1f} ms, {med['plain']['faults_per_step']:,.0f} faults",
-                    f"{ratio:.2f}x", "losses equal" if same else "LOSSES DIFFER"])
 
+        def cell(m):
+            return (f"{m['ms_per_step']:.1f} ms ({m['user_ms']:.0f} user + {m['sys_ms']:.0f} "
+                    f"system), {m['faults_per_step']:,.0f} faults")
+        for name in list(VARIANTS)[1:]:
+            append_row([f"demo student train step (0.9M, 10 x 224 packed), {name} vs plain, "
+                        f"THP {thp}, median of {args.rounds} processes x {args.steps} steps",
+                        cell(med[name]), cell(med["plain"]), f"{med[name]['ratio']:.2f}x",
+                        "losses equal" if med[name]["same"] else "LOSSES DIFFER"])
 
 if __name__ == "__main__":
     main()

@@ -280,7 +280,8 @@ def _student_section(config, arm: str):
     if arm == "filtered_small":
         section.update(dict(config.student_sizes.small))
     if arm == "answer_only":
-        section.seq_len = config.answer_only_seq_len
+        with section.unlocked():             # a config from the command line is locked
+            section.seq_len = config.answer_only_seq_len
     return section
 
 

@@ -242,8 +242,9 @@ def test_a_students_layout_reaches_its_training_and_on_policy_samples_from_the_s
 def test_answer_only_packs_its_short_examples_into_shorter_rows():
     """answer_only's rows are config.answer_only_seq_len long (its examples are
     problem + bare answer), every other model's config.seq_len; the jobs' costs, which
-    order their starts, count the tokens."""
+    order their starts, count the tokens. Locked, as `distill-pipeline --config` has it."""
     config = demo_cpu.get_config()
+    config.lock()
     assert config.answer_only_seq_len < config.seq_len
     lengths = {arm: pipeline._train_config(config, "/w", "/d.jsonl", "/t.model",
                                            pipeline._student_section(config, arm)).data.seq_len

@@ -1,16 +1,18 @@
 """The demo study: every arm of the demo pipeline under three seeds.
 
-  distill-pipeline --config=configs/demo_study.py       # 1 h 3-7 min on 2 Intel Xeon cores (measured, .venv included)
+  distill-pipeline --config=configs/demo_study.py       # ~1 h on 2 Intel Xeon cores (60.0 min measured)
 
 Each seed re-runs every stage (the task's problems and splits, the tokenizer,
 the teacher, its samples, every student, the evaluation) under
 `output_dir/seed-<s>`; study.{json,md,png} put the seeds side by side: pass@1
 per model with 95% intervals, each claim's paired interval per seed and whether
 it holds in every seed, accuracy by difficulty, the capacity gap and the
-knowledge frontier. Every arm's three seeds at this config (the teacher's
-misconception at 0.3), from one `make study` in a fresh clone on an Intel CPU,
-are committed under docs/demo_study/misconception_030/ (README, "Now:
-misconception 0.3"); at 0.35, under docs/demo_study/intel_make_study_small64/
+knowledge frontier. Every arm's three seeds at this config (answer-only in rows
+of 144 tokens), from one `make study` in a fresh clone on an Intel CPU, are
+committed under docs/demo_study/answer_only_144/ (README, "Now: answer-only rows
+of 144"); with answer-only in rows of 224 (the teacher's misconception at 0.3 in
+both), under docs/demo_study/misconception_030/ (README, "Misconception 0.3"); at
+0.35, under docs/demo_study/intel_make_study_small64/
 (README, "The study at this config"). The config before that, which also
 trained a 192-wide filtered_large and a 96 x 3 small student, under
 docs/demo_study/ (AMD, pieced together from several invocations) and

@@ -40,7 +40,7 @@ demo: $(VENV)/.core
 	$(VENV)/bin/distill-pipeline --config=configs/demo_cpu.py
 
 # Every arm of the demo under three seeds: ~1 h from a fresh clone on 2 Intel Xeon cores (60.0 min measured)
-# (~21 min a seed, the students side by side in one-core workers; README "Now: misconception 0.3").
+# (~20 min a seed, the students side by side in one-core workers; README "Now: answer-only rows of 144").
 study: $(VENV)/.core
 	$(VENV)/bin/distill-pipeline --config=configs/demo_study.py
 

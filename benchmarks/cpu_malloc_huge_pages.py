@@ -12,10 +12,11 @@ the last step's pages with no fault and no zeroing; it shows whether the kernel'
 zeroing is worth removing (the system time per step is reported with the user time).
 
 The tunable is read when a process starts, so each variant runs in its own child
-process; the children alternate (plain, huge pages, plain, ...) so that a shared
+process; the children alternate (plain, huge pages, reused heap, plain, ...) so that a shared
 machine's drifts hit all of them. Each child times `--steps` steps of the demo student
 (128 wide x 4 layers, vocab 512, 10 packed rows of 224 tokens, Adam) and counts its
-page faults per step. Reports the median per variant and the ratio.
+page faults, user and system time per step. Reports the median per variant and its
+ratio to plain.
 
   python benchmarks/cpu_malloc_huge_pages.py [--rounds 3] [--steps 40] [--write]
 """
@@ -142,6 +143,7 @@ def main():
                         f"THP {thp}, median of {args.rounds} processes x {args.steps} steps",
                         cell(med[name]), cell(med["plain"]), f"{med[name]['ratio']:.2f}x",
                         "losses equal" if med[name]["same"] else "LOSSES DIFFER"])
+
 
 if __name__ == "__main__":
     main()
